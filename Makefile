@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint format
+
+run: $(VENV)/.installed .env
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py load_demo
+	@echo
+	@echo "Serving on http://127.0.0.1:8000 - sign in to the admin at http://127.0.0.1:8000/admin/"
+	@echo "as user 'admin', password 'admin'. Press Ctrl-C to stop."
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+test: $(VENV)/.installed .env
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# Fresh secrets for this checkout; real environment variables still win over the file.
+.env: | $(VENV)/.installed
+	$(BIN)/python -c 'import secrets; print("DJANGO_DEBUG=true"); print("DJANGO_SECRET_KEY=" + secrets.token_urlsafe(50)); print("LICENSE_KEY_SECRET=" + secrets.token_urlsafe(50))' > $@
+	@echo "Wrote .env with new secrets (development settings)."

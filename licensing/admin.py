@@ -1,0 +1,477 @@
+"""The vendor staff's back office. Every change goes through licensing.services, so it is audited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from licensing import errors, keys, services
+from licensing.models import Activation, AuditEvent, Customer, License, Plan, Product
+
+
+def staff_actor(request: HttpRequest) -> services.Actor:
+    return services.Actor.staff(request.user, ip_address=request.META.get("REMOTE_ADDR"))
+
+
+def limit_display(max_activations: int | None) -> str:
+    return _("unlimited") if max_activations is None else str(max_activations)
+
+
+class CatalogAdmin(admin.ModelAdmin):
+    """Products, plans and customers, saved and deleted through the services so each change is audited."""
+
+    def save_model(self, request, obj, form, change):
+        services.save_catalog_record(record=obj, actor=staff_actor(request))
+
+    def delete_model(self, request, obj):
+        services.delete_catalog_record(record=obj, actor=staff_actor(request))
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for record in queryset:
+                services.delete_catalog_record(record=record, actor=staff_actor(request))
+
+
+@admin.register(Product)
+class ProductAdmin(CatalogAdmin):
+    list_display = ["name", "slug", "public_id", "is_active", "plan_count", "license_count", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "slug", "public_id"]
+    prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["created_at", "updated_at"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(plan_total=Count("plans", distinct=True), license_total=Count("licenses", distinct=True))
+        )
+
+    @admin.display(description=_("plans"), ordering="plan_total")
+    def plan_count(self, product: Product) -> int:
+        return product.plan_total
+
+    @admin.display(description=_("licenses"), ordering="license_total")
+    def license_count(self, product: Product) -> int:
+        return product.license_total
+
+
+@admin.register(Plan)
+class PlanAdmin(CatalogAdmin):
+    list_display = ["name", "product", "identifier", "limit", "duration", "created_at"]
+    list_filter = ["product", "duration_unit"]
+    list_select_related = ["product"]
+    search_fields = ["name", "identifier", "product__name"]
+    autocomplete_fields = ["product"]
+    readonly_fields = ["created_at", "updated_at"]
+
+    @admin.display(description=_("default activation limit"), ordering="max_activations")
+    def limit(self, plan: Plan) -> str:
+        return limit_display(plan.max_activations)
+
+    @admin.display(description=_("duration"))
+    def duration(self, plan: Plan) -> str:
+        return plan.duration_display
+
+
+@admin.register(Customer)
+class CustomerAdmin(CatalogAdmin):
+    list_display = ["email", "name", "external_id", "license_count", "created_at"]
+    search_fields = ["email", "name", "external_id"]
+    readonly_fields = ["created_at", "updated_at"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(license_total=Count("licenses"))
+
+    @admin.display(description=_("licenses"), ordering="license_total")
+    def license_count(self, customer: Customer) -> int:
+        return customer.license_total
+
+
+class KeySearchMixin:
+    """Let staff paste a full license key into the search box: it is found by its digest."""
+
+    key_digest_lookup = "license__key_digest"
+
+    def get_search_results(self, request, queryset, search_term):
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term.strip():
+            digest = keys.digest_license_key(search_term.strip())
+            results |= queryset.filter(**{self.key_digest_lookup: digest})
+        return results, may_have_duplicates
+
+
+class ExpiryListFilter(admin.SimpleListFilter):
+    title = _("expiry")
+    parameter_name = "expiry"
+
+    def lookups(self, request, model_admin):
+        return [("expired", _("Expired")), ("current", _("Not expired")), ("never", _("Never expires"))]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "expired":
+            return queryset.filter(expires_at__lte=now)
+        if self.value() == "current":
+            return queryset.filter(Q(expires_at__gt=now) | Q(expires_at__isnull=True))
+        if self.value() == "never":
+            return queryset.filter(expires_at__isnull=True)
+        return queryset
+
+
+class LicenseActionForm(ActionForm):
+    days = forms.IntegerField(
+        label=_("Days (for extend):"), required=False, min_value=1, widget=forms.NumberInput(attrs={"size": 4})
+    )
+
+
+class LicenseAddForm(forms.ModelForm):
+    key = forms.CharField(
+        label=_("License key"),
+        required=False,
+        max_length=keys.MAX_KEY_LENGTH,
+        strip=False,
+        help_text=_("Leave empty to generate one. Fill it in to import a key your customers already have."),
+    )
+
+    class Meta:
+        model = License
+        fields = ["product", "plan", "customer", "key", "max_activations", "expires_at", "metadata"]
+        help_texts = {
+            "max_activations": _("Leave empty to use the plan's limit (unlimited without a plan)."),
+            "expires_at": _("Leave empty to use the plan's duration (never expires without a plan)."),
+        }
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors or "product" not in cleaned:
+            return cleaned
+        try:
+            services.check_new_license(
+                product=cleaned["product"],
+                plan=cleaned.get("plan"),
+                key=cleaned.get("key") or None,
+                max_activations=cleaned.get("max_activations"),
+                metadata=cleaned.get("metadata"),
+            )
+        except errors.LicensingError as error:
+            self.add_error(error.field if error.field in self.fields else None, str(error.message))
+        return cleaned
+
+
+class ActivationInline(admin.TabularInline):
+    model = Activation
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = [
+        "name",
+        "fingerprint",
+        "platform",
+        "ip_address",
+        "created_at",
+        "last_seen_at",
+        "deactivated_at",
+        "deactivated_by",
+    ]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).order_by(F("deactivated_at").desc(nulls_first=True), "-created_at")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(License)
+class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
+    key_digest_lookup = "key_digest"
+    list_display = ["masked_key", "product", "plan", "customer", "status", "usage", "expires_at", "created_at"]
+    list_filter = ["status", "product", "plan", ExpiryListFilter]
+    list_select_related = ["product", "plan", "customer"]
+    search_fields = ["customer__email", "customer__name"]
+    search_help_text = _("A full license key, or a customer's e-mail or name.")
+    autocomplete_fields = ["product", "plan", "customer"]
+    action_form = LicenseActionForm
+    actions = ["suspend", "reinstate", "revoke", "extend", "deactivate_all_devices"]
+    inlines = [ActivationInline]
+    readonly_fields = [
+        "license_key",
+        "product",
+        "plan",
+        "status",
+        "usage",
+        "validation_count",
+        "last_validated_at",
+        "audit_trail",
+        "created_at",
+        "updated_at",
+    ]
+    fields = [
+        "license_key",
+        "product",
+        "plan",
+        "customer",
+        "status",
+        "usage",
+        "max_activations",
+        "expires_at",
+        "metadata",
+        "validation_count",
+        "last_validated_at",
+        "audit_trail",
+        "created_at",
+        "updated_at",
+    ]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(live_total=Count("activations", filter=Q(activations__deactivated_at__isnull=True)))
+        )
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = LicenseAddForm
+            kwargs["fields"] = LicenseAddForm.Meta.fields
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return [(None, {"fields": LicenseAddForm.Meta.fields})]
+        return super().get_fieldsets(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def get_inlines(self, request, obj):
+        return [] if obj is None else self.inlines
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_form(self, request, form, change):
+        if change:
+            return form.save(commit=False)
+        data = form.cleaned_data
+        issued = services.create_license(
+            product=data["product"],
+            plan=data.get("plan"),
+            customer=data.get("customer"),
+            key=data.get("key") or None,
+            max_activations=services.UNSET if data.get("max_activations") is None else data["max_activations"],
+            expires_at=data.get("expires_at") or services.UNSET,
+            metadata=data.get("metadata") or {},
+            actor=staff_actor(request),
+        )
+        messages.success(request, _("License created. Its key is %(key)s") % {"key": issued.key})
+        return issued.license
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return
+        actor = staff_actor(request)
+        changed = set(form.changed_data)
+        if {"customer", "metadata"} & changed:
+            services.update_license_details(
+                license=obj, customer=form.cleaned_data["customer"], metadata=form.cleaned_data["metadata"], actor=actor
+            )
+        if "max_activations" in changed:
+            services.change_activation_limit(
+                license=obj, max_activations=form.cleaned_data["max_activations"], actor=actor
+            )
+        if "expires_at" in changed:
+            services.extend_license(license=obj, expires_at=form.cleaned_data["expires_at"], actor=actor)
+
+    def save_related(self, request, form, formsets, change):
+        # Activations are read-only here and a license has no many-to-many fields.
+        pass
+
+    @admin.display(description=_("key"))
+    def masked_key(self, license: License) -> str:
+        return license.masked_key
+
+    @admin.display(description=_("license key"))
+    def license_key(self, license: License) -> str:
+        return services.reveal_license_key(license)
+
+    @admin.display(description=_("devices used / limit"), ordering="live_total")
+    def usage(self, license: License) -> str:
+        live = license.live_total if hasattr(license, "live_total") else license.live_activation_count()
+        return f"{live} / {limit_display(license.max_activations)}"
+
+    @admin.display(description=_("audit trail"))
+    def audit_trail(self, license: License) -> str:
+        url = reverse("admin:licensing_auditevent_changelist") + f"?license={license.pk}"
+        return format_html('<a href="{}">{}</a>', url, _("Every change to this license"))
+
+    def _apply(self, request, queryset, change, done_message: str) -> None:
+        done = 0
+        for license in queryset:
+            try:
+                change(license)
+                done += 1
+            except errors.LicensingError as error:
+                self.message_user(request, f"{license.masked_key}: {error.message}", messages.WARNING)
+        if done:
+            self.message_user(request, done_message % {"count": done}, messages.SUCCESS)
+
+    @admin.action(description=_("Suspend selected licenses"))
+    def suspend(self, request, queryset):
+        actor = staff_actor(request)
+        self._apply(
+            request,
+            queryset,
+            lambda lic: services.suspend_license(license=lic, actor=actor),
+            _("%(count)d license(s) suspended."),
+        )
+
+    @admin.action(description=_("Reinstate selected licenses"))
+    def reinstate(self, request, queryset):
+        actor = staff_actor(request)
+        self._apply(
+            request,
+            queryset,
+            lambda lic: services.reinstate_license(license=lic, actor=actor),
+            _("%(count)d license(s) reinstated."),
+        )
+
+    @admin.action(description=_("Revoke selected licenses"))
+    def revoke(self, request, queryset):
+        actor = staff_actor(request)
+        self._apply(
+            request,
+            queryset,
+            lambda lic: services.revoke_license(license=lic, actor=actor),
+            _("%(count)d license(s) revoked."),
+        )
+
+    @admin.action(description=_("Extend selected licenses by the number of days given"))
+    def extend(self, request, queryset):
+        form = LicenseActionForm(request.POST)
+        if not form.is_valid() or not form.cleaned_data.get("days"):
+            self.message_user(request, _("Enter a number of days (1 or more) to extend by."), messages.ERROR)
+            return
+        days = form.cleaned_data["days"]
+        actor = staff_actor(request)
+        self._apply(
+            request,
+            queryset,
+            lambda lic: services.extend_license(license=lic, days=days, actor=actor),
+            _("%(count)d license(s) extended."),
+        )
+
+    @admin.action(description=_("Deactivate all devices of selected licenses"))
+    def deactivate_all_devices(self, request, queryset):
+        actor = staff_actor(request)
+        freed = sum(len(services.deactivate_all_activations(license=lic, actor=actor)) for lic in queryset)
+        self.message_user(
+            request,
+            ngettext("%(count)d device deactivated.", "%(count)d devices deactivated.", freed) % {"count": freed},
+            messages.SUCCESS,
+        )
+
+
+class LiveListFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("live", _("Live")), ("deactivated", _("Deactivated"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "live":
+            return queryset.live()
+        if self.value() == "deactivated":
+            return queryset.filter(deactivated_at__isnull=False)
+        return queryset
+
+
+@admin.register(Activation)
+class ActivationAdmin(KeySearchMixin, admin.ModelAdmin):
+    list_display = [
+        "__str__",
+        "license",
+        "fingerprint",
+        "platform",
+        "created_at",
+        "last_seen_at",
+        "is_live",
+        "deactivated_at",
+    ]
+    list_filter = [LiveListFilter, "platform", "license__product"]
+    list_select_related = ["license__product"]
+    search_fields = ["name", "fingerprint", "license__customer__email"]
+    search_help_text = _("A device name or fingerprint, a full license key, or a customer's e-mail.")
+    actions = ["deactivate"]
+    readonly_fields = [field.name for field in Activation._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description=_("live"), boolean=True)
+    def is_live(self, activation: Activation) -> bool:
+        return activation.is_live
+
+    @admin.action(description=_("Deactivate selected devices"))
+    def deactivate(self, request, queryset):
+        actor = staff_actor(request)
+        freed = sum(
+            not services.deactivate_activation(activation=activation, actor=actor).already_inactive
+            for activation in queryset
+        )
+        self.message_user(
+            request,
+            ngettext("%(count)d device deactivated.", "%(count)d devices deactivated.", freed) % {"count": freed},
+            messages.SUCCESS,
+        )
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(KeySearchMixin, admin.ModelAdmin):
+    list_display = ["created_at", "action", "actor", "target_display", "license_link", "ip_address"]
+    list_filter = ["action", "actor_kind", "created_at"]
+    list_select_related = ["license"]
+    search_fields = ["actor_display", "actor_id", "target_display", "target_id"]
+    search_help_text = _("An actor, a target, or a full license key.")
+    date_hierarchy = "created_at"
+    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description=_("actor"), ordering="actor_display")
+    def actor(self, event: AuditEvent) -> str:
+        return (
+            f"{event.get_actor_kind_display()}: {event.actor_display}"
+            if event.actor_display
+            else event.get_actor_kind_display()
+        )
+
+    @admin.display(description=_("license"))
+    def license_link(self, event: AuditEvent) -> Any:
+        if event.license_id is None:
+            return "-"
+        url = reverse("admin:licensing_license_change", args=[event.license_id])
+        return format_html('<a href="{}">{}</a>', url, event.license.masked_key)

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class LicensingConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "licensing"
+    verbose_name = "Licensing"

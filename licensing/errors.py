@@ -1,0 +1,78 @@
+"""Errors every face (admin, native API, vendor dialects, portal) renders from the same facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+
+
+class LicensingError(Exception):
+    code = "error"
+    status = 400
+    message = _("The request could not be completed.")
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, **facts: Any) -> None:
+        self.message = message or self.message
+        self.field = field
+        self.facts = facts
+        super().__init__(str(self.message))
+
+
+class InvalidInput(LicensingError):
+    code = "invalid_input"
+    message = _("The input is not valid.")
+
+
+class LicenseNotFound(LicensingError):
+    code = "license_not_found"
+    status = 404
+    message = _("No license has this key.")
+
+
+class DuplicateLicenseKey(LicensingError):
+    code = "duplicate_license_key"
+    status = 409
+    message = _("A license with this key already exists.")
+
+
+class LicenseSuspended(LicensingError):
+    code = "license_suspended"
+    status = 403
+    message = _("This license is suspended.")
+
+
+class LicenseRevoked(LicensingError):
+    code = "license_revoked"
+    status = 403
+    message = _("This license has been revoked.")
+
+
+class LicenseExpired(LicensingError):
+    code = "license_expired"
+    status = 403
+    message = _("This license has expired.")
+
+
+class ProductInactive(LicensingError):
+    code = "product_inactive"
+    status = 403
+    message = _("This product is no longer available.")
+
+
+class ActivationLimitReached(LicensingError):
+    code = "activation_limit_reached"
+    status = 403
+    message = _("This license has reached its activation limit.")
+
+
+class ActivationNotFound(LicensingError):
+    code = "activation_not_found"
+    status = 404
+    message = _("This license has no such activation.")
+
+
+class InvalidStatusChange(LicensingError):
+    code = "invalid_status_change"
+    status = 409
+    message = _("The license cannot change to that status.")

@@ -1,0 +1,60 @@
+"""License keys: generation, the keyed digest used for lookup, and the encrypted copy shown to staff."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import secrets
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.conf import settings
+
+# No 0/O, 1/I/L: customers read keys aloud and type them from e-mails.
+KEY_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+KEY_GROUPS = 5
+KEY_GROUP_LENGTH = 5
+MAX_KEY_LENGTH = 255
+SUFFIX_LENGTH = 6
+
+
+def generate_license_key() -> str:
+    """Return a new random key shaped XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (about 124 bits)."""
+    groups = ("".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_GROUP_LENGTH)) for _ in range(KEY_GROUPS))
+    return "-".join(groups)
+
+
+def is_valid_supplied_key(key: str) -> bool:
+    return 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable() and key == key.strip()
+
+
+@functools.cache
+def _derived_key(secret: str, purpose: bytes) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"license-keys/" + purpose)
+    return hkdf.derive(secret.encode())
+
+
+def _fernet() -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(_derived_key(settings.LICENSE_KEY_SECRET, b"encryption")))
+
+
+def digest_license_key(key: str) -> str:
+    """Return the keyed HMAC-SHA256 of a key: stored, unique and indexed, so lookups are one query."""
+    return hmac.new(_derived_key(settings.LICENSE_KEY_SECRET, b"digest"), key.encode(), hashlib.sha256).hexdigest()
+
+
+def encrypt_license_key(key: str) -> str:
+    return _fernet().encrypt(key.encode()).decode()
+
+
+def decrypt_license_key(token: str) -> str:
+    return _fernet().decrypt(token.encode()).decode()
+
+
+def license_key_suffix(key: str) -> str:
+    """Return the last characters kept in clear for display; short imported keys reveal a third at most."""
+    length = min(SUFFIX_LENGTH, len(key) // 3)
+    return key[len(key) - length :]

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import calendar
+import uuid
+from datetime import datetime, timedelta
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Return the same day `months` later, clamped to the month's last day (Jan 31 + 1 month = Feb 28)."""
+    month_index = moment.month - 1 + months
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def new_public_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Product(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    # Apps built against other vendors hard-code a product id (Keymint's productId, Polar's
+    # organization_id...): staff must be able to set it to the old value when moving here.
+    public_id = models.CharField(
+        _("public identifier"),
+        max_length=100,
+        unique=True,
+        default=new_public_id,
+        help_text=_("The product id apps send. Set it to the id your previous vendor gave the product."),
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Plan(models.Model):
+    class DurationUnit(models.TextChoices):
+        PERPETUAL = "perpetual", _("perpetual")
+        DAY = "day", _("days")
+        MONTH = "month", _("months")
+        YEAR = "year", _("years")
+
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="plans")
+    name = models.CharField(max_length=200)
+    identifier = models.SlugField(max_length=100, help_text=_("Unique within the product."))
+    description = models.TextField(blank=True)
+    max_activations = models.PositiveIntegerField(
+        _("default activation limit"),
+        null=True,
+        blank=True,
+        help_text=_("Devices a new license may activate. Empty means unlimited."),
+    )
+    duration_unit = models.CharField(max_length=10, choices=DurationUnit.choices, default=DurationUnit.PERPETUAL)
+    duration_value = models.PositiveIntegerField(
+        null=True, blank=True, help_text=_("How many days, months or years. Empty for perpetual.")
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["product__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["product", "identifier"], name="plan_identifier_unique_per_product"),
+            models.CheckConstraint(
+                condition=Q(duration_unit="perpetual", duration_value__isnull=True)
+                | (~Q(duration_unit="perpetual") & Q(duration_value__isnull=False, duration_value__gte=1)),
+                name="plan_duration_is_perpetual_or_positive",
+                violation_error_message=_("A perpetual plan has no duration; any other needs a duration of 1 or more."),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.product} · {self.name}"
+
+    @property
+    def duration_display(self) -> str:
+        if self.duration_unit == self.DurationUnit.PERPETUAL:
+            return str(_("perpetual"))
+        return f"{self.duration_value} {self.get_duration_unit_display()}"
+
+    def expiry_from(self, start: datetime) -> datetime | None:
+        """Return when a license of this plan issued at `start` expires (None: never)."""
+        if self.duration_unit == self.DurationUnit.DAY:
+            return start + timedelta(days=self.duration_value)
+        if self.duration_unit == self.DurationUnit.MONTH:
+            return add_months(start, self.duration_value)
+        if self.duration_unit == self.DurationUnit.YEAR:
+            return add_months(start, 12 * self.duration_value)
+        return None
+
+
+class Customer(models.Model):
+    email = models.EmailField(max_length=254)
+    name = models.CharField(max_length=200, blank=True)
+    external_id = models.CharField(
+        _("external id"), max_length=200, blank=True, help_text=_("The customer's id in your billing system.")
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["email"]
+        constraints = [
+            models.UniqueConstraint(
+                Lower("email"),
+                name="customer_email_unique_ci",
+                violation_error_message=_("A customer with this e-mail already exists."),
+            ),
+            models.UniqueConstraint(
+                fields=["external_id"], condition=~Q(external_id=""), name="customer_external_id_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.email}>" if self.name else self.email
+
+
+class License(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("active")
+        SUSPENDED = "suspended", _("suspended")
+        REVOKED = "revoked", _("revoked")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="licenses")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="licenses", null=True, blank=True)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="licenses", null=True, blank=True)
+    # The key itself is never stored: a keyed digest finds it, an encrypted copy shows it to staff
+    # and its owner, and a few trailing characters identify it in lists.
+    key_digest = models.CharField(max_length=64, unique=True, editable=False)
+    key_encrypted = models.TextField(editable=False)
+    key_suffix = models.CharField(max_length=6, editable=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    max_activations = models.PositiveIntegerField(
+        _("activation limit"), null=True, blank=True, help_text=_("Empty means unlimited.")
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text=_("Empty means it never expires."))
+    metadata = models.JSONField(default=dict, blank=True)
+    validation_count = models.PositiveBigIntegerField(default=0, editable=False)
+    last_validated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status"]), models.Index(fields=["expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.masked_key} ({self.product.name})"
+
+    @property
+    def masked_key(self) -> str:
+        return "…" + self.key_suffix
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.max_activations is None
+
+    def live_activation_count(self) -> int:
+        return self.activations.live().count()
+
+
+class ActivationQuerySet(models.QuerySet):
+    def live(self) -> ActivationQuerySet:
+        return self.filter(deactivated_at__isnull=True)
+
+
+class ActorKind(models.TextChoices):
+    STAFF = "staff", _("staff user")
+    CUSTOMER = "customer", _("customer")
+    APP = "app", _("app")
+    API_KEY = "api_key", _("API key")
+    SYSTEM = "system", _("system")
+
+
+class Activation(models.Model):
+    """A device (an "instance") using a license. Deactivation keeps the row for history."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="activations")
+    # Optional: some vendor APIs (Kelviq, Polar) send no device identifier at all.
+    # NULL, not "", so the live-fingerprint constraint ignores activations without one.
+    fingerprint = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    name = models.CharField(max_length=255, blank=True)
+    platform = models.CharField(max_length=100, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    deactivated_by_kind = models.CharField(max_length=10, choices=ActorKind.choices, blank=True)
+    deactivated_by = models.CharField(max_length=255, blank=True)
+
+    objects = ActivationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["license", "fingerprint"],
+                condition=Q(deactivated_at__isnull=True, fingerprint__isnull=False),
+                name="activation_live_fingerprint_unique_per_license",
+            ),
+        ]
+        indexes = [models.Index(fields=["license", "deactivated_at"])]
+
+    def __str__(self) -> str:
+        return self.name or self.fingerprint or str(self.id)
+
+    @property
+    def is_live(self) -> bool:
+        return self.deactivated_at is None
+
+
+class AuditEvent(models.Model):
+    """One change to licensing data: who did what to which object. Rows are only ever added."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
+    actor_id = models.CharField(max_length=100, blank=True)
+    actor_display = models.CharField(max_length=255, blank=True)
+    action = models.CharField(max_length=100, db_index=True)
+    target_type = models.CharField(max_length=100)
+    target_id = models.CharField(max_length=100)
+    target_display = models.CharField(max_length=255, blank=True)
+    license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="audit_events", null=True, blank=True)
+    changes = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor_display or self.actor_kind}"

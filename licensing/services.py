@@ -1,0 +1,591 @@
+"""Every licensing rule and every write. The admin, the native API, the vendor dialects and the
+portal are thin faces over these functions, so each rule is written once."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from licensing import errors, keys
+from licensing.models import Activation, ActorKind, AuditEvent, Customer, License, Plan, Product
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+# Marks an argument the caller did not give, where None is a meaningful value (unlimited, never expires).
+UNSET: Any = _Unset()
+
+MAX_FINGERPRINT_LENGTH = 255
+MAX_NAME_LENGTH = 255
+MAX_PLATFORM_LENGTH = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Actor:
+    """Who made a change, as the audit trail records it."""
+
+    kind: str
+    id: str = ""
+    display: str = ""
+    ip_address: str | None = None
+
+    @classmethod
+    def staff(cls, user: AbstractBaseUser, *, ip_address: str | None = None) -> Actor:
+        return cls(ActorKind.STAFF, str(user.pk), user.get_username(), ip_address)
+
+    @classmethod
+    def customer(cls, customer: Customer, *, ip_address: str | None = None) -> Actor:
+        return cls(ActorKind.CUSTOMER, str(customer.pk), customer.email, ip_address)
+
+    @classmethod
+    def app(cls, *, ip_address: str | None = None) -> Actor:
+        return cls(ActorKind.APP, "", "app", ip_address)
+
+    @classmethod
+    def system(cls, display: str = "system") -> Actor:
+        return cls(ActorKind.SYSTEM, "", display)
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedLicense:
+    license: License
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationResult:
+    activation: Activation
+    created: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DeactivationResult:
+    activation: Activation
+    already_inactive: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationResult:
+    valid: bool
+    code: str
+    detail: str
+    license: License | None
+    activation: Activation | None
+
+
+# ---------------------------------------------------------------- audit
+
+
+def record_event(
+    *,
+    actor: Actor,
+    action: str,
+    target: models.Model,
+    license: License | None = None,
+    changes: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one audit event; call it inside the transaction that made the change."""
+    return AuditEvent.objects.create(
+        actor_kind=actor.kind,
+        actor_id=actor.id,
+        actor_display=actor.display[:255],
+        action=action,
+        target_type=target._meta.label_lower,
+        target_id=str(target.pk),
+        target_display=str(target)[:255],
+        license=license,
+        changes=changes or {},
+        ip_address=actor.ip_address,
+    )
+
+
+def _audited_fields(record: models.Model) -> list[models.Field]:
+    return [
+        field
+        for field in record._meta.concrete_fields
+        if field.editable and field.name not in {"created_at", "updated_at"}
+    ]
+
+
+def _diff(before: models.Model | None, after: models.Model) -> dict[str, list[Any]]:
+    changes = {}
+    for field in _audited_fields(after):
+        old = getattr(before, field.attname) if before is not None else None
+        new = getattr(after, field.attname)
+        if before is None or old != new:
+            changes[field.name] = [old, new]
+    return changes
+
+
+# ---------------------------------------------------------------- catalog: products, plans, customers
+
+
+def save_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> None:
+    """Create or update a product, plan or customer, recording the fields that changed."""
+    model = type(record)
+    with transaction.atomic():
+        before = None if record._state.adding else model.objects.select_for_update().filter(pk=record.pk).first()
+        record.save()
+        changes = _diff(before, record)
+        if before is None or changes:
+            verb = "created" if before is None else "changed"
+            record_event(actor=actor, action=f"{model._meta.model_name}.{verb}", target=record, changes=changes)
+
+
+def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> None:
+    """Delete a product, plan or customer that no license refers to."""
+    with transaction.atomic():
+        record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=record)
+        record.delete()
+
+
+# ---------------------------------------------------------------- licenses
+
+
+def get_license_by_key(license_key: str) -> License:
+    """Return the license with this key (one indexed query on the digest) or raise LicenseNotFound."""
+    license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
+    if license is None:
+        raise errors.LicenseNotFound(field="key")
+    return license
+
+
+def reveal_license_key(license: License) -> str:
+    """Return the plaintext key, for staff and the license's own customer."""
+    return keys.decrypt_license_key(license.key_encrypted)
+
+
+def create_license(
+    *,
+    product: Product,
+    actor: Actor,
+    plan: Plan | None = None,
+    customer: Customer | None = None,
+    key: str | None = None,
+    max_activations: int | None = UNSET,
+    expires_at: datetime | None = UNSET,
+    metadata: dict[str, Any] | None = None,
+) -> IssuedLicense:
+    """Issue a license with a generated key, or with a key supplied (imported from another vendor).
+
+    The activation limit and expiry default to the plan's; None means unlimited and never expires.
+    """
+    if key is None:
+        key = keys.generate_license_key()
+    if max_activations is UNSET:
+        max_activations = plan.max_activations if plan else None
+    if expires_at is UNSET:
+        expires_at = plan.expiry_from(timezone.now()) if plan else None
+    check_new_license(product=product, plan=plan, key=key, max_activations=max_activations, metadata=metadata)
+
+    digest = keys.digest_license_key(key)
+    license = License(
+        product=product,
+        plan=plan,
+        customer=customer,
+        key_digest=digest,
+        key_encrypted=keys.encrypt_license_key(key),
+        key_suffix=keys.license_key_suffix(key),
+        max_activations=max_activations,
+        expires_at=expires_at,
+        metadata=metadata or {},
+    )
+    try:
+        with transaction.atomic():
+            license.save(force_insert=True)
+            record_event(
+                actor=actor,
+                action="license.created",
+                target=license,
+                license=license,
+                changes=_diff(None, license),
+            )
+    except IntegrityError:
+        # Another request stored the same supplied key between our check and our insert.
+        raise errors.DuplicateLicenseKey(field="key") from None
+    return IssuedLicense(license=license, key=key)
+
+
+def check_new_license(
+    *,
+    product: Product,
+    plan: Plan | None,
+    key: str | None,
+    max_activations: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Raise the first reason a license with these values cannot be created (None key: generated)."""
+    if plan is not None and plan.product_id != product.pk:
+        raise errors.InvalidInput("This plan belongs to another product.", field="plan")
+    if key is not None:
+        if not keys.is_valid_supplied_key(key):
+            raise errors.InvalidInput(
+                f"A license key is 1 to {keys.MAX_KEY_LENGTH} printable characters, without leading "
+                "or trailing spaces.",
+                field="key",
+            )
+        if License.objects.filter(key_digest=keys.digest_license_key(key)).exists():
+            raise errors.DuplicateLicenseKey(field="key")
+    _check_activation_limit_value(max_activations)
+    _check_metadata(metadata, field="metadata")
+
+
+def suspend_license(*, license: License, actor: Actor) -> License:
+    """Stop a license from activating and validating until it is reinstated."""
+    return _change_status(license, to=License.Status.SUSPENDED, allowed_from={License.Status.ACTIVE}, actor=actor)
+
+
+def reinstate_license(*, license: License, actor: Actor) -> License:
+    """Make a suspended license usable again. A revoked license stays revoked."""
+    return _change_status(license, to=License.Status.ACTIVE, allowed_from={License.Status.SUSPENDED}, actor=actor)
+
+
+def revoke_license(*, license: License, actor: Actor) -> License:
+    """End a license for good (refunds, chargebacks, abuse)."""
+    return _change_status(
+        license,
+        to=License.Status.REVOKED,
+        allowed_from={License.Status.ACTIVE, License.Status.SUSPENDED},
+        actor=actor,
+    )
+
+
+_STATUS_ACTIONS = {
+    License.Status.ACTIVE: "license.reinstated",
+    License.Status.SUSPENDED: "license.suspended",
+    License.Status.REVOKED: "license.revoked",
+}
+
+
+def _change_status(license: License, *, to: str, allowed_from: set[str], actor: Actor) -> License:
+    with transaction.atomic():
+        locked = _lock_license(license.pk)
+        if locked.status == to:
+            return locked
+        if locked.status not in allowed_from:
+            raise errors.InvalidStatusChange(
+                f"A {locked.get_status_display()} license cannot become {License.Status(to).label}.",
+                field="status",
+            )
+        changes = {"status": [locked.status, to]}
+        locked.status = to
+        locked.save(update_fields=["status", "updated_at"])
+        record_event(actor=actor, action=_STATUS_ACTIONS[to], target=locked, license=locked, changes=changes)
+    return locked
+
+
+def extend_license(
+    *, license: License, actor: Actor, expires_at: datetime | None = UNSET, days: int | None = None
+) -> License:
+    """Give a license a new expiry: a moment (None: never expires), or `days` more.
+
+    Days count from the current expiry, or from now when the license has already lapsed, so a
+    customer renewing late gets the full period.
+    """
+    if (expires_at is UNSET) == (days is None):
+        raise errors.InvalidInput("Give either a new expiry or a number of days.", field="expires_at")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+        raise errors.InvalidInput("The number of days must be a whole number of 1 or more.", field="days")
+    with transaction.atomic():
+        locked = _lock_license(license.pk)
+        if days is not None:
+            if locked.expires_at is None:
+                raise errors.InvalidInput("This license never expires.", field="days")
+            expires_at = max(locked.expires_at, timezone.now()) + timedelta(days=days)
+        changes = {"expires_at": [locked.expires_at, expires_at]}
+        locked.expires_at = expires_at
+        locked.save(update_fields=["expires_at", "updated_at"])
+        record_event(actor=actor, action="license.extended", target=locked, license=locked, changes=changes)
+    return locked
+
+
+def change_activation_limit(*, license: License, max_activations: int | None, actor: Actor) -> License:
+    """Set how many devices a license may have live (None: unlimited).
+
+    Lowering it below the devices already live keeps them; only new activations are refused.
+    """
+    _check_activation_limit_value(max_activations)
+    with transaction.atomic():
+        locked = _lock_license(license.pk)
+        changes = {"max_activations": [locked.max_activations, max_activations]}
+        locked.max_activations = max_activations
+        locked.save(update_fields=["max_activations", "updated_at"])
+        record_event(actor=actor, action="license.limit_changed", target=locked, license=locked, changes=changes)
+    return locked
+
+
+def update_license_details(
+    *,
+    license: License,
+    actor: Actor,
+    customer: Customer | None = UNSET,
+    metadata: dict[str, Any] = UNSET,
+) -> License:
+    """Change who owns a license or its metadata."""
+    if metadata is not UNSET:
+        _check_metadata(metadata, field="metadata")
+    with transaction.atomic():
+        locked = _lock_license(license.pk)
+        changes = {}
+        if customer is not UNSET and customer != locked.customer:
+            changes["customer"] = [locked.customer_id, customer.pk if customer else None]
+            locked.customer = customer
+        if metadata is not UNSET and metadata != locked.metadata:
+            changes["metadata"] = [locked.metadata, metadata]
+            locked.metadata = metadata
+        if changes:
+            locked.save(update_fields=[*changes, "updated_at"])
+            record_event(actor=actor, action="license.changed", target=locked, license=locked, changes=changes)
+    return locked
+
+
+def _licenses_with_relations() -> models.QuerySet[License]:
+    return License.objects.select_related("product", "plan", "customer")
+
+
+def _lock_license(pk: uuid.UUID) -> License:
+    # NO KEY UPDATE: activations referencing the license can still be inserted by other
+    # transactions' foreign-key checks; `of` keeps the lock off the joined (nullable) rows.
+    return _licenses_with_relations().select_for_update(no_key=True, of=("self",)).get(pk=pk)
+
+
+def _lock_license_by_key(license_key: str) -> License:
+    digest = keys.digest_license_key(license_key)
+    license = _licenses_with_relations().select_for_update(no_key=True, of=("self",)).filter(key_digest=digest).first()
+    if license is None:
+        raise errors.LicenseNotFound(field="key")
+    return license
+
+
+def _check_activation_limit_value(max_activations: int | None) -> None:
+    if max_activations is None:
+        return
+    if isinstance(max_activations, bool) or not isinstance(max_activations, int) or max_activations < 0:
+        raise errors.InvalidInput(
+            "The activation limit must be a whole number of 0 or more, or empty for unlimited.",
+            field="max_activations",
+        )
+
+
+def _check_metadata(metadata: Any, *, field: str) -> None:
+    if metadata is not None and not isinstance(metadata, dict):
+        raise errors.InvalidInput("Metadata must be a JSON object.", field=field)
+
+
+def license_problem(license: License) -> errors.LicensingError | None:
+    """Return why a license cannot be used right now, or None when it can."""
+    if license.status == License.Status.REVOKED:
+        return errors.LicenseRevoked()
+    if license.status == License.Status.SUSPENDED:
+        return errors.LicenseSuspended()
+    if license.is_expired:
+        return errors.LicenseExpired(expired_at=license.expires_at)
+    if not license.product.is_active:
+        return errors.ProductInactive()
+    return None
+
+
+# ---------------------------------------------------------------- activations
+
+
+def activate_license(
+    *,
+    license_key: str,
+    actor: Actor,
+    fingerprint: str | None = None,
+    name: str = "",
+    platform: str = "",
+    metadata: dict[str, Any] | None = None,
+    ip_address: str | None = None,
+) -> ActivationResult:
+    """Bind a device to a license, or return the device's live activation if it has one.
+
+    Re-activating a live fingerprint takes no new slot. Without a fingerprint (some vendor APIs send
+    none), every call takes a new slot.
+    """
+    fingerprint = fingerprint or None
+    _check_text(fingerprint or "", MAX_FINGERPRINT_LENGTH, field="fingerprint")
+    _check_text(name, MAX_NAME_LENGTH, field="name")
+    _check_text(platform, MAX_PLATFORM_LENGTH, field="platform")
+    _check_metadata(metadata, field="metadata")
+    with transaction.atomic():
+        license = _lock_license_by_key(license_key)
+        if problem := license_problem(license):
+            raise problem
+        if fingerprint is not None:
+            existing = license.activations.live().filter(fingerprint=fingerprint).first()
+            if existing is not None:
+                return ActivationResult(activation=existing, created=False)
+        used = license.live_activation_count()
+        if license.max_activations is not None and used >= license.max_activations:
+            raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
+        try:
+            with transaction.atomic():
+                activation = Activation.objects.create(
+                    license=license,
+                    fingerprint=fingerprint,
+                    name=name,
+                    platform=platform,
+                    metadata=metadata or {},
+                    ip_address=ip_address or actor.ip_address,
+                )
+        except IntegrityError:
+            # The license row lock makes this a second line of defence: the live-fingerprint
+            # constraint caught a concurrent activation of the same device.
+            existing = license.activations.live().get(fingerprint=fingerprint)
+            return ActivationResult(activation=existing, created=False)
+        record_event(
+            actor=actor,
+            action="activation.created",
+            target=activation,
+            license=license,
+            changes={"fingerprint": [None, fingerprint], "name": [None, name], "platform": [None, platform]},
+        )
+    return ActivationResult(activation=activation, created=True)
+
+
+def find_activation(
+    *, license_key: str, activation_id: str | None = None, fingerprint: str | None = None
+) -> Activation:
+    """Return the activation of this key named by id and/or fingerprint, a live one before past ones."""
+    if not activation_id and not fingerprint:
+        raise errors.InvalidInput("Name the activation by its id or its fingerprint.", field="activation_id")
+    license = get_license_by_key(license_key)
+    activations = _named_activations(license.activations.all(), activation_id=activation_id, fingerprint=fingerprint)
+    activation = activations.order_by(F("deactivated_at").desc(nulls_first=True), "-created_at").first()
+    if activation is None:
+        raise errors.ActivationNotFound(field="activation_id" if activation_id else "fingerprint")
+    activation.license = license
+    return activation
+
+
+def deactivate_activation(*, activation: Activation, actor: Actor) -> DeactivationResult:
+    """Free a device's slot. A repeat changes nothing and says the device was already inactive."""
+    with transaction.atomic():
+        license = _lock_license(activation.license_id)
+        locked = Activation.objects.select_for_update(no_key=True).get(pk=activation.pk)
+        locked.license = license
+        if locked.deactivated_at is not None:
+            return DeactivationResult(activation=locked, already_inactive=True)
+        _mark_deactivated(locked, actor=actor, at=timezone.now())
+        locked.save(update_fields=["deactivated_at", "deactivated_by_kind", "deactivated_by"])
+        record_event(actor=actor, action="activation.deactivated", target=locked, license=license)
+    return DeactivationResult(activation=locked, already_inactive=False)
+
+
+def deactivate_all_activations(*, license: License, actor: Actor) -> list[Activation]:
+    """Free every live device of a license; return the activations that were live."""
+    with transaction.atomic():
+        locked_license = _lock_license(license.pk)
+        live = list(locked_license.activations.live().select_for_update(no_key=True))
+        now = timezone.now()
+        for activation in live:
+            _mark_deactivated(activation, actor=actor, at=now)
+            activation.license = locked_license
+        Activation.objects.bulk_update(live, ["deactivated_at", "deactivated_by_kind", "deactivated_by"])
+        for activation in live:
+            record_event(actor=actor, action="activation.deactivated", target=activation, license=locked_license)
+    return live
+
+
+def _mark_deactivated(activation: Activation, *, actor: Actor, at: datetime) -> None:
+    activation.deactivated_at = at
+    activation.deactivated_by_kind = actor.kind
+    activation.deactivated_by = actor.display[:255]
+
+
+def _check_text(value: Any, max_length: int, *, field: str) -> None:
+    if not isinstance(value, str):
+        raise errors.InvalidInput("This must be text.", field=field)
+    if len(value) > max_length:
+        raise errors.InvalidInput(f"This must be at most {max_length} characters.", field=field)
+
+
+# ---------------------------------------------------------------- validation (the hot path)
+
+
+def validate_license(
+    *, license_key: str, fingerprint: str | None = None, activation_id: str | None = None
+) -> ValidationResult:
+    """Tell an app whether a key, and the device it names, may be used now.
+
+    A valid answer counts the validation and the device's last-seen time with plain atomic
+    UPDATEs, never the license row lock: validation is the hot path and must not queue behind
+    activations.
+    """
+    license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
+    if license is None:
+        return _invalid(errors.LicenseNotFound(), license=None, activation=None)
+    activation = None
+    device_named = bool(fingerprint or activation_id)
+    if device_named:
+        activation = _live_activation(license, fingerprint=fingerprint, activation_id=activation_id)
+    if problem := license_problem(license):
+        return _invalid(problem, license=license, activation=activation)
+    if device_named and activation is None:
+        return _invalid(errors.ActivationNotFound(), license=license, activation=None)
+
+    now = timezone.now()
+    License.objects.filter(pk=license.pk).update(validation_count=F("validation_count") + 1, last_validated_at=now)
+    license.validation_count += 1
+    license.last_validated_at = now
+    if activation is not None:
+        Activation.objects.filter(pk=activation.pk).update(last_seen_at=now)
+        activation.last_seen_at = now
+    return ValidationResult(
+        valid=True, code="VALID", detail="The license is valid.", license=license, activation=activation
+    )
+
+
+VALIDATION_CODES = {
+    errors.LicenseNotFound: "NOT_FOUND",
+    errors.LicenseRevoked: "REVOKED",
+    errors.LicenseSuspended: "SUSPENDED",
+    errors.LicenseExpired: "EXPIRED",
+    errors.ProductInactive: "PRODUCT_INACTIVE",
+    errors.ActivationNotFound: "NOT_ACTIVATED",
+}
+
+
+def _invalid(
+    problem: errors.LicensingError, *, license: License | None, activation: Activation | None
+) -> ValidationResult:
+    return ValidationResult(
+        valid=False,
+        code=VALIDATION_CODES[type(problem)],
+        detail=str(problem.message),
+        license=license,
+        activation=activation,
+    )
+
+
+def _live_activation(license: License, *, fingerprint: str | None, activation_id: str | None) -> Activation | None:
+    activations = _named_activations(license.activations.live(), activation_id=activation_id, fingerprint=fingerprint)
+    activation = activations.first()
+    if activation is not None:
+        activation.license = license
+    return activation
+
+
+def _named_activations(
+    activations: models.QuerySet[Activation], *, activation_id: str | None, fingerprint: str | None
+) -> models.QuerySet[Activation]:
+    """Narrow to the activation named by id and/or fingerprint; an id that is no UUID names none."""
+    if activation_id:
+        try:
+            activations = activations.filter(pk=uuid.UUID(str(activation_id)))
+        except ValueError:
+            return activations.none()
+    if fingerprint:
+        activations = activations.filter(fingerprint=fingerprint)
+    return activations

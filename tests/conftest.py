@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from licensing import services
+from tests.factories import make_customer, make_license, make_plan, make_product
+
+
+@pytest.fixture
+def actor():
+    return services.Actor.system("tests")
+
+
+@pytest.fixture
+def app_actor():
+    return services.Actor.app(ip_address="203.0.113.7")
+
+
+@pytest.fixture
+def product(db):
+    return make_product(name="Photon Editor", slug="photon")
+
+
+@pytest.fixture
+def plan(product):
+    return make_plan(product=product, name="Personal", identifier="personal", max_activations=3)
+
+
+@pytest.fixture
+def customer(db):
+    return make_customer(email="ada@example.com", name="Ada Lovelace")
+
+
+@pytest.fixture
+def other_customer(db):
+    return make_customer(email="grace@example.com", name="Grace Hopper")
+
+
+@pytest.fixture
+def issued(plan, customer):
+    """A fresh license with a limit of 3 devices, and its plaintext key."""
+    return make_license(plan=plan, customer=customer)
+
+
+@pytest.fixture
+def staff_user(db):
+    return get_user_model().objects.create_superuser("staff", "staff@example.com", "a-long-test-password")
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    client.force_login(staff_user)
+    return client

@@ -1,0 +1,100 @@
+"""The activation limit is the product: it must hold when many devices activate at the same moment."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from licensing import errors, services
+from licensing.models import Activation
+from tests.factories import make_license, make_plan
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_at_once(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run work(0..count-1) in as many threads, released together; return each result or exception."""
+    barrier = threading.Barrier(count)
+    outcomes: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            outcomes[index] = work(index)
+        except Exception as error:  # noqa: BLE001 - every outcome is inspected by the test
+            outcomes[index] = error
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    return outcomes
+
+
+def outcome_kinds(outcomes: list[Any]) -> Counter:
+    return Counter(type(outcome).__name__ for outcome in outcomes)
+
+
+def test_activation_storm_on_distinct_devices_stops_exactly_at_the_limit():
+    issued = make_license(plan=make_plan(max_activations=3))
+
+    outcomes = run_at_once(
+        50,
+        lambda n: services.activate_license(
+            license_key=issued.key, fingerprint=f"device-{n}", actor=services.Actor.app()
+        ),
+    )
+
+    assert outcome_kinds(outcomes) == {"ActivationResult": 3, "ActivationLimitReached": 47}
+    assert Activation.objects.filter(license=issued.license).live().count() == 3
+    refusal = next(outcome for outcome in outcomes if isinstance(outcome, errors.ActivationLimitReached))
+    assert (refusal.facts["limit"], refusal.facts["used"]) == (3, 3)
+
+
+def test_storm_of_one_device_reactivating_leaves_one_live_activation():
+    issued = make_license(plan=make_plan(max_activations=3))
+
+    outcomes = run_at_once(
+        20,
+        lambda n: services.activate_license(
+            license_key=issued.key, fingerprint="same-device", actor=services.Actor.app()
+        ),
+    )
+
+    assert outcome_kinds(outcomes) == {"ActivationResult": 20}
+    assert sum(outcome.created for outcome in outcomes) == 1
+    assert len({outcome.activation.pk for outcome in outcomes}) == 1
+    assert Activation.objects.filter(license=issued.license).live().count() == 1
+
+
+def test_validations_and_deactivations_during_a_storm_keep_counts_exact():
+    issued = make_license(plan=make_plan(max_activations=5))
+    for n in range(5):
+        services.activate_license(license_key=issued.key, fingerprint=f"old-{n}", actor=services.Actor.app())
+
+    def work(n: int) -> Any:
+        if n < 5:
+            activation = services.find_activation(license_key=issued.key, fingerprint=f"old-{n}")
+            return services.deactivate_activation(activation=activation, actor=services.Actor.app())
+        if n < 25:
+            return services.validate_license(license_key=issued.key)
+        return services.activate_license(license_key=issued.key, fingerprint=f"new-{n}", actor=services.Actor.app())
+
+    outcomes = run_at_once(45, work)
+
+    kinds = outcome_kinds(outcomes)
+    assert set(kinds) <= {"DeactivationResult", "ValidationResult", "ActivationResult", "ActivationLimitReached"}
+    assert kinds["DeactivationResult"] == 5
+    assert issued.license.activations.live().count() <= 5
+    assert issued.license.activations.live().count() == 5 - 5 + kinds["ActivationResult"]
+    issued.license.refresh_from_db()
+    assert issued.license.validation_count == 20

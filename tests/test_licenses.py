@@ -1,0 +1,285 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from licensing import errors, services
+from licensing.models import AuditEvent, Customer, License, Plan, add_months
+from tests.factories import activate, make_customer, make_license, make_plan, make_product
+
+
+def events(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action))
+
+
+@pytest.mark.django_db
+def test_new_license_takes_the_plans_limit_and_duration(product):
+    plan = make_plan(product=product, max_activations=5, duration_unit="year", duration_value=1)
+    before = timezone.now()
+
+    license = make_license(plan=plan).license
+
+    license.refresh_from_db()
+    assert license.status == License.Status.ACTIVE
+    assert license.max_activations == 5
+    assert add_months(before, 12) <= license.expires_at <= add_months(timezone.now(), 12)
+
+
+@pytest.mark.django_db
+def test_explicit_limit_and_expiry_override_the_plan(plan):
+    expires_at = timezone.now() + timedelta(days=3)
+
+    license = make_license(plan=plan, max_activations=None, expires_at=expires_at).license
+
+    license.refresh_from_db()
+    assert license.max_activations is None
+    assert license.expires_at == expires_at
+
+
+@pytest.mark.django_db
+def test_perpetual_plan_gives_a_license_that_never_expires(product):
+    plan = make_plan(product=product, duration_unit="perpetual", duration_value=None)
+
+    assert make_license(plan=plan).license.expires_at is None
+
+
+@pytest.mark.django_db
+def test_license_without_a_plan_is_unlimited_and_perpetual(product):
+    license = make_license(product=product).license
+
+    assert (license.plan, license.max_activations, license.expires_at) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("start", "months", "expected"),
+    [
+        (datetime(2026, 1, 31, tzinfo=UTC), 1, datetime(2026, 2, 28, tzinfo=UTC)),
+        (datetime(2028, 1, 31, tzinfo=UTC), 1, datetime(2028, 2, 29, tzinfo=UTC)),
+        (datetime(2026, 11, 15, tzinfo=UTC), 2, datetime(2027, 1, 15, tzinfo=UTC)),
+        (datetime(2026, 3, 10, tzinfo=UTC), 24, datetime(2028, 3, 10, tzinfo=UTC)),
+    ],
+)
+def test_monthly_durations_land_on_the_same_day_or_the_months_last(start, months, expected):
+    assert add_months(start, months) == expected
+
+
+def test_plan_expiry_in_days():
+    plan = Plan(duration_unit="day", duration_value=14)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    assert plan.expiry_from(start) == start + timedelta(days=14)
+
+
+@pytest.mark.django_db
+def test_creating_a_license_is_audited_without_its_key(issued):
+    (event,) = events("license.created")
+
+    assert event.license_id == issued.license.pk
+    assert event.actor_kind == "system"
+    assert event.changes["max_activations"] == [None, 3]
+    assert issued.key not in str(event.changes)
+
+
+@pytest.mark.django_db
+def test_plan_of_another_product_is_refused(plan):
+    with pytest.raises(errors.InvalidInput) as raised:
+        make_license(product=make_product(), plan=plan)
+
+    assert raised.value.field == "plan"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("bad_limit", [-1, "3", 2.5, True])
+def test_activation_limit_must_be_a_whole_number(plan, bad_limit):
+    with pytest.raises(errors.InvalidInput) as raised:
+        make_license(plan=plan, max_activations=bad_limit)
+
+    assert raised.value.field == "max_activations"
+
+
+@pytest.mark.django_db
+def test_metadata_must_be_an_object(plan):
+    with pytest.raises(errors.InvalidInput) as raised:
+        make_license(plan=plan, metadata=["not", "an", "object"])
+
+    assert raised.value.field == "metadata"
+
+
+@pytest.mark.django_db
+def test_suspend_and_reinstate(issued, actor):
+    services.suspend_license(license=issued.license, actor=actor)
+    assert License.objects.get(pk=issued.license.pk).status == "suspended"
+
+    services.reinstate_license(license=issued.license, actor=actor)
+
+    assert License.objects.get(pk=issued.license.pk).status == "active"
+    assert events("license.suspended")[0].changes == {"status": ["active", "suspended"]}
+    assert events("license.reinstated")[0].changes == {"status": ["suspended", "active"]}
+
+
+@pytest.mark.django_db
+def test_suspending_twice_changes_nothing_more(issued, actor):
+    services.suspend_license(license=issued.license, actor=actor)
+    services.suspend_license(license=issued.license, actor=actor)
+
+    assert len(events("license.suspended")) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("change", [services.reinstate_license, services.suspend_license])
+def test_a_revoked_license_stays_revoked(issued, actor, change):
+    services.revoke_license(license=issued.license, actor=actor)
+
+    with pytest.raises(errors.InvalidStatusChange):
+        change(license=issued.license, actor=actor)
+
+    assert License.objects.get(pk=issued.license.pk).status == "revoked"
+
+
+@pytest.mark.django_db
+def test_reinstating_an_active_license_changes_nothing(issued, actor):
+    services.reinstate_license(license=issued.license, actor=actor)
+
+    assert events("license.reinstated") == []
+
+
+@pytest.mark.django_db
+def test_extending_by_days_counts_from_the_current_expiry(plan, actor):
+    expires_at = timezone.now() + timedelta(days=10)
+    license = make_license(plan=plan, expires_at=expires_at).license
+
+    services.extend_license(license=license, days=30, actor=actor)
+
+    license.refresh_from_db()
+    assert license.expires_at == expires_at + timedelta(days=30)
+    before, after = (parse_datetime(value) for value in events("license.extended")[0].changes["expires_at"])
+    assert after - before == timedelta(days=30)
+
+
+@pytest.mark.django_db
+def test_extending_a_lapsed_license_counts_from_now(plan, actor):
+    license = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=100)).license
+    before = timezone.now()
+
+    services.extend_license(license=license, days=30, actor=actor)
+
+    license.refresh_from_db()
+    assert before + timedelta(days=30) <= license.expires_at <= timezone.now() + timedelta(days=30)
+    assert not license.is_expired
+
+
+@pytest.mark.django_db
+def test_extending_to_a_date_or_to_never(issued, actor):
+    new_expiry = timezone.now() + timedelta(days=400)
+    services.extend_license(license=issued.license, expires_at=new_expiry, actor=actor)
+    assert License.objects.get(pk=issued.license.pk).expires_at == new_expiry
+
+    services.extend_license(license=issued.license, expires_at=None, actor=actor)
+
+    assert License.objects.get(pk=issued.license.pk).expires_at is None
+
+
+@pytest.mark.django_db
+def test_a_perpetual_license_cannot_be_extended_by_days(product, actor):
+    license = make_license(product=product).license
+
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.extend_license(license=license, days=30, actor=actor)
+
+    assert raised.value.field == "days"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("arguments", [{}, {"days": 3, "expires_at": None}, {"days": 0}, {"days": -5}])
+def test_extending_needs_exactly_one_of_a_date_or_a_positive_number_of_days(issued, actor, arguments):
+    with pytest.raises(errors.InvalidInput):
+        services.extend_license(license=issued.license, actor=actor, **arguments)
+
+    assert events("license.extended") == []
+
+
+@pytest.mark.django_db
+def test_lowering_the_limit_keeps_live_devices_but_refuses_new_ones(issued, actor):
+    for fingerprint in ["a", "b", "c"]:
+        activate(issued, fingerprint)
+
+    services.change_activation_limit(license=issued.license, max_activations=1, actor=actor)
+
+    assert issued.license.activations.live().count() == 3
+    with pytest.raises(errors.ActivationLimitReached) as raised:
+        activate(issued, "d")
+    assert raised.value.facts["limit"] == 1
+    assert raised.value.facts["used"] == 3
+    assert events("license.limit_changed")[0].changes == {"max_activations": [3, 1]}
+
+
+@pytest.mark.django_db
+def test_raising_the_limit_to_unlimited(issued, actor):
+    services.change_activation_limit(license=issued.license, max_activations=None, actor=actor)
+
+    for n in range(5):
+        activate(issued, f"device-{n}")
+    assert issued.license.activations.live().count() == 5
+
+
+@pytest.mark.django_db
+def test_changing_owner_and_metadata_is_audited(issued, other_customer, actor):
+    services.update_license_details(license=issued.license, customer=other_customer, metadata={"seats": 4}, actor=actor)
+
+    license = License.objects.get(pk=issued.license.pk)
+    assert license.customer == other_customer
+    assert license.metadata == {"seats": 4}
+    (event,) = events("license.changed")
+    assert event.changes["customer"][1] == other_customer.pk
+
+
+@pytest.mark.django_db
+def test_saving_a_catalog_record_audits_only_real_changes(actor):
+    product = make_product(name="Old name")
+    product.name = "New name"
+    services.save_catalog_record(record=product, actor=actor)
+    services.save_catalog_record(record=product, actor=actor)
+
+    (event,) = events("product.changed")
+    assert event.changes == {"name": ["Old name", "New name"]}
+    assert len(events("product.created")) == 1
+
+
+@pytest.mark.django_db
+def test_product_public_id_is_generated_and_settable():
+    generated = make_product()
+    imported = make_product(public_id="prod_8f2KxQw9LmNpRtY7uVzA3b")
+
+    assert len(generated.public_id) == 36
+    imported.refresh_from_db()
+    assert imported.public_id == "prod_8f2KxQw9LmNpRtY7uVzA3b"
+
+
+@pytest.mark.django_db
+def test_customer_email_is_unique_ignoring_case(customer):
+    duplicate = Customer(email="ADA@Example.com")
+    with pytest.raises(ValidationError):
+        duplicate.full_clean()
+    with pytest.raises(IntegrityError):
+        make_customer(email="ADA@Example.com")
+
+
+@pytest.mark.django_db
+def test_plan_duration_must_match_its_unit(product):
+    with pytest.raises(IntegrityError):
+        make_plan(product=product, duration_unit="month", duration_value=None)
+
+
+@pytest.mark.django_db
+def test_deleting_a_catalog_record_is_audited(actor):
+    customer = make_customer(email="gone@example.com")
+
+    services.delete_catalog_record(record=customer, actor=actor)
+
+    assert not Customer.objects.filter(email="gone@example.com").exists()
+    assert events("customer.deleted")[0].target_display == f"{customer.name} <gone@example.com>"
