@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.http import HttpRequest
@@ -130,6 +131,13 @@ class ExpiryListFilter(admin.SimpleListFilter):
         return queryset
 
 
+class PlanListFilter(admin.RelatedFieldListFilter):
+    """Plans are named with their product: fetch both in one query rather than one per plan."""
+
+    def field_choices(self, field, request, model_admin):
+        return [(plan.pk, str(plan)) for plan in Plan.objects.select_related("product")]
+
+
 class LicenseActionForm(ActionForm):
     days = forms.IntegerField(
         label=_("Days (for extend):"), required=False, min_value=1, widget=forms.NumberInput(attrs={"size": 4})
@@ -198,8 +206,8 @@ class ActivationInline(admin.TabularInline):
 class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
     key_digest_lookup = "key_digest"
     list_display = ["masked_key", "product", "plan", "customer", "status", "usage", "expires_at", "created_at"]
-    list_filter = ["status", "product", "plan", ExpiryListFilter]
-    list_select_related = ["product", "plan", "customer"]
+    list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
+    list_select_related = ["product", "plan__product", "customer"]
     search_fields = ["customer__email", "customer__name"]
     search_help_text = _("A full license key, or a customer's e-mail or name.")
     autocomplete_fields = ["product", "plan", "customer"]
@@ -296,8 +304,9 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
             services.extend_license(license=obj, expires_at=form.cleaned_data["expires_at"], actor=actor)
 
     def save_related(self, request, form, formsets, change):
-        # Activations are read-only here and a license has no many-to-many fields.
-        pass
+        # The service saved the new license; it has no many-to-many fields for save_m2m to save.
+        if change:
+            super().save_related(request, form, formsets, change)
 
     @admin.display(description=_("key"))
     def masked_key(self, license: License) -> str:
@@ -360,11 +369,11 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
 
     @admin.action(description=_("Extend selected licenses by the number of days given"))
     def extend(self, request, queryset):
-        form = LicenseActionForm(request.POST)
-        if not form.is_valid() or not form.cleaned_data.get("days"):
+        try:
+            days = forms.IntegerField(min_value=1).clean(request.POST.get("days"))
+        except ValidationError:
             self.message_user(request, _("Enter a number of days (1 or more) to extend by."), messages.ERROR)
             return
-        days = form.cleaned_data["days"]
         actor = staff_actor(request)
         self._apply(
             request,

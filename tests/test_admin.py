@@ -1,0 +1,347 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from licensing import services
+from licensing.models import Activation, AuditEvent, Customer, License, Product
+from tests.factories import activate, make_customer, make_license, make_plan, make_product
+
+pytestmark = pytest.mark.django_db
+
+MODELS = ["product", "plan", "customer", "license", "activation", "auditevent"]
+
+
+@pytest.fixture
+def world(issued, actor):
+    """One of everything, so every admin page has something to show."""
+    activation = activate(issued, "ada-mac", name="Ada's MacBook").activation
+    services.deactivate_activation(activation=activate(issued, "old-pc").activation, actor=actor)
+    return {
+        "product": issued.license.product,
+        "plan": issued.license.plan,
+        "customer": issued.license.customer,
+        "license": issued.license,
+        "activation": activation,
+        "auditevent": AuditEvent.objects.first(),
+    }
+
+
+def changelist(model: str) -> str:
+    return reverse(f"admin:licensing_{model}_changelist")
+
+
+def change_url(obj) -> str:
+    return reverse(f"admin:licensing_{obj._meta.model_name}_change", args=[obj.pk])
+
+
+def action(client, model: str, name: str, objects, **extra):
+    data = {"action": name, "_selected_action": [str(obj.pk) for obj in objects], **extra}
+    return client.post(changelist(model), data, follow=True)
+
+
+def page_messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+# ---------------------------------------------------------------- pages and access
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_list_and_change_page_renders_for_staff(staff_client, world, model):
+    assert staff_client.get(changelist(model)).status_code == 200
+    assert staff_client.get(change_url(world[model])).status_code == 200
+
+
+@pytest.mark.parametrize("model", ["product", "plan", "customer", "license"])
+def test_add_pages_render_for_staff(staff_client, model):
+    assert staff_client.get(reverse(f"admin:licensing_{model}_add")).status_code == 200
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_non_staff_and_anonymous_users_are_refused(client, world, model):
+    assert client.get(changelist(model)).status_code == 302
+    customer_user = get_user_model().objects.create_user("ada", "ada@example.com", "a-long-test-password")
+    client.force_login(customer_user)
+
+    response = client.get(changelist(model))
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))
+
+
+def test_staff_without_permissions_cannot_open_licenses(client, world):
+    clerk = get_user_model().objects.create_user("clerk", password="a-long-test-password", is_staff=True)
+    client.force_login(clerk)
+
+    assert client.get(changelist("license")).status_code == 403
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_list_pages_make_the_same_number_of_queries_however_many_rows(staff_client, world, model, actor):
+    def count_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert staff_client.get(changelist(model)).status_code == 200
+        return len(queries)
+
+    few = count_queries()
+    for n in range(6):
+        plan = make_plan(max_activations=None)
+        issued = make_license(plan=plan, customer=make_customer())
+        activate(issued, f"device-{n}")
+        services.suspend_license(license=issued.license, actor=actor)
+
+    assert count_queries() == few
+
+
+# ---------------------------------------------------------------- licenses
+
+
+def test_staff_create_a_license_with_a_generated_key_and_see_it(staff_client, plan, customer):
+    response = staff_client.post(
+        reverse("admin:licensing_license_add"),
+        {"product": plan.product.pk, "plan": plan.pk, "customer": customer.pk, "metadata": "{}"},
+        follow=True,
+    )
+
+    license = License.objects.get()
+    key = re.search(r"Its key is (\S+)", " ".join(page_messages(response))).group(1)
+    assert services.get_license_by_key(key) == license
+    assert license.max_activations == 3
+    assert license.expires_at is None
+    event = AuditEvent.objects.get(action="license.created")
+    assert (event.actor_kind, event.actor_display) == ("staff", "staff")
+    assert key in staff_client.get(change_url(license)).content.decode()
+
+
+def test_staff_import_a_license_with_its_existing_key(staff_client, plan):
+    staff_client.post(
+        reverse("admin:licensing_license_add"),
+        {"product": plan.product.pk, "plan": plan.pk, "key": "GKM-IMPORTED-2024-0001", "max_activations": "7", "metadata": "{}"},
+    )
+
+    license = services.get_license_by_key("GKM-IMPORTED-2024-0001")
+    assert license.max_activations == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"key": "DUPLICATE-KEY-1"}, "A license with this key already exists."),
+        ({"key": " spaced "}, "printable characters"),
+        ({"plan": "other"}, "This plan belongs to another product."),
+    ],
+)
+def test_license_add_form_shows_service_refusals(staff_client, plan, data, message):
+    make_license(plan=plan, key="DUPLICATE-KEY-1")
+    other_plan = make_plan()
+    form = {"product": plan.product.pk, "plan": plan.pk, "metadata": "{}", **data}
+    if form["plan"] == "other":
+        form["plan"] = other_plan.pk
+
+    response = staff_client.post(reverse("admin:licensing_license_add"), form)
+
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert License.objects.count() == 1
+
+
+def test_editing_a_license_goes_through_the_services(staff_client, issued, other_customer):
+    new_expiry = timezone.now() + timedelta(days=90)
+    response = staff_client.post(
+        change_url(issued.license),
+        {
+            "customer": other_customer.pk,
+            "max_activations": "5",
+            "expires_at_0": new_expiry.strftime("%Y-%m-%d"),
+            "expires_at_1": "12:00:00",
+            "metadata": '{"seats": 5}',
+            "activations-TOTAL_FORMS": "0",
+            "activations-INITIAL_FORMS": "0",
+        },
+    )
+
+    assert response.status_code == 302
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.customer, license.max_activations, license.metadata) == (other_customer, 5, {"seats": 5})
+    assert license.expires_at.date() == new_expiry.date()
+    actions = set(AuditEvent.objects.filter(actor_kind="staff").values_list("action", flat=True))
+    assert actions == {"license.changed", "license.limit_changed", "license.extended"}
+
+
+def test_license_page_shows_usage_and_live_and_past_devices(staff_client, world):
+    page = staff_client.get(change_url(world["license"])).content.decode()
+
+    assert "1 / 3" in page
+    assert "Ada&#x27;s MacBook" in page
+    assert "old-pc" in page
+
+
+@pytest.mark.parametrize("search", ["full key", "ada@example.com", "Lovelace"])
+def test_search_licenses_by_full_key_or_customer(staff_client, issued, plan, search):
+    make_license(plan=plan, customer=make_customer(email="someone@example.com", name="Someone Else"))
+    term = issued.key if search == "full key" else search
+
+    response = staff_client.get(changelist("license"), {"q": term})
+
+    assert list(response.context["cl"].result_list) == [issued.license]
+
+
+def test_filter_expired_licenses(staff_client, plan):
+    expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
+    make_license(plan=plan, expires_at=timezone.now() + timedelta(days=1))
+
+    response = staff_client.get(changelist("license"), {"expiry": "expired"})
+
+    assert list(response.context["cl"].result_list) == [expired]
+
+
+def test_suspend_reinstate_and_revoke_actions(staff_client, issued):
+    response = action(staff_client, "license", "suspend", [issued.license])
+    assert License.objects.get(pk=issued.license.pk).status == "suspended"
+    assert "1 license(s) suspended." in page_messages(response)
+
+    action(staff_client, "license", "reinstate", [issued.license])
+    assert License.objects.get(pk=issued.license.pk).status == "active"
+
+    action(staff_client, "license", "revoke", [issued.license])
+    assert License.objects.get(pk=issued.license.pk).status == "revoked"
+
+    response = action(staff_client, "license", "reinstate", [issued.license])
+    assert License.objects.get(pk=issued.license.pk).status == "revoked"
+    assert any("cannot become active" in message for message in page_messages(response))
+    staff_actions = AuditEvent.objects.filter(actor_kind="staff").values_list("action", flat=True)
+    assert sorted(staff_actions) == ["license.reinstated", "license.revoked", "license.suspended"]
+
+
+def test_extend_action_adds_the_days_given(staff_client, plan):
+    expires_at = timezone.now() + timedelta(days=5)
+    license = make_license(plan=plan, expires_at=expires_at).license
+
+    response = action(staff_client, "license", "extend", [license], days="30")
+
+    assert License.objects.get(pk=license.pk).expires_at == expires_at + timedelta(days=30)
+    assert "1 license(s) extended." in page_messages(response)
+
+
+def test_extend_action_without_days_changes_nothing(staff_client, plan):
+    expires_at = timezone.now() + timedelta(days=5)
+    license = make_license(plan=plan, expires_at=expires_at).license
+
+    response = action(staff_client, "license", "extend", [license], days="")
+
+    assert License.objects.get(pk=license.pk).expires_at == expires_at
+    assert "Enter a number of days (1 or more) to extend by." in page_messages(response)
+
+
+def test_deactivate_all_devices_action(staff_client, issued):
+    activate(issued, "a")
+    activate(issued, "b")
+
+    response = action(staff_client, "license", "deactivate_all_devices", [issued.license])
+
+    assert issued.license.activations.live().count() == 0
+    assert "2 devices deactivated." in page_messages(response)
+
+
+def test_licenses_cannot_be_deleted(staff_client, issued):
+    url = reverse("admin:licensing_license_delete", args=[issued.license.pk])
+
+    assert staff_client.post(url, {"post": "yes"}).status_code == 403
+    assert License.objects.filter(pk=issued.license.pk).exists()
+
+
+# ---------------------------------------------------------------- activations
+
+
+def test_deactivate_selected_devices_action(staff_client, issued):
+    first = activate(issued, "a").activation
+    second = activate(issued, "b").activation
+
+    response = action(staff_client, "activation", "deactivate", [first])
+    action(staff_client, "activation", "deactivate", [first])
+
+    assert "1 device deactivated." in page_messages(response)
+    assert not Activation.objects.get(pk=first.pk).is_live
+    assert Activation.objects.get(pk=second.pk).is_live
+    event = AuditEvent.objects.get(action="activation.deactivated")
+    assert (event.actor_kind, event.target_id) == ("staff", str(first.pk))
+
+
+def test_activation_list_filters_live_devices(staff_client, world):
+    response = staff_client.get(changelist("activation"), {"state": "live"})
+
+    assert [activation.fingerprint for activation in response.context["cl"].result_list] == ["ada-mac"]
+
+
+# ---------------------------------------------------------------- catalog and audit trail
+
+
+def test_creating_a_product_in_the_admin_is_audited(staff_client):
+    response = staff_client.post(
+        reverse("admin:licensing_product_add"),
+        {"name": "Nova", "slug": "nova", "public_id": "kmp_2b7f0c9a41d84e6fa3c1b9", "is_active": "on"},
+    )
+
+    assert response.status_code == 302
+    product = Product.objects.get(slug="nova")
+    assert product.public_id == "kmp_2b7f0c9a41d84e6fa3c1b9"
+    event = AuditEvent.objects.get(action="product.created")
+    assert (event.actor_kind, event.changes["public_id"]) == ("staff", [None, "kmp_2b7f0c9a41d84e6fa3c1b9"])
+
+
+def test_customer_email_must_be_unique_ignoring_case_in_the_admin(staff_client, customer):
+    response = staff_client.post(reverse("admin:licensing_customer_add"), {"email": "ADA@example.com", "name": "Ada"})
+
+    assert response.status_code == 200
+    assert "A customer with this e-mail already exists." in response.content.decode()
+    assert Customer.objects.count() == 1
+
+
+def test_deleting_an_unused_product_is_audited(staff_client):
+    product = make_product(slug="unused")
+
+    staff_client.post(reverse("admin:licensing_product_delete", args=[product.pk]), {"post": "yes"})
+
+    assert not Product.objects.filter(slug="unused").exists()
+    assert AuditEvent.objects.filter(action="product.deleted", actor_kind="staff").count() == 1
+
+
+def test_a_product_with_licenses_cannot_be_deleted(staff_client, issued):
+    product = issued.license.product
+
+    response = staff_client.post(reverse("admin:licensing_product_delete", args=[product.pk]), {"post": "yes"})
+
+    assert "Cannot delete" in response.content.decode()
+    assert Product.objects.filter(pk=product.pk).exists()
+
+
+def test_audit_trail_is_read_only(staff_client, world):
+    event = world["auditevent"]
+
+    assert staff_client.get(reverse("admin:licensing_auditevent_add")).status_code == 403
+    assert staff_client.post(reverse("admin:licensing_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
+    page = staff_client.get(change_url(event)).content.decode()
+    assert 'name="_save"' not in page
+
+
+def test_audit_trail_filters_by_license_actor_and_action(staff_client, world, plan):
+    other = make_license(plan=plan)
+    license = world["license"]
+
+    by_license = staff_client.get(changelist("auditevent"), {"license": str(license.pk)})
+    by_action = staff_client.get(changelist("auditevent"), {"action": "activation.deactivated"})
+    by_actor = staff_client.get(changelist("auditevent"), {"actor_kind": "app"})
+    by_key = staff_client.get(changelist("auditevent"), {"q": other.key})
+
+    assert {event.license_id for event in by_license.context["cl"].result_list} == {license.pk}
+    assert [event.action for event in by_action.context["cl"].result_list] == ["activation.deactivated"]
+    assert {event.actor_kind for event in by_actor.context["cl"].result_list} == {"app"}
+    assert [event.action for event in by_key.context["cl"].result_list] == ["license.created"]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def import_settings(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "import config.settings as s; print(s.DEBUG, s.DATABASES['default']['ENGINE'])"],
+        cwd=PROJECT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("missing", ["DJANGO_SECRET_KEY", "LICENSE_KEY_SECRET"])
+def test_production_refuses_to_start_without_its_secrets(missing):
+    production = {"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "s" * 50, "LICENSE_KEY_SECRET": "l" * 50}
+
+    result = import_settings(**{**production, missing: ""})
+
+    assert result.returncode != 0
+    assert f"Set {missing}" in result.stderr
+
+
+def test_database_url_chooses_the_database():
+    result = import_settings(DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres")
+
+    assert result.returncode == 0, result.stderr
+    assert "django.db.backends.postgresql" in result.stdout
+
+
+@pytest.mark.django_db
+def test_models_and_migrations_agree():
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
