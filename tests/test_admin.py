@@ -124,7 +124,13 @@ def test_staff_create_a_license_with_a_generated_key_and_see_it(staff_client, pl
 def test_staff_import_a_license_with_its_existing_key(staff_client, plan):
     staff_client.post(
         reverse("admin:licensing_license_add"),
-        {"product": plan.product.pk, "plan": plan.pk, "key": "GKM-IMPORTED-2024-0001", "max_activations": "7", "metadata": "{}"},
+        {
+            "product": plan.product.pk,
+            "plan": plan.pk,
+            "key": "GKM-IMPORTED-2024-0001",
+            "max_activations": "7",
+            "metadata": "{}",
+        },
     )
 
     license = services.get_license_by_key("GKM-IMPORTED-2024-0001")
@@ -327,7 +333,10 @@ def test_audit_trail_is_read_only(staff_client, world):
     event = world["auditevent"]
 
     assert staff_client.get(reverse("admin:licensing_auditevent_add")).status_code == 403
-    assert staff_client.post(reverse("admin:licensing_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
+    assert (
+        staff_client.post(reverse("admin:licensing_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code
+        == 403
+    )
     page = staff_client.get(change_url(event)).content.decode()
     assert 'name="_save"' not in page
 
