@@ -24,6 +24,12 @@ class InvalidInput(LicensingError):
     message = _("The input is not valid.")
 
 
+class DuplicateRecord(LicensingError):
+    code = "duplicate_record"
+    status = 409
+    message = _("A record with these values was saved at the same moment. Try again.")
+
+
 class LicenseNotFound(LicensingError):
     code = "license_not_found"
     status = 404

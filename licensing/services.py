@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -131,15 +132,31 @@ def _diff(before: models.Model | None, after: models.Model) -> dict[str, list[An
 
 
 def save_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> None:
-    """Create or update a product, plan or customer, recording the fields that changed."""
+    """Validate, then create or update a product, plan or customer, recording the fields that changed."""
+    _check_model_rules(record)
     model = type(record)
-    with transaction.atomic():
-        before = None if record._state.adding else model.objects.select_for_update().filter(pk=record.pk).first()
-        record.save()
-        changes = _diff(before, record)
-        if before is None or changes:
-            verb = "created" if before is None else "changed"
-            record_event(actor=actor, action=f"{model._meta.model_name}.{verb}", target=record, changes=changes)
+    try:
+        with transaction.atomic():
+            before = None if record._state.adding else model.objects.select_for_update().filter(pk=record.pk).first()
+            record.save()
+            changes = _diff(before, record)
+            if before is None or changes:
+                verb = "created" if before is None else "changed"
+                record_event(actor=actor, action=f"{model._meta.model_name}.{verb}", target=record, changes=changes)
+    except IntegrityError:
+        # Validation passed, so a concurrent save took the same unique value first.
+        raise errors.DuplicateRecord() from None
+
+
+def _check_model_rules(record: models.Model) -> None:
+    """Raise InvalidInput naming the first field that breaks a field rule or a database constraint."""
+    try:
+        record.full_clean()
+    except ValidationError as error:
+        field, messages = next(iter(error.message_dict.items()))
+        raise errors.InvalidInput(
+            messages[0], field=None if field == NON_FIELD_ERRORS else field, errors=error.message_dict
+        ) from None
 
 
 def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> None:

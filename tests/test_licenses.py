@@ -3,8 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.core.exceptions import ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -262,17 +261,43 @@ def test_product_public_id_is_generated_and_settable():
 
 @pytest.mark.django_db
 def test_customer_email_is_unique_ignoring_case(customer):
-    duplicate = Customer(email="ADA@Example.com")
-    with pytest.raises(ValidationError):
-        duplicate.full_clean()
-    with pytest.raises(IntegrityError):
+    with pytest.raises(errors.InvalidInput) as raised:
         make_customer(email="ADA@Example.com")
+
+    assert raised.value.message == "A customer with this e-mail already exists."
+    assert Customer.objects.count() == 1
 
 
 @pytest.mark.django_db
-def test_plan_duration_must_match_its_unit(product):
-    with pytest.raises(IntegrityError):
-        make_plan(product=product, duration_unit="month", duration_value=None)
+def test_the_database_itself_refuses_a_duplicate_customer_email(customer):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Customer.objects.create(email="ADA@Example.com")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("unit", "value"), [("month", None), ("day", 0), ("perpetual", 3)])
+def test_plan_duration_must_match_its_unit(product, unit, value):
+    with pytest.raises(errors.InvalidInput):
+        make_plan(product=product, duration_unit=unit, duration_value=value)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Plan.objects.create(product=product, name="Bad", identifier="bad", duration_unit=unit, duration_value=value)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: make_product(slug="not a slug"), "slug"),
+        (lambda: make_customer(email="not-an-email"), "email"),
+        (lambda: make_plan(identifier=""), "identifier"),
+    ],
+)
+def test_catalog_records_are_validated_naming_the_field(build, field):
+    with pytest.raises(errors.InvalidInput) as raised:
+        build()
+
+    assert raised.value.field == field
 
 
 @pytest.mark.django_db
