@@ -7,11 +7,12 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Q
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -29,7 +30,22 @@ def limit_display(max_activations: int | None) -> str:
     return _("unlimited") if max_activations is None else str(max_activations)
 
 
-class CatalogAdmin(admin.ModelAdmin):
+class ServiceErrorsMixin:
+    """Show a refusal from the services as a message on the form, never as a server error.
+
+    Forms check what they can beforehand; this catches the rest (a rule that needs the database
+    state, a concurrent save), after the admin's transaction has rolled back.
+    """
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except errors.LicensingError as error:
+            self.message_user(request, str(error.message), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+
+class CatalogAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     """Products, plans and customers, saved and deleted through the services so each change is audited."""
 
     def save_model(self, request, obj, form, change):
@@ -37,6 +53,12 @@ class CatalogAdmin(admin.ModelAdmin):
 
     def delete_model(self, request, obj):
         services.delete_catalog_record(record=obj, actor=staff_actor(request))
+
+    def get_deleted_objects(self, objs, request):
+        # Licenses are never deleted, so staff have no delete permission on them; a record they
+        # refer to is protected, which is the reason to show, not a missing permission.
+        deleted, model_count, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, model_count, set(), protected
 
     def delete_queryset(self, request, queryset):
         with transaction.atomic():
@@ -77,7 +99,12 @@ class PlanAdmin(CatalogAdmin):
     autocomplete_fields = ["product"]
     readonly_fields = ["created_at", "updated_at"]
 
-    @admin.display(description=_("default activation limit"), ordering="max_activations")
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.licenses.exists():
+            return ["product", *self.readonly_fields]
+        return self.readonly_fields
+
+    @admin.display(description=_("default activation limit"), ordering=F("max_activations").asc(nulls_last=True))
     def limit(self, plan: Plan) -> str:
         return limit_display(plan.max_activations)
 
@@ -98,19 +125,6 @@ class CustomerAdmin(CatalogAdmin):
     @admin.display(description=_("licenses"), ordering="license_total")
     def license_count(self, customer: Customer) -> int:
         return customer.license_total
-
-
-class KeySearchMixin:
-    """Let staff paste a full license key into the search box: it is found by its digest."""
-
-    key_digest_lookup = "license__key_digest"
-
-    def get_search_results(self, request, queryset, search_term):
-        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        if search_term.strip():
-            digest = keys.digest_license_key(search_term.strip())
-            results |= queryset.filter(**{self.key_digest_lookup: digest})
-        return results, may_have_duplicates
 
 
 class ExpiryListFilter(admin.SimpleListFilter):
@@ -139,8 +153,11 @@ class PlanListFilter(admin.RelatedFieldListFilter):
 
 
 class LicenseActionForm(ActionForm):
-    days = forms.IntegerField(
-        label=_("Days (for extend):"), required=False, min_value=1, widget=forms.NumberInput(attrs={"size": 4})
+    days = forms.CharField(
+        # Plain text: an invalid action form would read "No action selected"; extend explains instead.
+        label=_("Days (for extend):"),
+        required=False,
+        widget=forms.NumberInput(attrs={"size": 4}),
     )
 
 
@@ -178,6 +195,26 @@ class LicenseAddForm(forms.ModelForm):
         return cleaned
 
 
+class LicenseChangeForm(forms.ModelForm):
+    class Meta:
+        model = License
+        fields = ["customer", "max_activations", "expires_at", "metadata"]
+
+    def clean_metadata(self):
+        metadata = self.cleaned_data["metadata"]
+        if metadata is None:
+            return {}
+        try:
+            services.check_metadata(metadata)
+        except errors.LicensingError as error:
+            raise ValidationError(str(error.message)) from None
+        return metadata
+
+
+class FindLicenseByKeyForm(forms.Form):
+    key = forms.CharField(label=_("License key"), max_length=keys.MAX_KEY_LENGTH)
+
+
 class ActivationInline(admin.TabularInline):
     model = Activation
     extra = 0
@@ -203,13 +240,16 @@ class ActivationInline(admin.TabularInline):
 
 
 @admin.register(License)
-class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
-    key_digest_lookup = "key_digest"
-    list_display = ["masked_key", "product", "plan", "customer", "status", "usage", "expires_at", "created_at"]
+class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
+    list_display = ["masked_key", "product", "plan", "customer", "status", "usage", "expiry"]
     list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
     list_select_related = ["product", "plan__product", "customer"]
-    search_fields = ["customer__email", "customer__name"]
-    search_help_text = _("A full license key, or a customer's e-mail or name.")
+    search_fields = ["customer__email", "customer__name", "key_suffix"]
+    search_help_text = _(
+        "A customer's e-mail or name, or the last characters of a key. To find a license by its whole key, "
+        "use “Find by key”."
+    )
+    form = LicenseChangeForm
     autocomplete_fields = ["product", "plan", "customer"]
     action_form = LicenseActionForm
     actions = ["suspend", "reinstate", "revoke", "extend", "deactivate_all_devices"]
@@ -270,6 +310,30 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def get_urls(self):
+        find = path("find-by-key/", self.admin_site.admin_view(self.find_by_key_view), name="licensing_license_find")
+        return [find, *super().get_urls()]
+
+    def find_by_key_view(self, request):
+        """Open a license from its full key, sent by POST so the key stays out of URLs and access logs."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = FindLicenseByKeyForm(request.POST or None)
+        if form.is_valid():
+            try:
+                license = services.get_license_by_key(form.cleaned_data["key"])
+            except errors.LicenseNotFound as error:
+                form.add_error("key", str(error.message))
+            else:
+                return HttpResponseRedirect(reverse("admin:licensing_license_change", args=[license.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Find a license by its key"),
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/licensing/license/find_by_key.html", context)
+
     def save_form(self, request, form, change):
         if change:
             return form.save(commit=False)
@@ -292,10 +356,9 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
             return
         actor = staff_actor(request)
         changed = set(form.changed_data)
-        if {"customer", "metadata"} & changed:
-            services.update_license_details(
-                license=obj, customer=form.cleaned_data["customer"], metadata=form.cleaned_data["metadata"], actor=actor
-            )
+        details = {field: form.cleaned_data[field] for field in {"customer", "metadata"} & changed}
+        if details:
+            services.update_license_details(license=obj, actor=actor, **details)
         if "max_activations" in changed:
             services.change_activation_limit(
                 license=obj, max_activations=form.cleaned_data["max_activations"], actor=actor
@@ -316,6 +379,10 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
     def license_key(self, license: License) -> str:
         return services.reveal_license_key(license)
 
+    @admin.display(description=_("expires"), ordering=F("expires_at").asc(nulls_last=True))
+    def expiry(self, license: License) -> Any:
+        return license.expires_at or _("never")
+
     @admin.display(description=_("devices used / limit"), ordering="live_total")
     def usage(self, license: License) -> str:
         live = license.live_total if hasattr(license, "live_total") else license.live_activation_count()
@@ -327,17 +394,21 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, _("Every change to this license"))
 
     def _apply(self, request, queryset, change, done_message: str) -> None:
-        done = 0
+        done = unchanged = 0
         for license in queryset:
             try:
-                change(license)
-                done += 1
+                changed = change(license).updated_at != license.updated_at
             except errors.LicensingError as error:
                 self.message_user(request, f"{license.masked_key}: {error.message}", messages.WARNING)
+                continue
+            done += changed
+            unchanged += not changed
         if done:
             self.message_user(request, done_message % {"count": done}, messages.SUCCESS)
+        if unchanged:
+            self.message_user(request, _("%(count)d license(s) were already so.") % {"count": unchanged}, messages.INFO)
 
-    @admin.action(description=_("Suspend selected licenses"))
+    @admin.action(description=_("Suspend selected licenses"), permissions=["change"])
     def suspend(self, request, queryset):
         actor = staff_actor(request)
         self._apply(
@@ -347,7 +418,7 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
             _("%(count)d license(s) suspended."),
         )
 
-    @admin.action(description=_("Reinstate selected licenses"))
+    @admin.action(description=_("Reinstate selected licenses"), permissions=["change"])
     def reinstate(self, request, queryset):
         actor = staff_actor(request)
         self._apply(
@@ -357,7 +428,7 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
             _("%(count)d license(s) reinstated."),
         )
 
-    @admin.action(description=_("Revoke selected licenses"))
+    @admin.action(description=_("Revoke selected licenses"), permissions=["change"])
     def revoke(self, request, queryset):
         actor = staff_actor(request)
         self._apply(
@@ -367,7 +438,7 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
             _("%(count)d license(s) revoked."),
         )
 
-    @admin.action(description=_("Extend selected licenses by the number of days given"))
+    @admin.action(description=_("Extend selected licenses by the number of days given"), permissions=["change"])
     def extend(self, request, queryset):
         try:
             days = forms.IntegerField(min_value=1).clean(request.POST.get("days"))
@@ -382,7 +453,7 @@ class LicenseAdmin(KeySearchMixin, admin.ModelAdmin):
             _("%(count)d license(s) extended."),
         )
 
-    @admin.action(description=_("Deactivate all devices of selected licenses"))
+    @admin.action(description=_("Deactivate all devices of selected licenses"), permissions=["change"])
     def deactivate_all_devices(self, request, queryset):
         actor = staff_actor(request)
         freed = sum(len(services.deactivate_all_activations(license=lic, actor=actor)) for lic in queryset)
@@ -409,7 +480,7 @@ class LiveListFilter(admin.SimpleListFilter):
 
 
 @admin.register(Activation)
-class ActivationAdmin(KeySearchMixin, admin.ModelAdmin):
+class ActivationAdmin(admin.ModelAdmin):
     list_display = [
         "__str__",
         "license",
@@ -423,12 +494,17 @@ class ActivationAdmin(KeySearchMixin, admin.ModelAdmin):
     list_filter = [LiveListFilter, "platform", "license__product"]
     list_select_related = ["license__product"]
     search_fields = ["name", "fingerprint", "license__customer__email"]
-    search_help_text = _("A device name or fingerprint, a full license key, or a customer's e-mail.")
+    search_help_text = _("A device name or fingerprint, or a customer's e-mail.")
     actions = ["deactivate"]
     readonly_fields = [field.name for field in Activation._meta.fields]
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        # A device's page is for reading: saving it would write the row outside the services
+        # (no lock, no audit). Change permission on the list is what its action needs.
+        return obj is None and super().has_change_permission(request)
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -437,7 +513,7 @@ class ActivationAdmin(KeySearchMixin, admin.ModelAdmin):
     def is_live(self, activation: Activation) -> bool:
         return activation.is_live
 
-    @admin.action(description=_("Deactivate selected devices"))
+    @admin.action(description=_("Deactivate selected devices"), permissions=["change"])
     def deactivate(self, request, queryset):
         actor = staff_actor(request)
         freed = sum(
@@ -452,12 +528,12 @@ class ActivationAdmin(KeySearchMixin, admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(KeySearchMixin, admin.ModelAdmin):
+class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "action", "actor", "target_display", "license_link", "ip_address"]
     list_filter = ["action", "actor_kind", "created_at"]
     list_select_related = ["license"]
     search_fields = ["actor_display", "actor_id", "target_display", "target_id"]
-    search_help_text = _("An actor, a target, or a full license key.")
+    search_help_text = _("An actor or a target.")
     date_hierarchy = "created_at"
     readonly_fields = [field.name for field in AuditEvent._meta.fields]
 

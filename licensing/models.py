@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -90,7 +91,12 @@ class Plan(models.Model):
     def duration_display(self) -> str:
         if self.duration_unit == self.DurationUnit.PERPETUAL:
             return str(_("perpetual"))
-        return f"{self.duration_value} {self.get_duration_unit_display()}"
+        units = {
+            self.DurationUnit.DAY: ngettext("%(count)d day", "%(count)d days", self.duration_value),
+            self.DurationUnit.MONTH: ngettext("%(count)d month", "%(count)d months", self.duration_value),
+            self.DurationUnit.YEAR: ngettext("%(count)d year", "%(count)d years", self.duration_value),
+        }
+        return units[self.duration_unit] % {"count": self.duration_value}
 
     def expiry_from(self, start: datetime) -> datetime | None:
         """Return when a license of this plan issued at `start` expires (None: never)."""
@@ -121,7 +127,10 @@ class Customer(models.Model):
                 violation_error_message=_("A customer with this e-mail already exists."),
             ),
             models.UniqueConstraint(
-                fields=["external_id"], condition=~Q(external_id=""), name="customer_external_id_unique"
+                fields=["external_id"],
+                condition=~Q(external_id=""),
+                name="customer_external_id_unique",
+                violation_error_message=_("Another customer already has this external id."),
             ),
         ]
 

@@ -4,12 +4,14 @@ portal are thin faces over these functions, so each rule is written once."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -29,6 +31,7 @@ UNSET: Any = _Unset()
 MAX_FINGERPRINT_LENGTH = 255
 MAX_NAME_LENGTH = 255
 MAX_PLATFORM_LENGTH = 100
+MAX_METADATA_BYTES = 16_384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +140,14 @@ def save_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> N
     model = type(record)
     try:
         with transaction.atomic():
-            before = None if record._state.adding else model.objects.select_for_update().filter(pk=record.pk).first()
+            before = (
+                None
+                if record._state.adding
+                else model.objects.select_for_update(no_key=True).filter(pk=record.pk).first()
+            )
+            if isinstance(before, Plan) and before.product_id != record.product_id and before.licenses.exists():
+                # Its licenses would belong to one product while their plan belongs to another.
+                raise errors.InvalidInput("A plan with licenses cannot move to another product.", field="product")
             record.save()
             changes = _diff(before, record)
             if before is None or changes:
@@ -254,7 +264,7 @@ def check_new_license(
         if License.objects.filter(key_digest=keys.digest_license_key(key)).exists():
             raise errors.DuplicateLicenseKey(field="key")
     _check_activation_limit_value(max_activations)
-    _check_metadata(metadata, field="metadata")
+    check_metadata(metadata, field="metadata")
 
 
 def suspend_license(*, license: License, actor: Actor) -> License:
@@ -350,7 +360,7 @@ def update_license_details(
 ) -> License:
     """Change who owns a license or its metadata."""
     if metadata is not UNSET:
-        _check_metadata(metadata, field="metadata")
+        check_metadata(metadata, field="metadata")
     with transaction.atomic():
         locked = _lock_license(license.pk)
         changes = {}
@@ -394,9 +404,21 @@ def _check_activation_limit_value(max_activations: int | None) -> None:
         )
 
 
-def _check_metadata(metadata: Any, *, field: str) -> None:
-    if metadata is not None and not isinstance(metadata, dict):
+def check_metadata(metadata: Any, *, field: str = "metadata") -> None:
+    """Raise InvalidInput unless metadata is a JSON object every database can store."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
         raise errors.InvalidInput("Metadata must be a JSON object.", field=field)
+    try:
+        encoded = json.dumps(metadata)
+    except (TypeError, ValueError):
+        raise errors.InvalidInput("Metadata must hold only JSON values.", field=field) from None
+    # PostgreSQL's jsonb cannot store the NUL character; SQLite would, so refuse it everywhere.
+    if "\\u0000" in encoded:
+        raise errors.InvalidInput("Metadata must not contain NUL characters.", field=field)
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise errors.InvalidInput(f"Metadata must be at most {MAX_METADATA_BYTES} bytes of JSON.", field=field)
 
 
 def license_problem(license: License) -> errors.LicensingError | None:
@@ -434,7 +456,13 @@ def activate_license(
     _check_text(fingerprint or "", MAX_FINGERPRINT_LENGTH, field="fingerprint")
     _check_text(name, MAX_NAME_LENGTH, field="name")
     _check_text(platform, MAX_PLATFORM_LENGTH, field="platform")
-    _check_metadata(metadata, field="metadata")
+    check_metadata(metadata, field="metadata")
+    ip_address = ip_address or actor.ip_address
+    try:
+        if ip_address is not None:
+            validate_ipv46_address(ip_address)
+    except ValidationError:
+        raise errors.InvalidInput("This is not an IP address.", field="ip_address") from None
     with transaction.atomic():
         license = _lock_license_by_key(license_key)
         if problem := license_problem(license):
@@ -454,9 +482,11 @@ def activate_license(
                     name=name,
                     platform=platform,
                     metadata=metadata or {},
-                    ip_address=ip_address or actor.ip_address,
+                    ip_address=ip_address,
                 )
         except IntegrityError:
+            if fingerprint is None:
+                raise
             # The license row lock makes this a second line of defence: the live-fingerprint
             # constraint caught a concurrent activation of the same device.
             existing = license.activations.live().get(fingerprint=fingerprint)
@@ -526,6 +556,8 @@ def _check_text(value: Any, max_length: int, *, field: str) -> None:
         raise errors.InvalidInput("This must be text.", field=field)
     if len(value) > max_length:
         raise errors.InvalidInput(f"This must be at most {max_length} characters.", field=field)
+    if "\x00" in value:
+        raise errors.InvalidInput("This must not contain NUL characters.", field=field)
 
 
 # ---------------------------------------------------------------- validation (the hot path)
@@ -536,9 +568,10 @@ def validate_license(
 ) -> ValidationResult:
     """Tell an app whether a key, and the device it names, may be used now.
 
-    A valid answer counts the validation and the device's last-seen time with plain atomic
-    UPDATEs, never the license row lock: validation is the hot path and must not queue behind
-    activations.
+    Validation is the hot path: it takes no lock of its own and counts the validation and the
+    device's last-seen time with single atomic UPDATEs (SET n = n + 1), so concurrent validations
+    never serialise. Its counter UPDATE only waits, for milliseconds, while an activation of the
+    same license holds that row.
     """
     license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
     if license is None:

@@ -156,6 +156,12 @@ def test_unusable_license_cannot_activate(issued, actor, state, error, code):
         ("platform", {"fingerprint": "f", "platform": "p" * 101}),
         ("name", {"fingerprint": "f", "name": 42}),
         ("metadata", {"fingerprint": "f", "metadata": "text"}),
+        ("fingerprint", {"fingerprint": "nul\x00inside"}),
+        ("name", {"fingerprint": "f", "name": "nul\x00inside"}),
+        ("metadata", {"fingerprint": "f", "metadata": {"os": "nul\x00inside"}}),
+        ("metadata", {"fingerprint": "f", "metadata": {"big": "x" * 20_000}}),
+        ("metadata", {"fingerprint": "f", "metadata": {"when": object()}}),
+        ("ip_address", {"fingerprint": "f", "ip_address": "not-an-ip"}),
     ],
 )
 def test_bad_activation_input_is_refused_naming_the_field(issued, field, arguments):

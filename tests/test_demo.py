@@ -4,12 +4,17 @@ import io
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from licensing import services
 from licensing.models import Activation, AuditEvent, Customer, License, Plan, Product
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def development_mode(settings):
+    settings.DEBUG = True
 
 
 def load_demo() -> str:
@@ -63,3 +68,13 @@ def test_demo_staff_user_can_sign_in_to_the_admin(client):
     assert client.login(username="admin", password="admin")
     assert client.get("/admin/licensing/license/").status_code == 200
     assert get_user_model().objects.get(username="admin").is_staff
+
+
+def test_demo_refuses_to_load_outside_development(settings):
+    settings.DEBUG = False
+
+    with pytest.raises(CommandError, match="only with DJANGO_DEBUG on"):
+        load_demo()
+
+    assert not get_user_model().objects.exists()
+    assert License.objects.count() == 0

@@ -308,3 +308,59 @@ def test_deleting_a_catalog_record_is_audited(actor):
 
     assert not Customer.objects.filter(email="gone@example.com").exists()
     assert events("customer.deleted")[0].target_display == f"{customer.name} <gone@example.com>"
+
+
+@pytest.mark.django_db
+def test_a_key_stored_by_a_concurrent_request_is_a_duplicate_not_a_crash(plan, monkeypatch):
+    make_license(plan=plan, key="RACED-KEY-0001")
+    # As if the other request inserted the key after this one checked for it.
+    monkeypatch.setattr(services, "check_new_license", lambda **kwargs: None)
+
+    with pytest.raises(errors.DuplicateLicenseKey):
+        make_license(plan=plan, key="RACED-KEY-0001")
+
+    assert License.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_plan_with_licenses_cannot_move_to_another_product(issued, actor):
+    plan = issued.license.plan
+    plan.product = make_product()
+
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.save_catalog_record(record=plan, actor=actor)
+
+    assert raised.value.field == "product"
+    plan.refresh_from_db()
+    assert plan.product == issued.license.product
+
+
+@pytest.mark.django_db
+def test_a_plan_without_licenses_can_move(plan, actor):
+    other = make_product()
+    plan.product = other
+
+    services.save_catalog_record(record=plan, actor=actor)
+
+    plan.refresh_from_db()
+    assert plan.product == other
+
+
+@pytest.mark.django_db
+def test_external_ids_are_unique_with_a_clear_message():
+    make_customer(external_id="cus_ada")
+
+    with pytest.raises(errors.InvalidInput) as raised:
+        make_customer(external_id="cus_ada")
+
+    assert raised.value.message == "Another customer already has this external id."
+    assert make_customer(external_id="").external_id == ""
+    assert make_customer(external_id="").external_id == ""
+
+
+@pytest.mark.parametrize(
+    ("unit", "value", "shown"),
+    [("perpetual", None, "perpetual"), ("day", 1, "1 day"), ("month", 6, "6 months"), ("year", 1, "1 year")],
+)
+def test_plan_duration_reads_naturally(unit, value, shown):
+    assert Plan(duration_unit=unit, duration_value=value).duration_display == shown

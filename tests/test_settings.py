@@ -32,6 +32,26 @@ def test_production_refuses_to_start_without_its_secrets(missing):
     assert f"Set {missing}" in result.stderr
 
 
+def test_deploy_check_is_clean_with_production_settings():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=PROJECT,
+        env={
+            **os.environ,
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": "k3y-" + "x7Qp9Lm2" * 8,
+            "LICENSE_KEY_SECRET": "another-long-random-secret",
+            "DJANGO_ALLOWED_HOSTS": "licenses.example.com",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
 def test_database_url_chooses_the_database():
     result = import_settings(DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
@@ -106,7 +107,17 @@ LICENSES = [
 class Command(BaseCommand):
     help = "Load demo products, plans, customers, licenses in every state, and a staff user."
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--force", action="store_true", help="Load even with DJANGO_DEBUG off (never on a production database)."
+        )
+
     def handle(self, *args, **options):
+        if not settings.DEBUG and not options["force"]:
+            raise CommandError(
+                f"load_demo creates the staff user {DEMO_STAFF_USERNAME!r} with password {DEMO_STAFF_PASSWORD!r}, "
+                "so it runs only with DJANGO_DEBUG on. Use --force for a throwaway database."
+            )
         actor = services.Actor.system("load_demo")
         with transaction.atomic():
             products = {spec["slug"]: self._product(spec, actor) for spec in PRODUCTS}
