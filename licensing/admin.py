@@ -19,7 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from licensing import errors, keys, services
-from licensing.models import Activation, AuditEvent, Customer, License, Plan, Product
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 
 
 def staff_actor(request: HttpRequest) -> services.Actor:
@@ -354,17 +354,8 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             return
-        actor = staff_actor(request)
-        changed = set(form.changed_data)
-        details = {field: form.cleaned_data[field] for field in {"customer", "metadata"} & changed}
-        if details:
-            services.update_license_details(license=obj, actor=actor, **details)
-        if "max_activations" in changed:
-            services.change_activation_limit(
-                license=obj, max_activations=form.cleaned_data["max_activations"], actor=actor
-            )
-        if "expires_at" in changed:
-            services.extend_license(license=obj, expires_at=form.cleaned_data["expires_at"], actor=actor)
+        changes = {field: form.cleaned_data[field] for field in form.changed_data}
+        services.update_license(license=obj, actor=staff_actor(request), **changes)
 
     def save_related(self, request, form, formsets, change):
         # The service saved the new license; it has no many-to-many fields for save_m2m to save.
@@ -560,3 +551,108 @@ class AuditEventAdmin(admin.ModelAdmin):
             return "-"
         url = reverse("admin:licensing_license_change", args=[event.license_id])
         return format_html('<a href="{}">{}</a>', url, event.license.masked_key)
+
+
+class NoFieldsForm(forms.ModelForm):
+    class Meta:
+        model = SigningKey
+        fields: list[str] = []
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(admin.ModelAdmin):
+    """Key pairs that sign answers. The private half is never shown; adding one rotates the signer."""
+
+    list_display = ["kid", "algorithm", "created_at", "signs_now", "retired_at"]
+    fields = ["kid", "algorithm", "public_key_pem", "created_at", "retired_at"]
+    readonly_fields = fields
+    actions = ["retire"]
+    form = NoFieldsForm
+
+    def get_fields(self, request, obj=None):
+        return [] if obj is None else self.fields
+
+    def has_change_permission(self, request, obj=None):
+        # Only the list's retire action changes a key; its page is for reading the public key.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_form(self, request, form, change):
+        signing_key = services.create_signing_key(actor=staff_actor(request))
+        messages.success(request, _("Signing key %(kid)s created; it signs from now on.") % {"kid": signing_key.kid})
+        return signing_key
+
+    def save_model(self, request, obj, form, change):
+        pass
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+    def get_queryset(self, request):
+        current = services.published_signing_keys().values_list("pk", flat=True)[:1]
+        return super().get_queryset(request).annotate(is_current=Q(pk__in=current))
+
+    @admin.display(description=_("signs now"), boolean=True)
+    def signs_now(self, signing_key: SigningKey) -> bool:
+        return signing_key.is_current
+
+    @admin.action(description=_("Retire selected keys (stop signing and publishing them)"), permissions=["change"])
+    def retire(self, request, queryset):
+        for signing_key in queryset:
+            services.retire_signing_key(signing_key=signing_key, actor=staff_actor(request))
+        self.message_user(request, _("%(count)d key(s) retired.") % {"count": len(queryset)}, messages.SUCCESS)
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ["name", "read_only"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys for the management API. A key is shown once, when it is made; only its digest is kept."""
+
+    list_display = ["name", "prefix", "read_only", "created_by", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["read_only", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix"]
+    fields = ["name", "prefix", "read_only", "created_by", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = fields
+    actions = ["revoke"]
+    form = ApiKeyAddForm
+
+    def get_fields(self, request, obj=None):
+        return ApiKeyAddForm.Meta.fields if obj is None else self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_form(self, request, form, change):
+        issued = services.create_api_key(
+            name=form.cleaned_data["name"], read_only=form.cleaned_data["read_only"], actor=staff_actor(request)
+        )
+        messages.success(
+            request,
+            _("API key created: %(key)s — copy it now, it is not shown again.") % {"key": issued.key},
+        )
+        return issued.api_key
+
+    def save_model(self, request, obj, form, change):
+        pass
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+    @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
+    def revoke(self, request, queryset):
+        for api_key in queryset:
+            services.revoke_api_key(api_key=api_key, actor=staff_actor(request))
+        self.message_user(request, _("%(count)d API key(s) revoked.") % {"count": len(queryset)}, messages.SUCCESS)

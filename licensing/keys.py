@@ -37,8 +37,8 @@ def _derived_key(secret: str, purpose: bytes) -> bytes:
     return hkdf.derive(secret.encode())
 
 
-def _fernet() -> Fernet:
-    return Fernet(base64.urlsafe_b64encode(_derived_key(settings.LICENSE_KEY_SECRET, b"encryption")))
+def _fernet(purpose: bytes = b"encryption") -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(_derived_key(settings.LICENSE_KEY_SECRET, purpose)))
 
 
 def digest_license_key(key: str) -> str:
@@ -58,3 +58,24 @@ def license_key_suffix(key: str) -> str:
     """Return the last characters kept in clear for display; short imported keys reveal a third at most."""
     length = min(SUFFIX_LENGTH, len(key) // 3)
     return key[len(key) - length :]
+
+
+API_KEY_PREFIX = "lsk_"
+API_KEY_DISPLAY_LENGTH = 12
+
+
+def generate_api_key() -> str:
+    """Return a new API key: a visible prefix and 256 random bits."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def digest_api_key(key: str) -> str:
+    return hmac.new(_derived_key(settings.LICENSE_KEY_SECRET, b"api-keys"), key.encode(), hashlib.sha256).hexdigest()
+
+
+def encrypt_private_key(pem: bytes) -> str:
+    return _fernet(b"signing-keys").encrypt(pem).decode()
+
+
+def decrypt_private_key(token: str) -> bytes:
+    return _fernet(b"signing-keys").decrypt(token.encode())

@@ -260,3 +260,62 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_display or self.actor_kind}"
+
+
+class SigningKey(models.Model):
+    """An Ed25519 key pair that signs API answers and offline license files.
+
+    The newest key not retired signs; older ones stay published until retired, so apps holding an
+    answer or a file signed before a rotation can still check it.
+    """
+
+    class Algorithm(models.TextChoices):
+        ED25519 = "ed25519", "Ed25519"
+
+    kid = models.CharField(_("key id"), max_length=64, unique=True, editable=False)
+    algorithm = models.CharField(max_length=20, choices=Algorithm.choices, default=Algorithm.ED25519, editable=False)
+    public_key_pem = models.TextField(_("public key"), editable=False)
+    private_key_encrypted = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    retired_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.kid
+
+    @property
+    def is_retired(self) -> bool:
+        return self.retired_at is not None
+
+
+class ApiKey(models.Model):
+    """A secret the vendor's own systems use for the management API. Only its digest is stored."""
+
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(
+        max_length=16, editable=False, help_text=_("The key's first characters, to recognise it.")
+    )
+    key_digest = models.CharField(max_length=64, unique=True, editable=False)
+    read_only = models.BooleanField(default=False, help_text=_("A read-only key can list and read, never change."))
+    created_by = models.CharField(max_length=255, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("API key")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_authenticated(self) -> bool:
+        # DRF's IsAuthenticated asks request.user this; the key stands in for a user.
+        return True
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -4,11 +4,13 @@ portal are thin faces over these functions, so each rule is written once."""
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_ipv46_address
@@ -16,8 +18,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from licensing import errors, keys
-from licensing.models import Activation, ActorKind, AuditEvent, Customer, License, Plan, Product
+from licensing import errors, keys, signing
+from licensing.models import Activation, ActorKind, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 
 
 class _Unset:
@@ -59,6 +61,10 @@ class Actor:
     def system(cls, display: str = "system") -> Actor:
         return cls(ActorKind.SYSTEM, "", display)
 
+    @classmethod
+    def api_key(cls, api_key: ApiKey, *, ip_address: str | None = None) -> Actor:
+        return cls(ActorKind.API_KEY, str(api_key.pk), str(api_key), ip_address)
+
 
 @dataclasses.dataclass(frozen=True)
 class IssuedLicense:
@@ -76,6 +82,20 @@ class ActivationResult:
 class DeactivationResult:
     activation: Activation
     already_inactive: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedApiKey:
+    api_key: ApiKey
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkout:
+    license: License
+    activation: Activation
+    issued_at: datetime
+    expires_at: datetime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +187,19 @@ def _check_model_rules(record: models.Model) -> None:
         raise errors.InvalidInput(
             messages[0], field=None if field == NON_FIELD_ERRORS else field, errors=error.message_dict
         ) from None
+
+
+def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Customer:
+    """Return the customer with this e-mail (any case), creating it when there is none."""
+    customer = Customer.objects.filter(email__iexact=email.strip()).first()
+    if customer is None:
+        customer = Customer(email=email.strip(), name=name)
+        try:
+            save_catalog_record(record=customer, actor=actor)
+        except errors.DuplicateRecord:
+            # Created by a concurrent request between our look-up and our insert.
+            customer = Customer.objects.get(email__iexact=email.strip())
+    return customer
 
 
 def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> None:
@@ -329,6 +362,8 @@ def extend_license(
             if locked.expires_at is None:
                 raise errors.InvalidInput("This license never expires.", field="days")
             expires_at = max(locked.expires_at, timezone.now()) + timedelta(days=days)
+        if expires_at == locked.expires_at:
+            return locked
         changes = {"expires_at": [locked.expires_at, expires_at]}
         locked.expires_at = expires_at
         locked.save(update_fields=["expires_at", "updated_at"])
@@ -344,6 +379,8 @@ def change_activation_limit(*, license: License, max_activations: int | None, ac
     _check_activation_limit_value(max_activations)
     with transaction.atomic():
         locked = _lock_license(license.pk)
+        if locked.max_activations == max_activations:
+            return locked
         changes = {"max_activations": [locked.max_activations, max_activations]}
         locked.max_activations = max_activations
         locked.save(update_fields=["max_activations", "updated_at"])
@@ -374,6 +411,26 @@ def update_license_details(
             locked.save(update_fields=[*changes, "updated_at"])
             record_event(actor=actor, action="license.changed", target=locked, license=locked, changes=changes)
     return locked
+
+
+def update_license(
+    *,
+    license: License,
+    actor: Actor,
+    customer: Customer | None = UNSET,
+    metadata: dict[str, Any] = UNSET,
+    max_activations: int | None = UNSET,
+    expires_at: datetime | None = UNSET,
+) -> License:
+    """Apply several changes to a license together: all of them, or none when one is refused."""
+    with transaction.atomic():
+        if customer is not UNSET or metadata is not UNSET:
+            license = update_license_details(license=license, actor=actor, customer=customer, metadata=metadata)
+        if max_activations is not UNSET:
+            license = change_activation_limit(license=license, max_activations=max_activations, actor=actor)
+        if expires_at is not UNSET:
+            license = extend_license(license=license, expires_at=expires_at, actor=actor)
+    return license
 
 
 def _licenses_with_relations() -> models.QuerySet[License]:
@@ -639,3 +696,121 @@ def _named_activations(
     if fingerprint:
         activations = activations.filter(fingerprint=fingerprint)
     return activations
+
+
+# ---------------------------------------------------------------- offline license files
+
+
+def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: timedelta | None = None) -> Checkout:
+    """Allow a live device to run offline until the returned expiry (never past the license's own)."""
+    ttl = settings.OFFLINE_LICENSE_DEFAULT_TTL if ttl is None else ttl
+    if not timedelta(minutes=1) <= ttl <= settings.OFFLINE_LICENSE_MAX_TTL:
+        raise errors.InvalidInput(
+            f"The time to live must be between 60 and {int(settings.OFFLINE_LICENSE_MAX_TTL.total_seconds())} seconds.",
+            field="ttl",
+        )
+    license = get_license_by_key(license_key)
+    if problem := license_problem(license):
+        raise problem
+    activation = _live_activation(license, fingerprint=fingerprint, activation_id=None) if fingerprint else None
+    if activation is None:
+        raise errors.ActivationNotFound("This device is not activated on this license.", field="fingerprint")
+    issued_at = timezone.now()
+    expires_at = issued_at + ttl
+    if license.expires_at is not None:
+        expires_at = min(expires_at, license.expires_at)
+    with transaction.atomic():
+        record_event(
+            actor=actor,
+            action="activation.checked_out",
+            target=activation,
+            license=license,
+            changes={"offline_until": [None, expires_at]},
+        )
+    return Checkout(license=license, activation=activation, issued_at=issued_at, expires_at=expires_at)
+
+
+# ---------------------------------------------------------------- signing keys
+
+
+def create_signing_key(*, actor: Actor) -> SigningKey:
+    """Make a new Ed25519 key pair; from now on it signs, and older keys stay published."""
+    kid, public_pem, private_encrypted = signing.new_key_pair()
+    with transaction.atomic():
+        signing_key = SigningKey.objects.create(
+            kid=kid, public_key_pem=public_pem, private_key_encrypted=private_encrypted
+        )
+        record_event(actor=actor, action="signing_key.created", target=signing_key)
+    return signing_key
+
+
+def retire_signing_key(*, signing_key: SigningKey, actor: Actor) -> SigningKey:
+    """Stop signing with a key and stop publishing it. Answers it signed no longer verify."""
+    with transaction.atomic():
+        locked = SigningKey.objects.select_for_update().get(pk=signing_key.pk)
+        if locked.retired_at is None:
+            locked.retired_at = timezone.now()
+            locked.save(update_fields=["retired_at"])
+            record_event(actor=actor, action="signing_key.retired", target=locked)
+    return locked
+
+
+def published_signing_keys() -> models.QuerySet[SigningKey]:
+    return SigningKey.objects.filter(retired_at__isnull=True)
+
+
+def current_signing_key() -> SigningKey:
+    """Return the key that signs now, making the first one if the server has none yet."""
+    signing_key = published_signing_keys().first()
+    if signing_key is None:
+        signing_key = create_signing_key(actor=Actor.system())
+    return signing_key
+
+
+# ---------------------------------------------------------------- API keys
+
+
+def create_api_key(*, name: str, actor: Actor, read_only: bool = False) -> IssuedApiKey:
+    """Make an API key for the management API. The plaintext is returned here once and never again."""
+    _check_text(name, 200, field="name")
+    if not name.strip():
+        raise errors.InvalidInput("Give the key a name that says who uses it.", field="name")
+    key = keys.generate_api_key()
+    with transaction.atomic():
+        api_key = ApiKey.objects.create(
+            name=name.strip(),
+            prefix=key[: keys.API_KEY_DISPLAY_LENGTH],
+            key_digest=keys.digest_api_key(key),
+            read_only=read_only,
+            created_by=actor.display[:255],
+        )
+        record_event(actor=actor, action="api_key.created", target=api_key, changes={"read_only": [None, read_only]})
+    return IssuedApiKey(api_key=api_key, key=key)
+
+
+def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:
+    """Stop an API key from working, at once."""
+    with transaction.atomic():
+        locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        if locked.revoked_at is None:
+            locked.revoked_at = timezone.now()
+            locked.save(update_fields=["revoked_at"])
+            record_event(actor=actor, action="api_key.revoked", target=locked)
+    return locked
+
+
+API_KEY_LAST_USE_PRECISION = timedelta(minutes=1)
+
+
+def authenticate_api_key(key: str) -> ApiKey | None:
+    """Return the live API key matching this secret, or None; note when it was last used."""
+    digest = keys.digest_api_key(key)
+    api_key = ApiKey.objects.filter(key_digest=digest, revoked_at__isnull=True).first()
+    if api_key is None or not hmac.compare_digest(api_key.key_digest, digest):
+        return None
+    now = timezone.now()
+    # Minute precision is enough to audit keys, and spares a write on every request.
+    if api_key.last_used_at is None or now - api_key.last_used_at >= API_KEY_LAST_USE_PRECISION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+    return api_key

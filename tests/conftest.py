@@ -58,3 +58,26 @@ def staff_client(client, staff_user):
 def fast_password_hashing(settings):
     # Real hashers are slow on purpose; the tests sign users in hundreds of times.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def api_client():
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+@pytest.fixture
+def api_key(db):
+    return services.create_api_key(name="billing", actor=services.Actor.system("tests"))
+
+
+@pytest.fixture
+def read_only_api_key(db):
+    return services.create_api_key(name="reports", read_only=True, actor=services.Actor.system("tests"))
+
+
+@pytest.fixture
+def management_client(api_client, api_key):
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key.key}")
+    return api_client

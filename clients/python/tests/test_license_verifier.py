@@ -1,0 +1,323 @@
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from license_verifier import (
+    VerificationError,
+    load_public_key,
+    public_keys_from_signing_keys,
+    verify_license_file,
+    verify_response,
+)
+
+KID = "2026-01"
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def public_keys(signing_key: Ed25519PrivateKey) -> dict[str, Ed25519PublicKey]:
+    return {KID: signing_key.public_key()}
+
+
+def public_pem(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def signature_header(signature: bytes, *, kid: str = KID, algorithm: str = "ed25519") -> str:
+    return f'keyid="{kid}", algorithm="{algorithm}", signature="{b64(signature)}"'
+
+
+def signed_response(key: Ed25519PrivateKey, *, nonce: str | None = "n-123", kid: str = KID) -> tuple[bytes, str]:
+    body = json.dumps(
+        {"meta": {"server_time": "2026-11-23T10:00:00Z", "nonce": nonce}, "license": {"status": "active"}}
+    ).encode()
+    return body, signature_header(key.sign(body), kid=kid)
+
+
+def license_payload(**overrides: Any) -> dict[str, Any]:
+    payload = {
+        "license": {"key_suffix": "ABC123", "status": "active"},
+        "activation": {"fingerprint": "device-1"},
+        "issued_at": "2026-11-23T09:00:00Z",
+        "expires_at": "2026-12-23T09:00:00+00:00",
+        "kid": KID,
+        "alg": "ed25519",
+    }
+    payload.update(overrides)
+    return payload
+
+
+def armor(envelope: dict[str, Any], *, newline: str = "\n") -> str:
+    encoded = b64(json.dumps(envelope).encode())
+    lines = [encoded[i : i + 64] for i in range(0, len(encoded), 64)]
+    return newline.join(["-----BEGIN LICENSE FILE-----", *lines, "-----END LICENSE FILE-----", ""])
+
+
+def license_envelope(key: Ed25519PrivateKey, payload: dict[str, Any], *, kid: str = KID) -> dict[str, Any]:
+    payload_bytes = json.dumps(payload).encode()
+    return {"enc": b64(payload_bytes), "sig": b64(key.sign(payload_bytes)), "alg": "ed25519", "kid": kid}
+
+
+def license_file(key: Ed25519PrivateKey, *, newline: str = "\n", kid: str = KID, **overrides: Any) -> str:
+    return armor(license_envelope(key, license_payload(**overrides), kid=kid), newline=newline)
+
+
+def flip_base64_char(value: str, index: int) -> str:
+    replacement = "B" if value[index] == "A" else "A"
+    return value[:index] + replacement + value[index + 1 :]
+
+
+# Signed API answers
+
+
+def test_valid_answer_returns_body(signing_key, public_keys):
+    body, header = signed_response(signing_key)
+
+    assert verify_response(body, header, public_keys) == json.loads(body)
+
+
+def test_key_given_as_pem_verifies(signing_key):
+    body, header = signed_response(signing_key)
+
+    assert verify_response(body, header, {KID: public_pem(signing_key)})["license"] == {"status": "active"}
+    assert verify_response(body, header, {KID: public_pem(signing_key).encode()})["license"] == {"status": "active"}
+
+
+def test_changed_byte_in_body_fails(signing_key, public_keys):
+    body, header = signed_response(signing_key)
+    tampered = body.replace(b'"active"', b'"activf"')
+
+    with pytest.raises(VerificationError, match="does not match"):
+        verify_response(tampered, header, public_keys)
+
+
+def test_signature_from_another_key_fails(public_keys):
+    body, header = signed_response(Ed25519PrivateKey.generate())
+
+    with pytest.raises(VerificationError, match="does not match"):
+        verify_response(body, header, public_keys)
+
+
+def test_unknown_kid_fails(signing_key, public_keys):
+    body, header = signed_response(signing_key, kid="retired-1999")
+
+    with pytest.raises(VerificationError, match="Unknown signing key"):
+        verify_response(body, header, public_keys)
+
+
+def test_header_params_in_any_order_and_spacing_pass(signing_key, public_keys):
+    body, _ = signed_response(signing_key)
+    header = f'signature = "{b64(signing_key.sign(body))}",algorithm="ed25519" ,  keyid="{KID}"'
+
+    assert verify_response(body, header, public_keys)["meta"]["nonce"] == "n-123"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "garbage",
+        'keyid="2026-01", algorithm="ed25519"',
+        'keyid="2026-01", algorithm="ed25519", signature="abc", signature="abc"',
+        'keyid="2026-01", algorithm="ed25519", signature="abc",',
+        "keyid=2026-01, algorithm=ed25519, signature=abc",
+        'keyid="2026-01" algorithm="ed25519" signature="abc"',
+    ],
+)
+def test_bad_header_syntax_fails(signing_key, public_keys, header):
+    body, _ = signed_response(signing_key)
+
+    with pytest.raises(VerificationError, match="X-License-Signature"):
+        verify_response(body, header, public_keys)
+
+
+def test_signature_that_is_not_base64_fails(signing_key, public_keys):
+    body, _ = signed_response(signing_key)
+
+    with pytest.raises(VerificationError, match="base64"):
+        verify_response(body, f'keyid="{KID}", algorithm="ed25519", signature="not base64!"', public_keys)
+
+
+def test_non_ed25519_algorithm_fails(signing_key, public_keys):
+    body, _ = signed_response(signing_key)
+    header = signature_header(signing_key.sign(body), algorithm="hmac-sha256")
+
+    with pytest.raises(VerificationError, match="Unsupported signature algorithm"):
+        verify_response(body, header, public_keys)
+
+
+def test_matching_nonce_passes(signing_key, public_keys):
+    body, header = signed_response(signing_key, nonce="n-123")
+
+    assert verify_response(body, header, public_keys, expected_nonce="n-123")["meta"]["nonce"] == "n-123"
+
+
+@pytest.mark.parametrize("answered_nonce", ["n-999", None])
+def test_nonce_mismatch_fails(signing_key, public_keys, answered_nonce):
+    body, header = signed_response(signing_key, nonce=answered_nonce)
+
+    with pytest.raises(VerificationError, match="nonce"):
+        verify_response(body, header, public_keys, expected_nonce="n-123")
+
+
+def test_signed_body_that_is_not_json_fails(signing_key, public_keys):
+    body = b"<html>oops</html>"
+
+    with pytest.raises(VerificationError, match="not valid JSON"):
+        verify_response(body, signature_header(signing_key.sign(body)), public_keys)
+
+
+# Signing keys
+
+
+def test_signing_keys_document_yields_ed25519_keys_by_kid(signing_key):
+    other = Ed25519PrivateKey.generate()
+    document = {
+        "keys": [
+            {"kid": KID, "algorithm": "ed25519", "public_key": public_pem(signing_key), "active": True},
+            {"kid": "2025-01", "algorithm": "ed25519", "public_key": public_pem(other), "active": False},
+            {"kid": "ec-1", "algorithm": "es256", "public_key": public_pem(ec.generate_private_key(ec.SECP256R1()))},
+        ]
+    }
+
+    for raw_or_parsed in (document, json.dumps(document), json.dumps(document).encode()):
+        keys = public_keys_from_signing_keys(raw_or_parsed)
+        assert sorted(keys) == ["2025-01", KID]
+        body, header = signed_response(signing_key)
+        assert verify_response(body, header, keys) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "not json",
+        "[]",
+        {"keys": "nope"},
+        {"keys": [{"kid": KID, "algorithm": "ed25519", "public_key": "not a pem"}]},
+        {"keys": [{"algorithm": "ed25519", "public_key": "x"}]},
+    ],
+)
+def test_malformed_signing_keys_document_fails(document):
+    with pytest.raises(VerificationError):
+        public_keys_from_signing_keys(document)
+
+
+def test_loading_a_non_ed25519_pem_fails():
+    with pytest.raises(VerificationError, match="not an Ed25519 key"):
+        load_public_key(public_pem(ec.generate_private_key(ec.SECP256R1())))
+
+
+# Offline license files
+
+
+def test_valid_license_file_returns_payload(signing_key, public_keys):
+    assert verify_license_file(license_file(signing_key), public_keys, now=NOW) == license_payload()
+
+
+def test_crlf_line_endings_and_surrounding_blank_lines_are_tolerated(signing_key, public_keys):
+    text = "\r\n\r\n  " + license_file(signing_key, newline="\r\n") + "\r\n\r\n"
+
+    assert verify_license_file(text, public_keys, now=NOW)["kid"] == KID
+
+
+def test_tampered_payload_fails(signing_key, public_keys):
+    envelope = license_envelope(signing_key, license_payload())
+    envelope["enc"] = flip_base64_char(envelope["enc"], len(envelope["enc"]) // 2)
+
+    with pytest.raises(VerificationError, match="signature does not match"):
+        verify_license_file(armor(envelope), public_keys, now=NOW)
+
+
+def test_extended_expiry_with_old_signature_fails(signing_key, public_keys):
+    envelope = license_envelope(signing_key, license_payload())
+    envelope["enc"] = b64(json.dumps(license_payload(expires_at="2099-01-01T00:00:00Z")).encode())
+
+    with pytest.raises(VerificationError, match="signature does not match"):
+        verify_license_file(armor(envelope), public_keys, now=NOW)
+
+
+def test_flipped_character_in_armored_text_fails(signing_key, public_keys):
+    lines = license_file(signing_key).splitlines()
+    lines[2] = flip_base64_char(lines[2], 10)
+
+    with pytest.raises(VerificationError):
+        verify_license_file("\n".join(lines), public_keys, now=NOW)
+
+
+def test_license_file_signed_by_another_key_fails(public_keys):
+    with pytest.raises(VerificationError, match="signature does not match"):
+        verify_license_file(license_file(Ed25519PrivateKey.generate()), public_keys, now=NOW)
+
+
+@pytest.mark.parametrize("expires_at", ["2026-11-23T09:59:59Z", "2026-11-23T10:00:00Z", "2026-11-23T11:00:00+01:00"])
+def test_expired_license_file_fails(signing_key, public_keys, expires_at):
+    with pytest.raises(VerificationError, match="expired"):
+        verify_license_file(license_file(signing_key, expires_at=expires_at), public_keys, now=NOW)
+
+
+def test_license_file_issued_within_clock_leeway_passes(signing_key, public_keys):
+    issued_at = (NOW + timedelta(minutes=5)).isoformat()
+
+    assert verify_license_file(license_file(signing_key, issued_at=issued_at), public_keys, now=NOW)
+
+
+def test_future_issued_license_file_fails(signing_key, public_keys):
+    issued_at = (NOW + timedelta(minutes=5, seconds=1)).isoformat()
+
+    with pytest.raises(VerificationError, match="future"):
+        verify_license_file(license_file(signing_key, issued_at=issued_at), public_keys, now=NOW)
+
+
+def test_timestamp_without_timezone_fails(signing_key, public_keys):
+    with pytest.raises(VerificationError, match="no timezone"):
+        verify_license_file(license_file(signing_key, expires_at="2026-12-23T09:00:00"), public_keys, now=NOW)
+
+
+def test_kid_mismatch_between_envelope_and_payload_fails(signing_key):
+    keys = {KID: signing_key.public_key(), "other": signing_key.public_key()}
+
+    with pytest.raises(VerificationError, match="kid differs"):
+        verify_license_file(license_file(signing_key, kid="other"), keys, now=NOW)
+
+
+def test_alg_mismatch_inside_payload_fails(signing_key, public_keys):
+    with pytest.raises(VerificationError, match="alg differs"):
+        verify_license_file(license_file(signing_key, alg="rsa"), public_keys, now=NOW)
+
+
+def test_license_file_with_unknown_kid_fails(signing_key, public_keys):
+    with pytest.raises(VerificationError, match="Unknown signing key"):
+        verify_license_file(license_file(signing_key, kid="nope"), public_keys, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "hello world",
+        "-----BEGIN LICENSE FILE-----\n-----END LICENSE FILE-----",
+        "-----BEGIN LICENSE FILE-----\n!!!not base64!!!\n-----END LICENSE FILE-----",
+        "-----BEGIN LICENSE FILE-----\n" + b64(b"not json") + "\n-----END LICENSE FILE-----",
+        "-----BEGIN LICENSE FILE-----\n" + b64(b'{"enc": 1}') + "\n-----END LICENSE FILE-----",
+        "-----BEGIN LICENSE FILE-----\n" + b64("é".encode("latin-1")) + "\n-----END LICENSE FILE-----",
+    ],
+)
+def test_garbage_text_fails_with_verification_error(public_keys, text):
+    with pytest.raises(VerificationError):
+        verify_license_file(text, public_keys, now=NOW)

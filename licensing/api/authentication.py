@@ -1,0 +1,51 @@
+"""API-key authentication for the management API, shaped like DRF's TokenAuthentication."""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions, permissions
+
+from licensing import services
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer <API key>`; request.user and request.auth are the ApiKey."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        words = authentication.get_authorization_header(request).split()
+        if not words or words[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(words) != 2:
+            raise exceptions.AuthenticationFailed("Send the API key as: Authorization: Bearer <key>.")
+        try:
+            key = words[1].decode()
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("The API key is not valid.") from None
+        api_key = services.authenticate_api_key(key)
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("The API key is not valid, or has been revoked.")
+        return api_key, api_key
+
+    def authenticate_header(self, request):
+        return self.keyword
+
+
+class ApiKeyPermission(permissions.BasePermission):
+    """Any live API key reads; only a read-write key changes anything."""
+
+    message = "This API key is read-only."
+
+    def has_permission(self, request, view):
+        if request.auth is None:
+            return False
+        return request.method in permissions.SAFE_METHODS or not request.auth.read_only
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = ApiKeyAuthentication
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key from `manage.py create_api_key`."}

@@ -1,0 +1,98 @@
+"""Every error of the native API as {"error": {"code", "message", "field"?, ...facts}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from licensing import errors
+from licensing.api.parsers import RequestTooLarge
+from licensing.models import Activation
+
+DRF_ERROR_CODES = [
+    (exceptions.ParseError, "malformed_request"),
+    (exceptions.NotAuthenticated, "unauthorized"),
+    (exceptions.AuthenticationFailed, "unauthorized"),
+    (exceptions.PermissionDenied, "forbidden"),
+    (exceptions.NotFound, "not_found"),
+    (exceptions.MethodNotAllowed, "method_not_allowed"),
+    (exceptions.NotAcceptable, "not_acceptable"),
+    (exceptions.UnsupportedMediaType, "unsupported_media_type"),
+    (exceptions.Throttled, "rate_limited"),
+    (RequestTooLarge, "request_too_large"),
+]
+
+
+def error_body(code: str, message: str, field: str | None = None, **facts: Any) -> dict[str, Any]:
+    error = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"error": {**error, **facts}}
+
+
+def mask_fingerprint(fingerprint: str | None) -> str | None:
+    """Show enough of a device id to recognise it, never enough to reuse it."""
+    if not fingerprint:
+        return None
+    return "…" + fingerprint[-4:] if len(fingerprint) > 8 else "…"
+
+
+def live_devices(license) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(activation.pk),
+            "name": activation.name,
+            "platform": activation.platform,
+            "fingerprint": mask_fingerprint(activation.fingerprint),
+            "created_at": activation.created_at,
+            "last_seen_at": activation.last_seen_at,
+        }
+        for activation in Activation.objects.filter(license=license).live().order_by("created_at")
+    ]
+
+
+def licensing_error_facts(error: errors.LicensingError) -> dict[str, Any]:
+    facts = {name: value for name, value in error.facts.items() if name != "license"}
+    if isinstance(error, errors.ActivationLimitReached):
+        facts["devices"] = live_devices(error.facts["license"])
+    return facts
+
+
+def first_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
+    """Return the first (field path, message) in a DRF validation detail."""
+    if isinstance(detail, dict):
+        name, value = next(iter(detail.items()))
+        field = None if name == "non_field_errors" else f"{prefix}{name}"
+        nested_field, message = first_error(value, prefix=f"{field}." if field else prefix)
+        return nested_field or field, message
+    if isinstance(detail, list) and detail:
+        return first_error(detail[0], prefix)
+    return None, str(detail)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, errors.LicensingError):
+        body = error_body(exc.code, str(exc.message), exc.field, **licensing_error_facts(exc))
+        return Response(body, status=exc.status)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        field, message = first_error(exc.detail)
+        response.data = error_body("invalid_input", message, field, errors=exc.detail)
+        response.status_code = status.HTTP_400_BAD_REQUEST
+        return response
+    code = next((code for kind, code in DRF_ERROR_CODES if isinstance(exc, kind)), "error")
+    message = str(exc.detail)
+    facts = {"retry_after": exc.wait} if isinstance(exc, exceptions.Throttled) and exc.wait else {}
+    response.data = error_body(code, message, **facts)
+    return response

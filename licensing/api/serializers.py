@@ -1,0 +1,351 @@
+"""Input and output shapes of the native API. Names are unique: drf-spectacular makes them components."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.validators import UniqueValidator
+
+from licensing import keys, services
+from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
+
+
+class StrictCharField(serializers.CharField):
+    """Text only: DRF would turn 42 or true into "42" and "True"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """Whole JSON numbers only: DRF would accept "3", 3.0 and true."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class MetadataField(serializers.JSONField):
+    def to_internal_value(self, data):
+        try:
+            services.check_metadata(data)
+        except services.errors.InvalidInput as error:
+            raise serializers.ValidationError(str(error.message)) from None
+        return super().to_internal_value(data)
+
+
+class StrictInputSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo is an error rather than silently ignored."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["This field is not allowed."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+def key_field(**kwargs: Any) -> StrictCharField:
+    return StrictCharField(max_length=keys.MAX_KEY_LENGTH, trim_whitespace=False, **kwargs)
+
+
+NONCE_HELP = "Any string up to 200 characters; echoed in meta.nonce, inside the signature."
+
+
+# ---------------------------------------------------------------- app-facing license calls
+
+
+class ActivateLicenseInputSerializer(StrictInputSerializer):
+    key = key_field()
+    fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH)
+    name = StrictCharField(max_length=services.MAX_NAME_LENGTH, required=False, allow_blank=True, default="")
+    platform = StrictCharField(max_length=services.MAX_PLATFORM_LENGTH, required=False, allow_blank=True, default="")
+    metadata = MetadataField(required=False, default=dict)
+    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+
+
+class ValidateLicenseInputSerializer(StrictInputSerializer):
+    key = key_field()
+    fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH, required=False)
+    activation_id = serializers.UUIDField(required=False)
+    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+
+
+class DeactivateLicenseInputSerializer(StrictInputSerializer):
+    key = key_field()
+    activation_id = serializers.UUIDField(required=False)
+    fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH, required=False)
+    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+
+    def validate(self, data):
+        if "activation_id" not in data and "fingerprint" not in data:
+            raise serializers.ValidationError({"activation_id": ["Give the activation_id or the fingerprint."]})
+        return data
+
+
+class CheckoutLicenseInputSerializer(StrictInputSerializer):
+    key = key_field()
+    fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH)
+    ttl = StrictIntegerField(required=False, help_text="Seconds the file stays valid (default 30 days).")
+    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+
+
+class ProductSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Product
+        fields = ["id", "public_id", "name", "slug"]
+
+
+class PlanSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Plan
+        fields = ["id", "identifier", "name"]
+
+
+class AppLicenseSerializer(serializers.ModelSerializer):
+    """The license as an app sees it: no key, no owner."""
+
+    product = ProductSummarySerializer()
+    plan = PlanSummarySerializer(allow_null=True)
+    activations_used = serializers.SerializerMethodField()
+    activations_remaining = serializers.SerializerMethodField()
+
+    class Meta:
+        model = License
+        fields = [
+            "id",
+            "status",
+            "product",
+            "plan",
+            "expires_at",
+            "max_activations",
+            "activations_used",
+            "activations_remaining",
+            "metadata",
+        ]
+
+    def get_activations_used(self, license: License) -> int:
+        # Counted once per answer, for both fields; list queries annotate it instead.
+        if not hasattr(license, "live_total"):
+            license.live_total = license.live_activation_count()
+        return license.live_total
+
+    def get_activations_remaining(self, license: License) -> int | None:
+        if license.max_activations is None:
+            return None
+        return max(license.max_activations - self.get_activations_used(license), 0)
+
+
+class ActivationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Activation
+        fields = ["id", "fingerprint", "name", "platform", "metadata", "created_at", "last_seen_at", "deactivated_at"]
+
+
+class MetaSerializer(serializers.Serializer):
+    server_time = serializers.DateTimeField()
+    nonce = serializers.CharField(allow_null=True)
+
+
+class ActivationAnswerSerializer(serializers.Serializer):
+    activation = ActivationSerializer()
+    license = AppLicenseSerializer()
+    meta = MetaSerializer()
+
+
+class ValidationAnswerSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    code = serializers.ChoiceField(choices=["VALID", *services.VALIDATION_CODES.values()])
+    detail = serializers.CharField()
+    license = AppLicenseSerializer(allow_null=True)
+    activation = ActivationSerializer(allow_null=True)
+    meta = MetaSerializer()
+
+
+class DeactivationAnswerSerializer(serializers.Serializer):
+    activation = ActivationSerializer()
+    already_inactive = serializers.BooleanField()
+    detail = serializers.CharField()
+    license = AppLicenseSerializer()
+    meta = MetaSerializer()
+
+
+class LicenseFilePayloadSerializer(serializers.Serializer):
+    """What an offline license file holds (the signer adds kid and alg)."""
+
+    license = AppLicenseSerializer()
+    activation = ActivationSerializer()
+    issued_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+
+
+class CheckoutAnswerSerializer(serializers.Serializer):
+    license_file = serializers.CharField()
+    issued_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    kid = serializers.CharField()
+    algorithm = serializers.CharField()
+    meta = MetaSerializer()
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    field = serializers.CharField(required=False)
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+class SigningKeySerializer(serializers.ModelSerializer):
+    public_key = serializers.CharField(source="public_key_pem")
+    active = serializers.SerializerMethodField(help_text="Whether this key signs new answers.")
+
+    class Meta:
+        model = SigningKey
+        fields = ["kid", "algorithm", "public_key", "created_at", "active"]
+
+    def get_active(self, signing_key: SigningKey) -> bool:
+        return signing_key.pk == self.context["current_kid_pk"]
+
+
+class SigningKeyListSerializer(serializers.Serializer):
+    keys = SigningKeySerializer(many=True)
+
+
+# ---------------------------------------------------------------- management API
+
+
+class ProductSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Product
+        fields = ["id", "name", "slug", "public_id", "is_active", "created_at", "updated_at"]
+        extra_kwargs = {"public_id": {"required": False}}
+
+
+class PlanSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Plan
+        fields = [
+            "id",
+            "product",
+            "name",
+            "identifier",
+            "description",
+            "max_activations",
+            "duration_unit",
+            "duration_value",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class CustomerSerializer(serializers.ModelSerializer):
+    email = serializers.EmailField(
+        max_length=254,
+        validators=[
+            UniqueValidator(
+                Customer.objects.all(), lookup="iexact", message="A customer with this e-mail already exists."
+            )
+        ],
+    )
+
+    class Meta:
+        model = Customer
+        fields = ["id", "email", "name", "external_id", "created_at", "updated_at"]
+
+
+class LicenseSerializer(serializers.ModelSerializer):
+    """A license as the vendor's systems see it; the key only where the view adds it."""
+
+    customer = CustomerSerializer(read_only=True)
+    activations_used = serializers.IntegerField(source="live_total", read_only=True)
+    masked_key = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = License
+        fields = [
+            "id",
+            "masked_key",
+            "product",
+            "plan",
+            "customer",
+            "status",
+            "max_activations",
+            "activations_used",
+            "expires_at",
+            "metadata",
+            "validation_count",
+            "last_validated_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class LicenseWithKeySerializer(LicenseSerializer):
+    key = serializers.SerializerMethodField()
+
+    class Meta(LicenseSerializer.Meta):
+        fields = ["id", "key", *LicenseSerializer.Meta.fields[1:]]
+        read_only_fields = fields
+
+    def get_key(self, license: License) -> str:
+        return services.reveal_license_key(license)
+
+
+class CreateLicenseInputSerializer(StrictInputSerializer):
+    product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.all())
+    plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all(), required=False, allow_null=True)
+    customer_email = serializers.EmailField(max_length=254, required=False)
+    customer_name = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    key = key_field(required=False, help_text="Leave out to generate one; give it to import an existing key.")
+    max_activations = StrictIntegerField(
+        min_value=0, required=False, allow_null=True, help_text="Leave out for the plan's limit; null is unlimited."
+    )
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="Leave out for the plan's duration; null never expires."
+    )
+    metadata = MetadataField(required=False, default=dict)
+
+
+class UpdateLicenseInputSerializer(StrictInputSerializer):
+    customer_email = serializers.EmailField(max_length=254, required=False, allow_null=True)
+    max_activations = StrictIntegerField(min_value=0, required=False, allow_null=True)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    metadata = MetadataField(required=False)
+
+
+class ExtendLicenseInputSerializer(StrictInputSerializer):
+    days = StrictIntegerField(min_value=1, required=False)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate(self, data):
+        if ("days" in data) == ("expires_at" in data):
+            raise serializers.ValidationError({"days": ["Give either days or expires_at."]})
+        return data
+
+
+class ManagedActivationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Activation
+        fields = [
+            "id",
+            "fingerprint",
+            "name",
+            "platform",
+            "metadata",
+            "ip_address",
+            "created_at",
+            "last_seen_at",
+            "deactivated_at",
+            "deactivated_by_kind",
+            "deactivated_by",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,392 @@
+"""The native API: thin views that parse, call licensing.services, and render."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, serializers
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from licensing import services, signing
+from licensing.api import serializers as api
+from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
+from licensing.models import Activation, Customer, License, Plan, Product
+
+
+def client_ip(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+ERRORS = {
+    400: OpenApiResponse(api.ErrorSerializer, description="Bad input; `field` names it."),
+    403: OpenApiResponse(api.ErrorSerializer, description="Refused by the license's state or limit."),
+    404: OpenApiResponse(api.ErrorSerializer, description="Unknown key, or no such activation for it."),
+    413: OpenApiResponse(api.ErrorSerializer, description="Request body too large."),
+}
+
+
+# ---------------------------------------------------------------- app-facing license calls
+
+
+class LicenseCallView(APIView):
+    """An app-facing call: the license key is the credential, and every answer is signed.
+
+    The body gets `meta` (server time, the request's nonce) and an Ed25519 signature over its exact
+    bytes in X-License-Signature, so an app can trust a stored answer and detect a replayed one.
+    """
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if isinstance(response.data, dict):
+            response.data["meta"] = {"server_time": timezone.now(), "nonce": self._nonce(request)}
+        signing_key = services.current_signing_key()
+
+        def sign(rendered):
+            rendered[signing.SIGNATURE_HEADER] = signing.signature_header(
+                rendered.content, kid=signing_key.kid, private_key_encrypted=signing_key.private_key_encrypted
+            )
+
+        response.add_post_render_callback(sign)
+        return response
+
+    @staticmethod
+    def _nonce(request: Request) -> str | None:
+        try:
+            nonce = request.data.get("nonce") if isinstance(request.data, dict) else None
+        except Exception:  # noqa: BLE001 - the body did not parse; that error is already the answer
+            return None
+        return nonce if isinstance(nonce, str) and len(nonce) <= 200 else None
+
+    def app_actor(self, request: Request) -> services.Actor:
+        return services.Actor.app(ip_address=client_ip(request))
+
+
+class ActivateLicenseView(LicenseCallView):
+    @extend_schema(
+        summary="Activate a license on a device",
+        request=api.ActivateLicenseInputSerializer,
+        responses={
+            201: OpenApiResponse(api.ActivationAnswerSerializer, description="A new activation."),
+            200: OpenApiResponse(api.ActivationAnswerSerializer, description="The device was already active."),
+            **ERRORS,
+        },
+    )
+    def post(self, request):
+        data = validated(api.ActivateLicenseInputSerializer, request)
+        result = services.activate_license(
+            license_key=data["key"],
+            fingerprint=data["fingerprint"],
+            name=data["name"],
+            platform=data["platform"],
+            metadata=data["metadata"],
+            actor=self.app_actor(request),
+        )
+        body = {
+            "activation": api.ActivationSerializer(result.activation).data,
+            "license": api.AppLicenseSerializer(result.activation.license).data,
+        }
+        return Response(body, status=201 if result.created else 200)
+
+
+class ValidateLicenseView(LicenseCallView):
+    @extend_schema(
+        summary="Check whether a license, and a device, may be used now",
+        request=api.ValidateLicenseInputSerializer,
+        responses={
+            200: OpenApiResponse(api.ValidationAnswerSerializer, description="`valid` says; `code` says why not."),
+            404: OpenApiResponse(api.ValidationAnswerSerializer, description="Unknown key: code NOT_FOUND."),
+            400: ERRORS[400],
+            413: ERRORS[413],
+        },
+    )
+    def post(self, request):
+        data = validated(api.ValidateLicenseInputSerializer, request)
+        activation_id = data.get("activation_id")
+        result = services.validate_license(
+            license_key=data["key"],
+            fingerprint=data.get("fingerprint"),
+            activation_id=str(activation_id) if activation_id else None,
+        )
+        body = {
+            "valid": result.valid,
+            "code": result.code,
+            "detail": result.detail,
+            "license": api.AppLicenseSerializer(result.license).data if result.license else None,
+            "activation": api.ActivationSerializer(result.activation).data if result.activation else None,
+        }
+        return Response(body, status=404 if result.code == "NOT_FOUND" else 200)
+
+
+class DeactivateLicenseView(LicenseCallView):
+    @extend_schema(
+        summary="Free a device's slot",
+        request=api.DeactivateLicenseInputSerializer,
+        responses={200: api.DeactivationAnswerSerializer, 400: ERRORS[400], 404: ERRORS[404], 413: ERRORS[413]},
+    )
+    def post(self, request):
+        data = validated(api.DeactivateLicenseInputSerializer, request)
+        activation_id = data.get("activation_id")
+        activation = services.find_activation(
+            license_key=data["key"],
+            activation_id=str(activation_id) if activation_id else None,
+            fingerprint=data.get("fingerprint"),
+        )
+        result = services.deactivate_activation(activation=activation, actor=self.app_actor(request))
+        body = {
+            "activation": api.ActivationSerializer(result.activation).data,
+            "already_inactive": result.already_inactive,
+            "detail": "This device was already inactive." if result.already_inactive else "Device deactivated.",
+            "license": api.AppLicenseSerializer(result.activation.license).data,
+        }
+        return Response(body)
+
+
+class CheckoutLicenseView(LicenseCallView):
+    @extend_schema(
+        summary="Get an offline license file for an activated device",
+        request=api.CheckoutLicenseInputSerializer,
+        responses={200: api.CheckoutAnswerSerializer, **ERRORS},
+    )
+    def post(self, request):
+        data = validated(api.CheckoutLicenseInputSerializer, request)
+        checkout = services.checkout_license(
+            license_key=data["key"],
+            fingerprint=data["fingerprint"],
+            ttl=timedelta(seconds=data["ttl"]) if "ttl" in data else None,
+            actor=self.app_actor(request),
+        )
+        signing_key = services.current_signing_key()
+        payload = api.LicenseFilePayloadSerializer(checkout).data
+        body = {
+            "license_file": signing.license_file(
+                payload, kid=signing_key.kid, private_key_encrypted=signing_key.private_key_encrypted
+            ),
+            "issued_at": payload["issued_at"],
+            "expires_at": payload["expires_at"],
+            "kid": signing_key.kid,
+            "algorithm": signing_key.algorithm,
+        }
+        return Response(body)
+
+
+class SigningKeyListView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        summary="Public keys that check signed answers and license files", responses=api.SigningKeyListSerializer
+    )
+    def get(self, request):
+        current = services.current_signing_key()
+        published = services.published_signing_keys()
+        return Response(
+            {"keys": api.SigningKeySerializer(published, many=True, context={"current_kid_pk": current.pk}).data}
+        )
+
+
+# ---------------------------------------------------------------- management API
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class ManagementView:
+    """Authenticated by API key; read-only keys may only read. Writes are audited as the key."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [ApiKeyPermission]
+    pagination_class = Pagination
+
+    def api_actor(self) -> services.Actor:
+        return services.Actor.api_key(self.request.auth, ip_address=client_ip(self.request))
+
+
+class CatalogMixin(ManagementView):
+    def perform_create(self, serializer):
+        record = serializer.Meta.model(**serializer.validated_data)
+        services.save_catalog_record(record=record, actor=self.api_actor())
+        serializer.instance = record
+
+    def perform_update(self, serializer):
+        record = serializer.instance
+        for name, value in serializer.validated_data.items():
+            setattr(record, name, value)
+        services.save_catalog_record(record=record, actor=self.api_actor())
+
+
+class ProductListView(CatalogMixin, generics.ListCreateAPIView):
+    queryset = Product.objects.order_by("id")
+    serializer_class = api.ProductSerializer
+
+
+class ProductDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
+    queryset = Product.objects.all()
+    serializer_class = api.ProductSerializer
+
+
+class PlanListView(CatalogMixin, generics.ListCreateAPIView):
+    queryset = Plan.objects.order_by("id")
+    serializer_class = api.PlanSerializer
+
+
+class PlanDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
+    queryset = Plan.objects.all()
+    serializer_class = api.PlanSerializer
+
+
+class CustomerListView(CatalogMixin, generics.ListCreateAPIView):
+    queryset = Customer.objects.order_by("id")
+    serializer_class = api.CustomerSerializer
+
+
+class CustomerDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
+    queryset = Customer.objects.all()
+    serializer_class = api.CustomerSerializer
+
+
+def licenses_for_listing():
+    return License.objects.select_related("customer").annotate(
+        live_total=Count("activations", filter=Q(activations__deactivated_at__isnull=True))
+    )
+
+
+class LicenseListFilterSerializer(serializers.Serializer):
+    product = serializers.IntegerField(required=False)
+    customer_email = serializers.EmailField(required=False)
+    status = serializers.ChoiceField(choices=License.Status.choices, required=False)
+
+
+@extend_schema(parameters=[LicenseListFilterSerializer])
+class LicenseListView(ManagementView, generics.ListAPIView):
+    serializer_class = api.LicenseSerializer
+
+    def get_queryset(self):
+        filters = LicenseListFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        licenses = licenses_for_listing().order_by("-created_at", "id")
+        if "product" in filters.validated_data:
+            licenses = licenses.filter(product_id=filters.validated_data["product"])
+        if "customer_email" in filters.validated_data:
+            licenses = licenses.filter(customer__email__iexact=filters.validated_data["customer_email"])
+        if "status" in filters.validated_data:
+            licenses = licenses.filter(status=filters.validated_data["status"])
+        return licenses
+
+    @extend_schema(
+        summary="Issue a license",
+        request=api.CreateLicenseInputSerializer,
+        responses={201: api.LicenseWithKeySerializer, 400: ERRORS[400], 409: OpenApiResponse(api.ErrorSerializer)},
+    )
+    def post(self, request):
+        data = validated(api.CreateLicenseInputSerializer, request)
+        actor = self.api_actor()
+        customer = None
+        if "customer_email" in data:
+            customer = services.find_or_create_customer(
+                email=data["customer_email"], name=data["customer_name"], actor=actor
+            )
+        issued = services.create_license(
+            product=data["product"],
+            plan=data.get("plan"),
+            customer=customer,
+            key=data.get("key"),
+            max_activations=data.get("max_activations", services.UNSET),
+            expires_at=data.get("expires_at", services.UNSET),
+            metadata=data["metadata"],
+            actor=actor,
+        )
+        license = licenses_for_listing().get(pk=issued.license.pk)
+        return Response(api.LicenseWithKeySerializer(license).data, status=201)
+
+
+class LicenseDetailView(ManagementView, APIView):
+    @extend_schema(summary="A license, with its key", responses={200: api.LicenseWithKeySerializer, 404: ERRORS[404]})
+    def get(self, request, pk):
+        return Response(api.LicenseWithKeySerializer(get_object_or_404(licenses_for_listing(), pk=pk)).data)
+
+    @extend_schema(
+        summary="Change a license's owner, limit, expiry or metadata",
+        request=api.UpdateLicenseInputSerializer,
+        responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
+    )
+    def patch(self, request, pk):
+        license = get_object_or_404(License, pk=pk)
+        data = validated(api.UpdateLicenseInputSerializer, request)
+        actor = self.api_actor()
+        changes = {name: data[name] for name in ["max_activations", "expires_at", "metadata"] if name in data}
+        if "customer_email" in data:
+            email = data["customer_email"]
+            changes["customer"] = services.find_or_create_customer(email=email, actor=actor) if email else None
+        services.update_license(license=license, actor=actor, **changes)
+        return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
+
+
+LICENSE_ACTIONS = {
+    "suspend": services.suspend_license,
+    "reinstate": services.reinstate_license,
+    "revoke": services.revoke_license,
+}
+
+
+class LicenseStatusView(ManagementView, APIView):
+    action_name = ""
+
+    @extend_schema(request=None, responses={200: api.LicenseSerializer, 404: ERRORS[404], 409: ERRORS[400]})
+    def post(self, request, pk):
+        license = get_object_or_404(License, pk=pk)
+        LICENSE_ACTIONS[self.action_name](license=license, actor=self.api_actor())
+        return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
+
+
+class LicenseExtendView(ManagementView, APIView):
+    @extend_schema(
+        summary="Give a license a new expiry, or more days",
+        request=api.ExtendLicenseInputSerializer,
+        responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
+    )
+    def post(self, request, pk):
+        license = get_object_or_404(License, pk=pk)
+        data = validated(api.ExtendLicenseInputSerializer, request)
+        services.extend_license(license=license, actor=self.api_actor(), **data)
+        return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
+
+
+class LicenseActivationListView(ManagementView, generics.ListAPIView):
+    serializer_class = api.ManagedActivationSerializer
+
+    def get_queryset(self):
+        license = get_object_or_404(License, pk=self.kwargs["pk"])
+        return Activation.objects.filter(license=license).order_by("-created_at", "id")
+
+
+class ActivationDeactivateView(ManagementView, APIView):
+    @extend_schema(
+        summary="Deactivate one of a license's devices",
+        request=None,
+        responses={200: api.ManagedActivationSerializer, 404: ERRORS[404]},
+    )
+    def post(self, request, pk, activation_pk):
+        activation = get_object_or_404(Activation, pk=activation_pk, license_id=pk)
+        result = services.deactivate_activation(activation=activation, actor=self.api_actor())
+        return Response(api.ManagedActivationSerializer(result.activation).data)

@@ -1,0 +1,24 @@
+"""Make an API key for the management API. The key is printed once, alone on the last line."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from licensing import errors, services
+
+
+class Command(BaseCommand):
+    help = "Create an API key for the management API and print it (only this once)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--name", required=True, help="Who or what uses the key, e.g. 'billing'.")
+        parser.add_argument("--read-only", action="store_true", help="The key may read but never change anything.")
+
+    def handle(self, *args, **options):
+        try:
+            issued = services.create_api_key(
+                name=options["name"], read_only=options["read_only"], actor=services.Actor.system("create_api_key")
+            )
+        except errors.LicensingError as error:
+            raise CommandError(str(error.message)) from None
+        access = "read-only" if issued.api_key.read_only else "read-write"
+        self.stderr.write(f"Created {access} API key {issued.api_key}. Store it now: it is not shown again.")
+        self.stdout.write(issued.key)

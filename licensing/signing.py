@@ -1,0 +1,65 @@
+"""Ed25519 signatures over API answers and offline license files, checkable by apps with no network."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import secrets
+import textwrap
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+
+from licensing import keys
+
+SIGNATURE_HEADER = "X-License-Signature"
+LICENSE_FILE_BEGIN = "-----BEGIN LICENSE FILE-----"
+LICENSE_FILE_END = "-----END LICENSE FILE-----"
+
+
+def new_key_pair() -> tuple[str, str, str]:
+    """Return a new (kid, public key PEM, encrypted private key)."""
+    private_key = Ed25519PrivateKey.generate()
+    public_pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    kid = f"{timezone.now():%Y%m%d}-{secrets.token_hex(4)}"
+    return kid, public_pem.decode(), keys.encrypt_private_key(private_pem)
+
+
+@functools.lru_cache(maxsize=16)
+def _private_key(kid: str, private_key_encrypted: str) -> Ed25519PrivateKey:
+    # Decrypting and parsing on every answer would cost more than the signature itself.
+    return serialization.load_pem_private_key(keys.decrypt_private_key(private_key_encrypted), password=None)
+
+
+def sign(data: bytes, *, kid: str, private_key_encrypted: str) -> bytes:
+    return _private_key(kid, private_key_encrypted).sign(data)
+
+
+def signature_header(body: bytes, *, kid: str, private_key_encrypted: str) -> str:
+    """Return the X-License-Signature value for an answer's exact body bytes."""
+    signature = base64.b64encode(sign(body, kid=kid, private_key_encrypted=private_key_encrypted)).decode()
+    return f'keyid="{kid}", algorithm="ed25519", signature="{signature}"'
+
+
+def license_file(payload: dict[str, Any], *, kid: str, private_key_encrypted: str) -> str:
+    """Return an offline license file: the signed payload, armored like a PEM block."""
+    payload_bytes = json.dumps(
+        {**payload, "kid": kid, "alg": "ed25519"}, separators=(",", ":"), cls=DjangoJSONEncoder
+    ).encode()
+    document = {
+        "enc": base64.b64encode(payload_bytes).decode(),
+        "sig": base64.b64encode(sign(payload_bytes, kid=kid, private_key_encrypted=private_key_encrypted)).decode(),
+        "alg": "ed25519",
+        "kid": kid,
+    }
+    armored = base64.b64encode(json.dumps(document, separators=(",", ":")).encode()).decode()
+    return "\n".join([LICENSE_FILE_BEGIN, *textwrap.wrap(armored, 64), LICENSE_FILE_END]) + "\n"
