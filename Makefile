@@ -10,7 +10,7 @@ run: $(VENV)/.installed .env
 	$(BIN)/python manage.py load_demo
 	@echo
 	@echo "Serving on http://127.0.0.1:8000 - sign in to the admin at http://127.0.0.1:8000/admin/"
-	@echo "as user 'admin', password 'admin'. Press Ctrl-C to stop."
+	@echo "as user 'admin', password 'admin'. API docs: http://127.0.0.1:8000/api/docs/. Press Ctrl-C to stop."
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 test: $(VENV)/.installed .env

@@ -12,12 +12,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from licensing import services
-from licensing.models import Activation, AuditEvent, Customer, License, Product
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Product
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
 
-MODELS = ["product", "plan", "customer", "license", "activation", "auditevent"]
+MODELS = ["product", "plan", "customer", "license", "activation", "auditevent", "signingkey", "apikey"]
 
 
 @pytest.fixture
@@ -32,6 +32,8 @@ def world(issued, actor):
         "license": issued.license,
         "activation": activation,
         "auditevent": AuditEvent.objects.first(),
+        "signingkey": services.current_signing_key(),
+        "apikey": services.create_api_key(name="billing", actor=actor).api_key,
     }
 
 
@@ -94,6 +96,8 @@ def test_list_pages_make_the_same_number_of_queries_however_many_rows(staff_clie
 
     few = count_queries()
     for n in range(6):
+        services.create_signing_key(actor=actor)
+        services.create_api_key(name=f"key {n}", actor=actor)
         plan = make_plan(max_activations=None)
         issued = make_license(plan=plan, customer=make_customer())
         activate(issued, f"device-{n}")
@@ -468,3 +472,41 @@ def test_audit_trail_filters_by_license_actor_and_action(staff_client, world, pl
     assert other.license.pk not in {event.license_id for event in by_license.context["cl"].result_list}
     assert [event.action for event in by_action.context["cl"].result_list] == ["activation.deactivated"]
     assert {event.actor_kind for event in by_actor.context["cl"].result_list} == {"app"}
+
+
+# ---------------------------------------------------------------- signing keys and API keys
+
+
+def test_staff_create_an_api_key_and_see_it_once(staff_client):
+    response = staff_client.post(reverse("admin:licensing_apikey_add"), {"name": "billing"}, follow=True)
+
+    key = re.search(r"API key created: (\S+)", " ".join(page_messages(response))).group(1)
+    api_key = ApiKey.objects.get()
+    assert services.authenticate_api_key(key) == api_key
+    assert (api_key.name, api_key.read_only, api_key.created_by) == ("billing", False, "staff")
+    assert key not in staff_client.get(change_url(api_key)).content.decode()
+    assert key not in staff_client.get(changelist("apikey")).content.decode()
+
+
+def test_revoking_an_api_key_in_the_admin(staff_client, actor):
+    issued = services.create_api_key(name="old", actor=actor)
+
+    action(staff_client, "apikey", "revoke", [issued.api_key])
+
+    assert services.authenticate_api_key(issued.key) is None
+    assert AuditEvent.objects.filter(action="api_key.revoked", actor_kind="staff").count() == 1
+
+
+def test_adding_a_signing_key_rotates_and_retiring_stops_publishing(staff_client, actor):
+    old = services.current_signing_key()
+
+    staff_client.post(reverse("admin:licensing_signingkey_add"), {})
+    new = services.current_signing_key()
+    action(staff_client, "signingkey", "retire", [old])
+
+    assert new.pk != old.pk
+    assert list(services.published_signing_keys()) == [new]
+    page = staff_client.get(change_url(new)).content.decode()
+    assert "BEGIN PUBLIC KEY" in page
+    assert new.private_key_encrypted not in page
+    assert "PRIVATE" not in page

@@ -1,0 +1,414 @@
+"""The management API, as the vendor's billing system and scripts use it."""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from licensing import keys, services
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License
+from tests.factories import activate, make_customer, make_license, make_plan, make_product
+
+pytestmark = pytest.mark.django_db
+
+
+def error(response) -> dict:
+    return response.json()["error"]
+
+
+# ---------------------------------------------------------------- authentication
+
+
+def test_no_api_key_is_401(api_client, issued):
+    response = api_client.get("/api/v1/licenses")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Bearer"
+    assert error(response)["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("header", ["Bearer lsk_wrong", "Bearer", "Bearer a b", "Token whatever"])
+def test_a_wrong_api_key_is_401(api_client, api_key, header):
+    api_client.credentials(HTTP_AUTHORIZATION=header)
+
+    assert api_client.get("/api/v1/licenses").status_code == 401
+
+
+def test_a_revoked_key_stops_working_at_once(management_client, api_key, actor):
+    assert management_client.get("/api/v1/licenses").status_code == 200
+
+    services.revoke_api_key(api_key=api_key.api_key, actor=actor)
+
+    assert management_client.get("/api/v1/licenses").status_code == 401
+
+
+def test_a_read_only_key_reads_but_cannot_write(api_client, read_only_api_key, issued):
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only_api_key.key}")
+
+    assert api_client.get(f"/api/v1/licenses/{issued.license.pk}").status_code == 200
+    response = api_client.post(f"/api/v1/licenses/{issued.license.pk}/suspend")
+
+    assert response.status_code == 403
+    assert error(response) == {"code": "forbidden", "message": "This API key is read-only."}
+    assert License.objects.get(pk=issued.license.pk).status == "active"
+
+
+def test_an_api_key_is_no_license_key_and_a_license_key_no_api_key(api_client, api_key, issued):
+    as_license = api_client.post("/api/v1/licenses/validate", {"key": api_key.key}, format="json")
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.key}")
+
+    assert as_license.status_code == 404
+    assert api_client.get("/api/v1/licenses").status_code == 401
+
+
+def test_api_keys_are_stored_as_digests_and_note_their_last_use(management_client, api_key):
+    stored = ApiKey.objects.get(pk=api_key.api_key.pk)
+    assert stored.key_digest == keys.digest_api_key(api_key.key)
+    assert api_key.key not in str(ApiKey.objects.values().get(pk=stored.pk))
+    assert api_key.key.startswith(stored.prefix)
+    assert len(api_key.key) >= len("lsk_") + 32
+
+    management_client.get("/api/v1/products")
+
+    assert ApiKey.objects.get(pk=stored.pk).last_used_at is not None
+
+
+def test_create_api_key_command_prints_only_the_key_on_its_last_line():
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command("create_api_key", "--name", "billing", "--read-only", stdout=out, stderr=err)
+
+    key = out.getvalue().strip().splitlines()[-1]
+    api_key = services.authenticate_api_key(key)
+    assert api_key is not None
+    assert (api_key.name, api_key.read_only) == ("billing", True)
+    assert "not shown again" in err.getvalue()
+
+
+def test_create_signing_key_command_prints_the_public_key():
+    out = io.StringIO()
+
+    call_command("create_signing_key", stdout=out)
+
+    assert "-----BEGIN PUBLIC KEY-----" in out.getvalue()
+    assert "PRIVATE" not in out.getvalue()
+    assert services.current_signing_key().kid in out.getvalue()
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_create_and_update_a_product_with_an_imported_id(management_client):
+    response = management_client.post(
+        "/api/v1/products",
+        {"name": "Nova", "slug": "nova", "public_id": "kmp_2b7f0c9a41d84e6fa3c1b9"},
+        format="json",
+    )
+    assert response.status_code == 201
+    product_id = response.json()["id"]
+
+    updated = management_client.patch(f"/api/v1/products/{product_id}", {"is_active": False}, format="json")
+
+    assert updated.status_code == 200
+    assert updated.json()["public_id"] == "kmp_2b7f0c9a41d84e6fa3c1b9"
+    assert updated.json()["is_active"] is False
+    actions = list(AuditEvent.objects.filter(actor_kind="api_key").values_list("action", flat=True))
+    assert sorted(actions) == ["product.changed", "product.created"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"name": "Nova"}, "slug"), ({"name": "Nova", "slug": "not a slug"}, "slug"), ({"slug": "nova"}, "name")],
+)
+def test_bad_product_input_names_the_field(management_client, body, field):
+    response = management_client.post("/api/v1/products", body, format="json")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == field
+
+
+def test_plans_list_and_create(management_client, product):
+    response = management_client.post(
+        "/api/v1/plans",
+        {
+            "product": product.pk,
+            "name": "Pro",
+            "identifier": "pro",
+            "max_activations": 5,
+            "duration_unit": "month",
+            "duration_value": 1,
+        },
+        format="json",
+    )
+
+    assert response.status_code == 201
+    assert management_client.get("/api/v1/plans").json()["results"][0]["identifier"] == "pro"
+
+
+def test_a_plan_duration_that_breaks_the_rule_is_400(management_client, product):
+    response = management_client.post(
+        "/api/v1/plans",
+        {"product": product.pk, "name": "Pro", "identifier": "pro", "duration_unit": "month"},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "duration" in error(response)["message"]
+
+
+def test_customer_email_is_unique_ignoring_case(management_client, customer):
+    response = management_client.post("/api/v1/customers", {"email": "ADA@example.com"}, format="json")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "email"
+    assert Customer.objects.count() == 1
+
+
+def test_unknown_ids_are_404(management_client):
+    assert management_client.get("/api/v1/products/999").status_code == 404
+    response = management_client.get("/api/v1/licenses/00000000-0000-0000-0000-000000000000")
+    assert response.status_code == 404
+    assert error(response)["code"] == "not_found"
+
+
+# ---------------------------------------------------------------- licenses
+
+
+def test_issue_a_license_for_a_new_customer_with_a_generated_key(management_client, plan):
+    response = management_client.post(
+        "/api/v1/licenses",
+        {"product": plan.product.pk, "plan": plan.pk, "customer_email": "new@example.com", "customer_name": "New"},
+        format="json",
+    )
+
+    assert response.status_code == 201
+    body = response.json()
+    assert services.get_license_by_key(body["key"]).pk.hex == body["id"].replace("-", "")
+    assert (body["max_activations"], body["activations_used"], body["status"]) == (3, 0, "active")
+    assert body["customer"]["email"] == "new@example.com"
+    assert Customer.objects.get(email="new@example.com").name == "New"
+    event = AuditEvent.objects.get(action="license.created")
+    assert event.actor_kind == "api_key"
+    assert event.actor_display.startswith("billing (lsk_")
+
+
+def test_issuing_reuses_an_existing_customer_ignoring_case(management_client, plan, customer):
+    response = management_client.post(
+        "/api/v1/licenses", {"product": plan.product.pk, "customer_email": "ADA@EXAMPLE.COM"}, format="json"
+    )
+
+    assert response.json()["customer"]["id"] == customer.pk
+    assert Customer.objects.count() == 1
+
+
+def test_issue_with_an_imported_key_no_limit_and_no_expiry(management_client, plan):
+    response = management_client.post(
+        "/api/v1/licenses",
+        {
+            "product": plan.product.pk,
+            "plan": plan.pk,
+            "key": "KM-IMPORTED-0001",
+            "max_activations": None,
+            "expires_at": None,
+        },
+        format="json",
+    )
+
+    assert response.status_code == 201
+    license = services.get_license_by_key("KM-IMPORTED-0001")
+    assert (license.max_activations, license.expires_at) == (None, None)
+    assert response.json()["key"] == "KM-IMPORTED-0001"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"key": "TAKEN-KEY-0001"}, 409, "key"),
+        ({"plan": "other"}, 400, "plan"),
+        ({"max_activations": -1}, 400, "max_activations"),
+        ({"max_activations": "3"}, 400, "max_activations"),
+        ({"expires_at": "next tuesday"}, 400, "expires_at"),
+        ({"customer_email": "not-an-email"}, 400, "customer_email"),
+        ({"metadata": [1, 2]}, 400, "metadata"),
+        ({"product": 999999}, 400, "product"),
+        ({"seats": 5}, 400, "seats"),
+    ],
+)
+def test_issuing_refusals_name_the_field(management_client, plan, body, status, field):
+    make_license(plan=plan, key="TAKEN-KEY-0001")
+    other_plan = make_plan()
+    data = {"product": plan.product.pk, **body}
+    if data.get("plan") == "other":
+        data["plan"] = other_plan.pk
+
+    response = management_client.post("/api/v1/licenses", data, format="json")
+
+    assert response.status_code == status
+    assert error(response)["field"] == field
+    assert License.objects.count() == 1
+
+
+def test_only_create_and_retrieve_show_the_full_key(management_client, issued):
+    listing = management_client.get("/api/v1/licenses")
+    detail = management_client.get(f"/api/v1/licenses/{issued.license.pk}")
+
+    assert issued.key not in listing.content.decode()
+    assert listing.json()["results"][0]["masked_key"] == issued.license.masked_key
+    assert detail.json()["key"] == issued.key
+
+
+def test_list_licenses_filters_and_pages(management_client, plan, customer, actor):
+    mine = make_license(plan=plan, customer=customer).license
+    suspended = make_license(plan=plan).license
+    services.suspend_license(license=suspended, actor=actor)
+    other_product = make_license(plan=make_plan()).license
+
+    def ids(**params):
+        return [item["id"] for item in management_client.get("/api/v1/licenses", params).json()["results"]]
+
+    assert ids(customer_email="ADA@example.com") == [str(mine.pk)]
+    assert ids(status="suspended") == [str(suspended.pk)]
+    assert set(ids(product=plan.product.pk)) == {str(mine.pk), str(suspended.pk)}
+    assert str(other_product.pk) not in ids(product=plan.product.pk)
+    first_page = management_client.get("/api/v1/licenses", {"page_size": 2}).json()
+    assert (first_page["count"], len(first_page["results"])) == (3, 2)
+    assert first_page["next"]
+
+
+def test_a_bad_filter_is_400(management_client):
+    response = management_client.get("/api/v1/licenses", {"status": "sleeping"})
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "status"
+
+
+def test_patch_changes_owner_limit_expiry_and_metadata(management_client, issued):
+    new_expiry = (timezone.now() + timedelta(days=90)).replace(microsecond=0)
+
+    response = management_client.patch(
+        f"/api/v1/licenses/{issued.license.pk}",
+        {
+            "customer_email": "grace@example.com",
+            "max_activations": 10,
+            "expires_at": new_expiry.isoformat(),
+            "metadata": {"seats": 10},
+        },
+        format="json",
+    )
+
+    assert response.status_code == 200
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.customer.email, license.max_activations, license.expires_at, license.metadata) == (
+        "grace@example.com",
+        10,
+        new_expiry,
+        {"seats": 10},
+    )
+    actions = set(AuditEvent.objects.filter(actor_kind="api_key").values_list("action", flat=True))
+    assert {"license.changed", "license.limit_changed", "license.extended"} <= actions
+
+
+def test_patch_with_one_bad_field_changes_nothing(management_client, issued):
+    response = management_client.patch(
+        f"/api/v1/licenses/{issued.license.pk}", {"max_activations": 10, "metadata": "oops"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert License.objects.get(pk=issued.license.pk).max_activations == 3
+
+
+def test_suspend_reinstate_revoke_and_extend(management_client, plan):
+    expires_at = timezone.now() + timedelta(days=5)
+    license = make_license(plan=plan, expires_at=expires_at).license
+    base = f"/api/v1/licenses/{license.pk}"
+
+    assert management_client.post(f"{base}/suspend").json()["status"] == "suspended"
+    assert management_client.post(f"{base}/reinstate").json()["status"] == "active"
+    extended = management_client.post(f"{base}/extend", {"days": 30}, format="json")
+    assert extended.status_code == 200
+    assert License.objects.get(pk=license.pk).expires_at == expires_at + timedelta(days=30)
+    assert management_client.post(f"{base}/revoke").json()["status"] == "revoked"
+
+    refused = management_client.post(f"{base}/reinstate")
+
+    assert refused.status_code == 409
+    assert error(refused)["code"] == "invalid_status_change"
+
+
+@pytest.mark.parametrize("body", [{}, {"days": 0}, {"days": 3, "expires_at": None}, {"days": "3"}])
+def test_extend_needs_days_or_a_date(management_client, issued, body):
+    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/extend", body, format="json")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "days"
+
+
+def test_list_and_deactivate_a_licenses_devices(management_client, issued, actor):
+    old = activate(issued, "old").activation
+    services.deactivate_activation(activation=old, actor=actor)
+    live = activate(issued, "live").activation
+    base = f"/api/v1/licenses/{issued.license.pk}/activations"
+
+    listing = management_client.get(base).json()["results"]
+    response = management_client.post(f"{base}/{live.pk}/deactivate")
+
+    assert {item["fingerprint"]: item["deactivated_at"] is None for item in listing} == {"old": False, "live": True}
+    assert response.status_code == 200
+    assert response.json()["deactivated_by_kind"] == "api_key"
+    assert issued.license.activations.live().count() == 0
+
+
+def test_a_device_of_another_license_is_404(management_client, issued, plan):
+    theirs = activate(make_license(plan=plan), "theirs").activation
+
+    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/activations/{theirs.pk}/deactivate")
+
+    assert response.status_code == 404
+    assert Activation.objects.get(pk=theirs.pk).is_live
+
+
+# ---------------------------------------------------------------- secrets stay out of logs
+
+
+def test_no_key_or_secret_appears_in_logs(api_client, management_client, api_key, issued, caplog):
+    caplog.set_level(logging.DEBUG)
+    activate(issued, "device-1")
+
+    api_client.post("/api/v1/licenses/activate", {"key": issued.key, "fingerprint": "x" * 300}, format="json")
+    api_client.post("/api/v1/licenses/validate", {"key": issued.key + "-wrong"}, format="json")
+    management_client.get(f"/api/v1/licenses/{issued.license.pk}")
+    management_client.post("/api/v1/licenses", {"product": 999}, format="json")
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key.key}x")
+    api_client.get("/api/v1/licenses")
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert caplog.records
+    assert issued.key not in logged
+    assert api_key.key not in logged
+
+
+def test_schema_validates_and_docs_need_no_cdn(client):
+    out = io.StringIO()
+    call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
+
+    docs = client.get("/api/docs/")
+
+    assert "/api/v1/licenses/activate" in out.getvalue()
+    assert docs.status_code == 200
+    page = docs.content.decode()
+    assert "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
+    assert "cdn" not in page.lower()
+    assert client.get("/api/schema/").status_code == 200
+
+
+def test_products_and_customers_can_be_listed(management_client, product):
+    make_product()
+    make_customer()
+
+    assert management_client.get("/api/v1/products").json()["count"] == 2
+    assert management_client.get("/api/v1/customers").json()["count"] == 1
