@@ -1,12 +1,15 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from licensing.api.views import UnknownEndpointView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("licensing.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    re_path(r"^api/", UnknownEndpointView.as_view()),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]

@@ -361,7 +361,10 @@ def extend_license(
         if days is not None:
             if locked.expires_at is None:
                 raise errors.InvalidInput("This license never expires.", field="days")
-            expires_at = max(locked.expires_at, timezone.now()) + timedelta(days=days)
+            try:
+                expires_at = max(locked.expires_at, timezone.now()) + timedelta(days=days)
+            except OverflowError:
+                raise errors.InvalidInput("That would expire past the year 9999.", field="days") from None
         if expires_at == locked.expires_at:
             return locked
         changes = {"expires_at": [locked.expires_at, expires_at]}

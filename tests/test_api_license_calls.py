@@ -428,3 +428,20 @@ def test_a_suspended_license_gets_no_offline_file(api_client, issued, actor):
 
     assert response.status_code == 403
     assert error(response)["code"] == "license_suspended"
+
+
+def test_a_deeply_nested_body_is_400_not_a_crash(api_client):
+    response = call(api_client, "validate", "[" * 5000 + "]" * 5000)
+
+    assert response.status_code == 400
+    assert error(response)["code"] == "malformed_request"
+    assert response["X-License-Signature"]
+
+
+def test_an_offline_file_names_its_device(api_client, issued):
+    activate(issued, "device-1")
+    text = call(api_client, "checkout", {"key": issued.key, "fingerprint": "device-1"}).json()["license_file"]
+
+    assert verify_license_file(text, published_keys(api_client), fingerprint="device-1")
+    with pytest.raises(VerificationError):
+        verify_license_file(text, published_keys(api_client), fingerprint="device-2")

@@ -412,3 +412,59 @@ def test_products_and_customers_can_be_listed(management_client, product):
 
     assert management_client.get("/api/v1/products").json()["count"] == 2
     assert management_client.get("/api/v1/customers").json()["count"] == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/licenses/not-a-uuid", "/api/v1/customers/abc", "/api/v2/anything"])
+def test_unknown_paths_answer_json_404(management_client, path):
+    response = management_client.get(path)
+
+    assert response.status_code == 404
+    assert error(response)["code"] == "not_found"
+
+
+@pytest.mark.parametrize("days", [3_000_000, 99_999_999])
+def test_extending_past_the_calendar_is_400(management_client, issued, days):
+    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/extend", {"days": days}, format="json")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "days"
+
+
+def test_extending_from_the_last_possible_expiry_is_400(management_client, issued):
+    management_client.patch(
+        f"/api/v1/licenses/{issued.license.pk}", {"expires_at": "9999-12-31T23:59:59Z"}, format="json"
+    )
+
+    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/extend", {"days": 1}, format="json")
+
+    assert response.status_code == 400
+
+
+def test_actions_refuse_a_body_they_do_not_take(management_client, issued):
+    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/suspend", {"reason": "x"}, format="json")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "reason"
+    assert License.objects.get(pk=issued.license.pk).status == "active"
+
+
+def test_customer_name_needs_customer_email(management_client, plan):
+    response = management_client.post(
+        "/api/v1/licenses", {"product": plan.product.pk, "customer_name": "Nameless"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "customer_email"
+
+
+def test_list_expired_licenses(management_client, plan):
+    expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
+    current = make_license(plan=plan).license
+    perpetual = make_license(product=plan.product).license
+
+    def ids(expired_filter):
+        response = management_client.get("/api/v1/licenses", {"expired": expired_filter})
+        return {item["id"] for item in response.json()["results"]}
+
+    assert ids("true") == {str(expired.pk)}
+    assert ids("false") == {str(current.pk), str(perpetual.pk)}

@@ -100,8 +100,14 @@ def verify_response(
     return document
 
 
-def verify_license_file(text: str, public_keys: PublicKeys, *, now: datetime | None = None) -> dict[str, Any]:
-    """Check an offline license file's signature and validity window, and return its payload."""
+def verify_license_file(
+    text: str, public_keys: PublicKeys, *, fingerprint: str | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Check an offline license file's signature and validity window, and return its payload.
+
+    Pass this device's `fingerprint`: a file is issued to one device, and a copy must not unlock
+    another.
+    """
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:
@@ -128,6 +134,11 @@ def verify_license_file(text: str, public_keys: PublicKeys, *, now: datetime | N
         raise VerificationError(f"License file expired at {expires_at.isoformat()}.")
     if issued_at > now + CLOCK_SKEW_LEEWAY:
         raise VerificationError(f"License file is issued in the future ({issued_at.isoformat()}); check the clock.")
+    if fingerprint is not None:
+        activation = payload.get("activation")
+        issued_to = activation.get("fingerprint") if isinstance(activation, Mapping) else None
+        if not isinstance(issued_to, str) or not hmac.compare_digest(issued_to.encode(), fingerprint.encode()):
+            raise VerificationError("License file was issued to another device.")
     return payload
 
 

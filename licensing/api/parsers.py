@@ -24,3 +24,5 @@ class LimitedJSONParser(parsers.JSONParser):
             return json.loads(body.decode((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET))
         except (ValueError, UnicodeDecodeError):
             raise exceptions.ParseError("The request body is not valid JSON.") from None
+        except RecursionError:
+            raise exceptions.ParseError("The request body is nested too deeply.") from None

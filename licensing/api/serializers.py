@@ -112,6 +112,7 @@ class AppLicenseSerializer(serializers.ModelSerializer):
 
     product = ProductSummarySerializer()
     plan = PlanSummarySerializer(allow_null=True)
+    expired = serializers.BooleanField(source="is_expired", help_text="Past its expiry, whatever its status.")
     activations_used = serializers.SerializerMethodField()
     activations_remaining = serializers.SerializerMethodField()
 
@@ -123,6 +124,7 @@ class AppLicenseSerializer(serializers.ModelSerializer):
             "product",
             "plan",
             "expires_at",
+            "expired",
             "max_activations",
             "activations_used",
             "activations_remaining",
@@ -267,6 +269,7 @@ class LicenseSerializer(serializers.ModelSerializer):
     customer = CustomerSerializer(read_only=True)
     activations_used = serializers.IntegerField(source="live_total", read_only=True)
     masked_key = serializers.CharField(read_only=True)
+    expired = serializers.BooleanField(source="is_expired", read_only=True)
 
     class Meta:
         model = License
@@ -280,6 +283,7 @@ class LicenseSerializer(serializers.ModelSerializer):
             "max_activations",
             "activations_used",
             "expires_at",
+            "expired",
             "metadata",
             "validation_count",
             "last_validated_at",
@@ -314,12 +318,21 @@ class CreateLicenseInputSerializer(StrictInputSerializer):
     )
     metadata = MetadataField(required=False, default=dict)
 
+    def validate(self, data):
+        if data["customer_name"] and "customer_email" not in data:
+            raise serializers.ValidationError({"customer_email": ["A customer_name needs a customer_email."]})
+        return data
+
 
 class UpdateLicenseInputSerializer(StrictInputSerializer):
     customer_email = serializers.EmailField(max_length=254, required=False, allow_null=True)
     max_activations = StrictIntegerField(min_value=0, required=False, allow_null=True)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     metadata = MetadataField(required=False)
+
+
+class EmptyInputSerializer(StrictInputSerializer):
+    """For actions that take no input: a body with fields is a mistake worth reporting."""
 
 
 class ExtendLicenseInputSerializer(StrictInputSerializer):

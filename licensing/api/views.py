@@ -9,7 +9,7 @@ from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import generics, serializers
+from rest_framework import exceptions, generics, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -202,6 +202,21 @@ class SigningKeyListView(APIView):
         )
 
 
+class UnknownEndpointView(APIView):
+    """Any other path under /api/: a JSON 404 like every other API error, not Django's HTML page."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(exclude=True)
+    def dispatch(self, request, *args, **kwargs):
+        return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        raise exceptions.NotFound("There is no such API endpoint.")
+
+
 # ---------------------------------------------------------------- management API
 
 
@@ -275,6 +290,7 @@ class LicenseListFilterSerializer(serializers.Serializer):
     product = serializers.IntegerField(required=False)
     customer_email = serializers.EmailField(required=False)
     status = serializers.ChoiceField(choices=License.Status.choices, required=False)
+    expired = serializers.BooleanField(required=False, default=None, allow_null=True)
 
 
 @extend_schema(parameters=[LicenseListFilterSerializer])
@@ -291,6 +307,9 @@ class LicenseListView(ManagementView, generics.ListAPIView):
             licenses = licenses.filter(customer__email__iexact=filters.validated_data["customer_email"])
         if "status" in filters.validated_data:
             licenses = licenses.filter(status=filters.validated_data["status"])
+        if filters.validated_data["expired"] is not None:
+            expired = Q(expires_at__lte=timezone.now())
+            licenses = licenses.filter(expired if filters.validated_data["expired"] else ~expired | Q(expires_at=None))
         return licenses
 
     @extend_schema(
@@ -355,6 +374,7 @@ class LicenseStatusView(ManagementView, APIView):
     @extend_schema(request=None, responses={200: api.LicenseSerializer, 404: ERRORS[404], 409: ERRORS[400]})
     def post(self, request, pk):
         license = get_object_or_404(License, pk=pk)
+        validated(api.EmptyInputSerializer, request)
         LICENSE_ACTIONS[self.action_name](license=license, actor=self.api_actor())
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
 
@@ -388,5 +408,6 @@ class ActivationDeactivateView(ManagementView, APIView):
     )
     def post(self, request, pk, activation_pk):
         activation = get_object_or_404(Activation, pk=activation_pk, license_id=pk)
+        validated(api.EmptyInputSerializer, request)
         result = services.deactivate_activation(activation=activation, actor=self.api_actor())
         return Response(api.ManagedActivationSerializer(result.activation).data)

@@ -230,6 +230,20 @@ def test_valid_license_file_returns_payload(signing_key, public_keys):
     assert verify_license_file(license_file(signing_key), public_keys, now=NOW) == license_payload()
 
 
+def test_license_file_for_this_device_passes(signing_key, public_keys):
+    payload = verify_license_file(license_file(signing_key), public_keys, fingerprint="device-1", now=NOW)
+
+    assert payload["activation"]["fingerprint"] == "device-1"
+
+
+@pytest.mark.parametrize("activation", [{"fingerprint": "device-2"}, {"fingerprint": None}, {}, "device-1"])
+def test_license_file_for_another_device_fails(signing_key, public_keys, activation):
+    text = license_file(signing_key, activation=activation)
+
+    with pytest.raises(VerificationError, match="another device"):
+        verify_license_file(text, public_keys, fingerprint="device-1", now=NOW)
+
+
 def test_crlf_line_endings_and_surrounding_blank_lines_are_tolerated(signing_key, public_keys):
     text = "\r\n\r\n  " + license_file(signing_key, newline="\r\n") + "\r\n\r\n"
 
