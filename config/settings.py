@@ -107,6 +107,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "licensing.api.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # ASCII output escapes anything, so no stored string can make an answer fail to render.
+    "UNICODE_JSON": False,
 }
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 
@@ -137,6 +139,10 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# Server-side: a message may carry a secret shown once (a new API or license key), and the
+# default cookie storage would put it, signed but readable, in the browser's cookies.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"

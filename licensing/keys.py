@@ -43,7 +43,9 @@ def _fernet(purpose: bytes = b"encryption") -> Fernet:
 
 def digest_license_key(key: str) -> str:
     """Return the keyed HMAC-SHA256 of a key: stored, unique and indexed, so lookups are one query."""
-    return hmac.new(_derived_key(settings.LICENSE_KEY_SECRET, b"digest"), key.encode(), hashlib.sha256).hexdigest()
+    # surrogatepass: a malformed key must simply match nothing, never raise.
+    secret = _derived_key(settings.LICENSE_KEY_SECRET, b"digest")
+    return hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def encrypt_license_key(key: str) -> str:
@@ -70,7 +72,8 @@ def generate_api_key() -> str:
 
 
 def digest_api_key(key: str) -> str:
-    return hmac.new(_derived_key(settings.LICENSE_KEY_SECRET, b"api-keys"), key.encode(), hashlib.sha256).hexdigest()
+    secret = _derived_key(settings.LICENSE_KEY_SECRET, b"api-keys")
+    return hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def encrypt_private_key(pem: bytes) -> str:

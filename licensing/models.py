@@ -5,6 +5,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -63,11 +64,15 @@ class Plan(models.Model):
         _("default activation limit"),
         null=True,
         blank=True,
+        validators=[MaxValueValidator(2_147_483_647)],
         help_text=_("Devices a new license may activate. Empty means unlimited."),
     )
     duration_unit = models.CharField(max_length=10, choices=DurationUnit.choices, default=DurationUnit.PERPETUAL)
     duration_value = models.PositiveIntegerField(
-        null=True, blank=True, help_text=_("How many days, months or years. Empty for perpetual.")
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(36_500)],
+        help_text=_("How many days, months or years. Empty for perpetual."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -155,7 +160,11 @@ class License(models.Model):
     key_suffix = models.CharField(max_length=6, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     max_activations = models.PositiveIntegerField(
-        _("activation limit"), null=True, blank=True, help_text=_("Empty means unlimited.")
+        _("activation limit"),
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(2_147_483_647)],
+        help_text=_("Empty means unlimited."),
     )
     expires_at = models.DateTimeField(null=True, blank=True, help_text=_("Empty means it never expires."))
     metadata = models.JSONField(default=dict, blank=True)

@@ -34,6 +34,8 @@ MAX_FINGERPRINT_LENGTH = 255
 MAX_NAME_LENGTH = 255
 MAX_PLATFORM_LENGTH = 100
 MAX_METADATA_BYTES = 16_384
+# The largest value PostgreSQL's integer column (and so every database) holds.
+MAX_ACTIVATION_LIMIT = 2_147_483_647
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +233,8 @@ def create_license(
     actor: Actor,
     plan: Plan | None = None,
     customer: Customer | None = None,
+    customer_email: str | None = None,
+    customer_name: str = "",
     key: str | None = None,
     max_activations: int | None = UNSET,
     expires_at: datetime | None = UNSET,
@@ -238,21 +242,25 @@ def create_license(
 ) -> IssuedLicense:
     """Issue a license with a generated key, or with a key supplied (imported from another vendor).
 
-    The activation limit and expiry default to the plan's; None means unlimited and never expires.
+    The owner is `customer`, or the customer with `customer_email` (made if there is none, and only
+    if the license is made too). The activation limit and expiry default to the plan's; None means
+    unlimited and never expires.
     """
     if key is None:
         key = keys.generate_license_key()
     if max_activations is UNSET:
         max_activations = plan.max_activations if plan else None
     if expires_at is UNSET:
-        expires_at = plan.expiry_from(timezone.now()) if plan else None
+        try:
+            expires_at = plan.expiry_from(timezone.now()) if plan else None
+        except (OverflowError, ValueError):
+            raise errors.InvalidInput("The plan's duration reaches past the year 9999.", field="plan") from None
     check_new_license(product=product, plan=plan, key=key, max_activations=max_activations, metadata=metadata)
 
     digest = keys.digest_license_key(key)
     license = License(
         product=product,
         plan=plan,
-        customer=customer,
         key_digest=digest,
         key_encrypted=keys.encrypt_license_key(key),
         key_suffix=keys.license_key_suffix(key),
@@ -262,6 +270,9 @@ def create_license(
     )
     try:
         with transaction.atomic():
+            if customer_email is not None:
+                customer = find_or_create_customer(email=customer_email, name=customer_name, actor=actor)
+            license.customer = customer
             license.save(force_insert=True)
             record_event(
                 actor=actor,
@@ -421,12 +432,18 @@ def update_license(
     license: License,
     actor: Actor,
     customer: Customer | None = UNSET,
+    customer_email: str | None = UNSET,
     metadata: dict[str, Any] = UNSET,
     max_activations: int | None = UNSET,
     expires_at: datetime | None = UNSET,
 ) -> License:
-    """Apply several changes to a license together: all of them, or none when one is refused."""
+    """Apply several changes to a license together: all of them, or none when one is refused.
+
+    A `customer_email` names the new owner (made if there is none); None leaves it without one.
+    """
     with transaction.atomic():
+        if customer_email is not UNSET:
+            customer = find_or_create_customer(email=customer_email, actor=actor) if customer_email else None
         if customer is not UNSET or metadata is not UNSET:
             license = update_license_details(license=license, actor=actor, customer=customer, metadata=metadata)
         if max_activations is not UNSET:
@@ -457,9 +474,13 @@ def _lock_license_by_key(license_key: str) -> License:
 def _check_activation_limit_value(max_activations: int | None) -> None:
     if max_activations is None:
         return
-    if isinstance(max_activations, bool) or not isinstance(max_activations, int) or max_activations < 0:
+    if (
+        isinstance(max_activations, bool)
+        or not isinstance(max_activations, int)
+        or not 0 <= max_activations <= MAX_ACTIVATION_LIMIT
+    ):
         raise errors.InvalidInput(
-            "The activation limit must be a whole number of 0 or more, or empty for unlimited.",
+            f"The activation limit must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}, or empty for unlimited.",
             field="max_activations",
         )
 
@@ -471,9 +492,11 @@ def check_metadata(metadata: Any, *, field: str = "metadata") -> None:
     if not isinstance(metadata, dict):
         raise errors.InvalidInput("Metadata must be a JSON object.", field=field)
     try:
-        encoded = json.dumps(metadata)
+        encoded = json.dumps(metadata, ensure_ascii=False)
     except (TypeError, ValueError):
         raise errors.InvalidInput("Metadata must hold only JSON values.", field=field) from None
+    if not is_encodable(encoded):
+        raise errors.InvalidInput("Metadata must be valid Unicode text.", field=field)
     # PostgreSQL's jsonb cannot store the NUL character; SQLite would, so refuse it everywhere.
     if "\\u0000" in encoded:
         raise errors.InvalidInput("Metadata must not contain NUL characters.", field=field)
@@ -618,6 +641,17 @@ def _check_text(value: Any, max_length: int, *, field: str) -> None:
         raise errors.InvalidInput(f"This must be at most {max_length} characters.", field=field)
     if "\x00" in value:
         raise errors.InvalidInput("This must not contain NUL characters.", field=field)
+    if not is_encodable(value):
+        raise errors.InvalidInput("This must be valid Unicode text.", field=field)
+
+
+def is_encodable(text: str) -> bool:
+    """Whether text can be stored and sent: JSON lets in lone surrogates that UTF-8 cannot encode."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- validation (the hot path)

@@ -486,6 +486,7 @@ def test_staff_create_an_api_key_and_see_it_once(staff_client):
     assert (api_key.name, api_key.read_only, api_key.created_by) == ("billing", False, "staff")
     assert key not in staff_client.get(change_url(api_key)).content.decode()
     assert key not in staff_client.get(changelist("apikey")).content.decode()
+    assert all(key not in cookie.value for cookie in response.client.cookies.values())
 
 
 def test_revoking_an_api_key_in_the_admin(staff_client, actor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import timedelta
@@ -48,7 +49,8 @@ def test_activation_answers_201_with_the_activation_and_the_license(api_client, 
 
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"activation", "license", "meta"}
+    assert set(body) == {"created", "activation", "license", "meta"}
+    assert body["created"] is True
     assert body["activation"]["fingerprint"] == "mac-C02XL0GHJG5J"
     assert body["activation"]["name"] == "Ada's MacBook"
     assert Activation.objects.get(pk=body["activation"]["id"]).is_live
@@ -67,6 +69,7 @@ def test_reactivating_the_same_device_answers_200_and_takes_no_slot(api_client, 
     again = call(api_client, "activate", {"key": issued.key, "fingerprint": "device-1"})
 
     assert again.status_code == 200
+    assert again.json()["created"] is False
     assert again.json()["activation"]["id"] == first.json()["activation"]["id"]
     assert again.json()["license"]["activations_used"] == 1
 
@@ -377,12 +380,20 @@ def test_a_tampered_or_expired_license_file_is_refused(api_client, issued):
         "license_file"
     ]
     keys = published_keys(api_client)
-    lines = text.splitlines()
-    middle = lines[1]
-    lines[1] = middle[:10] + ("A" if middle[10] != "A" else "B") + middle[11:]
+    document = json.loads(base64.b64decode("".join(text.splitlines()[1:-1])))
+    payload = json.loads(base64.b64decode(document["enc"]))
+    payload["expires_at"] = "2099-01-01T00:00:00Z"
+    document["enc"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    forged = "\n".join(
+        [
+            "-----BEGIN LICENSE FILE-----",
+            base64.b64encode(json.dumps(document).encode()).decode(),
+            "-----END LICENSE FILE-----",
+        ]
+    )
 
-    with pytest.raises(VerificationError):
-        verify_license_file("\n".join(lines), keys)
+    with pytest.raises(VerificationError, match="signature"):
+        verify_license_file(forged, keys)
     with pytest.raises(VerificationError):
         verify_license_file(text, keys, now=timezone.now() + timedelta(hours=2))
     assert verify_license_file(text, keys)["activation"]["fingerprint"] == "device-1"
@@ -445,3 +456,67 @@ def test_an_offline_file_names_its_device(api_client, issued):
     assert verify_license_file(text, published_keys(api_client), fingerprint="device-1")
     with pytest.raises(VerificationError):
         verify_license_file(text, published_keys(api_client), fingerprint="device-2")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"fingerprint": "x", "nonce": "\ud800"}, "nonce"),
+        ({"fingerprint": "x", "metadata": {"a": "\ud800"}}, "metadata"),
+        ({"fingerprint": "x", "metadata": {"\udc00": 1}}, "metadata"),
+        ({"fingerprint": "\ud800"}, "fingerprint"),
+    ],
+)
+def test_unencodable_text_is_400_and_stores_nothing(api_client, issued, body, field):
+    raw = json.dumps({"key": issued.key, **body})
+
+    response = call(api_client, "activate", raw)
+
+    assert response.status_code == 400
+    assert error(response)["field"] == field
+    assert response.json()["meta"]["nonce"] is None
+    assert Activation.objects.count() == 0
+
+
+@pytest.mark.parametrize("ttl", [10**20, -(10**20), 2**63])
+def test_an_enormous_ttl_is_400(api_client, issued, ttl):
+    activate(issued, "device-1")
+
+    response = call(api_client, "checkout", {"key": issued.key, "fingerprint": "device-1", "ttl": ttl})
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "ttl"
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "no-such-charset"])
+def test_an_odd_charset_never_crashes(api_client, issued, charset):
+    response = api_client.generic(
+        "POST",
+        "/api/v1/licenses/validate",
+        data=json.dumps({"key": issued.key}).encode(),
+        content_type=f"application/json; charset={charset}",
+    )
+
+    assert response.status_code in {200, 400}
+    assert response["X-License-Signature"]
+
+
+def test_an_activation_id_must_be_a_uuid_string(api_client, issued):
+    response = call(api_client, "validate", {"key": issued.key, "activation_id": 5})
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "activation_id"
+
+
+def test_an_unexpected_failure_is_still_a_signed_json_answer(api_client, issued, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(services, "validate_license", broken)
+
+    response = call(api_client, "validate", {"key": issued.key, "nonce": "n-500"})
+
+    assert response.status_code == 500
+    assert error(response)["code"] == "server_error"
+    assert "fire" not in response.content.decode()
+    assert verified(api_client, response, nonce="n-500")

@@ -468,3 +468,56 @@ def test_list_expired_licenses(management_client, plan):
 
     assert ids("true") == {str(expired.pk)}
     assert ids("false") == {str(current.pk), str(perpetual.pk)}
+
+
+@pytest.mark.parametrize("limit", [10**30, 2**31])
+def test_an_activation_limit_beyond_the_database_is_400(management_client, issued, plan, limit):
+    created = management_client.post(
+        "/api/v1/licenses", {"product": plan.product.pk, "max_activations": limit}, format="json"
+    )
+    patched = management_client.patch(
+        f"/api/v1/licenses/{issued.license.pk}", {"max_activations": limit}, format="json"
+    )
+    plan_response = management_client.patch(f"/api/v1/plans/{plan.pk}", {"max_activations": limit}, format="json")
+
+    assert (created.status_code, patched.status_code, plan_response.status_code) == (400, 400, 400)
+    assert error(created)["field"] == error(patched)["field"] == error(plan_response)["field"] == "max_activations"
+
+
+def test_a_huge_product_filter_is_400(management_client):
+    response = management_client.get("/api/v1/licenses", {"product": "9" * 30})
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "product"
+
+
+@pytest.mark.parametrize(
+    "extra", [{"plan": "other"}, {"key": "TAKEN-KEY-0001"}, {"metadata": "oops"}], ids=["plan", "key", "metadata"]
+)
+def test_a_refused_license_leaves_no_new_customer_behind(management_client, plan, extra):
+    make_license(plan=plan, key="TAKEN-KEY-0001")
+    data = {"product": plan.product.pk, "customer_email": "orphan@example.com", **extra}
+    if data.get("plan") == "other":
+        data["plan"] = make_plan().pk
+
+    response = management_client.post("/api/v1/licenses", data, format="json")
+
+    assert response.status_code in {400, 409}
+    assert not Customer.objects.filter(email="orphan@example.com").exists()
+    assert not AuditEvent.objects.filter(action="customer.created", actor_kind="api_key").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": 42, "slug": "nova"}, "name"),
+        ({"name": "Nova", "slug": "nova", "is_active": "yes"}, "is_active"),
+        ({"name": "Nova", "slug": "nova", "id": 7}, "id"),
+        ({"name": "Nova", "slug": "nova", "colour": "red"}, "colour"),
+    ],
+)
+def test_catalog_input_is_strict(management_client, body, field):
+    response = management_client.post("/api/v1/products", body, format="json")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == field

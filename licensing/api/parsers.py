@@ -22,7 +22,7 @@ class LimitedJSONParser(parsers.JSONParser):
             raise RequestTooLarge(f"The request body must be at most {limit} bytes.")
         try:
             return json.loads(body.decode((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, LookupError):
             raise exceptions.ParseError("The request body is not valid JSON.") from None
         except RecursionError:
             raise exceptions.ParseError("The request body is nested too deeply.") from None

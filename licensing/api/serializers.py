@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
+from django.db import models
 from rest_framework import serializers
 from rest_framework.validators import UniqueValidator
 
@@ -12,13 +14,40 @@ from licensing import keys, services
 from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
 
 
-class StrictCharField(serializers.CharField):
-    """Text only: DRF would turn 42 or true into "42" and "True"."""
+class StrictTextMixin:
+    """Text only: DRF would turn 42 or true into "42" and "True", and let in unencodable strings."""
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("invalid")
+        if not services.is_encodable(data):
+            raise serializers.ValidationError("This must be valid Unicode text.")
         return super().to_internal_value(data)
+
+
+class StrictCharField(StrictTextMixin, serializers.CharField):
+    pass
+
+
+class StrictSlugField(StrictTextMixin, serializers.SlugField):
+    pass
+
+
+class StrictEmailField(StrictTextMixin, serializers.EmailField):
+    pass
+
+
+class StrictUUIDField(StrictTextMixin, serializers.UUIDField):
+    pass
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false only: DRF would also take "yes", "on" and 1."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -39,15 +68,32 @@ class MetadataField(serializers.JSONField):
         return super().to_internal_value(data)
 
 
-class StrictInputSerializer(serializers.Serializer):
-    """Refuses fields it does not know, so a typo is an error rather than silently ignored."""
+class RefuseUnknownFieldsMixin:
+    """A field the serializer does not take is an error, so a typo is not silently ignored."""
 
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
-            unknown = sorted(set(data) - set(self.fields))
+            writable = {field.field_name for field in self._writable_fields}
+            unknown = sorted(set(data) - writable)
             if unknown:
                 raise serializers.ValidationError({name: ["This field is not allowed."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class StrictInputSerializer(RefuseUnknownFieldsMixin, serializers.Serializer):
+    pass
+
+
+class StrictModelSerializer(RefuseUnknownFieldsMixin, serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.SlugField: StrictSlugField,
+        models.EmailField: StrictEmailField,
+        models.PositiveIntegerField: StrictIntegerField,
+        models.BooleanField: StrictBooleanField,
+    }
 
 
 def key_field(**kwargs: Any) -> StrictCharField:
@@ -72,13 +118,13 @@ class ActivateLicenseInputSerializer(StrictInputSerializer):
 class ValidateLicenseInputSerializer(StrictInputSerializer):
     key = key_field()
     fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH, required=False)
-    activation_id = serializers.UUIDField(required=False)
+    activation_id = StrictUUIDField(required=False)
     nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
 
 
 class DeactivateLicenseInputSerializer(StrictInputSerializer):
     key = key_field()
-    activation_id = serializers.UUIDField(required=False)
+    activation_id = StrictUUIDField(required=False)
     fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH, required=False)
     nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
 
@@ -91,7 +137,12 @@ class DeactivateLicenseInputSerializer(StrictInputSerializer):
 class CheckoutLicenseInputSerializer(StrictInputSerializer):
     key = key_field()
     fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH)
-    ttl = StrictIntegerField(required=False, help_text="Seconds the file stays valid (default 30 days).")
+    ttl = StrictIntegerField(
+        required=False,
+        min_value=60,
+        max_value=int(settings.OFFLINE_LICENSE_MAX_TTL.total_seconds()),
+        help_text="Seconds the file stays valid (default 30 days).",
+    )
     nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
 
 
@@ -155,6 +206,7 @@ class MetaSerializer(serializers.Serializer):
 
 
 class ActivationAnswerSerializer(serializers.Serializer):
+    created = serializers.BooleanField(help_text="false when the device was already active (HTTP 200).")
     activation = ActivationSerializer()
     license = AppLicenseSerializer()
     meta = MetaSerializer()
@@ -224,14 +276,14 @@ class SigningKeyListSerializer(serializers.Serializer):
 # ---------------------------------------------------------------- management API
 
 
-class ProductSerializer(serializers.ModelSerializer):
+class ProductSerializer(StrictModelSerializer):
     class Meta:
         model = Product
         fields = ["id", "name", "slug", "public_id", "is_active", "created_at", "updated_at"]
         extra_kwargs = {"public_id": {"required": False}}
 
 
-class PlanSerializer(serializers.ModelSerializer):
+class PlanSerializer(StrictModelSerializer):
     class Meta:
         model = Plan
         fields = [
@@ -248,8 +300,8 @@ class PlanSerializer(serializers.ModelSerializer):
         ]
 
 
-class CustomerSerializer(serializers.ModelSerializer):
-    email = serializers.EmailField(
+class CustomerSerializer(StrictModelSerializer):
+    email = StrictEmailField(
         max_length=254,
         validators=[
             UniqueValidator(
@@ -307,11 +359,15 @@ class LicenseWithKeySerializer(LicenseSerializer):
 class CreateLicenseInputSerializer(StrictInputSerializer):
     product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.all())
     plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all(), required=False, allow_null=True)
-    customer_email = serializers.EmailField(max_length=254, required=False)
+    customer_email = StrictEmailField(max_length=254, required=False)
     customer_name = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
     key = key_field(required=False, help_text="Leave out to generate one; give it to import an existing key.")
     max_activations = StrictIntegerField(
-        min_value=0, required=False, allow_null=True, help_text="Leave out for the plan's limit; null is unlimited."
+        min_value=0,
+        max_value=services.MAX_ACTIVATION_LIMIT,
+        required=False,
+        allow_null=True,
+        help_text="Leave out for the plan's limit; null is unlimited.",
     )
     expires_at = serializers.DateTimeField(
         required=False, allow_null=True, help_text="Leave out for the plan's duration; null never expires."
@@ -325,8 +381,10 @@ class CreateLicenseInputSerializer(StrictInputSerializer):
 
 
 class UpdateLicenseInputSerializer(StrictInputSerializer):
-    customer_email = serializers.EmailField(max_length=254, required=False, allow_null=True)
-    max_activations = StrictIntegerField(min_value=0, required=False, allow_null=True)
+    customer_email = StrictEmailField(max_length=254, required=False, allow_null=True)
+    max_activations = StrictIntegerField(
+        min_value=0, max_value=services.MAX_ACTIVATION_LIMIT, required=False, allow_null=True
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     metadata = MetadataField(required=False)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, generics, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
@@ -19,7 +20,18 @@ from rest_framework.views import APIView
 from licensing import services, signing
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
+from licensing.api.exceptions import error_body
 from licensing.models import Activation, Customer, License, Plan, Product
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER_DOC = OpenApiParameter(
+    signing.SIGNATURE_HEADER,
+    type=str,
+    location=OpenApiParameter.HEADER,
+    response=True,
+    description='keyid="…", algorithm="ed25519", signature="<base64>": Ed25519 over the exact body bytes.',
+)
 
 
 def client_ip(request: Request) -> str | None:
@@ -73,7 +85,16 @@ class LicenseCallView(APIView):
             nonce = request.data.get("nonce") if isinstance(request.data, dict) else None
         except Exception:  # noqa: BLE001 - the body did not parse; that error is already the answer
             return None
-        return nonce if isinstance(nonce, str) and len(nonce) <= 200 else None
+        valid = isinstance(nonce, str) and len(nonce) <= 200 and services.is_encodable(nonce)
+        return nonce if valid else None
+
+    def handle_exception(self, exc):
+        # Even a failure must be a signed JSON answer: an app treats an unsigned one as forged.
+        try:
+            return super().handle_exception(exc)
+        except Exception:
+            logger.exception("License call failed")
+            return Response(error_body("server_error", "The server could not answer. Try again."), status=500)
 
     def app_actor(self, request: Request) -> services.Actor:
         return services.Actor.app(ip_address=client_ip(request))
@@ -82,6 +103,7 @@ class LicenseCallView(APIView):
 class ActivateLicenseView(LicenseCallView):
     @extend_schema(
         summary="Activate a license on a device",
+        parameters=[SIGNATURE_HEADER_DOC],
         request=api.ActivateLicenseInputSerializer,
         responses={
             201: OpenApiResponse(api.ActivationAnswerSerializer, description="A new activation."),
@@ -100,6 +122,7 @@ class ActivateLicenseView(LicenseCallView):
             actor=self.app_actor(request),
         )
         body = {
+            "created": result.created,
             "activation": api.ActivationSerializer(result.activation).data,
             "license": api.AppLicenseSerializer(result.activation.license).data,
         }
@@ -109,6 +132,7 @@ class ActivateLicenseView(LicenseCallView):
 class ValidateLicenseView(LicenseCallView):
     @extend_schema(
         summary="Check whether a license, and a device, may be used now",
+        parameters=[SIGNATURE_HEADER_DOC],
         request=api.ValidateLicenseInputSerializer,
         responses={
             200: OpenApiResponse(api.ValidationAnswerSerializer, description="`valid` says; `code` says why not."),
@@ -138,6 +162,7 @@ class ValidateLicenseView(LicenseCallView):
 class DeactivateLicenseView(LicenseCallView):
     @extend_schema(
         summary="Free a device's slot",
+        parameters=[SIGNATURE_HEADER_DOC],
         request=api.DeactivateLicenseInputSerializer,
         responses={200: api.DeactivationAnswerSerializer, 400: ERRORS[400], 404: ERRORS[404], 413: ERRORS[413]},
     )
@@ -162,6 +187,7 @@ class DeactivateLicenseView(LicenseCallView):
 class CheckoutLicenseView(LicenseCallView):
     @extend_schema(
         summary="Get an offline license file for an activated device",
+        parameters=[SIGNATURE_HEADER_DOC],
         request=api.CheckoutLicenseInputSerializer,
         responses={200: api.CheckoutAnswerSerializer, **ERRORS},
     )
@@ -287,7 +313,7 @@ def licenses_for_listing():
 
 
 class LicenseListFilterSerializer(serializers.Serializer):
-    product = serializers.IntegerField(required=False)
+    product = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
     customer_email = serializers.EmailField(required=False)
     status = serializers.ChoiceField(choices=License.Status.choices, required=False)
     expired = serializers.BooleanField(required=False, default=None, allow_null=True)
@@ -319,21 +345,16 @@ class LicenseListView(ManagementView, generics.ListAPIView):
     )
     def post(self, request):
         data = validated(api.CreateLicenseInputSerializer, request)
-        actor = self.api_actor()
-        customer = None
-        if "customer_email" in data:
-            customer = services.find_or_create_customer(
-                email=data["customer_email"], name=data["customer_name"], actor=actor
-            )
         issued = services.create_license(
             product=data["product"],
             plan=data.get("plan"),
-            customer=customer,
+            customer_email=data.get("customer_email"),
+            customer_name=data["customer_name"],
             key=data.get("key"),
             max_activations=data.get("max_activations", services.UNSET),
             expires_at=data.get("expires_at", services.UNSET),
             metadata=data["metadata"],
-            actor=actor,
+            actor=self.api_actor(),
         )
         license = licenses_for_listing().get(pk=issued.license.pk)
         return Response(api.LicenseWithKeySerializer(license).data, status=201)
@@ -352,12 +373,7 @@ class LicenseDetailView(ManagementView, APIView):
     def patch(self, request, pk):
         license = get_object_or_404(License, pk=pk)
         data = validated(api.UpdateLicenseInputSerializer, request)
-        actor = self.api_actor()
-        changes = {name: data[name] for name in ["max_activations", "expires_at", "metadata"] if name in data}
-        if "customer_email" in data:
-            email = data["customer_email"]
-            changes["customer"] = services.find_or_create_customer(email=email, actor=actor) if email else None
-        services.update_license(license=license, actor=actor, **changes)
+        services.update_license(license=license, actor=self.api_actor(), **data)
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
 
 
