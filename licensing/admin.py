@@ -241,7 +241,7 @@ class ActivationInline(admin.TabularInline):
 
 @admin.register(License)
 class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
-    list_display = ["masked_key", "product", "plan", "customer", "status", "usage", "expiry"]
+    list_display = ["masked_key", "product", "plan", "customer", "status", "devices_used", "expiry"]
     list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
     list_select_related = ["product", "plan__product", "customer"]
     search_fields = ["customer__email", "customer__name", "key_suffix"]
@@ -259,7 +259,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         "product",
         "plan",
         "status",
-        "usage",
+        "devices_used",
         "validation_count",
         "last_validated_at",
         "audit_trail",
@@ -272,7 +272,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         "plan",
         "customer",
         "status",
-        "usage",
+        "devices_used",
         "max_activations",
         "expires_at",
         "metadata",
@@ -375,7 +375,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         return license.expires_at or _("never")
 
     @admin.display(description=_("devices used / limit"), ordering="live_total")
-    def usage(self, license: License) -> str:
+    def devices_used(self, license: License) -> str:
         live = license.live_total if hasattr(license, "live_total") else license.live_activation_count()
         return f"{live} / {limit_display(license.max_activations)}"
 

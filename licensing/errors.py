@@ -78,6 +78,18 @@ class ActivationNotFound(LicensingError):
     message = _("This license has no such activation.")
 
 
+class ConditionsMismatch(LicensingError):
+    code = "conditions_mismatch"
+    status = 403
+    message = _("This device was activated with other conditions.")
+
+
+class UsageLimitReached(LicensingError):
+    code = "usage_limit_reached"
+    status = 400
+    message = _("This license has not that many uses left.")
+
+
 class InvalidStatusChange(LicensingError):
     code = "invalid_status_change"
     status = 409

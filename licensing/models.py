@@ -39,6 +39,13 @@ class Product(models.Model):
         help_text=_("The product id apps send. Set it to the id your previous vendor gave the product."),
     )
     is_active = models.BooleanField(_("active"), default=True)
+    polar_organization_id = models.UUIDField(
+        _("Polar organization id"),
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text=_("The organization_id apps built for Polar send with this product's keys."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -115,6 +122,7 @@ class Plan(models.Model):
 
 
 class Customer(models.Model):
+    public_id = models.UUIDField(_("public id"), default=uuid.uuid4, unique=True, editable=False)
     email = models.EmailField(max_length=254)
     name = models.CharField(max_length=200, blank=True)
     external_id = models.CharField(
@@ -142,6 +150,11 @@ class Customer(models.Model):
     def __str__(self) -> str:
         return f"{self.name} <{self.email}>" if self.name else self.email
 
+    @property
+    def reference(self) -> str:
+        """The id other systems know the customer by: the billing system's, else ours."""
+        return self.external_id or self.public_id.hex
+
 
 class License(models.Model):
     class Status(models.TextChoices):
@@ -168,6 +181,10 @@ class License(models.Model):
     )
     expires_at = models.DateTimeField(null=True, blank=True, help_text=_("Empty means it never expires."))
     metadata = models.JSONField(default=dict, blank=True)
+    usage = models.PositiveBigIntegerField(default=0, help_text=_("Uses counted by apps (Polar's usage quota)."))
+    limit_usage = models.PositiveBigIntegerField(
+        _("usage limit"), null=True, blank=True, help_text=_("Most uses apps may count. Empty means unlimited.")
+    )
     validation_count = models.PositiveBigIntegerField(default=0, editable=False)
     last_validated_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -220,6 +237,8 @@ class Activation(models.Model):
     name = models.CharField(max_length=255, blank=True)
     platform = models.CharField(max_length=100, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # Polar's activation conditions: validations of this device must send the same ones.
+    conditions = models.JSONField(default=dict, blank=True)
     ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(default=timezone.now)
@@ -328,3 +347,30 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class RsaKey(models.Model):
+    """An RSA key pair that signs GetKeyManager answers: a product's own, or the install-wide one.
+
+    Apps built for GetKeyManager embed its public key, so a vendor imports the private key it
+    used there; the newest key of a product (or the newest global key) signs.
+    """
+
+    product = models.ForeignKey(
+        Product,
+        on_delete=models.PROTECT,
+        related_name="rsa_keys",
+        null=True,
+        blank=True,
+        help_text=_("Empty for the global key, used when no product can be told."),
+    )
+    public_key_pem = models.TextField(_("public key"), editable=False)
+    private_key_encrypted = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("RSA key (GetKeyManager)")
+
+    def __str__(self) -> str:
+        return f"RSA key of {self.product}" if self.product_id else "Global RSA key"

@@ -15,11 +15,22 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, models, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from licensing import errors, keys, signing
-from licensing.models import Activation, ActorKind, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
+from licensing.models import (
+    Activation,
+    ActorKind,
+    ApiKey,
+    AuditEvent,
+    Customer,
+    License,
+    Plan,
+    Product,
+    RsaKey,
+    SigningKey,
+)
 
 
 class _Unset:
@@ -218,6 +229,24 @@ def get_license_by_key(license_key: str) -> License:
     """Return the license with this key (one indexed query on the digest) or raise LicenseNotFound."""
     license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
     if license is None:
+        raise errors.LicenseNotFound(field="key")
+    return license
+
+
+def find_license(
+    *, license_key: str, product_public_id: str | None = None, polar_organization_id: uuid.UUID | None = None
+) -> License:
+    """Return the license with this key, if it belongs to the product or organization an app names.
+
+    Apps built for other vendors send their product or organization id with the key; a key of
+    another product answers as an unknown key, so ids cannot be probed.
+    """
+    license = get_license_by_key(license_key)
+    if product_public_id is not None and not hmac.compare_digest(
+        license.product.public_id.encode(), product_public_id.encode("utf-8", "surrogatepass")
+    ):
+        raise errors.LicenseNotFound(field="key")
+    if polar_organization_id is not None and license.product.polar_organization_id != polar_organization_id:
         raise errors.LicenseNotFound(field="key")
     return license
 
@@ -528,6 +557,7 @@ def activate_license(
     name: str = "",
     platform: str = "",
     metadata: dict[str, Any] | None = None,
+    conditions: dict[str, Any] | None = None,
     ip_address: str | None = None,
 ) -> ActivationResult:
     """Bind a device to a license, or return the device's live activation if it has one.
@@ -540,6 +570,7 @@ def activate_license(
     _check_text(name, MAX_NAME_LENGTH, field="name")
     _check_text(platform, MAX_PLATFORM_LENGTH, field="platform")
     check_metadata(metadata, field="metadata")
+    check_metadata(conditions, field="conditions")
     ip_address = ip_address or actor.ip_address
     try:
         if ip_address is not None:
@@ -565,6 +596,7 @@ def activate_license(
                     name=name,
                     platform=platform,
                     metadata=metadata or {},
+                    conditions=conditions or {},
                     ip_address=ip_address,
                 )
         except IntegrityError:
@@ -658,14 +690,23 @@ def is_encodable(text: str) -> bool:
 
 
 def validate_license(
-    *, license_key: str, fingerprint: str | None = None, activation_id: str | None = None
+    *,
+    license_key: str,
+    fingerprint: str | None = None,
+    activation_id: str | None = None,
+    conditions: dict[str, Any] | None = None,
+    increment_usage: int = 0,
 ) -> ValidationResult:
     """Tell an app whether a key, and the device it names, may be used now.
 
-    Validation is the hot path: it takes no lock of its own and counts the validation and the
-    device's last-seen time with single atomic UPDATEs (SET n = n + 1), so concurrent validations
-    never serialise. Its counter UPDATE only waits, for milliseconds, while an activation of the
-    same license holds that row.
+    A device activated with conditions validates only with the same ones. `increment_usage`
+    counts uses against the license's usage limit; past it, the answer is invalid and nothing
+    is counted.
+
+    Validation is the hot path: it takes no lock of its own and counts the validation, the uses
+    and the device's last-seen time with single atomic UPDATEs (SET n = n + 1), so concurrent
+    validations never serialise. Its counter UPDATE only waits, for milliseconds, while an
+    activation of the same license holds that row.
     """
     license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
     if license is None:
@@ -678,11 +719,30 @@ def validate_license(
         return _invalid(problem, license=license, activation=activation)
     if device_named and activation is None:
         return _invalid(errors.ActivationNotFound(), license=license, activation=None)
+    if activation is not None and activation.conditions and conditions != activation.conditions:
+        return _invalid(errors.ConditionsMismatch(), license=license, activation=activation)
 
     now = timezone.now()
-    License.objects.filter(pk=license.pk).update(validation_count=F("validation_count") + 1, last_validated_at=now)
+    counted = License.objects.filter(pk=license.pk)
+    if increment_usage:
+        # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it.
+        counted = counted.filter(Q(limit_usage__isnull=True) | Q(limit_usage__gte=F("usage") + increment_usage))
+    updated = counted.update(
+        validation_count=F("validation_count") + 1,
+        last_validated_at=now,
+        usage=F("usage") + increment_usage,
+    )
+    if not updated:
+        license.refresh_from_db(fields=["usage", "limit_usage"])
+        remaining = max(license.limit_usage - license.usage, 0) if license.limit_usage is not None else 0
+        return _invalid(
+            errors.UsageLimitReached(f"This license has {remaining} uses left.", remaining=remaining),
+            license=license,
+            activation=activation,
+        )
     license.validation_count += 1
     license.last_validated_at = now
+    license.usage += increment_usage
     if activation is not None:
         Activation.objects.filter(pk=activation.pk).update(last_seen_at=now)
         activation.last_seen_at = now
@@ -698,6 +758,8 @@ VALIDATION_CODES = {
     errors.LicenseExpired: "EXPIRED",
     errors.ProductInactive: "PRODUCT_INACTIVE",
     errors.ActivationNotFound: "NOT_ACTIVATED",
+    errors.ConditionsMismatch: "CONDITIONS_MISMATCH",
+    errors.UsageLimitReached: "USAGE_LIMIT_REACHED",
 }
 
 
@@ -851,3 +913,40 @@ def authenticate_api_key(key: str) -> ApiKey | None:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
     return api_key
+
+
+# ---------------------------------------------------------------- RSA keys (GetKeyManager signatures)
+
+
+def import_rsa_key(*, private_key_pem: str, actor: Actor, product: Product | None = None) -> RsaKey:
+    """Store a vendor's existing RSA private key for a product (or globally); it signs from now on."""
+    try:
+        public_pem, private_encrypted = signing.rsa_key_from_pem(private_key_pem)
+    except ValueError as error:
+        raise errors.InvalidInput(str(error), field="private_key_pem") from None
+    return _save_rsa_key(product=product, public_pem=public_pem, private_encrypted=private_encrypted, actor=actor)
+
+
+def create_rsa_key(*, actor: Actor, product: Product | None = None) -> RsaKey:
+    """Make a new RSA key pair for a product (or globally); it signs from now on."""
+    public_pem, private_encrypted = signing.new_rsa_key()
+    return _save_rsa_key(product=product, public_pem=public_pem, private_encrypted=private_encrypted, actor=actor)
+
+
+def _save_rsa_key(*, product: Product | None, public_pem: str, private_encrypted: str, actor: Actor) -> RsaKey:
+    with transaction.atomic():
+        rsa_key = RsaKey.objects.create(
+            product=product, public_key_pem=public_pem, private_key_encrypted=private_encrypted
+        )
+        record_event(actor=actor, action="rsa_key.created", target=rsa_key)
+    return rsa_key
+
+
+def rsa_key_for(product: Product | None) -> RsaKey:
+    """Return the RSA key that signs for a product: its own, else the global one (made if missing)."""
+    if product is not None:
+        own = RsaKey.objects.filter(product=product).first()
+        if own is not None:
+            return own
+    global_key = RsaKey.objects.filter(product__isnull=True).first()
+    return global_key or create_rsa_key(actor=Actor.system())

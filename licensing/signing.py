@@ -9,7 +9,9 @@ import secrets
 import textwrap
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
@@ -63,3 +65,40 @@ def license_file(payload: dict[str, Any], *, kid: str, private_key_encrypted: st
     }
     armored = base64.b64encode(json.dumps(document, separators=(",", ":")).encode()).decode()
     return "\n".join([LICENSE_FILE_BEGIN, *textwrap.wrap(armored, 64), LICENSE_FILE_END]) + "\n"
+
+
+def new_rsa_key() -> tuple[str, str]:
+    """Return a new 2048-bit RSA key pair as (public key PEM, encrypted private key)."""
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return _rsa_pems(private_key)
+
+
+def rsa_key_from_pem(private_key_pem: str) -> tuple[str, str]:
+    """Return (public key PEM, encrypted private key) for an imported RSA private key."""
+    try:
+        private_key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError("This is not an unencrypted PEM private key.") from None
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        raise ValueError("This is not an RSA private key.")
+    return _rsa_pems(private_key)
+
+
+def _rsa_pems(private_key: rsa.RSAPrivateKey) -> tuple[str, str]:
+    public_pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return public_pem.decode(), keys.encrypt_private_key(private_pem)
+
+
+@functools.lru_cache(maxsize=64)
+def _rsa_private_key(private_key_encrypted: str) -> rsa.RSAPrivateKey:
+    return serialization.load_pem_private_key(keys.decrypt_private_key(private_key_encrypted), password=None)
+
+
+def rsa_sign(data: bytes, *, private_key_encrypted: str) -> bytes:
+    """RSA PKCS#1 v1.5 with SHA-256, as GetKeyManager signs."""
+    return _rsa_private_key(private_key_encrypted).sign(data, padding.PKCS1v15(), hashes.SHA256())
