@@ -18,8 +18,8 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from licensing import errors, keys, services
-from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
+from licensing import errors, keys, services, signing
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, RsaKey, SigningKey
 
 
 def staff_actor(request: HttpRequest) -> services.Actor:
@@ -198,7 +198,7 @@ class LicenseAddForm(forms.ModelForm):
 class LicenseChangeForm(forms.ModelForm):
     class Meta:
         model = License
-        fields = ["customer", "max_activations", "expires_at", "metadata"]
+        fields = ["customer", "max_activations", "expires_at", "limit_usage", "metadata"]
 
     def clean_metadata(self):
         metadata = self.cleaned_data["metadata"]
@@ -260,6 +260,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         "plan",
         "status",
         "devices_used",
+        "usage",
         "validation_count",
         "last_validated_at",
         "audit_trail",
@@ -275,6 +276,8 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         "devices_used",
         "max_activations",
         "expires_at",
+        "usage",
+        "limit_usage",
         "metadata",
         "validation_count",
         "last_validated_at",
@@ -656,3 +659,64 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for api_key in queryset:
             services.revoke_api_key(api_key=api_key, actor=staff_actor(request))
         self.message_user(request, _("%(count)d API key(s) revoked.") % {"count": len(queryset)}, messages.SUCCESS)
+
+
+class RsaKeyAddForm(forms.ModelForm):
+    private_key_pem = forms.CharField(
+        label=_("Private key (PEM)"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 70, "autocomplete": "off"}),
+        help_text=_(
+            "Paste the RSA private key GetKeyManager signed with, so shipped apps keep trusting the answers. "
+            "Leave empty to generate a new key."
+        ),
+    )
+
+    class Meta:
+        model = RsaKey
+        fields = ["product", "private_key_pem"]
+
+    def clean_private_key_pem(self):
+        pem = self.cleaned_data["private_key_pem"].strip()
+        if pem:
+            try:
+                signing.rsa_key_from_pem(pem)
+            except ValueError as error:
+                raise ValidationError(str(error)) from None
+        return pem
+
+
+@admin.register(RsaKey)
+class RsaKeyAdmin(admin.ModelAdmin):
+    """GetKeyManager signing keys. The private half is never shown; the newest key of a product signs."""
+
+    list_display = ["__str__", "product", "created_at"]
+    list_select_related = ["product"]
+    list_filter = [("product", admin.EmptyFieldListFilter)]
+    fields = ["product", "public_key_pem", "created_at"]
+    readonly_fields = fields
+    form = RsaKeyAddForm
+
+    def get_fields(self, request, obj=None):
+        return RsaKeyAddForm.Meta.fields if obj is None else self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_form(self, request, form, change):
+        product, pem = form.cleaned_data["product"], form.cleaned_data["private_key_pem"]
+        if pem:
+            return services.import_rsa_key(product=product, private_key_pem=pem, actor=staff_actor(request))
+        return services.create_rsa_key(product=product, actor=staff_actor(request))
+
+    def save_model(self, request, obj, form, change):
+        pass
+
+    def save_related(self, request, form, formsets, change):
+        pass

@@ -47,6 +47,7 @@ MAX_PLATFORM_LENGTH = 100
 MAX_METADATA_BYTES = 16_384
 # The largest value PostgreSQL's integer column (and so every database) holds.
 MAX_ACTIVATION_LIMIT = 2_147_483_647
+MAX_USAGE_LIMIT = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +269,7 @@ def create_license(
     max_activations: int | None = UNSET,
     expires_at: datetime | None = UNSET,
     metadata: dict[str, Any] | None = None,
+    limit_usage: int | None = None,
 ) -> IssuedLicense:
     """Issue a license with a generated key, or with a key supplied (imported from another vendor).
 
@@ -285,6 +287,7 @@ def create_license(
         except (OverflowError, ValueError):
             raise errors.InvalidInput("The plan's duration reaches past the year 9999.", field="plan") from None
     check_new_license(product=product, plan=plan, key=key, max_activations=max_activations, metadata=metadata)
+    _check_usage_limit_value(limit_usage)
 
     digest = keys.digest_license_key(key)
     license = License(
@@ -296,6 +299,7 @@ def create_license(
         max_activations=max_activations,
         expires_at=expires_at,
         metadata=metadata or {},
+        limit_usage=limit_usage,
     )
     try:
         with transaction.atomic():
@@ -437,10 +441,13 @@ def update_license_details(
     actor: Actor,
     customer: Customer | None = UNSET,
     metadata: dict[str, Any] = UNSET,
+    limit_usage: int | None = UNSET,
 ) -> License:
-    """Change who owns a license or its metadata."""
+    """Change who owns a license, its metadata or its usage limit."""
     if metadata is not UNSET:
         check_metadata(metadata, field="metadata")
+    if limit_usage is not UNSET:
+        _check_usage_limit_value(limit_usage)
     with transaction.atomic():
         locked = _lock_license(license.pk)
         changes = {}
@@ -450,6 +457,9 @@ def update_license_details(
         if metadata is not UNSET and metadata != locked.metadata:
             changes["metadata"] = [locked.metadata, metadata]
             locked.metadata = metadata
+        if limit_usage is not UNSET and limit_usage != locked.limit_usage:
+            changes["limit_usage"] = [locked.limit_usage, limit_usage]
+            locked.limit_usage = limit_usage
         if changes:
             locked.save(update_fields=[*changes, "updated_at"])
             record_event(actor=actor, action="license.changed", target=locked, license=locked, changes=changes)
@@ -463,6 +473,7 @@ def update_license(
     customer: Customer | None = UNSET,
     customer_email: str | None = UNSET,
     metadata: dict[str, Any] = UNSET,
+    limit_usage: int | None = UNSET,
     max_activations: int | None = UNSET,
     expires_at: datetime | None = UNSET,
 ) -> License:
@@ -473,8 +484,10 @@ def update_license(
     with transaction.atomic():
         if customer_email is not UNSET:
             customer = find_or_create_customer(email=customer_email, actor=actor) if customer_email else None
-        if customer is not UNSET or metadata is not UNSET:
-            license = update_license_details(license=license, actor=actor, customer=customer, metadata=metadata)
+        if customer is not UNSET or metadata is not UNSET or limit_usage is not UNSET:
+            license = update_license_details(
+                license=license, actor=actor, customer=customer, metadata=metadata, limit_usage=limit_usage
+            )
         if max_activations is not UNSET:
             license = change_activation_limit(license=license, max_activations=max_activations, actor=actor)
         if expires_at is not UNSET:
@@ -498,6 +511,16 @@ def _lock_license_by_key(license_key: str) -> License:
     if license is None:
         raise errors.LicenseNotFound(field="key")
     return license
+
+
+def _check_usage_limit_value(limit_usage: int | None) -> None:
+    if limit_usage is None:
+        return
+    if isinstance(limit_usage, bool) or not isinstance(limit_usage, int) or not 0 <= limit_usage <= MAX_USAGE_LIMIT:
+        raise errors.InvalidInput(
+            f"The usage limit must be a whole number from 0 to {MAX_USAGE_LIMIT}, or empty for unlimited.",
+            field="limit_usage",
+        )
 
 
 def _check_activation_limit_value(max_activations: int | None) -> None:

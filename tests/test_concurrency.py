@@ -121,3 +121,13 @@ def test_deactivating_all_while_devices_activate_never_passes_the_limit():
         len(outcomes[0]) - 3
     )
     assert issued.license.activations.live().count() <= 3
+
+
+def test_concurrent_uses_never_pass_the_usage_limit():
+    issued = make_license(plan=make_plan(max_activations=None), limit_usage=10)
+
+    outcomes = run_at_once(25, lambda n: services.validate_license(license_key=issued.key, increment_usage=1))
+
+    assert Counter(outcome.code for outcome in outcomes) == {"VALID": 10, "USAGE_LIMIT_REACHED": 15}
+    issued.license.refresh_from_db()
+    assert issued.license.usage == 10

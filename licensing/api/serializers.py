@@ -337,6 +337,8 @@ class LicenseSerializer(serializers.ModelSerializer):
             "expires_at",
             "expired",
             "metadata",
+            "usage",
+            "limit_usage",
             "validation_count",
             "last_validated_at",
             "created_at",
@@ -373,6 +375,9 @@ class CreateLicenseInputSerializer(StrictInputSerializer):
         required=False, allow_null=True, help_text="Leave out for the plan's duration; null never expires."
     )
     metadata = MetadataField(required=False, default=dict)
+    limit_usage = StrictIntegerField(
+        min_value=0, required=False, allow_null=True, help_text="Most uses apps may count; null is unlimited."
+    )
 
     def validate(self, data):
         if data["customer_name"] and "customer_email" not in data:
@@ -387,6 +392,7 @@ class UpdateLicenseInputSerializer(StrictInputSerializer):
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     metadata = MetadataField(required=False)
+    limit_usage = StrictIntegerField(min_value=0, required=False, allow_null=True)
 
 
 class EmptyInputSerializer(StrictInputSerializer):

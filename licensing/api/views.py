@@ -354,6 +354,7 @@ class LicenseListView(ManagementView, generics.ListAPIView):
             max_activations=data.get("max_activations", services.UNSET),
             expires_at=data.get("expires_at", services.UNSET),
             metadata=data["metadata"],
+            limit_usage=data.get("limit_usage"),
             actor=self.api_actor(),
         )
         license = licenses_for_listing().get(pk=issued.license.pk)

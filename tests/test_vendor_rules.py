@@ -1,0 +1,212 @@
+"""Rules the vendor APIs need, kept in the services: conditions, usage quotas, scoped keys, RSA keys."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from licensing import errors, services, signing
+from licensing.models import License, RsaKey
+from tests.factories import activate, make_customer, make_license, make_plan, make_product
+
+pytestmark = pytest.mark.django_db
+
+
+def rsa_pem(key=None) -> str:
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+
+
+# ---------------------------------------------------------------- activation conditions
+
+
+def test_a_device_activated_with_conditions_validates_only_with_the_same(issued):
+    activation = activate(issued, None, conditions={"major_version": 4}).activation
+
+    same = services.validate_license(
+        license_key=issued.key, activation_id=str(activation.pk), conditions={"major_version": 4}
+    )
+    other = services.validate_license(
+        license_key=issued.key, activation_id=str(activation.pk), conditions={"major_version": 5}
+    )
+    missing = services.validate_license(license_key=issued.key, activation_id=str(activation.pk))
+
+    assert same.code == "VALID"
+    assert (other.valid, other.code) == (False, "CONDITIONS_MISMATCH")
+    assert missing.code == "CONDITIONS_MISMATCH"
+    assert License.objects.get(pk=issued.license.pk).validation_count == 1
+
+
+def test_a_device_without_conditions_ignores_them(issued):
+    activation = activate(issued, "d").activation
+
+    result = services.validate_license(license_key=issued.key, activation_id=str(activation.pk), conditions={"x": 1})
+
+    assert result.code == "VALID"
+
+
+def test_conditions_must_be_an_object(issued):
+    with pytest.raises(errors.InvalidInput) as raised:
+        activate(issued, "d", conditions=["not", "an", "object"])
+
+    assert raised.value.field == "conditions"
+
+
+# ---------------------------------------------------------------- usage quota
+
+
+def test_usage_counts_up_to_the_limit_and_no_further(issued, actor):
+    services.update_license(license=issued.license, limit_usage=5, actor=actor)
+
+    first = services.validate_license(license_key=issued.key, increment_usage=3)
+    too_many = services.validate_license(license_key=issued.key, increment_usage=3)
+    rest = services.validate_license(license_key=issued.key, increment_usage=2)
+
+    assert first.code == rest.code == "VALID"
+    assert (too_many.valid, too_many.code) == (False, "USAGE_LIMIT_REACHED")
+    assert too_many.detail == "This license has 2 uses left."
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.usage, license.validation_count) == (5, 2)
+
+
+def test_usage_without_a_limit_just_counts(issued):
+    for _ in range(3):
+        services.validate_license(license_key=issued.key, increment_usage=10)
+
+    assert License.objects.get(pk=issued.license.pk).usage == 30
+
+
+@pytest.mark.parametrize("bad", [-1, 2**63, "5", True])
+def test_usage_limit_must_be_a_whole_number(issued, actor, bad):
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.update_license(license=issued.license, limit_usage=bad, actor=actor)
+
+    assert raised.value.field == "limit_usage"
+
+
+def test_a_license_can_be_issued_with_a_usage_limit(plan):
+    license = make_license(plan=plan, limit_usage=100).license
+
+    assert License.objects.get(pk=license.pk).limit_usage == 100
+
+
+# ---------------------------------------------------------------- keys scoped to a product or organization
+
+
+def test_a_key_is_found_only_with_its_own_product_or_organization(plan, actor):
+    product = plan.product
+    product.public_id = "prod_9f8e7d6c5b4a39281706f5"
+    product.polar_organization_id = uuid.UUID("3f1c2a5e-8d4b-4e6f-9a7b-1c2d3e4f5a6b")
+    services.save_catalog_record(record=product, actor=actor)
+    issued = make_license(plan=plan)
+
+    assert services.find_license(license_key=issued.key, product_public_id="prod_9f8e7d6c5b4a39281706f5")
+    assert services.find_license(license_key=issued.key, polar_organization_id=product.polar_organization_id)
+    with pytest.raises(errors.LicenseNotFound):
+        services.find_license(license_key=issued.key, product_public_id="prod_someone_elses_product")
+    with pytest.raises(errors.LicenseNotFound):
+        services.find_license(license_key=issued.key, polar_organization_id=uuid.uuid4())
+
+
+def test_a_product_without_an_organization_id_answers_no_polar_organization(issued):
+    with pytest.raises(errors.LicenseNotFound):
+        services.find_license(license_key=issued.key, polar_organization_id=uuid.uuid4())
+
+
+def test_customer_reference_is_the_billing_id_or_ours():
+    with_billing_id = make_customer(external_id="cus_ada")
+    without = make_customer()
+
+    assert with_billing_id.reference == "cus_ada"
+    assert without.reference == without.public_id.hex
+
+
+# ---------------------------------------------------------------- RSA keys
+
+
+def test_an_imported_rsa_key_signs_for_its_product(actor):
+    product = make_product()
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    services.import_rsa_key(product=product, private_key_pem=rsa_pem(private_key), actor=actor)
+    rsa_key = services.rsa_key_for(product)
+    signature = signing.rsa_sign(b"payload", private_key_encrypted=rsa_key.private_key_encrypted)
+
+    private_key.public_key().verify(signature, b"payload", padding.PKCS1v15(), hashes.SHA256())
+    assert "PRIVATE" not in rsa_key.private_key_encrypted
+    assert rsa_key.public_key_pem.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_without_its_own_key_a_product_uses_the_global_one(actor):
+    product = make_product()
+
+    made = services.rsa_key_for(product)
+    imported = services.import_rsa_key(private_key_pem=rsa_pem(), actor=actor)
+
+    assert made.product is None
+    assert services.rsa_key_for(product) == imported
+    assert services.rsa_key_for(None) == imported
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        "not a key",
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode(),
+    ],
+)
+def test_only_an_rsa_private_key_can_be_imported(actor, pem):
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.import_rsa_key(private_key_pem=pem, actor=actor)
+
+    assert raised.value.field == "private_key_pem"
+    assert RsaKey.objects.count() == 0
+
+
+def test_import_rsa_key_command(tmp_path):
+    product = make_product(slug="photon")
+    pem_file = tmp_path / "gkm.pem"
+    pem_file.write_text(rsa_pem())
+    out = io.StringIO()
+
+    call_command("import_rsa_key", str(pem_file), "--product", "photon", stdout=out)
+
+    assert RsaKey.objects.get().product == product
+    assert "BEGIN PUBLIC KEY" in out.getvalue()
+    with pytest.raises(CommandError, match="No product"):
+        call_command("import_rsa_key", str(pem_file), "--product", "nope")
+
+
+def test_staff_import_and_generate_rsa_keys_in_the_admin(staff_client):
+    product = make_product()
+
+    staff_client.post(reverse("admin:licensing_rsakey_add"), {"product": product.pk, "private_key_pem": rsa_pem()})
+    staff_client.post(reverse("admin:licensing_rsakey_add"), {"product": "", "private_key_pem": ""})
+    refused = staff_client.post(reverse("admin:licensing_rsakey_add"), {"product": "", "private_key_pem": "junk"})
+
+    assert RsaKey.objects.filter(product=product).count() == 1
+    assert RsaKey.objects.filter(product__isnull=True).count() == 1
+    assert "This is not an unencrypted PEM private key." in refused.content.decode()
+    page = staff_client.get(reverse("admin:licensing_rsakey_change", args=[RsaKey.objects.first().pk]))
+    assert "PRIVATE" not in page.content.decode()
+
+
+def test_unlimited_plan_license_with_usage_limit_in_the_api(management_client):
+    plan = make_plan(max_activations=None)
+
+    response = management_client.post(
+        "/api/v1/licenses", {"product": plan.product.pk, "plan": plan.pk, "limit_usage": 10}, format="json"
+    )
+
+    assert response.status_code == 201
+    assert (response.json()["usage"], response.json()["limit_usage"]) == (0, 10)
