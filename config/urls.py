@@ -8,6 +8,7 @@ from licensing.api.views import UnknownEndpointView
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("licensing.api.urls")),
+    path("compat/", include("licensing.dialects.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     re_path(r"^api/", UnknownEndpointView.as_view()),

@@ -1,0 +1,3 @@
+"""The getkeymanager dialect (being built)."""
+
+urlpatterns: list = []

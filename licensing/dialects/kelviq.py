@@ -1,0 +1,3 @@
+"""The kelviq dialect (being built)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""The keymint dialect (being built)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""The polar dialect (being built)."""
+
+urlpatterns: list = []
