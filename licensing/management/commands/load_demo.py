@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -16,9 +17,20 @@ from licensing.models import Customer, License, Plan, Product
 DEMO_STAFF_USERNAME = "admin"
 DEMO_STAFF_PASSWORD = "admin"
 
+# Fixed ids, so the README's Keymint and Polar examples work against the demo data.
 PRODUCTS = [
-    {"slug": "photon-editor", "name": "Photon Editor"},
-    {"slug": "atlas-sync", "name": "Atlas Sync Server"},
+    {
+        "slug": "photon-editor",
+        "name": "Photon Editor",
+        "public_id": "prod_photon_editor_demo_01",
+        "polar_organization_id": uuid.UUID("5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b"),
+    },
+    {
+        "slug": "atlas-sync",
+        "name": "Atlas Sync Server",
+        "public_id": "prod_atlas_sync_demo_0002",
+        "polar_organization_id": uuid.UUID("5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b"),
+    },
 ]
 PLANS = [
     {
@@ -126,6 +138,9 @@ class Command(BaseCommand):
             for spec in LICENSES:
                 self._license(spec, plans, customers, actor)
             self._staff_user()
+        self.stdout.write("Demo products (public id, Polar organization id):")
+        for product in products.values():
+            self.stdout.write(f"  {product.name:<24} {product.public_id}  {product.polar_organization_id}")
         self.stdout.write("Demo license keys:")
         for spec in LICENSES:
             self.stdout.write(f"  {spec['key']:<24} {spec['state']:<10} {spec['customer']}")
