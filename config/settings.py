@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "licensing",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -140,6 +141,11 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# E-mail (the portal's sign-in links). The default prints messages on the console, so `make run`
+# users can sign in as a demo customer; set EMAIL_URL=smtp+tls://user:password@host:587 in production.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="licenses@localhost")
 
 # Server-side: a message may carry a secret shown once (a new API or license key), and the
 # default cookie storage would put it, signed but readable, in the browser's cookies.

@@ -94,3 +94,15 @@ class InvalidStatusChange(LicensingError):
     code = "invalid_status_change"
     status = 409
     message = _("The license cannot change to that status.")
+
+
+class TooManyRequests(LicensingError):
+    code = "too_many_requests"
+    status = 429
+    message = _("Too many requests. Please wait a few minutes and try again.")
+
+
+class SignInLinkInvalid(LicensingError):
+    code = "sign_in_link_invalid"
+    status = 400
+    message = _("This sign-in link is invalid, already used or expired. Ask for a new one.")

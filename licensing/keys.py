@@ -82,3 +82,12 @@ def encrypt_private_key(pem: bytes) -> str:
 
 def decrypt_private_key(token: str) -> bytes:
     return _fernet(b"signing-keys").decrypt(token.encode())
+
+
+def generate_sign_in_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def digest_sign_in_token(token: str) -> str:
+    secret = _derived_key(settings.LICENSE_KEY_SECRET, b"sign-in-links")
+    return hmac.new(secret, token.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()

@@ -374,3 +374,18 @@ class RsaKey(models.Model):
 
     def __str__(self) -> str:
         return f"RSA key of {self.product}" if self.product_id else "Global RSA key"
+
+
+class SignInLink(models.Model):
+    """One e-mailed portal sign-in link. Only its digest is kept; every request is a row, to throttle them."""
+
+    email = models.EmailField(max_length=254, db_index=True)
+    # Empty when the address is no customer's: the request still counts, and nothing is sent.
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    token_digest = models.CharField(max_length=64, unique=True, editable=False)
+    ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Sign-in link for {self.email}"

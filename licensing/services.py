@@ -30,6 +30,7 @@ from licensing.models import (
     Product,
     RsaKey,
     SigningKey,
+    SignInLink,
 )
 
 
@@ -981,3 +982,94 @@ def rsa_key_for(product: Product | None) -> RsaKey:
             return own
     global_key = RsaKey.objects.filter(product__isnull=True).first()
     return global_key or create_rsa_key(actor=Actor.system())
+
+
+# ---------------------------------------------------------------- customer portal
+
+SIGN_IN_LINK_LIFETIME = timedelta(minutes=15)
+SIGN_IN_REQUESTS_PER_EMAIL = 3
+SIGN_IN_REQUESTS_PER_IP = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class SignInRequest:
+    """A recorded request; `token` is set only when the address is a customer's (then e-mail it)."""
+
+    customer: Customer | None
+    token: str | None
+
+
+def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignInRequest:
+    """Record a request for a portal sign-in link, the same way whether or not the address is a customer's.
+
+    Raises TooManyRequests when this address, or this IP, asked too often in the last 15 minutes.
+    """
+    email = email.strip()
+    since = timezone.now() - SIGN_IN_LINK_LIFETIME
+    with transaction.atomic():
+        recent = SignInLink.objects.filter(created_at__gte=since)
+        if recent.filter(email__iexact=email).count() >= SIGN_IN_REQUESTS_PER_EMAIL or (
+            ip_address and recent.filter(ip_address=ip_address).count() >= SIGN_IN_REQUESTS_PER_IP
+        ):
+            raise errors.TooManyRequests()
+        customer = Customer.objects.filter(email__iexact=email).first()
+        token = keys.generate_sign_in_token()
+        SignInLink.objects.create(
+            email=email, customer=customer, token_digest=keys.digest_sign_in_token(token), ip_address=ip_address
+        )
+    return SignInRequest(customer=customer, token=token if customer else None)
+
+
+def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Customer:
+    """Use a sign-in link, once, within 15 minutes of sending; return whose it is."""
+    with transaction.atomic():
+        link = (
+            SignInLink.objects.select_for_update()
+            .select_related("customer")
+            .filter(token_digest=keys.digest_sign_in_token(token), customer__isnull=False)
+            .first()
+        )
+        now = timezone.now()
+        if link is None or link.used_at is not None or link.created_at < now - SIGN_IN_LINK_LIFETIME:
+            raise errors.SignInLinkInvalid()
+        link.used_at = now
+        link.save(update_fields=["used_at"])
+        record_event(
+            actor=Actor.customer(link.customer, ip_address=ip_address),
+            action="customer.signed_in",
+            target=link.customer,
+        )
+    return link.customer
+
+
+def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
+    return (
+        License.objects.filter(customer=customer)
+        .select_related("product", "plan")
+        .annotate(live_total=models.Count("activations", filter=Q(activations__deactivated_at__isnull=True)))
+        .order_by("-created_at")
+    )
+
+
+def get_license_for_customer(*, customer: Customer, license_id: Any) -> License:
+    """Return one of the customer's licenses; another customer's answers as not found, never as forbidden."""
+    license = licenses_of_customer(customer).filter(pk=license_id).first()
+    if license is None:
+        raise errors.LicenseNotFound()
+    return license
+
+
+def get_activation_for_customer(*, customer: Customer, license_id: Any, activation_id: Any) -> Activation:
+    license = get_license_for_customer(customer=customer, license_id=license_id)
+    activation = Activation.objects.filter(license=license, pk=activation_id).first()
+    if activation is None:
+        raise errors.ActivationNotFound()
+    activation.license = license
+    return activation
+
+
+def device_history(license: License, *, limit: int = 20) -> models.QuerySet[AuditEvent]:
+    """The latest activations, deactivations and offline files of a license, newest first."""
+    return AuditEvent.objects.filter(license=license, action__startswith="activation.").order_by("-created_at", "-id")[
+        :limit
+    ]

@@ -21,7 +21,7 @@ from licensing import services, signing
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.exceptions import error_body
-from licensing.models import Activation, Customer, License, Plan, Product
+from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -199,18 +199,23 @@ class CheckoutLicenseView(LicenseCallView):
             ttl=timedelta(seconds=data["ttl"]) if "ttl" in data else None,
             actor=self.app_actor(request),
         )
-        signing_key = services.current_signing_key()
-        payload = api.LicenseFilePayloadSerializer(checkout).data
+        text, payload, signing_key = build_license_file(checkout)
         body = {
-            "license_file": signing.license_file(
-                payload, kid=signing_key.kid, private_key_encrypted=signing_key.private_key_encrypted
-            ),
+            "license_file": text,
             "issued_at": payload["issued_at"],
             "expires_at": payload["expires_at"],
             "kid": signing_key.kid,
             "algorithm": signing_key.algorithm,
         }
         return Response(body)
+
+
+def build_license_file(checkout: services.Checkout) -> tuple[str, dict[str, Any], SigningKey]:
+    """Sign a checkout into an offline license file; return the text, its payload and the signing key."""
+    signing_key = services.current_signing_key()
+    payload = api.LicenseFilePayloadSerializer(checkout).data
+    text = signing.license_file(payload, kid=signing_key.kid, private_key_encrypted=signing_key.private_key_encrypted)
+    return text, payload, signing_key
 
 
 class SigningKeyListView(APIView):

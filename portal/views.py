@@ -1,0 +1,223 @@
+"""The customer portal: sign in by e-mailed link, see licenses and devices, free a device.
+
+Customers are not Django users (staff are): the session holds the signed-in customer's id, set only by
+redeeming a one-time link. Every lookup goes through the services' customer-scoped helpers, so another
+customer's license or device is a 404.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+
+from django import forms
+from django.contrib import messages
+from django.core.mail import send_mail
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_http_methods, require_POST
+
+from licensing import errors, services
+from licensing.api.views import build_license_file
+from licensing.models import Customer, License
+
+SESSION_KEY = "portal_customer_id"
+
+
+class SignInForm(forms.Form):
+    email = forms.EmailField(label=_("E-mail address"), max_length=254)
+
+
+def client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def customer_required(view):
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        customer = Customer.objects.filter(pk=request.session.get(SESSION_KEY)).first()
+        if customer is None:
+            return redirect("portal:sign-in")
+        request.customer = customer
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def not_found_for_others(view):
+    """A license or device that is not the customer's is simply not there: 404, never 403."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except (errors.LicenseNotFound, errors.ActivationNotFound):
+            raise Http404 from None
+
+    return wrapper
+
+
+def actor(request) -> services.Actor:
+    return services.Actor.customer(request.customer, ip_address=client_ip(request))
+
+
+@require_http_methods(["GET", "POST"])
+def sign_in(request):
+    if Customer.objects.filter(pk=request.session.get(SESSION_KEY)).exists():
+        return redirect("portal:licenses")
+    form = SignInForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        email = form.cleaned_data["email"]
+        try:
+            sign_in_request = services.request_sign_in_link(email=email, ip_address=client_ip(request))
+        except errors.TooManyRequests as error:
+            return render(request, "portal/sign_in.html", {"form": form, "throttled": error.message}, status=429)
+        if sign_in_request.token:
+            link = request.build_absolute_uri(reverse("portal:redeem", args=[sign_in_request.token]))
+            send_mail(
+                _("Your sign-in link"),
+                render_to_string("portal/sign_in_email.txt", {"link": link, "customer": sign_in_request.customer}),
+                None,
+                [sign_in_request.customer.email],
+            )
+        # The same answer whether or not the address is a customer's, so addresses cannot be probed.
+        return render(request, "portal/check_email.html", {"email": email})
+    return render(request, "portal/sign_in.html", {"form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def redeem(request, token):
+    # GET only shows a button: mail scanners that open links must not use up the one-time link.
+    if request.method == "GET":
+        return render(request, "portal/redeem.html")
+    try:
+        customer = services.redeem_sign_in_link(token=token, ip_address=client_ip(request))
+    except errors.SignInLinkInvalid as error:
+        return render(request, "portal/link_invalid.html", {"message": error.message}, status=400)
+    request.session.cycle_key()
+    request.session[SESSION_KEY] = customer.pk
+    return redirect("portal:licenses")
+
+
+@require_POST
+def sign_out(request):
+    request.session.flush()
+    messages.success(request, _("You are signed out."))
+    return redirect("portal:sign-in")
+
+
+def status_in_words(license: License) -> str:
+    if license.status == License.Status.REVOKED:
+        return _("Revoked")
+    if license.status == License.Status.SUSPENDED:
+        return _("Suspended")
+    if license.expires_at is None:
+        return _("Active, never expires")
+    if license.is_expired:
+        return _("Expired on %(date)s") % {"date": f"{license.expires_at:%d %B %Y}"}
+    days = (license.expires_at - timezone.now()) // timedelta(days=1)
+    if days == 0:
+        return _("Active, expires today")
+    return ngettext("Active, expires in %(days)d day", "Active, expires in %(days)d days", days) % {"days": days}
+
+
+def slots_in_words(license: License) -> str:
+    if license.max_activations is None:
+        return ngettext("%(used)d device in use", "%(used)d devices in use", license.live_total) % {
+            "used": license.live_total
+        }
+    return _("%(used)d of %(limit)d slots in use") % {"used": license.live_total, "limit": license.max_activations}
+
+
+def license_row(license: License) -> dict:
+    return {
+        "license": license,
+        "key": services.reveal_license_key(license),
+        "status": status_in_words(license),
+        "usable": services.license_problem(license) is None,
+        "slots": slots_in_words(license),
+    }
+
+
+@customer_required
+def license_list(request):
+    rows = [license_row(license) for license in services.licenses_of_customer(request.customer)]
+    return render(request, "portal/licenses.html", {"rows": rows})
+
+
+@customer_required
+@not_found_for_others
+def license_detail(request, license_id):
+    license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
+    context = {
+        "license": license,
+        "row": license_row(license),
+        "devices": license.activations.live().order_by("created_at"),
+        "history": services.device_history(license),
+    }
+    return render(request, "portal/license_detail.html", context)
+
+
+def _freed_message(license: License, what: str) -> str:
+    license = services.get_license_for_customer(customer=license.customer, license_id=license.pk)
+    return _("%(what)s deactivated. %(slots)s.") % {"what": what, "slots": slots_in_words(license)}
+
+
+@customer_required
+@not_found_for_others
+@require_http_methods(["GET", "POST"])
+def deactivate_device(request, license_id, activation_id):
+    activation = services.get_activation_for_customer(
+        customer=request.customer, license_id=license_id, activation_id=activation_id
+    )
+    name = activation.name or activation.fingerprint or _("The device")
+    if request.method == "GET":
+        return render(
+            request, "portal/confirm.html", {"activation": activation, "license": activation.license, "name": name}
+        )
+    result = services.deactivate_activation(activation=activation, actor=actor(request))
+    if result.already_inactive:
+        messages.info(request, _("%(name)s was already deactivated.") % {"name": name})
+    else:
+        messages.success(request, _freed_message(activation.license, name))
+    return redirect("portal:license", license_id=license_id)
+
+
+@customer_required
+@not_found_for_others
+@require_http_methods(["GET", "POST"])
+def deactivate_all(request, license_id):
+    license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
+    if request.method == "GET":
+        return render(request, "portal/confirm.html", {"license": license, "all_devices": True})
+    freed = services.deactivate_all_activations(license=license, actor=actor(request))
+    what = ngettext("%(count)d device", "%(count)d devices", len(freed)) % {"count": len(freed)}
+    messages.success(request, _freed_message(license, what))
+    return redirect("portal:license", license_id=license_id)
+
+
+@customer_required
+@not_found_for_others
+@require_POST
+def download_license_file(request, license_id, activation_id):
+    activation = services.get_activation_for_customer(
+        customer=request.customer, license_id=license_id, activation_id=activation_id
+    )
+    try:
+        checkout = services.checkout_license(
+            license_key=services.reveal_license_key(activation.license),
+            fingerprint=activation.fingerprint or "",
+            actor=actor(request),
+        )
+    except errors.LicensingError as error:
+        messages.error(request, error.message)
+        return redirect("portal:license", license_id=license_id)
+    text, _payload, _signing_key = build_license_file(checkout)
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="license-{activation.pk}.lic"'
+    return response

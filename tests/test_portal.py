@@ -1,0 +1,276 @@
+"""The customer portal through the test client: sign-in links, pages, and freeing devices."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.urls import reverse
+from django.utils import timezone
+
+from licensing import services
+from licensing.models import Activation, SignInLink
+from tests.factories import activate, make_license, make_plan
+
+pytestmark = pytest.mark.django_db
+
+
+def request_link(client, email: str, **extra):
+    return client.post(reverse("portal:sign-in"), {"email": email}, **extra)
+
+
+def link_from_mail(message) -> str:
+    return re.search(r"https?://\S+", message.body).group(0)
+
+
+def sign_in(client, customer) -> None:
+    request_link(client, customer.email)
+    path = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+    response = client.post(path)
+    assert response.status_code == 302
+
+
+@pytest.fixture
+def signed_in(client, customer):
+    sign_in(client, customer)
+    return client
+
+
+# ---------------------------------------------------------------- signing in
+
+
+def test_a_customer_gets_a_link_that_signs_them_in(client, customer, issued):
+    response = request_link(client, "ADA@example.com")
+
+    assert "If ADA@example.com has licenses with us" in response.content.decode()
+    assert [message.to for message in mail.outbox] == [["ada@example.com"]]
+    link = link_from_mail(mail.outbox[0])
+    path = link.split("testserver", 1)[1]
+    assert client.get(path).status_code == 200
+    assert client.post(path).headers["Location"] == reverse("portal:licenses")
+    assert "Photon Editor" in client.get(reverse("portal:licenses")).content.decode()
+
+
+def test_an_unknown_address_gets_the_same_answer_and_no_mail(client, customer):
+    known = request_link(client, "ada@example.com").content.decode()
+
+    unknown = request_link(client, "nobody@example.com").content.decode()
+
+    assert unknown.replace("nobody@example.com", "ada@example.com") == known
+    assert len(mail.outbox) == 1
+    assert SignInLink.objects.filter(email="nobody@example.com", customer=None).count() == 1
+
+
+def test_a_link_works_once(client, customer):
+    request_link(client, customer.email)
+    path = link_from_mail(mail.outbox[0]).split("testserver", 1)[1]
+    client.post(path)
+    client.post(reverse("portal:sign-out"))
+
+    again = client.post(path)
+
+    assert again.status_code == 400
+    assert "already used or expired" in again.content.decode()
+    assert client.get(reverse("portal:licenses")).status_code == 302
+
+
+def test_a_link_expires_after_15_minutes(client, customer):
+    request_link(client, customer.email)
+    SignInLink.objects.update(created_at=timezone.now() - timedelta(minutes=16))
+    path = link_from_mail(mail.outbox[0]).split("testserver", 1)[1]
+
+    assert client.post(path).status_code == 400
+
+
+@pytest.mark.parametrize("token", ["tampered", "x" * 43])
+def test_a_tampered_link_signs_no_one_in(client, customer, token):
+    request_link(client, customer.email)
+
+    response = client.post(reverse("portal:redeem", args=[token]))
+
+    assert response.status_code == 400
+    assert client.get(reverse("portal:licenses")).status_code == 302
+
+
+def test_requests_are_throttled_per_address_and_per_ip(client, customer):
+    for _ in range(3):
+        assert request_link(client, customer.email).status_code == 200
+
+    by_address = request_link(client, customer.email)
+    for n in range(7):
+        request_link(client, f"someone{n}@example.com")
+    by_ip = request_link(client, "another@example.com")
+
+    assert by_address.status_code == 429
+    assert "Please wait a few minutes" in by_address.content.decode()
+    assert by_ip.status_code == 429
+    assert len(mail.outbox) == 3
+
+
+def test_an_invalid_address_is_a_form_error(client):
+    response = request_link(client, "not an address")
+
+    assert response.status_code == 200
+    assert "Enter a valid email address." in response.content.decode()
+    assert not SignInLink.objects.exists()
+
+
+def test_sign_out_ends_the_session(signed_in):
+    response = signed_in.post(reverse("portal:sign-out"), follow=True)
+
+    assert "You are signed out." in response.content.decode()
+    assert signed_in.get(reverse("portal:licenses")).status_code == 302
+
+
+def test_sign_out_needs_a_post(signed_in):
+    assert signed_in.get(reverse("portal:sign-out")).status_code == 405
+
+
+def test_staff_are_not_customers(staff_client):
+    assert staff_client.get(reverse("portal:licenses")).status_code == 302
+
+
+# ---------------------------------------------------------------- pages
+
+
+def test_licenses_page_shows_product_status_key_and_slots(signed_in, issued, customer, plan, actor):
+    activate(issued, "mac", name="MacBook")
+    expired = make_license(plan=plan, customer=customer, expires_at=timezone.now() - timedelta(days=2)).license
+    suspended = make_license(plan=plan, customer=customer)
+    services.suspend_license(license=suspended.license, actor=actor)
+    make_license(plan=plan, customer=customer, expires_at=timezone.now() + timedelta(days=10, hours=1))
+
+    page = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    assert "Photon Editor · Personal" in page
+    assert "Active, never expires" in page
+    assert "Active, expires in 10 days" in page
+    assert "1 of 3 slots in use" in page
+    assert issued.key in page
+    assert issued.license.masked_key in page
+    assert f"Expired on {expired.expires_at:%d %B %Y}" in page
+    assert "Suspended" in page
+
+
+def test_a_customer_with_no_licenses_is_told_so(client, other_customer):
+    sign_in(client, other_customer)
+
+    assert "There are no licenses for this e-mail address." in client.get(reverse("portal:licenses")).content.decode()
+
+
+def test_license_page_lists_live_devices_and_history(signed_in, issued, actor):
+    activate(issued, "mac", name="MacBook", platform="macOS")
+    old = activate(issued, "old", name="Old PC").activation
+    services.deactivate_activation(activation=old, actor=actor)
+
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+
+    devices = page.split('id="devices-heading"')[1].split('id="history-heading"')[0]
+    assert "MacBook" in devices and "macOS" in devices
+    assert "Old PC" not in devices
+    history = page.split('id="history-heading"')[1]
+    assert "Old PC deactivated" in history
+    assert "MacBook activated" in history
+
+
+# ---------------------------------------------------------------- freeing devices
+
+
+def test_deactivating_a_device_frees_its_slot(signed_in, issued):
+    activation = activate(issued, "mac", name="MacBook").activation
+    activate(issued, "pc", name="PC")
+    url = reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk])
+    assert "Deactivate MacBook?" in signed_in.get(url).content.decode()
+
+    response = signed_in.post(url, follow=True)
+
+    assert "MacBook deactivated. 1 of 3 slots in use." in response.content.decode()
+    assert not Activation.objects.get(pk=activation.pk).is_live
+    assert services.validate_license(license_key=issued.key, fingerprint="mac").code == "NOT_ACTIVATED"
+    row = Activation.objects.get(pk=activation.pk)
+    assert (row.deactivated_by_kind, row.deactivated_by) == ("customer", "ada@example.com")
+
+
+def test_deactivating_an_inactive_device_says_so(signed_in, issued, actor):
+    activation = activate(issued, "mac", name="MacBook").activation
+    services.deactivate_activation(activation=activation, actor=actor)
+
+    response = signed_in.post(reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk]), follow=True)
+
+    assert "MacBook was already deactivated." in response.content.decode()
+
+
+def test_deactivate_all_devices(signed_in, issued):
+    activate(issued, "a")
+    activate(issued, "b")
+    url = reverse("portal:deactivate-all", args=[issued.license.pk])
+
+    response = signed_in.post(url, follow=True)
+
+    assert "2 devices deactivated. 0 of 3 slots in use." in response.content.decode()
+    assert issued.license.activations.live().count() == 0
+
+
+def test_an_offline_license_file_downloads_for_a_live_device(signed_in, issued):
+    activation = activate(issued, "mac", name="MacBook").activation
+
+    response = signed_in.post(reverse("portal:license-file", args=[issued.license.pk, activation.pk]))
+
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="license-{activation.pk}.lic"'
+    assert response.content.decode().startswith("-----BEGIN LICENSE FILE-----")
+
+
+# ---------------------------------------------------------------- another customer's objects
+
+
+def test_another_customers_license_and_devices_are_404(client, issued, other_customer):
+    activation = activate(issued, "mac").activation
+    sign_in(client, other_customer)
+    license_id = issued.license.pk
+
+    for url in [
+        reverse("portal:license", args=[license_id]),
+        reverse("portal:deactivate-all", args=[license_id]),
+        reverse("portal:deactivate-device", args=[license_id, activation.pk]),
+    ]:
+        assert client.get(url).status_code == 404
+        assert client.post(url).status_code == 404
+    assert client.post(reverse("portal:license-file", args=[license_id, activation.pk])).status_code == 404
+    assert Activation.objects.get(pk=activation.pk).is_live
+
+
+def test_a_device_of_another_license_is_404(signed_in, issued, customer):
+    other = make_license(plan=make_plan(), customer=None)
+    theirs = activate(other, "theirs").activation
+
+    response = signed_in.post(reverse("portal:deactivate-device", args=[issued.license.pk, theirs.pk]))
+
+    assert response.status_code == 404
+    assert Activation.objects.get(pk=theirs.pk).is_live
+
+
+def test_signed_out_visitors_are_sent_to_sign_in(client, issued):
+    response = client.get(reverse("portal:license", args=[issued.license.pk]))
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("portal:sign-in")
+
+
+def test_changes_need_a_post_with_csrf(issued, customer):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    sign_in_page = client.get(reverse("portal:sign-in"))
+    token = sign_in_page.cookies["csrftoken"].value
+    client.post(reverse("portal:sign-in"), {"email": customer.email, "csrfmiddlewaretoken": token})
+    path = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+    client.post(path, {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+    activation = activate(issued, "mac").activation
+
+    response = client.post(reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk]))
+
+    assert response.status_code == 403
+    assert Activation.objects.get(pk=activation.pk).is_live

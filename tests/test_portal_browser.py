@@ -1,0 +1,91 @@
+"""The portal's main path in a real browser: Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from django.core import mail
+
+from licensing import services
+from tests.factories import activate, make_customer, make_license, make_plan, make_product
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+
+
+@pytest.fixture
+def page():
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes between
+    # browser steps are still plain synchronous code.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        context = browser.new_context(viewport={"width": 1100, "height": 800})
+        yield context.new_page()
+        browser.close()
+    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"portal-{name}.png"), full_page=True)
+
+
+def test_customer_signs_in_and_frees_a_device(page, live_server):
+    customer = make_customer(email="ada@example.com", name="Ada Lovelace")
+    plan = make_plan(product=make_product(name="Photon Editor"), name="Personal", max_activations=3)
+    issued = make_license(plan=plan, customer=customer)
+    activate(issued, "mac-serial-0001", name="MacBook", platform="macOS")
+    activate(issued, "pc-serial-0002", name="Office PC", platform="Windows")
+
+    page.goto(f"{live_server.url}/portal/")
+    screenshot(page, "1-sign-in")
+    page.get_by_label("E-mail address").fill("ada@example.com")
+    page.get_by_role("button", name="Send me a sign-in link").click()
+    page.get_by_role("heading", name="Check your e-mail").wait_for()
+    screenshot(page, "2-check-email")
+
+    link = re.search(r"https?://\S+", mail.outbox[-1].body).group(0)
+    page.goto(link)
+    page.get_by_role("button", name="Continue to your licenses").click()
+    page.get_by_role("heading", name="Your licenses").wait_for()
+    assert "2 of 3 slots in use" in page.content()
+    screenshot(page, "3-licenses")
+
+    page.get_by_role("link", name="Photon Editor · Personal").click()
+    page.get_by_role("heading", name="Devices using this license").wait_for()
+    screenshot(page, "4-license")
+    page.get_by_role("link", name="Deactivate MacBook").click()
+    page.get_by_role("heading", name="Deactivate MacBook?").wait_for()
+    screenshot(page, "5-confirm")
+    page.get_by_role("button", name="Yes, deactivate it").click()
+
+    page.get_by_text("MacBook deactivated. 1 of 3 slots in use.").wait_for()
+    screenshot(page, "6-deactivated")
+    devices = page.locator("table tbody tr")
+    assert devices.count() == 1
+    assert "Office PC" in devices.first.inner_text()
+    assert services.validate_license(license_key=issued.key, fingerprint="mac-serial-0001").code == "NOT_ACTIVATED"
+    assert services.validate_license(license_key=issued.key, fingerprint="pc-serial-0002").code == "VALID"
