@@ -274,3 +274,9 @@ def test_changes_need_a_post_with_csrf(issued, customer):
 
     assert response.status_code == 403
     assert Activation.objects.get(pk=activation.pk).is_live
+
+
+def test_downloading_a_license_file_needs_a_post(signed_in, issued):
+    activation = activate(issued, "mac").activation
+
+    assert signed_in.get(reverse("portal:license-file", args=[issued.license.pk, activation.pk])).status_code == 405
