@@ -609,9 +609,25 @@ class SigningKeyAdmin(admin.ModelAdmin):
 
 
 class ApiKeyAddForm(forms.ModelForm):
+    key = forms.CharField(
+        label=_("Existing key to import"),
+        required=False,
+        max_length=255,
+        help_text=_(
+            "Leave empty to make a new key. To keep apps that ship another vendor's API key working, paste it here."
+        ),
+    )
+
     class Meta:
         model = ApiKey
-        fields = ["name", "read_only"]
+        fields = ["name", "read_only", "key"]
+
+    def clean(self):
+        cleaned = super().clean()
+        key = cleaned.get("key") or None
+        if key and services.find_api_key(key) is not None:
+            self.add_error("key", _("This API key already exists."))
+        return cleaned
 
 
 @admin.register(ApiKey)
@@ -640,7 +656,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def save_form(self, request, form, change):
         issued = services.create_api_key(
-            name=form.cleaned_data["name"], read_only=form.cleaned_data["read_only"], actor=staff_actor(request)
+            name=form.cleaned_data["name"],
+            read_only=form.cleaned_data["read_only"],
+            key=form.cleaned_data["key"] or None,
+            actor=staff_actor(request),
         )
         messages.success(
             request,

@@ -253,6 +253,14 @@ def find_license(
     return license
 
 
+def license_belongs_to(license: License, customer_id: str) -> bool:
+    """Whether an app's customer id names the license's owner: the billing system's id, or ours."""
+    customer = license.customer
+    if customer is None:
+        return False
+    return customer_id in {customer.reference, customer.public_id.hex, str(customer.public_id)}
+
+
 def reveal_license_key(license: License) -> str:
     """Return the plaintext key, for staff and the license's own customer."""
     return keys.decrypt_license_key(license.key_encrypted)
@@ -545,7 +553,8 @@ def check_metadata(metadata: Any, *, field: str = "metadata") -> None:
     if not isinstance(metadata, dict):
         raise errors.InvalidInput("Metadata must be a JSON object.", field=field)
     try:
-        encoded = json.dumps(metadata, ensure_ascii=False)
+        # allow_nan=False: NaN and Infinity are not JSON, and PostgreSQL's jsonb refuses them.
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
         raise errors.InvalidInput("Metadata must hold only JSON values.", field=field) from None
     if not is_encodable(encoded):
@@ -732,6 +741,14 @@ def validate_license(
     validations never serialise. Its counter UPDATE only waits, for milliseconds, while an
     activation of the same license holds that row.
     """
+    if (
+        isinstance(increment_usage, bool)
+        or not isinstance(increment_usage, int)
+        or not 0 <= increment_usage <= MAX_ACTIVATION_LIMIT
+    ):
+        raise errors.InvalidInput(
+            f"The usage increment must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}.", field="increment_usage"
+        )
     license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
     if license is None:
         return _invalid(errors.LicenseNotFound(), license=None, activation=None)
@@ -893,16 +910,29 @@ def current_signing_key() -> SigningKey:
 # ---------------------------------------------------------------- API keys
 
 
-def create_api_key(*, name: str, actor: Actor, read_only: bool = False) -> IssuedApiKey:
-    """Make an API key for the management API. The plaintext is returned here once and never again."""
+def create_api_key(*, name: str, actor: Actor, read_only: bool = False, key: str | None = None) -> IssuedApiKey:
+    """Make an API key, or import one (`key`) that apps already ship with from another vendor.
+
+    The plaintext is returned here once and never again.
+    """
     _check_text(name, 200, field="name")
     if not name.strip():
         raise errors.InvalidInput("Give the key a name that says who uses it.", field="name")
-    key = keys.generate_api_key()
+    # A generated key shows its prefix and 8 random characters; an imported one, only 4 characters.
+    visible = keys.API_KEY_DISPLAY_LENGTH if key is None else 4
+    if key is None:
+        key = keys.generate_api_key()
+    elif not (MIN_IMPORTED_API_KEY_LENGTH <= len(key) <= 255 and key.isprintable() and " " not in key):
+        raise errors.InvalidInput(
+            f"An imported API key is {MIN_IMPORTED_API_KEY_LENGTH} to 255 printable characters without spaces.",
+            field="key",
+        )
+    elif ApiKey.objects.filter(key_digest=keys.digest_api_key(key)).exists():
+        raise errors.InvalidInput("This API key already exists.", field="key")
     with transaction.atomic():
         api_key = ApiKey.objects.create(
             name=name.strip(),
-            prefix=key[: keys.API_KEY_DISPLAY_LENGTH],
+            prefix=key[:visible],
             key_digest=keys.digest_api_key(key),
             read_only=read_only,
             created_by=actor.display[:255],
@@ -923,6 +953,8 @@ def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:
 
 
 API_KEY_LAST_USE_PRECISION = timedelta(minutes=1)
+# Imported keys were made by other vendors; shorter ones would be guessable.
+MIN_IMPORTED_API_KEY_LENGTH = 16
 
 
 def find_api_key(key: str) -> ApiKey | None:

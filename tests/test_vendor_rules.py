@@ -210,3 +210,81 @@ def test_unlimited_plan_license_with_usage_limit_in_the_api(management_client):
 
     assert response.status_code == 201
     assert (response.json()["usage"], response.json()["limit_usage"]) == (0, 10)
+
+
+# ---------------------------------------------------------------- moving apps' identifiers here
+
+
+def test_an_api_key_apps_already_ship_can_be_imported(actor, api_client):
+    out = io.StringIO()
+    call_command(
+        "create_api_key", "--name", "keymint apps", "--import-key", "at_shipped_in_every_app_0123456789", stdout=out
+    )
+
+    api_key = services.authenticate_api_key("at_shipped_in_every_app_0123456789")
+
+    assert api_key is not None
+    assert api_key.prefix == "at_s"
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer at_shipped_in_every_app_0123456789")
+    assert api_client.get("/api/v1/products").status_code == 200
+
+
+@pytest.mark.parametrize("key", ["short", "has a space in it 123", "x" * 256])
+def test_an_imported_api_key_must_be_long_and_printable(actor, key):
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.create_api_key(name="old", key=key, actor=actor)
+
+    assert raised.value.field == "key"
+
+
+def test_an_api_key_cannot_be_imported_twice(actor):
+    services.create_api_key(name="old", key="at_shipped_in_every_app_0123456789", actor=actor)
+
+    with pytest.raises(errors.InvalidInput):
+        services.create_api_key(name="again", key="at_shipped_in_every_app_0123456789", actor=actor)
+
+
+def test_staff_import_an_api_key_in_the_admin(staff_client):
+    staff_client.post(
+        reverse("admin:licensing_apikey_add"), {"name": "gkm apps", "key": "2964c3c9-0b5d-4d89-b3ac-4668f30bc492"}
+    )
+
+    assert services.authenticate_api_key("2964c3c9-0b5d-4d89-b3ac-4668f30bc492").name == "gkm apps"
+
+
+def test_a_license_belongs_to_its_customer_by_any_of_their_ids(plan):
+    customer = make_customer(external_id="cus_ada")
+    license = make_license(plan=plan, customer=customer).license
+
+    for customer_id in ["cus_ada", customer.public_id.hex, str(customer.public_id)]:
+        assert services.license_belongs_to(license, customer_id)
+    assert not services.license_belongs_to(license, "cus_grace")
+    assert not services.license_belongs_to(make_license(plan=plan).license, "cus_ada")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_metadata_refuses_numbers_json_cannot_hold(issued, value):
+    with pytest.raises(errors.InvalidInput) as raised:
+        activate(issued, "d", metadata={"x": value})
+
+    assert raised.value.field == "metadata"
+
+
+@pytest.mark.parametrize("increment", [-1, 2**31, True, "1"])
+def test_usage_increments_are_bounded(issued, increment):
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.validate_license(license_key=issued.key, increment_usage=increment)
+
+    assert raised.value.field == "increment_usage"
+
+
+def test_the_management_api_sets_a_products_polar_organization_id(management_client, product):
+    organization_id = "5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b"
+
+    response = management_client.patch(
+        f"/api/v1/products/{product.pk}", {"polar_organization_id": organization_id}, format="json"
+    )
+
+    assert response.json()["polar_organization_id"] == organization_id
+    product.refresh_from_db()
+    assert str(product.polar_organization_id) == organization_id

@@ -279,7 +279,7 @@ class SigningKeyListSerializer(serializers.Serializer):
 class ProductSerializer(StrictModelSerializer):
     class Meta:
         model = Product
-        fields = ["id", "name", "slug", "public_id", "is_active", "created_at", "updated_at"]
+        fields = ["id", "name", "slug", "public_id", "polar_organization_id", "is_active", "created_at", "updated_at"]
         extra_kwargs = {"public_id": {"required": False}}
 
 

@@ -11,11 +11,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--name", required=True, help="Who or what uses the key, e.g. 'billing'.")
         parser.add_argument("--read-only", action="store_true", help="The key may read but never change anything.")
+        parser.add_argument(
+            "--import-key",
+            metavar="KEY",
+            help="Store this existing key (from Kelviq, Keymint or GetKeyManager) instead of making one.",
+        )
 
     def handle(self, *args, **options):
         try:
             issued = services.create_api_key(
-                name=options["name"], read_only=options["read_only"], actor=services.Actor.system("create_api_key")
+                name=options["name"],
+                read_only=options["read_only"],
+                key=options["import_key"],
+                actor=services.Actor.system("create_api_key"),
             )
         except errors.LicensingError as error:
             raise CommandError(str(error.message)) from None
