@@ -1,0 +1,133 @@
+"""One license, five faces: activations through any dialect count against the same limit."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from licensing import services
+from licensing.models import Activation
+from tests.factories import make_license, make_plan, make_product
+
+ORGANIZATION_ID = "5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b"
+PRODUCT_ID = "prod_cross_dialect_test_0001"
+
+
+@pytest.fixture
+def setup(db):
+    actor = services.Actor.system("tests")
+    product = make_product(public_id=PRODUCT_ID, polar_organization_id=uuid.UUID(ORGANIZATION_ID))
+    issued = make_license(plan=make_plan(product=product, max_activations=5))
+    api_key = services.create_api_key(name="apps", actor=actor).key
+    return issued, api_key
+
+
+def activators(key: str, api_key: str) -> dict[str, Callable[[Client, str], int]]:
+    """How each face activates a device named `device`; each returns the HTTP status."""
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {api_key}"}
+
+    def post_json(client, path, body, **headers):
+        return client.post(path, json.dumps(body), content_type="application/json", **headers).status_code
+
+    return {
+        "native": lambda client, device: post_json(
+            client, "/api/v1/licenses/activate", {"key": key, "fingerprint": device}
+        ),
+        "kelviq": lambda client, device: post_json(
+            client, "/compat/kelviq/api/v1/license/activate/", {"licenseKey": key, "instanceName": device}, **bearer
+        ),
+        "polar": lambda client, device: post_json(
+            client,
+            "/compat/polar/v1/customer-portal/license-keys/activate",
+            {"key": key, "organization_id": ORGANIZATION_ID, "label": device},
+        ),
+        "keymint": lambda client, device: post_json(
+            client,
+            "/compat/keymint/key/activate",
+            {"productId": PRODUCT_ID, "licenseKey": key, "hostId": device},
+            **bearer,
+        ),
+        "getkeymanager": lambda client, device: (
+            client.post(
+                "/compat/getkeymanager/api/v1/activate", {"api_key": api_key, "license_key": key, "identifier": device}
+            ).status_code
+        ),
+    }
+
+
+def test_every_face_sees_the_same_slots(setup):
+    issued, api_key = setup
+    client = Client()
+    for name, activate in activators(issued.key, api_key).items():
+        assert activate(client, f"{name}-device") in {200, 201}, name
+
+    native = client.post(
+        "/api/v1/licenses/validate", json.dumps({"key": issued.key}), content_type="application/json"
+    ).json()["license"]
+    keymint = client.get(
+        f"/compat/keymint/key?productId={PRODUCT_ID}&licenseKey={issued.key}", HTTP_AUTHORIZATION=f"Bearer {api_key}"
+    ).json()["data"]["license"]
+    kelviq = client.post(
+        "/compat/kelviq/api/v1/license/validate/",
+        json.dumps({"licenseKey": issued.key}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key}",
+    ).json()["license"]
+    polar = client.post(
+        "/compat/polar/v1/customer-portal/license-keys/validate",
+        json.dumps({"key": issued.key, "organization_id": ORGANIZATION_ID}),
+        content_type="application/json",
+    ).json()
+
+    assert (native["activations_used"], native["max_activations"]) == (5, 5)
+    assert (keymint["activations"], keymint["maxActivations"]) == (5, 5)
+    assert (kelviq["activationUsage"], kelviq["activationLimit"]) == (5, 5)
+    assert (polar["usage"], polar["limit_activations"]) == (0, 5)
+    for name, activate in activators(issued.key, api_key).items():
+        assert activate(client, f"{name}-one-too-many") == (200 if name == "getkeymanager" else 403), name
+    gkm = client.post(
+        "/compat/getkeymanager/api/v1/activate",
+        {"api_key": api_key, "license_key": issued.key, "identifier": "one-more"},
+    ).json()["response"]
+    assert int(gkm["code"]) == 302
+    assert Activation.objects.filter(license=issued.license).live().count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_limit_holds_when_activations_arrive_through_every_face_at_once():
+    actor = services.Actor.system("tests")
+    product = make_product(public_id=PRODUCT_ID, polar_organization_id=uuid.UUID(ORGANIZATION_ID))
+    issued = make_license(plan=make_plan(product=product, max_activations=3))
+    api_key = services.create_api_key(name="apps", actor=actor).key
+    faces = list(activators(issued.key, api_key).items())
+    per_face = 6
+    barrier = threading.Barrier(len(faces) * per_face)
+    statuses: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def run(name: str, activate: Callable[[Client, str], int], n: int) -> None:
+        try:
+            barrier.wait()
+            status = activate(Client(), f"{name}-{n}")
+            with lock:
+                statuses.append((name, status))
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=run, args=(name, activate, n)) for name, activate in faces for n in range(per_face)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(statuses) == len(threads)
+    assert all(status in {200, 201, 403} for _, status in statuses)
+    assert Activation.objects.filter(license=issued.license).live().count() == 3
