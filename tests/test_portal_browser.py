@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.core import mail
+from django.db import connections
 
 from licensing import services
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
@@ -45,6 +46,9 @@ def page():
         context = browser.new_context(viewport={"width": 1100, "height": 800})
         yield context.new_page()
         browser.close()
+        # The test's database calls ran in Playwright's greenlet, whose connection the session's
+        # teardown cannot see; hand it back now so the test database can be dropped.
+        connections.close_all()
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
