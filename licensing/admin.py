@@ -556,6 +556,32 @@ class AuditEventAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, event.license.masked_key)
 
 
+class MadeByServiceAdmin(admin.ModelAdmin):
+    """Secrets made by a service on *Add* and read-only afterwards: signing, API and RSA keys.
+
+    The add form's `save_form` calls the service; the admin must not save the object again. A saved
+    key's page is for reading; the list's actions (retire, revoke) are the only changes.
+    """
+
+    def get_fields(self, request, obj=None):
+        return self.form.Meta.fields if obj is None else self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.fields
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        pass
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+
 class NoFieldsForm(forms.ModelForm):
     class Meta:
         model = SigningKey
@@ -563,35 +589,18 @@ class NoFieldsForm(forms.ModelForm):
 
 
 @admin.register(SigningKey)
-class SigningKeyAdmin(admin.ModelAdmin):
+class SigningKeyAdmin(MadeByServiceAdmin):
     """Key pairs that sign answers. The private half is never shown; adding one rotates the signer."""
 
     list_display = ["kid", "algorithm", "created_at", "signs_now", "retired_at"]
     fields = ["kid", "algorithm", "public_key_pem", "created_at", "retired_at"]
-    readonly_fields = fields
     actions = ["retire"]
     form = NoFieldsForm
-
-    def get_fields(self, request, obj=None):
-        return [] if obj is None else self.fields
-
-    def has_change_permission(self, request, obj=None):
-        # Only the list's retire action changes a key; its page is for reading the public key.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def save_form(self, request, form, change):
         signing_key = services.create_signing_key(actor=staff_actor(request))
         messages.success(request, _("Signing key %(kid)s created; it signs from now on.") % {"kid": signing_key.kid})
         return signing_key
-
-    def save_model(self, request, obj, form, change):
-        pass
-
-    def save_related(self, request, form, formsets, change):
-        pass
 
     def get_queryset(self, request):
         current = services.published_signing_keys().values_list("pk", flat=True)[:1]
@@ -631,28 +640,15 @@ class ApiKeyAddForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(MadeByServiceAdmin):
     """Keys for the management API. A key is shown once, when it is made; only its digest is kept."""
 
     list_display = ["name", "prefix", "read_only", "created_by", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["read_only", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     fields = ["name", "prefix", "read_only", "created_by", "created_at", "last_used_at", "revoked_at"]
-    readonly_fields = fields
     actions = ["revoke"]
     form = ApiKeyAddForm
-
-    def get_fields(self, request, obj=None):
-        return ApiKeyAddForm.Meta.fields if obj is None else self.fields
-
-    def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else self.readonly_fields
-
-    def has_change_permission(self, request, obj=None):
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def save_form(self, request, form, change):
         issued = services.create_api_key(
@@ -666,12 +662,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
             _("API key created: %(key)s — copy it now, it is not shown again.") % {"key": issued.key},
         )
         return issued.api_key
-
-    def save_model(self, request, obj, form, change):
-        pass
-
-    def save_related(self, request, form, formsets, change):
-        pass
 
     @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
     def revoke(self, request, queryset):
@@ -706,36 +696,17 @@ class RsaKeyAddForm(forms.ModelForm):
 
 
 @admin.register(RsaKey)
-class RsaKeyAdmin(admin.ModelAdmin):
+class RsaKeyAdmin(MadeByServiceAdmin):
     """GetKeyManager signing keys. The private half is never shown; the newest key of a product signs."""
 
     list_display = ["__str__", "product", "created_at"]
     list_select_related = ["product"]
     list_filter = [("product", admin.EmptyFieldListFilter)]
     fields = ["product", "public_key_pem", "created_at"]
-    readonly_fields = fields
     form = RsaKeyAddForm
-
-    def get_fields(self, request, obj=None):
-        return RsaKeyAddForm.Meta.fields if obj is None else self.fields
-
-    def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else self.readonly_fields
-
-    def has_change_permission(self, request, obj=None):
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def save_form(self, request, form, change):
         product, pem = form.cleaned_data["product"], form.cleaned_data["private_key_pem"]
         if pem:
             return services.import_rsa_key(product=product, private_key_pem=pem, actor=staff_actor(request))
         return services.create_rsa_key(product=product, actor=staff_actor(request))
-
-    def save_model(self, request, obj, form, change):
-        pass
-
-    def save_related(self, request, form, formsets, change):
-        pass
