@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format
+.PHONY: run test lint format bench bench-smoke
 
 run: $(VENV)/.installed .env
 	$(BIN)/python manage.py migrate --noinput
@@ -15,6 +15,14 @@ run: $(VENV)/.installed .env
 
 test: $(VENV)/.installed .env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Throughput and latency against a raw-psycopg baseline on PostgreSQL; needs wrk (apt-get install wrk).
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+# Every scenario for a couple of seconds on a small data set: proves the bench still runs, with no errors.
+bench-smoke: $(VENV)/.installed
+	$(BIN)/python bench/run.py --duration 2 --licenses 1000 --audit-events 300
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

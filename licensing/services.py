@@ -3,9 +3,11 @@ portal are thin faces over these functions, so each rule is written once."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import json
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +17,8 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, models, transaction
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from licensing import errors, keys, signing
@@ -49,6 +52,7 @@ MAX_METADATA_BYTES = 16_384
 # The largest value PostgreSQL's integer column (and so every database) holds.
 MAX_ACTIVATION_LIMIT = 2_147_483_647
 MAX_USAGE_LIMIT = 2**63 - 1
+LAST_SEEN_PRECISION = timedelta(minutes=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,12 +257,22 @@ def find_license(
     return license
 
 
+def _customer_ids(customer: Customer) -> set[str]:
+    return {customer.reference, customer.public_id.hex, str(customer.public_id)}
+
+
 def license_belongs_to(license: License, customer_id: str) -> bool:
     """Whether an app's customer id names the license's owner: the billing system's id, or ours."""
-    customer = license.customer
-    if customer is None:
-        return False
-    return customer_id in {customer.reference, customer.public_id.hex, str(customer.public_id)}
+    return license.customer is not None and customer_id in _customer_ids(license.customer)
+
+
+def find_customer(customer_id: str) -> Customer | None:
+    """The customer an app's customer id names: the billing system's id, or ours (hex or dashed)."""
+    match = Q(external_id=customer_id) if customer_id else Q(pk__in=[])
+    with contextlib.suppress(ValueError):
+        match |= Q(public_id=uuid.UUID(customer_id))
+    customer = Customer.objects.filter(match).first()
+    return customer if customer is not None and customer_id in _customer_ids(customer) else None
 
 
 def reveal_license_key(license: License) -> str:
@@ -338,6 +352,8 @@ def check_new_license(
     metadata: dict[str, Any] | None = None,
 ) -> None:
     """Raise the first reason a license with these values cannot be created (None key: generated)."""
+    if not product.is_active:
+        raise errors.ProductInactive("No new licenses can be issued for an inactive product.", field="product")
     if plan is not None and plan.product_id != product.pk:
         raise errors.InvalidInput("This plan belongs to another product.", field="plan")
     if key is not None:
@@ -749,7 +765,20 @@ def validate_license(
         raise errors.InvalidInput(
             f"The usage increment must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}.", field="increment_usage"
         )
-    license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
+    live_devices = (
+        Activation.objects.live()
+        .filter(license=OuterRef("pk"))
+        .order_by()
+        .values("license")
+        .annotate(total=models.Count("pk"))
+        .values("total")
+    )
+    license = (
+        _licenses_with_relations()
+        .annotate(live_total=Coalesce(Subquery(live_devices), 0))
+        .filter(key_digest=keys.digest_license_key(license_key))
+        .first()
+    )
     if license is None:
         return _invalid(errors.LicenseNotFound(), license=None, activation=None)
     activation = None
@@ -784,7 +813,8 @@ def validate_license(
     license.validation_count += 1
     license.last_validated_at = now
     license.usage += increment_usage
-    if activation is not None:
+    # A device validating many times a minute gets one write a minute, not one per call.
+    if activation is not None and now - activation.last_seen_at >= LAST_SEEN_PRECISION:
         Activation.objects.filter(pk=activation.pk).update(last_seen_at=now)
         activation.last_seen_at = now
     return ValidationResult(
@@ -881,6 +911,7 @@ def create_signing_key(*, actor: Actor) -> SigningKey:
             kid=kid, public_key_pem=public_pem, private_key_encrypted=private_encrypted
         )
         record_event(actor=actor, action="signing_key.created", target=signing_key)
+    forget_current_signing_key()
     return signing_key
 
 
@@ -892,6 +923,7 @@ def retire_signing_key(*, signing_key: SigningKey, actor: Actor) -> SigningKey:
             locked.retired_at = timezone.now()
             locked.save(update_fields=["retired_at"])
             record_event(actor=actor, action="signing_key.retired", target=locked)
+    forget_current_signing_key()
     return locked
 
 
@@ -899,12 +931,27 @@ def published_signing_keys() -> models.QuerySet[SigningKey]:
     return SigningKey.objects.filter(retired_at__isnull=True)
 
 
+# Every signed answer needs the current key; asking the database each time would cost a query per
+# call. Each process keeps it this long, so another process sees a rotation within that time.
+SIGNING_KEY_CACHE_SECONDS = 30
+_signing_key_cache: dict[str, tuple[float, SigningKey]] = {}
+
+
 def current_signing_key() -> SigningKey:
     """Return the key that signs now, making the first one if the server has none yet."""
+    cached = _signing_key_cache.get("current")
+    if cached is not None and time.monotonic() - cached[0] < SIGNING_KEY_CACHE_SECONDS:
+        return cached[1]
     signing_key = published_signing_keys().first()
     if signing_key is None:
         signing_key = create_signing_key(actor=Actor.system())
+    _signing_key_cache["current"] = (time.monotonic(), signing_key)
     return signing_key
+
+
+def forget_current_signing_key() -> None:
+    """Make the next signed answer read the current key from the database again."""
+    _signing_key_cache.clear()
 
 
 # ---------------------------------------------------------------- API keys

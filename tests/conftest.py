@@ -81,3 +81,9 @@ def read_only_api_key(db):
 def management_client(api_client, api_key):
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key.key}")
     return api_client
+
+
+@pytest.fixture(autouse=True)
+def fresh_signing_key_cache():
+    # Each test's database starts without the key a previous test cached.
+    services.forget_current_signing_key()

@@ -369,6 +369,20 @@ def test_validation_takes_no_row_lock_and_few_queries(issued):
     with CaptureQueriesContext(connection) as queries:
         services.validate_license(license_key=issued.key, fingerprint="a")
 
-    assert len(queries) <= 4
+    # The license with its device count, the device, and the counters: three queries.
+    assert len(queries) == 3
     assert not any("FOR UPDATE" in query["sql"].upper() for query in queries)
     assert any("validation_count" in query["sql"] and query["sql"].startswith("UPDATE") for query in queries)
+
+
+def test_a_device_seen_within_the_minute_is_not_written_again(issued):
+    activation = activate(issued, "a").activation
+    services.validate_license(license_key=issued.key, fingerprint="a")
+    first_seen = Activation.objects.get(pk=activation.pk).last_seen_at
+
+    with CaptureQueriesContext(connection) as queries:
+        services.validate_license(license_key=issued.key, fingerprint="a")
+
+    assert Activation.objects.get(pk=activation.pk).last_seen_at == first_seen
+    assert not any(query["sql"].startswith('UPDATE "licensing_activation"') for query in queries)
+    assert License.objects.get(pk=issued.license.pk).validation_count == 2

@@ -521,3 +521,23 @@ def test_catalog_input_is_strict(management_client, body, field):
 
     assert response.status_code == 400
     assert error(response)["field"] == field
+
+
+def test_no_license_can_be_issued_for_an_inactive_product(management_client, plan, actor):
+    product = plan.product
+    product.is_active = False
+    services.save_catalog_record(record=product, actor=actor)
+
+    response = management_client.post("/api/v1/licenses", {"product": product.pk}, format="json")
+
+    assert response.status_code == 403
+    assert (error(response)["code"], error(response)["field"]) == ("product_inactive", "product")
+    assert License.objects.count() == 0
+
+
+@pytest.mark.parametrize("path", ["/compat/polar", "/compat/kelviq/api/v1", "/compat/getkeymanager/x", "/compat/nope"])
+def test_stray_compat_paths_answer_json_404(api_client, path):
+    response = api_client.post(path, {}, format="json")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"

@@ -121,12 +121,15 @@ def test_the_products_own_imported_key_signs_and_the_global_key_does_not_verify(
 
 def test_the_signature_covers_exactly_the_base64_bytes(client, api_key, issued, global_rsa_key):
     body = call(client, "verify", api_key, issued).json()
-    tampered = json.dumps(body["response"]).encode()
+    signed = base64.b64decode(body["response_base64"])
+    public_key = serialization.load_pem_public_key(global_rsa_key.public_key_pem.encode())
+    signature = base64.b64decode(body["signature"])
+    tampered = signed.replace(b'"code":202', b'"code":200')
+    assert tampered != signed
 
+    public_key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
     with pytest.raises(InvalidSignature):
-        serialization.load_pem_public_key(global_rsa_key.public_key_pem.encode()).verify(
-            base64.b64decode(body["signature"]), tampered, padding.PKCS1v15(), hashes.SHA256()
-        )
+        public_key.verify(signature, tampered, padding.PKCS1v15(), hashes.SHA256())
 
 
 def test_the_signed_bytes_are_written_as_phps_json_encode_writes_them(client, api_key, global_rsa_key):

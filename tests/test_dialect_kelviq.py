@@ -314,7 +314,9 @@ def test_a_body_that_is_not_an_object_is_a_drf_error(kelviq):
 
 
 def test_validating_an_instance_answers_200_with_its_metadata_and_counts_it(kelviq, issued, instance):
-    seen_before = instance.last_seen_at
+    # Last-seen times are kept to the minute: make the instance's last sighting an older one.
+    seen_before = timezone.now() - timedelta(minutes=10)
+    Activation.objects.filter(pk=instance.pk).update(last_seen_at=seen_before)
 
     response = post(kelviq, "validate", {"licenseKey": issued.key, "instanceId": str(instance.pk)})
 

@@ -279,7 +279,7 @@ def test_validate_conditions_are_ignored_for_an_activation_without_them(api_clie
 
 
 def test_validate_any_benefit_id_does_not_match(api_client, org, issued):
-    # This server has no benefits, so no key matches a benefit (and benefit_id is answered null).
+    # This server has no benefits, so no key matches a benefit (and benefit_id is answered "").
     response = validate_call(api_client, issued, benefit_id=str(uuid.uuid4()))
 
     assert_polar_error(response, 404, "ResourceNotFound", "License key does not match given benefit.")

@@ -146,44 +146,39 @@ class CheckoutLicenseInputSerializer(StrictInputSerializer):
     nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
 
 
-class ProductSummarySerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Product
-        fields = ["id", "public_id", "name", "slug"]
+# The shapes of the app-facing answers are plain Serializers with declared fields: they render on
+# every license call, and a ModelSerializer rebuilds its fields from the model each time.
 
 
-class PlanSummarySerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Plan
-        fields = ["id", "identifier", "name"]
+class ProductSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    public_id = serializers.CharField()
+    name = serializers.CharField()
+    slug = serializers.CharField()
 
 
-class AppLicenseSerializer(serializers.ModelSerializer):
+class PlanSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    identifier = serializers.CharField()
+    name = serializers.CharField()
+
+
+class AppLicenseSerializer(serializers.Serializer):
     """The license as an app sees it: no key, no owner."""
 
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=License.Status.choices)
     product = ProductSummarySerializer()
     plan = PlanSummarySerializer(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
     expired = serializers.BooleanField(source="is_expired", help_text="Past its expiry, whatever its status.")
+    max_activations = serializers.IntegerField(allow_null=True, help_text="null: unlimited.")
     activations_used = serializers.SerializerMethodField()
     activations_remaining = serializers.SerializerMethodField()
-
-    class Meta:
-        model = License
-        fields = [
-            "id",
-            "status",
-            "product",
-            "plan",
-            "expires_at",
-            "expired",
-            "max_activations",
-            "activations_used",
-            "activations_remaining",
-            "metadata",
-        ]
+    metadata = serializers.JSONField()
 
     def get_activations_used(self, license: License) -> int:
-        # Counted once per answer, for both fields; list queries annotate it instead.
+        # Counted once per answer, for both fields; validation and lists count in the license's query.
         if not hasattr(license, "live_total"):
             license.live_total = license.live_activation_count()
         return license.live_total
@@ -194,10 +189,15 @@ class AppLicenseSerializer(serializers.ModelSerializer):
         return max(license.max_activations - self.get_activations_used(license), 0)
 
 
-class ActivationSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Activation
-        fields = ["id", "fingerprint", "name", "platform", "metadata", "created_at", "last_seen_at", "deactivated_at"]
+class ActivationSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    fingerprint = serializers.CharField(allow_null=True)
+    name = serializers.CharField()
+    platform = serializers.CharField()
+    metadata = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField()
+    deactivated_at = serializers.DateTimeField(allow_null=True)
 
 
 class MetaSerializer(serializers.Serializer):

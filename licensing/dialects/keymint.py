@@ -9,12 +9,10 @@ yet: rate limits come with their own issue). The access token is an API key of t
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db.models import Q
 from django.http import Http404
 from django.urls import path, re_path
 from django.utils import timezone
@@ -144,11 +142,8 @@ class KeymintTokenAuthentication(authentication.BaseAuthentication):
 
 
 class KeymintTokenPermission(permissions.BasePermission):
-    """Any live API key activates, deactivates and reads; creating and blocking need a read-write key.
-
-    Apps carry their token inside the shipped binary, where anyone can extract it, so vendors give
-    apps a read-only key: it can do what an app does and nothing a billing system does.
-    """
+    """Any live API key reads keys; activating, deactivating, creating and blocking need a read-write
+    key, as on every face of this server (Kelviq answers 403 and GetKeyManager 102 for the same)."""
 
     def has_permission(self, request, view):
         if request.auth is None:
@@ -226,17 +221,10 @@ def expiry(value: Any) -> datetime:
 
 
 def customer_by_reference(reference: str) -> Customer:
-    """The customer Keymint's `customerId` names: our `reference` (billing system id, else public id hex)."""
-    match = Q(external_id=reference)
-    try:
-        public_id = uuid.UUID(hex=reference)
-    except ValueError:
-        public_id = None
-    if public_id is not None and public_id.hex == reference:
-        match |= Q(external_id="", public_id=public_id)
-    customer = Customer.objects.filter(match).first()
+    """The customer Keymint's `customerId` names (see services.find_customer)."""
+    customer = services.find_customer(reference)
     if customer is None:
-        raise KeymintError(404, 2, f"Customer with ID {reference} not found")
+        raise KeymintError(404, 1, f"Customer with ID {reference} not found")
     return customer
 
 
@@ -329,6 +317,7 @@ class KeymintView(APIView):
 class ActivateKeyView(KeymintView):
     """Activate a device, or check a key: apps call it at every start (Keymint has no validate call)."""
 
+    write_methods = frozenset({"POST"})
     vendor_fields = {"fingerprint": "hostId", "name": "deviceTag"}
 
     def post(self, request):
@@ -355,6 +344,8 @@ class ActivateKeyView(KeymintView):
 
 class DeactivateKeyView(KeymintView):
     """Free one device (`hostId`), or every device of the key when no hostId is sent."""
+
+    write_methods = frozenset({"POST"})
 
     def post(self, request):
         data = json_body(request)
