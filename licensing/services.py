@@ -765,26 +765,27 @@ def validate_license(
         raise errors.InvalidInput(
             f"The usage increment must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}.", field="increment_usage"
         )
-    live_devices = (
-        Activation.objects.live()
-        .filter(license=OuterRef("pk"))
-        .order_by()
-        .values("license")
-        .annotate(total=models.Count("pk"))
-        .values("total")
-    )
-    license = (
-        _licenses_with_relations()
-        .annotate(live_total=Coalesce(Subquery(live_devices), 0))
-        .filter(key_digest=keys.digest_license_key(license_key))
-        .first()
-    )
+    digest = keys.digest_license_key(license_key)
+    device_named = bool(fingerprint or activation_id)
+    # One query on the common path: the named device with its license and the license's device count.
+    activation = license = None
+    if device_named:
+        activation = (
+            _named_activations(Activation.objects.live(), activation_id=activation_id, fingerprint=fingerprint)
+            .select_related("license__product", "license__plan", "license__customer")
+            .annotate(license_live_total=_live_device_count("license_id"))
+            .filter(license__key_digest=digest)
+            .first()
+        )
+    if activation is not None:
+        license = activation.license
+        license.live_total = activation.license_live_total
+    else:
+        license = (
+            _licenses_with_relations().annotate(live_total=_live_device_count("pk")).filter(key_digest=digest).first()
+        )
     if license is None:
         return _invalid(errors.LicenseNotFound(), license=None, activation=None)
-    activation = None
-    device_named = bool(fingerprint or activation_id)
-    if device_named:
-        activation = _live_activation(license, fingerprint=fingerprint, activation_id=activation_id)
     if problem := license_problem(license):
         return _invalid(problem, license=license, activation=activation)
     if device_named and activation is None:
@@ -844,6 +845,19 @@ def _invalid(
         license=license,
         activation=activation,
     )
+
+
+def _live_device_count(license_field: str) -> Coalesce:
+    """A subquery counting the live devices of the license whose id is in `license_field`."""
+    live = (
+        Activation.objects.live()
+        .filter(license=OuterRef(license_field))
+        .order_by()
+        .values("license")
+        .annotate(total=models.Count("pk"))
+        .values("total")
+    )
+    return Coalesce(Subquery(live), 0)
 
 
 def _live_activation(license: License, *, fingerprint: str | None, activation_id: str | None) -> Activation | None:

@@ -369,8 +369,8 @@ def test_validation_takes_no_row_lock_and_few_queries(issued):
     with CaptureQueriesContext(connection) as queries:
         services.validate_license(license_key=issued.key, fingerprint="a")
 
-    # The license with its device count, the device, and the counters: three queries.
-    assert len(queries) == 3
+    # The device with its license and the license's device count, then the counters: two queries.
+    assert len(queries) == 2
     assert not any("FOR UPDATE" in query["sql"].upper() for query in queries)
     assert any("validation_count" in query["sql"] and query["sql"].startswith("UPDATE") for query in queries)
 
