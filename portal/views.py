@@ -66,7 +66,7 @@ def actor(request) -> services.Actor:
     return services.Actor.customer(request.customer, ip_address=client_ip(request))
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def sign_in(request):
     if Customer.objects.filter(pk=request.session.get(SESSION_KEY)).exists():
         return redirect("portal:licenses")

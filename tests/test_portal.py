@@ -280,3 +280,13 @@ def test_downloading_a_license_file_needs_a_post(signed_in, issued):
     activation = activate(issued, "mac").activation
 
     assert signed_in.get(reverse("portal:license-file", args=[issued.license.pk, activation.pk])).status_code == 405
+
+
+def test_the_sign_in_page_answers_head_for_uptime_checks(client):
+    assert client.head(reverse("portal:sign-in")).status_code == 200
+
+
+def test_the_sign_in_mail_greets_the_customer_by_name(client, customer):
+    request_link(client, customer.email)
+
+    assert mail.outbox[0].body.startswith("Hello Ada Lovelace,")

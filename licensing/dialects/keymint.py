@@ -92,7 +92,8 @@ def licensing_error_answer(exc: errors.LicensingError, vendor_fields: dict[str, 
         status, code, message = LICENSING_ERRORS[kind]
     if message is None:
         message = str(exc.message)
-        if exc.field:
+        # Input errors name the request field; a refusal by state (status, ...) speaks for itself.
+        if exc.field and isinstance(exc, errors.InvalidInput):
             message = f"{vendor_fields.get(exc.field, exc.field)}: {message}"
     return error_answer(status, code, message)
 
