@@ -95,11 +95,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     database_file = Path(DATABASES["default"]["NAME"])
     DATABASES["default"]["TEST"] = {"NAME": str(database_file.with_name(f"test-{database_file.name}"))}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
-        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
-        "timeout": env.int("DATABASE_POOL_TIMEOUT", default=10),
-    }
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "pool": {
+                "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+                "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+                "timeout": env.int("DATABASE_POOL_TIMEOUT", default=10),
+            },
+            # Server-side prepared statements after a query's 5th run: planning the license look-up
+            # costs more than running it. Django turns them off for PgBouncer in transaction mode;
+            # set DATABASE_PREPARE_THRESHOLD= (empty) behind such a pooler.
+            "prepare_threshold": env.int("DATABASE_PREPARE_THRESHOLD", default=5) or None,
+            "server_side_binding": True,
+        }
+    )
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["licensing.api.authentication.ApiKeyAuthentication"],
