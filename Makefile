@@ -3,15 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format bench bench-smoke
+.PHONY: run serve test lint format bench bench-smoke
 
 run: $(VENV)/.installed .env
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py load_demo
 	@echo
 	@echo "Serving on http://127.0.0.1:8000 - sign in to the admin at http://127.0.0.1:8000/admin/"
 	@echo "as user 'admin', password 'admin'. API docs: http://127.0.0.1:8000/api/docs/. Press Ctrl-C to stop."
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+# Production: gunicorn, settings from real environment variables (see README), refusing to start
+# when `check --deploy` finds a problem (DEBUG on, missing secrets, insecure cookies...).
+serve: $(VENV)/.installed
+	$(BIN)/python manage.py check --deploy --fail-level WARNING
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	$(BIN)/gunicorn config.wsgi:application --bind $${BIND:-0.0.0.0:8000} --workers $${WEB_CONCURRENCY:-2} \
+		--worker-class gthread --threads $${WEB_THREADS:-8} --forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-127.0.0.1}"
 
 test: $(VENV)/.installed .env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

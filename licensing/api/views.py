@@ -69,6 +69,9 @@ class LicenseCallView(APIView):
         response = super().finalize_response(request, response, *args, **kwargs)
         if isinstance(response.data, dict):
             response.data["meta"] = {"server_time": timezone.now(), "nonce": self._nonce(request)}
+            # For the request log: which license the call was about (its id, never its key).
+            license = response.data.get("license")
+            response.license_id = license.get("id") if isinstance(license, dict) else None
         signing_key = services.current_signing_key()
 
         def sign(rendered):

@@ -1,0 +1,35 @@
+"""One structured log line per request, so operators can follow traffic without ever logging a secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+logger = logging.getLogger("licensing.requests")
+
+
+class RequestLogMiddleware:
+    """Log method, path, status and duration of every request as one JSON line.
+
+    The query string is left out on purpose: some vendor APIs (Keymint's GET /key) put the license
+    key there. License calls add the license's id, never its key.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        line = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        license_id = getattr(response, "license_id", None)
+        if license_id:
+            line["license_id"] = license_id
+        logger.info(json.dumps(line))
+        return response
