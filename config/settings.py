@@ -123,7 +123,23 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     # ASCII output escapes anything, so no stored string can make an answer fail to render.
     "UNICODE_JSON": False,
+    # Proxies in front of the app whose X-Forwarded-For to trust for the client IP of rate limits;
+    # 0 uses the connection's address, so a client cannot pick its own IP.
+    "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
 }
+# Rate limits of the public license calls (native and every vendor dialect), as "N/second|minute|
+# hour|day"; empty turns one off. Counters are shared through the cache below.
+LICENSE_RATE_LIMITS = {
+    "per_ip": env.str("RATE_LIMIT_PER_IP", default="600/minute"),
+    "per_key": env.str("RATE_LIMIT_PER_KEY", default="120/minute"),
+}
+# Shared by every process and host: a database table by default (no extra service to run), Redis
+# when REDIS_URL is set.
+if env.str("REDIS_URL", default=""):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env.str("REDIS_URL")}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "licensing_cache"}}
+
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 
 SPECTACULAR_SETTINGS = {

@@ -21,6 +21,7 @@ from licensing import services, signing
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.exceptions import error_body
+from licensing.api.throttling import LICENSE_CALL_THROTTLES
 from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class LicenseCallView(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = LICENSE_CALL_THROTTLES
+    license_key_field = "key"
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

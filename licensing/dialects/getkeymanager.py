@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services, signing
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.throttling import LICENSE_CALL_THROTTLES
 from licensing.models import Activation, ApiKey, License, Product
 
 logger = logging.getLogger(__name__)
@@ -224,6 +226,8 @@ def license_details(license: License, activation: Activation, *, license_key: st
 class GetKeyManagerView(APIView):
     """Parse, authenticate, call one service, and answer in GetKeyManager's signed envelope, errors included."""
 
+    throttle_classes = LICENSE_CALL_THROTTLES
+    license_key_field = "license_key"
     authentication_classes: list = []
     permission_classes = [AllowAny]
     parser_classes = [GetKeyManagerFormParser, GetKeyManagerMultiPartParser, LimitedJSONParser]
@@ -255,7 +259,10 @@ class GetKeyManagerView(APIView):
     def handle_exception(self, exc: Exception) -> Response:
         answer, http_status = self.error_answer(exc)
         try:
-            return self.answer(answer, http_status=http_status)
+            response = self.answer(answer, http_status=http_status)
+            if isinstance(exc, exceptions.Throttled) and exc.wait:
+                response["Retry-After"] = str(math.ceil(exc.wait))
+            return response
         except Exception:
             logger.exception("GetKeyManager answer could not be signed")
             response = {"code": SERVER_ERROR[0], "message": SERVER_ERROR[1], "timestamp": unix_time(timezone.now())}
@@ -275,6 +282,9 @@ class GetKeyManagerView(APIView):
         if isinstance(exc, errors.InvalidInput):
             # The identifier is the only input the services check here (as the fingerprint).
             return (IDENTIFIER_REQUIRED[0], str(exc.message)), status.HTTP_200_OK
+        if isinstance(exc, exceptions.Throttled):
+            # GetKeyManager documents no rate-limit code: like a wrong path, the code repeats the status.
+            return (exc.status_code, "Too many requests. Try again later."), exc.status_code
         if isinstance(exc, exceptions.NotFound | exceptions.MethodNotAllowed):
             # GetKeyManager has no code for a wrong path or method: the code repeats the HTTP status.
             return (exc.status_code, str(exc.detail)), exc.status_code

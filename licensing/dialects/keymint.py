@@ -9,6 +9,7 @@ yet: rate limits come with their own issue). The access token is an API key of t
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.throttling import LICENSE_CALL_THROTTLES
 from licensing.models import Customer, License, Product, add_months
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,8 @@ def keymint_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             status, code, message = kind_status, kind_code, kind_message
             break
     headers = {"WWW-Authenticate": exc.auth_header} if getattr(exc, "auth_header", None) else None
+    if isinstance(exc, exceptions.Throttled) and exc.wait:
+        headers = {"Retry-After": str(math.ceil(exc.wait))}
     return error_answer(status, code, message or str(exc.detail), headers)
 
 
@@ -293,7 +297,8 @@ class KeymintView(APIView):
     parser_classes = [LimitedJSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JSONAnswers
-    throttle_classes: list = []
+    throttle_classes = LICENSE_CALL_THROTTLES
+    license_key_field = "licenseKey"
     # OPTIONS is a wrong method too, not DRF's description of the view.
     metadata_class = None
     # A vendor's API, not part of this server's own OpenAPI description.

@@ -29,6 +29,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.throttling import LICENSE_CALL_THROTTLES
 from licensing.models import Activation, Customer, License
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,9 @@ def polar_exception_handler(exc: Exception, context: dict[str, Any]) -> Response
         return polar_error(NOT_FOUND)
     if isinstance(exc, exceptions.MethodNotAllowed):
         return Response({"error": "MethodNotAllowed", "detail": "Method Not Allowed"}, status=405)
+    if isinstance(exc, exceptions.Throttled):
+        headers = {"Retry-After": str(math.ceil(exc.wait))} if exc.wait else None
+        return Response({"error": "TooManyRequests", "detail": "Rate limit exceeded."}, status=429, headers=headers)
     if isinstance(exc, exceptions.APIException):
         return Response({"error": type(exc).__name__, "detail": str(exc.detail)}, status=exc.status_code)
     logger.exception("Polar %s failed", view.operation)
@@ -446,6 +450,8 @@ CORS_PREFLIGHT_HEADERS = {
 
 
 class PolarView(APIView):
+    throttle_classes = LICENSE_CALL_THROTTLES
+    license_key_field = "key"
     authentication_classes: list = []
     permission_classes = [AllowAny]
     parser_classes = [PolarJSONParser]

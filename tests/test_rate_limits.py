@@ -1,0 +1,166 @@
+"""Rate limits on the public license calls: per client IP and per key, 429 with Retry-After in each face's shape."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.core.cache import cache
+
+from licensing import services
+from tests.factories import make_license, make_plan, make_product
+
+pytestmark = pytest.mark.django_db
+
+ORGANIZATION_ID = "5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b"
+PRODUCT_ID = "prod_rate_limit_test_00001"
+
+
+@pytest.fixture
+def limits(settings):
+    cache.clear()
+    settings.LICENSE_RATE_LIMITS = {"per_ip": "", "per_key": "3/minute"}
+    yield settings.LICENSE_RATE_LIMITS
+    cache.clear()
+
+
+@pytest.fixture
+def issued():
+    product = make_product(public_id=PRODUCT_ID, polar_organization_id=uuid.UUID(ORGANIZATION_ID))
+    return make_license(plan=make_plan(product=product))
+
+
+@pytest.fixture
+def api_key():
+    return services.create_api_key(name="apps", actor=services.Actor.system("tests")).key
+
+
+def calls(api_client, issued, api_key):
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {api_key}"}
+    return {
+        "native": lambda: api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json"),
+        "kelviq": lambda: api_client.post(
+            "/compat/kelviq/api/v1/license/validate/", {"licenseKey": issued.key}, format="json", **bearer
+        ),
+        "polar": lambda: api_client.post(
+            "/compat/polar/v1/customer-portal/license-keys/validate",
+            {"key": issued.key, "organization_id": ORGANIZATION_ID},
+            format="json",
+        ),
+        "keymint": lambda: api_client.get(
+            f"/compat/keymint/key?productId={PRODUCT_ID}&licenseKey={issued.key}", **bearer
+        ),
+        "getkeymanager": lambda: api_client.post(
+            "/compat/getkeymanager/api/v1/verify", {"api_key": api_key, "license_key": issued.key, "identifier": "d"}
+        ),
+    }
+
+
+def test_every_face_refuses_a_key_past_its_limit_with_429_and_retry_after(api_client, issued, api_key, limits):
+    for name, call in calls(api_client, issued, api_key).items():
+        cache.clear()
+        answers = [call() for _ in range(4)]
+
+        assert [answer.status_code for answer in answers[:3]] != [429] * 3, name
+        refused = answers[3]
+        assert refused.status_code == 429, name
+        assert int(refused["Retry-After"]) > 0, name
+        body = refused.json()
+        assert issued.key not in refused.content.decode(), name
+        if name == "native":
+            assert body["error"]["code"] == "rate_limited"
+        elif name == "keymint":
+            assert body["code"] == 3
+        elif name == "polar":
+            assert "error" in body and "detail" in body
+        elif name == "kelviq":
+            assert "throttled" in body["detail"]
+        else:
+            assert "response" in body
+
+
+def test_each_key_has_its_own_budget(api_client, issued, limits):
+    other = make_license(plan=issued.license.plan)
+    for _ in range(3):
+        api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+
+    assert api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json").status_code == 429
+    assert api_client.post("/api/v1/licenses/validate", {"key": other.key}, format="json").status_code == 200
+
+
+def test_one_address_is_limited_across_keys(api_client, issued, limits):
+    limits.update({"per_ip": "2/minute", "per_key": ""})
+
+    statuses = [
+        api_client.post("/api/v1/licenses/validate", {"key": f"UNKNOWN-{n}"}, format="json").status_code
+        for n in range(3)
+    ]
+
+    assert statuses == [404, 404, 429]
+
+
+def test_the_cache_holds_no_license_key(api_client, issued, limits):
+    from django.db import connection
+
+    api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT cache_key FROM licensing_cache")
+        stored = " ".join(row[0] for row in cursor.fetchall())
+    assert stored
+    assert issued.key not in stored
+
+
+def test_a_forged_forwarded_for_header_does_not_dodge_the_address_limit(api_client, limits):
+    limits.update({"per_ip": "2/minute", "per_key": ""})
+
+    statuses = [
+        api_client.post(
+            "/api/v1/licenses/validate", {"key": f"UNKNOWN-{n}"}, format="json", HTTP_X_FORWARDED_FOR=f"10.0.0.{n}"
+        ).status_code
+        for n in range(3)
+    ]
+
+    assert statuses == [404, 404, 429]
+
+
+def redis_is_running() -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", 6379)) == 0
+
+
+@pytest.mark.skipif(not redis_is_running(), reason="no Redis on 127.0.0.1:6379")
+def test_the_limits_work_with_redis_counters(api_client, issued, limits, settings):
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:6379/15"}
+    }
+    cache.clear()
+
+    statuses = [
+        api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json").status_code for _ in range(4)
+    ]
+
+    assert statuses == [200, 200, 200, 429]
+    cache.clear()
+
+
+def test_redis_url_selects_the_redis_cache():
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_settings import PROJECT
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import config.settings as s; print(s.CACHES['default']['BACKEND'])"],
+        cwd=PROJECT,
+        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:6379/0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert result.stdout.strip() == "django.core.cache.backends.redis.RedisCache"
