@@ -541,3 +541,13 @@ def test_stray_compat_paths_answer_json_404(api_client, path):
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
+
+
+def test_a_refused_api_key_is_logged_without_the_key(api_client, caplog):
+    caplog.set_level(logging.WARNING, logger="licensing.api.authentication")
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer lsk_guessed-secret-value-0123456789")
+
+    api_client.get("/api/v1/licenses")
+
+    assert "Refused API key starting 'lsk_' from 127.0.0.1" in caplog.text
+    assert "guessed-secret-value" not in caplog.text

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from licensing import services
+
+logger = logging.getLogger(__name__)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -25,6 +29,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("The API key is not valid.") from None
         api_key = services.authenticate_api_key(key)
         if api_key is None:
+            # Enough to spot someone guessing keys; the key itself is never logged.
+            logger.warning(
+                "Refused API key starting %r from %s", key[:4], request.META.get("REMOTE_ADDR", "an unknown address")
+            )
             raise exceptions.AuthenticationFailed("The API key is not valid, or has been revoked.")
         return api_key, api_key
 
