@@ -90,6 +90,18 @@ class UsageLimitReached(LicensingError):
     message = _("This license has not that many uses left.")
 
 
+class DeactivationLimitReached(LicensingError):
+    code = "deactivation_limit_reached"
+    status = 403
+    message = _("This license has no device changes left for now. Contact support to move it.")
+
+
+class SlotCoolingDown(LicensingError):
+    code = "slot_cooling_down"
+    status = 403
+    message = _("A device was freed too recently; its slot can be used again soon.")
+
+
 class InvalidStatusChange(LicensingError):
     code = "invalid_status_change"
     status = 409

@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.core.validators import MaxValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -73,6 +73,27 @@ class Plan(models.Model):
         blank=True,
         validators=[MaxValueValidator(2_147_483_647)],
         help_text=_("Devices a new license may activate. Empty means unlimited."),
+    )
+    # Anti-churn: how often apps, customers and API keys may move a license between devices. Staff
+    # and the system are never limited, so support can always help.
+    max_deactivations = models.PositiveIntegerField(
+        _("device changes allowed"),
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(2_147_483_647)],
+        help_text=_("Deactivations by apps, customers and API keys allowed per window. Empty means no limit."),
+    )
+    deactivation_window_days = models.PositiveIntegerField(
+        _("window (days)"),
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text=_("The rolling window the device changes are counted over."),
+    )
+    slot_cooldown_minutes = models.PositiveIntegerField(
+        _("slot cooldown (minutes)"),
+        default=0,
+        validators=[MaxValueValidator(525_600)],
+        help_text=_("How long a slot freed by an app, customer or API key stays taken. 0 frees it at once."),
     )
     duration_unit = models.CharField(max_length=10, choices=DurationUnit.choices, default=DurationUnit.PERPETUAL)
     duration_value = models.PositiveIntegerField(

@@ -637,31 +637,44 @@ def activate_license(
         used = license.live_activation_count()
         if license.max_activations is not None and used >= license.max_activations:
             raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
-        try:
-            with transaction.atomic():
-                activation = Activation.objects.create(
-                    license=license,
-                    fingerprint=fingerprint,
-                    name=name,
-                    platform=platform,
-                    metadata=metadata or {},
-                    conditions=conditions or {},
-                    ip_address=ip_address,
-                )
-        except IntegrityError:
-            if fingerprint is None:
-                raise
-            # The license row lock makes this a second line of defence: the live-fingerprint
-            # constraint caught a concurrent activation of the same device.
-            existing = license.activations.live().get(fingerprint=fingerprint)
-            return ActivationResult(activation=existing, created=False)
-        record_event(
-            actor=actor,
-            action="activation.created",
-            target=activation,
-            license=license,
-            changes={"fingerprint": [None, fingerprint], "name": [None, name], "platform": [None, platform]},
-        )
+        refusal = _cooldown_refusal(license, used=used)
+        if refusal is not None:
+            record_event(
+                actor=actor,
+                action="activation.refused",
+                target=license,
+                license=license,
+                changes={"reason": refusal.code},
+            )
+        else:
+            try:
+                with transaction.atomic():
+                    activation = Activation.objects.create(
+                        license=license,
+                        fingerprint=fingerprint,
+                        name=name,
+                        platform=platform,
+                        metadata=metadata or {},
+                        conditions=conditions or {},
+                        ip_address=ip_address,
+                    )
+            except IntegrityError:
+                if fingerprint is None:
+                    raise
+                # The license row lock makes this a second line of defence: the live-fingerprint
+                # constraint caught a concurrent activation of the same device.
+                existing = license.activations.live().get(fingerprint=fingerprint)
+                return ActivationResult(activation=existing, created=False)
+            record_event(
+                actor=actor,
+                action="activation.created",
+                target=activation,
+                license=license,
+                changes={"fingerprint": [None, fingerprint], "name": [None, name], "platform": [None, platform]},
+            )
+    if refusal is not None:
+        # Raised after the block, so the audit event of the refusal is kept.
+        raise refusal
     return ActivationResult(activation=activation, created=True)
 
 
@@ -688,9 +701,16 @@ def deactivate_activation(*, activation: Activation, actor: Actor) -> Deactivati
         locked.license = license
         if locked.deactivated_at is not None:
             return DeactivationResult(activation=locked, already_inactive=True)
-        _mark_deactivated(locked, actor=actor, at=timezone.now())
-        locked.save(update_fields=["deactivated_at", "deactivated_by_kind", "deactivated_by"])
-        record_event(actor=actor, action="activation.deactivated", target=locked, license=license)
+        refusal = _churn_refusal(license, actor=actor, count=1)
+        if refusal is None:
+            _mark_deactivated(locked, actor=actor, at=timezone.now())
+            locked.save(update_fields=["deactivated_at", "deactivated_by_kind", "deactivated_by"])
+            record_event(actor=actor, action="activation.deactivated", target=locked, license=license)
+        else:
+            record_event(actor=actor, action="activation.deactivation_refused", target=locked, license=license)
+    if refusal is not None:
+        # Raised after the block, so the audit event of the refusal is kept.
+        raise refusal
     return DeactivationResult(activation=locked, already_inactive=False)
 
 
@@ -699,6 +719,12 @@ def deactivate_all_activations(*, license: License, actor: Actor) -> list[Activa
     with transaction.atomic():
         locked_license = _lock_license(license.pk)
         live = list(locked_license.activations.live().select_for_update(no_key=True))
+        refusal = _churn_refusal(locked_license, actor=actor, count=len(live)) if live else None
+        if refusal is not None:
+            record_event(
+                actor=actor, action="activation.deactivation_refused", target=locked_license, license=locked_license
+            )
+            live = []
         now = timezone.now()
         for activation in live:
             _mark_deactivated(activation, actor=actor, at=now)
@@ -706,7 +732,54 @@ def deactivate_all_activations(*, license: License, actor: Actor) -> list[Activa
         Activation.objects.bulk_update(live, ["deactivated_at", "deactivated_by_kind", "deactivated_by"])
         for activation in live:
             record_event(actor=actor, action="activation.deactivated", target=activation, license=locked_license)
+    if refusal is not None:
+        raise refusal
     return live
+
+
+# Apps reach the vendor dialects with API keys, so API keys count too; staff in the admin (and the
+# system) are never limited, so support can always move a license.
+CHURN_LIMITED_ACTORS = {ActorKind.APP, ActorKind.CUSTOMER, ActorKind.API_KEY}
+
+
+def _recent_churn(license: License, *, since: datetime) -> models.QuerySet[Activation]:
+    return license.activations.filter(deactivated_at__gte=since, deactivated_by_kind__in=CHURN_LIMITED_ACTORS)
+
+
+def remaining_device_changes(license: License) -> int | None:
+    """How many more devices apps, customers and API keys may deactivate now (None: no limit)."""
+    plan = license.plan
+    if plan is None or plan.max_deactivations is None:
+        return None
+    since = timezone.now() - timedelta(days=plan.deactivation_window_days)
+    return max(plan.max_deactivations - _recent_churn(license, since=since).count(), 0)
+
+
+def _churn_refusal(license: License, *, actor: Actor, count: int) -> errors.LicensingError | None:
+    if actor.kind not in CHURN_LIMITED_ACTORS:
+        return None
+    remaining = remaining_device_changes(license)
+    if remaining is None or count <= remaining:
+        return None
+    return errors.DeactivationLimitReached(
+        limit=license.plan.max_deactivations, window_days=license.plan.deactivation_window_days, remaining=remaining
+    )
+
+
+def _cooldown_refusal(license: License, *, used: int) -> errors.LicensingError | None:
+    """A slot freed by an app or customer stays taken for the plan's cooldown."""
+    plan = license.plan
+    if plan is None or not plan.slot_cooldown_minutes or license.max_activations is None:
+        return None
+    cooldown = timedelta(minutes=plan.slot_cooldown_minutes)
+    cooling = list(
+        _recent_churn(license, since=timezone.now() - cooldown)
+        .order_by("deactivated_at")
+        .values_list("deactivated_at", flat=True)
+    )
+    if used + len(cooling) < license.max_activations:
+        return None
+    return errors.SlotCoolingDown(available_at=cooling[0] + cooldown)
 
 
 def _mark_deactivated(activation: Activation, *, actor: Actor, at: datetime) -> None:

@@ -157,6 +157,7 @@ def license_detail(request, license_id):
     context = {
         "license": license,
         "row": license_row(license),
+        "device_changes_left": services.remaining_device_changes(license),
         "devices": license.activations.live().order_by("created_at"),
         "history": services.device_history(license),
     }
@@ -180,7 +181,11 @@ def deactivate_device(request, license_id, activation_id):
         return render(
             request, "portal/confirm.html", {"activation": activation, "license": activation.license, "name": name}
         )
-    result = services.deactivate_activation(activation=activation, actor=actor(request))
+    try:
+        result = services.deactivate_activation(activation=activation, actor=actor(request))
+    except errors.DeactivationLimitReached as error:
+        messages.error(request, error.message)
+        return redirect("portal:license", license_id=license_id)
     if result.already_inactive:
         messages.info(request, _("%(name)s was already deactivated.") % {"name": name})
     else:
@@ -195,7 +200,11 @@ def deactivate_all(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
     if request.method == "GET":
         return render(request, "portal/confirm.html", {"license": license, "all_devices": True})
-    freed = services.deactivate_all_activations(license=license, actor=actor(request))
+    try:
+        freed = services.deactivate_all_activations(license=license, actor=actor(request))
+    except errors.DeactivationLimitReached as error:
+        messages.error(request, error.message)
+        return redirect("portal:license", license_id=license_id)
     what = ngettext("%(count)d device", "%(count)d devices", len(freed)) % {"count": len(freed)}
     messages.success(request, _freed_message(license, what))
     return redirect("portal:license", license_id=license_id)

@@ -69,6 +69,10 @@ ANSWERS: dict[type[errors.LicensingError], tuple[int, str]] = {
     # these; mapped so that every validation code has an answer.
     errors.ConditionsMismatch: (202, "License key is not active for this identifier"),
     errors.UsageLimitReached: (204, "License key is blocked"),
+    # The plan's anti-churn policy: a freed slot still cooling down is not free yet, and GetKeyManager
+    # has no code for "too many device changes", so its access-denied code answers that.
+    errors.SlotCoolingDown: (302, "Activation limit reached"),
+    errors.DeactivationLimitReached: (150, "Access denied: no device changes left for now"),
 }
 
 VALIDATION_PROBLEMS = {code: problem for problem, code in services.VALIDATION_CODES.items()}
@@ -278,7 +282,9 @@ class GetKeyManagerView(APIView):
         if isinstance(exc, Refused):
             return (exc.code, exc.message), exc.http_status
         if type(exc) in ANSWERS:
-            return ANSWERS[type(exc)], status.HTTP_200_OK
+            answer = ANSWERS[type(exc)]
+            # GetKeyManager answers its access-denied code with HTTP 403, every other code with 200.
+            return answer, status.HTTP_403_FORBIDDEN if answer[0] == 150 else status.HTTP_200_OK
         if isinstance(exc, errors.InvalidInput):
             # The identifier is the only input the services check here (as the fingerprint).
             return (IDENTIFIER_REQUIRED[0], str(exc.message)), status.HTTP_200_OK

@@ -1,0 +1,138 @@
+"""The plan's anti-churn policy: device changes per window, and a cooldown before a freed slot is reused."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.urls import reverse
+from django.utils import timezone
+
+from licensing import errors, services
+from licensing.models import Activation, AuditEvent
+from tests.factories import activate, make_customer, make_license, make_plan
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def customer():
+    return make_customer(email="ada@example.com", name="Ada")
+
+
+@pytest.fixture
+def churny(customer):
+    """A license whose plan allows 2 device changes a month, with 3 live devices."""
+    issued = make_license(plan=make_plan(max_activations=3, max_deactivations=2), customer=customer)
+    for name in ["a", "b", "c"]:
+        activate(issued, name)
+    return issued
+
+
+def deactivate(issued, fingerprint, actor):
+    activation = services.find_activation(license_key=issued.key, fingerprint=fingerprint)
+    return services.deactivate_activation(activation=activation, actor=actor)
+
+
+def test_apps_get_the_plans_number_of_device_changes_then_a_refusal(churny, app_actor):
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+
+    with pytest.raises(errors.DeactivationLimitReached) as raised:
+        deactivate(churny, "c", app_actor)
+
+    assert (raised.value.status, raised.value.facts["limit"], raised.value.facts["window_days"]) == (403, 2, 30)
+    assert Activation.objects.get(license=churny.license, fingerprint="c").is_live
+    refusal = AuditEvent.objects.get(action="activation.deactivation_refused")
+    assert refusal.actor_kind == "app"
+    assert services.remaining_device_changes(churny.license) == 0
+
+
+def test_changes_older_than_the_window_no_longer_count(churny, app_actor):
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+    Activation.objects.filter(license=churny.license).exclude(deactivated_at=None).update(
+        deactivated_at=timezone.now() - timedelta(days=31)
+    )
+
+    assert not deactivate(churny, "c", app_actor).already_inactive
+    assert services.remaining_device_changes(churny.license) == 1
+
+
+def test_staff_are_never_limited(churny, app_actor, staff_user):
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+
+    assert not deactivate(churny, "c", services.Actor.staff(staff_user)).already_inactive
+
+
+def test_api_keys_count_as_apps(churny, api_key):
+    actor = services.Actor.api_key(api_key.api_key)
+    deactivate(churny, "a", actor)
+    deactivate(churny, "b", actor)
+
+    with pytest.raises(errors.DeactivationLimitReached):
+        deactivate(churny, "c", actor)
+
+
+def test_deactivating_all_needs_enough_changes_left(churny, customer):
+    with pytest.raises(errors.DeactivationLimitReached):
+        services.deactivate_all_activations(license=churny.license, actor=services.Actor.customer(customer))
+
+    assert churny.license.activations.live().count() == 3
+    assert AuditEvent.objects.filter(action="activation.deactivation_refused").count() == 1
+
+
+def test_a_freed_slot_cools_down_before_reuse(customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    activate(issued, "b")
+    deactivate(issued, "a", app_actor)
+
+    with pytest.raises(errors.SlotCoolingDown) as raised:
+        activate(issued, "new")
+
+    assert raised.value.facts["available_at"] > timezone.now() + timedelta(minutes=59)
+    assert AuditEvent.objects.filter(action="activation.refused").count() == 1
+    Activation.objects.filter(fingerprint="a").update(deactivated_at=timezone.now() - timedelta(minutes=61))
+    assert activate(issued, "new").created
+
+
+def test_the_native_api_refuses_with_its_code(api_client, churny):
+    for fingerprint in ["a", "b"]:
+        api_client.post("/api/v1/licenses/deactivate", {"key": churny.key, "fingerprint": fingerprint}, format="json")
+
+    response = api_client.post("/api/v1/licenses/deactivate", {"key": churny.key, "fingerprint": "c"}, format="json")
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "deactivation_limit_reached"
+
+
+def test_getkeymanager_answers_its_access_denied_code(api_client, churny, app_actor):
+    key = services.create_api_key(name="apps", actor=services.Actor.system()).key
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+
+    response = api_client.post(
+        "/compat/getkeymanager/api/v1/deactivate", {"api_key": key, "license_key": churny.key, "identifier": "c"}
+    )
+
+    assert response.status_code == 403
+    assert response.json()["response"]["code"] == 150
+
+
+def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, customer, app_actor):
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+    page = client.get(reverse("portal:license", args=[churny.license.pk])).content.decode()
+    assert "2 device changes left in the last 30 days" in page
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+    activation = Activation.objects.get(license=churny.license, fingerprint="c")
+
+    response = client.post(reverse("portal:deactivate-device", args=[churny.license.pk, activation.pk]), follow=True)
+
+    assert response.status_code == 200
+    assert "no device changes left for now" in response.content.decode()
+    assert Activation.objects.get(pk=activation.pk).is_live
