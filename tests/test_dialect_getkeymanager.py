@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from django.utils import timezone
 
-from licensing import services
+from licensing import errors, services
 from licensing.models import Activation, AuditEvent, RsaKey
 from tests.factories import activate, make_license, make_plan
 
@@ -644,3 +644,18 @@ def test_answers_ignore_the_accept_header(client, api_key, issued, global_rsa_ke
 
     assert response["Content-Type"] == "application/json"
     envelope(response, global_rsa_key)
+
+
+def test_a_refusal_the_table_does_not_name_is_still_an_answer(client, api_key, issued, monkeypatch):
+    def refuse(**kwargs):
+        raise errors.InvalidStatusChange()
+
+    monkeypatch.setattr(services, "validate_license", refuse)
+
+    response = client.post(
+        "/compat/getkeymanager/api/v1/verify",
+        {"api_key": api_key.key, "license_key": issued.key, "identifier": "domain.ltd"},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["response"]["code"] == 210

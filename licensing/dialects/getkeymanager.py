@@ -288,6 +288,11 @@ class GetKeyManagerView(APIView):
         if isinstance(exc, errors.InvalidInput):
             # The identifier is the only input the services check here (as the fingerprint).
             return (IDENTIFIER_REQUIRED[0], str(exc.message)), status.HTTP_200_OK
+        if isinstance(exc, errors.LicensingError):
+            # A refusal this table does not name yet: refused by state is access denied, else invalid.
+            if exc.status == status.HTTP_403_FORBIDDEN:
+                return (150, str(exc.message)), status.HTTP_403_FORBIDDEN
+            return (INVALID_LICENSE_KEY[0], str(exc.message)), status.HTTP_200_OK
         if isinstance(exc, exceptions.Throttled):
             # GetKeyManager documents no rate-limit code: like a wrong path, the code repeats the status.
             return (exc.status_code, "Too many requests. Try again later."), exc.status_code
