@@ -138,7 +138,14 @@ LICENSE_RATE_LIMITS = {
 if env.str("REDIS_URL", default=""):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env.str("REDIS_URL")}}
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "licensing_cache"}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "licensing_cache",
+            # Django's default of 300 entries would cull live counters, letting a caller reset its own.
+            "OPTIONS": {"MAX_ENTRIES": 1_000_000},
+        }
+    }
 
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 

@@ -637,7 +637,7 @@ def activate_license(
         used = license.live_activation_count()
         if license.max_activations is not None and used >= license.max_activations:
             raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
-        refusal = _cooldown_refusal(license, used=used)
+        refusal = _cooldown_refusal(license, used=used, fingerprint=fingerprint)
         if refusal is not None:
             record_event(
                 actor=actor,
@@ -766,20 +766,21 @@ def _churn_refusal(license: License, *, actor: Actor, count: int) -> errors.Lice
     )
 
 
-def _cooldown_refusal(license: License, *, used: int) -> errors.LicensingError | None:
-    """A slot freed by an app or customer stays taken for the plan's cooldown."""
+def _cooldown_refusal(license: License, *, used: int, fingerprint: str | None) -> errors.LicensingError | None:
+    """A slot freed by an app or customer stays taken for the plan's cooldown (but the device that
+    freed it may come back to it)."""
     plan = license.plan
     if plan is None or not plan.slot_cooldown_minutes or license.max_activations is None:
         return None
     cooldown = timedelta(minutes=plan.slot_cooldown_minutes)
-    cooling = list(
-        _recent_churn(license, since=timezone.now() - cooldown)
-        .order_by("deactivated_at")
-        .values_list("deactivated_at", flat=True)
-    )
+    recent = _recent_churn(license, since=timezone.now() - cooldown)
+    if fingerprint is not None:
+        recent = recent.exclude(fingerprint=fingerprint)
+    cooling = list(recent.order_by("deactivated_at").values_list("deactivated_at", flat=True))
     if used + len(cooling) < license.max_activations:
         return None
-    return errors.SlotCoolingDown(available_at=cooling[0] + cooldown)
+    # The slot frees when enough of the cooling ones have cooled: the earliest that brings use under the limit.
+    return errors.SlotCoolingDown(available_at=cooling[used + len(cooling) - license.max_activations] + cooldown)
 
 
 def _mark_deactivated(activation: Activation, *, actor: Actor, at: datetime) -> None:
@@ -1236,6 +1237,9 @@ def get_activation_for_customer(*, customer: Customer, license_id: Any, activati
 
 def device_history(license: License, *, limit: int = 20) -> models.QuerySet[AuditEvent]:
     """The latest activations, deactivations and offline files of a license, newest first."""
-    return AuditEvent.objects.filter(license=license, action__startswith="activation.").order_by("-created_at", "-id")[
+    return AuditEvent.objects.filter(license=license, action__in=DEVICE_HISTORY_ACTIONS).order_by("-created_at", "-id")[
         :limit
     ]
+
+
+DEVICE_HISTORY_ACTIONS = ["activation.created", "activation.deactivated", "activation.checked_out"]

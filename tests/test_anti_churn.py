@@ -136,3 +136,25 @@ def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, custo
     assert response.status_code == 200
     assert "no device changes left for now" in response.content.decode()
     assert Activation.objects.get(pk=activation.pk).is_live
+
+
+def test_the_device_that_freed_a_slot_may_come_back_to_it(customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    deactivate(issued, "a", app_actor)
+
+    assert activate(issued, "a").created
+    deactivate(issued, "a", app_actor)
+    with pytest.raises(errors.SlotCoolingDown):
+        activate(issued, "b")
+
+
+def test_refusals_stay_out_of_the_device_history(churny, app_actor):
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+    with pytest.raises(errors.DeactivationLimitReached):
+        deactivate(churny, "c", app_actor)
+
+    actions = {event.action for event in services.device_history(churny.license)}
+
+    assert actions == {"activation.created", "activation.deactivated"}

@@ -43,9 +43,23 @@ class LicenseKeyThrottle(LicenseCallThrottle):
         key = data.get(view.license_key_field) if hasattr(data, "get") else None
         if not isinstance(key, str) or not key:
             key = request.query_params.get(view.license_key_field)
-        if not isinstance(key, str) or not key:
+        if not isinstance(key, str) or not key.strip():
             return None
-        return self.cache_format % {"scope": self.scope, "ident": keys.digest_license_key(key)}
+        # Stripped: faces that trim the key (Kelviq's DRF fields) must not give " KEY" a fresh budget.
+        return self.cache_format % {"scope": self.scope, "ident": keys.digest_license_key(key.strip())}
 
 
 LICENSE_CALL_THROTTLES = [LicenseCallIPThrottle, LicenseKeyThrottle]
+
+
+class ThrottleBeforeAuthentication:
+    """DRF's `initial` with the rate limits checked before authentication, so that callers guessing
+    API keys are limited too (DRF checks throttles only once a caller is authenticated)."""
+
+    def initial(self, request, *args, **kwargs):
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        request.accepted_renderer, request.accepted_media_type = self.perform_content_negotiation(request)
+        request.version, request.versioning_scheme = self.determine_version(request, *args, **kwargs)
+        self.check_throttles(request)
+        self.perform_authentication(request)
+        self.check_permissions(request)

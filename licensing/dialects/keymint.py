@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
-from licensing.api.throttling import LICENSE_CALL_THROTTLES
+from licensing.api.throttling import LICENSE_CALL_THROTTLES, ThrottleBeforeAuthentication
 from licensing.models import Customer, License, Product, add_months
 
 logger = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def key_details(license: License) -> dict[str, Any]:
 # ---------------------------------------------------------------- views
 
 
-class KeymintView(APIView):
+class KeymintView(ThrottleBeforeAuthentication, APIView):
     authentication_classes = [KeymintTokenAuthentication]
     permission_classes = [KeymintTokenPermission]
     parser_classes = [LimitedJSONParser]
