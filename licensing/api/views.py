@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 from typing import Any
 
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -54,6 +56,27 @@ ERRORS = {
 
 
 # ---------------------------------------------------------------- app-facing license calls
+
+
+def retry_on_lost_connection(handler):
+    """Run a license call again, once, when the database connection dropped under it.
+
+    Each service call is one transaction, so a dropped connection rolled back everything the first
+    try wrote; a second try on a fresh connection answers the app instead of failing it.
+    """
+
+    @functools.wraps(handler)
+    def wrapper(self, request, *args, **kwargs):
+        try:
+            return handler(self, request, *args, **kwargs)
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block:
+                raise
+            logger.warning("Database connection lost during %s; trying again", request.path)
+            connection.close()
+            return handler(self, request, *args, **kwargs)
+
+    return wrapper
 
 
 class LicenseCallView(APIView):
@@ -117,6 +140,7 @@ class ActivateLicenseView(LicenseCallView):
             **ERRORS,
         },
     )
+    @retry_on_lost_connection
     def post(self, request):
         data = validated(api.ActivateLicenseInputSerializer, request)
         result = services.activate_license(
@@ -147,6 +171,7 @@ class ValidateLicenseView(LicenseCallView):
             413: ERRORS[413],
         },
     )
+    @retry_on_lost_connection
     def post(self, request):
         data = validated(api.ValidateLicenseInputSerializer, request)
         activation_id = data.get("activation_id")
@@ -172,6 +197,7 @@ class DeactivateLicenseView(LicenseCallView):
         request=api.DeactivateLicenseInputSerializer,
         responses={200: api.DeactivationAnswerSerializer, 400: ERRORS[400], 404: ERRORS[404], 413: ERRORS[413]},
     )
+    @retry_on_lost_connection
     def post(self, request):
         data = validated(api.DeactivateLicenseInputSerializer, request)
         activation_id = data.get("activation_id")
@@ -197,6 +223,7 @@ class CheckoutLicenseView(LicenseCallView):
         request=api.CheckoutLicenseInputSerializer,
         responses={200: api.CheckoutAnswerSerializer, **ERRORS},
     )
+    @retry_on_lost_connection
     def post(self, request):
         data = validated(api.CheckoutLicenseInputSerializer, request)
         checkout = services.checkout_license(
