@@ -287,11 +287,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     ]
 
     def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(live_total=Count("activations", filter=Q(activations__deactivated_at__isnull=True)))
-        )
+        return super().get_queryset(request).with_live_total()
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:

@@ -17,8 +17,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, models, transaction
-from django.db.models import F, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import F, Q
 from django.utils import timezone
 
 from licensing import errors, keys, signing
@@ -34,6 +33,7 @@ from licensing.models import (
     RsaKey,
     SigningKey,
     SignInLink,
+    live_device_count,
 )
 
 
@@ -423,7 +423,7 @@ def extend_license(
     """
     if (expires_at is UNSET) == (days is None):
         raise errors.InvalidInput("Give either a new expiry or a number of days.", field="expires_at")
-    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+    if days is not None and not _is_whole_number(days, 1):
         raise errors.InvalidInput("The number of days must be a whole number of 1 or more.", field="days")
     with transaction.atomic():
         locked = _lock_license(license.pk)
@@ -538,10 +538,17 @@ def _lock_license_by_key(license_key: str) -> License:
     return license
 
 
+def _is_whole_number(value: Any, low: int, high: int | None = None) -> bool:
+    # bool is an int in Python, but true is no number of devices or days.
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        return False
+    return high is None or value <= high
+
+
 def _check_usage_limit_value(limit_usage: int | None) -> None:
     if limit_usage is None:
         return
-    if isinstance(limit_usage, bool) or not isinstance(limit_usage, int) or not 0 <= limit_usage <= MAX_USAGE_LIMIT:
+    if not _is_whole_number(limit_usage, 0, MAX_USAGE_LIMIT):
         raise errors.InvalidInput(
             f"The usage limit must be a whole number from 0 to {MAX_USAGE_LIMIT}, or empty for unlimited.",
             field="limit_usage",
@@ -551,11 +558,7 @@ def _check_usage_limit_value(limit_usage: int | None) -> None:
 def _check_activation_limit_value(max_activations: int | None) -> None:
     if max_activations is None:
         return
-    if (
-        isinstance(max_activations, bool)
-        or not isinstance(max_activations, int)
-        or not 0 <= max_activations <= MAX_ACTIVATION_LIMIT
-    ):
+    if not _is_whole_number(max_activations, 0, MAX_ACTIVATION_LIMIT):
         raise errors.InvalidInput(
             f"The activation limit must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}, or empty for unlimited.",
             field="max_activations",
@@ -831,11 +834,7 @@ def validate_license(
     validations never serialise. Its counter UPDATE only waits, for milliseconds, while an
     activation of the same license holds that row.
     """
-    if (
-        isinstance(increment_usage, bool)
-        or not isinstance(increment_usage, int)
-        or not 0 <= increment_usage <= MAX_ACTIVATION_LIMIT
-    ):
+    if not _is_whole_number(increment_usage, 0, MAX_ACTIVATION_LIMIT):
         raise errors.InvalidInput(
             f"The usage increment must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}.", field="increment_usage"
         )
@@ -847,7 +846,7 @@ def validate_license(
         activation = (
             _named_activations(Activation.objects.live(), activation_id=activation_id, fingerprint=fingerprint)
             .select_related("license__product", "license__plan", "license__customer")
-            .annotate(license_live_total=_live_device_count("license_id"))
+            .annotate(license_live_total=live_device_count("license_id"))
             .filter(license__key_digest=digest)
             .first()
         )
@@ -855,9 +854,7 @@ def validate_license(
         license = activation.license
         license.live_total = activation.license_live_total
     else:
-        license = (
-            _licenses_with_relations().annotate(live_total=_live_device_count("pk")).filter(key_digest=digest).first()
-        )
+        license = _licenses_with_relations().with_live_total().filter(key_digest=digest).first()
     if license is None:
         return _invalid(errors.LicenseNotFound(), license=None, activation=None)
     if problem := license_problem(license):
@@ -919,19 +916,6 @@ def _invalid(
         license=license,
         activation=activation,
     )
-
-
-def _live_device_count(license_field: str) -> Coalesce:
-    """A subquery counting the live devices of the license whose id is in `license_field`."""
-    live = (
-        Activation.objects.live()
-        .filter(license=OuterRef(license_field))
-        .order_by()
-        .values("license")
-        .annotate(total=models.Count("pk"))
-        .values("total")
-    )
-    return Coalesce(Subquery(live), 0)
 
 
 def _live_activation(license: License, *, fingerprint: str | None, activation_id: str | None) -> Activation | None:
@@ -1213,7 +1197,7 @@ def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
     return (
         License.objects.filter(customer=customer)
         .select_related("product", "plan")
-        .annotate(live_total=models.Count("activations", filter=Q(activations__deactivated_at__isnull=True)))
+        .with_live_total()
         .order_by("-created_at")
     )
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -345,9 +345,7 @@ class CustomerDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
 
 
 def licenses_for_listing():
-    return License.objects.select_related("customer").annotate(
-        live_total=Count("activations", filter=Q(activations__deactivated_at__isnull=True))
-    )
+    return License.objects.select_related("customer").with_live_total()
 
 
 class LicenseListFilterSerializer(serializers.Serializer):
