@@ -20,7 +20,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from licensing import errors, keys, signing
+from licensing import errors, keys, lookups, signing
 from licensing.models import (
     Activation,
     ActorKind,
@@ -33,7 +33,6 @@ from licensing.models import (
     RsaKey,
     SigningKey,
     SignInLink,
-    live_device_count,
 )
 
 
@@ -838,23 +837,16 @@ def validate_license(
         raise errors.InvalidInput(
             f"The usage increment must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}.", field="increment_usage"
         )
-    digest = keys.digest_license_key(license_key)
     device_named = bool(fingerprint or activation_id)
-    # One query on the common path: the named device with its license and the license's device count.
-    activation = license = None
-    if device_named:
-        activation = (
-            _named_activations(Activation.objects.live(), activation_id=activation_id, fingerprint=fingerprint)
-            .select_related("license__product", "license__plan", "license__customer")
-            .annotate(license_live_total=live_device_count("license_id"))
-            .filter(license__key_digest=digest)
-            .first()
-        )
-    if activation is not None:
-        license = activation.license
-        license.live_total = activation.license_live_total
-    else:
-        license = _licenses_with_relations().with_live_total().filter(key_digest=digest).first()
+    activation_uuid = _as_uuid(activation_id)
+    # An id that is no UUID names no device; the license is still looked up, to say why not.
+    look_for_device = device_named and not (activation_id and activation_uuid is None)
+    # One query: the license, its relations and device count, and the named device if it is live.
+    license, activation = lookups.find_for_validation(
+        key_digest=keys.digest_license_key(license_key),
+        fingerprint=fingerprint if look_for_device else None,
+        activation_id=activation_uuid,
+    )
     if license is None:
         return _invalid(errors.LicenseNotFound(), license=None, activation=None)
     if problem := license_problem(license):
@@ -865,16 +857,7 @@ def validate_license(
         return _invalid(errors.ConditionsMismatch(), license=license, activation=activation)
 
     now = timezone.now()
-    counted = License.objects.filter(pk=license.pk)
-    if increment_usage:
-        # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it.
-        counted = counted.filter(Q(limit_usage__isnull=True) | Q(limit_usage__gte=F("usage") + increment_usage))
-    updated = counted.update(
-        validation_count=F("validation_count") + 1,
-        last_validated_at=now,
-        usage=F("usage") + increment_usage,
-    )
-    if not updated:
+    if not lookups.count_validation(license, at=now, increment_usage=increment_usage):
         license.refresh_from_db(fields=["usage", "limit_usage"])
         remaining = max(license.limit_usage - license.usage, 0) if license.limit_usage is not None else 0
         return _invalid(
@@ -926,15 +909,24 @@ def _live_activation(license: License, *, fingerprint: str | None, activation_id
     return activation
 
 
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def _named_activations(
     activations: models.QuerySet[Activation], *, activation_id: str | None, fingerprint: str | None
 ) -> models.QuerySet[Activation]:
     """Narrow to the activation named by id and/or fingerprint; an id that is no UUID names none."""
     if activation_id:
-        try:
-            activations = activations.filter(pk=uuid.UUID(str(activation_id)))
-        except ValueError:
+        activation_uuid = _as_uuid(activation_id)
+        if activation_uuid is None:
             return activations.none()
+        activations = activations.filter(pk=activation_uuid)
     if fingerprint:
         activations = activations.filter(fingerprint=fingerprint)
     return activations

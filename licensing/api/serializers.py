@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,6 +95,26 @@ class StrictModelSerializer(RefuseUnknownFieldsMixin, serializers.ModelSerialize
         models.PositiveIntegerField: StrictIntegerField,
         models.BooleanField: StrictBooleanField,
     }
+
+
+@functools.cache
+def _shared(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    return serializer_class()
+
+
+def render(serializer_class: type[serializers.Serializer], instance: Any) -> dict[str, Any]:
+    """`serializer_class(instance).data` from one instance per class, shared by every request.
+
+    A new DRF serializer deep-copies each declared field, which on a license call costs more than
+    its database look-up. Rendering and validating keep no state on the serializer, so one
+    instance serves every thread.
+    """
+    return _shared(serializer_class).to_representation(instance)
+
+
+def validated_input(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    """The validated data of `serializer_class(data=data)`, or its ValidationError, from the shared instance."""
+    return _shared(serializer_class).run_validation(data)
 
 
 def key_field(**kwargs: Any) -> StrictCharField:

@@ -42,9 +42,7 @@ def client_ip(request: Request) -> str | None:
 
 
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
+    return api.validated_input(serializer_class, request.data)
 
 
 ERRORS = {
@@ -153,8 +151,8 @@ class ActivateLicenseView(LicenseCallView):
         )
         body = {
             "created": result.created,
-            "activation": api.ActivationSerializer(result.activation).data,
-            "license": api.AppLicenseSerializer(result.activation.license).data,
+            "activation": api.render(api.ActivationSerializer, result.activation),
+            "license": api.render(api.AppLicenseSerializer, result.activation.license),
         }
         return Response(body, status=201 if result.created else 200)
 
@@ -184,8 +182,8 @@ class ValidateLicenseView(LicenseCallView):
             "valid": result.valid,
             "code": result.code,
             "detail": result.detail,
-            "license": api.AppLicenseSerializer(result.license).data if result.license else None,
-            "activation": api.ActivationSerializer(result.activation).data if result.activation else None,
+            "license": api.render(api.AppLicenseSerializer, result.license) if result.license else None,
+            "activation": api.render(api.ActivationSerializer, result.activation) if result.activation else None,
         }
         return Response(body, status=404 if result.code == "NOT_FOUND" else 200)
 
@@ -208,10 +206,10 @@ class DeactivateLicenseView(LicenseCallView):
         )
         result = services.deactivate_activation(activation=activation, actor=self.app_actor(request))
         body = {
-            "activation": api.ActivationSerializer(result.activation).data,
+            "activation": api.render(api.ActivationSerializer, result.activation),
             "already_inactive": result.already_inactive,
             "detail": "This device was already inactive." if result.already_inactive else "Device deactivated.",
-            "license": api.AppLicenseSerializer(result.activation.license).data,
+            "license": api.render(api.AppLicenseSerializer, result.activation.license),
         }
         return Response(body)
 

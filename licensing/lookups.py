@@ -1,0 +1,160 @@
+"""The validation look-up and counters in SQL built once per process.
+
+Validation is the call apps make most, and for it Django's ORM spends longer compiling the joined
+query than the database spends running it (bench/README.md has the profile). So these statements
+are built once from the models' own tables and columns, and their rows become model instances
+through the same converters the ORM applies: the objects are the ones a select_related query
+would give. licensing.services decides what the rows mean; the tests of validation cover both.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model
+from django.db.models.expressions import Col
+
+from licensing.models import Activation, Customer, License, Plan, Product
+
+# Table aliases, in the order their columns come in a row. The activation comes first and only
+# when the call names a device.
+_RELATED = (("l", License), ("p", Product), ("pl", Plan), ("c", Customer))
+_ACTIVATION = ("a", Activation)
+
+_converters_by_connection: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _column(alias: str, model: type[Model], attname: str) -> str:
+    return f"{alias}.{connection.ops.quote_name(model._meta.get_field(attname).column)}"
+
+
+@functools.cache
+def _select(*, by_fingerprint: bool, by_id: bool) -> str:
+    parts = ((_ACTIVATION,) if by_fingerprint or by_id else ()) + _RELATED
+    columns = ", ".join(
+        f"{alias}.{connection.ops.quote_name(field.column)}"
+        for alias, model in parts
+        for field in model._meta.concrete_fields
+    )
+    live_device = f"{_column('x', Activation, 'deactivated_at')} IS NULL"
+    live_total = (
+        f"(SELECT COUNT(*) FROM {_table(Activation)} x "
+        f"WHERE {_column('x', Activation, 'license_id')} = {_column('l', License, 'id')} AND {live_device})"
+    )
+    joins = [
+        f"INNER JOIN {_table(Product)} p ON {_column('p', Product, 'id')} = {_column('l', License, 'product_id')}",
+        f"LEFT OUTER JOIN {_table(Plan)} pl ON {_column('pl', Plan, 'id')} = {_column('l', License, 'plan_id')}",
+        f"LEFT OUTER JOIN {_table(Customer)} c "
+        f"ON {_column('c', Customer, 'id')} = {_column('l', License, 'customer_id')}",
+    ]
+    if by_fingerprint or by_id:
+        device = [
+            f"{_column('a', Activation, 'license_id')} = {_column('l', License, 'id')}",
+            f"{_column('a', Activation, 'deactivated_at')} IS NULL",
+        ]
+        if by_fingerprint:
+            device.append(f"{_column('a', Activation, 'fingerprint')} = %s")
+        if by_id:
+            device.append(f"{_column('a', Activation, 'id')} = %s")
+        joins.append(f"LEFT OUTER JOIN {_table(Activation)} a ON {' AND '.join(device)}")
+    return (
+        f"SELECT {columns}, {live_total} FROM {_table(License)} l {' '.join(joins)} "
+        f"WHERE {_column('l', License, 'key_digest')} = %s"
+    )
+
+
+def _converters(db: BaseDatabaseWrapper, model: type[Model]) -> list[tuple[Col, list[Callable]]]:
+    """Per column, the functions the ORM would pass the database's value through on this connection."""
+    cached = _converters_by_connection.setdefault(db, {})
+    if model not in cached:
+        columns = [field.get_col(model._meta.db_table) for field in model._meta.concrete_fields]
+        cached[model] = [(col, db.ops.get_db_converters(col) + col.get_db_converters(db)) for col in columns]
+    return cached[model]
+
+
+def _instance(db: BaseDatabaseWrapper, model: type[Model], values: list[Any]) -> Model:
+    for index, (col, converters) in enumerate(_converters(db, model)):
+        for converter in converters:
+            values[index] = converter(values[index], col, db)
+    return model.from_db(db.alias, None, values)
+
+
+def find_for_validation(
+    *, key_digest: str, fingerprint: str | None, activation_id: Any | None
+) -> tuple[License | None, Activation | None]:
+    """The license with this key digest, with its product, plan, customer and live-device count
+    (`live_total`), and the live activation named by fingerprint and/or id, if there is one."""
+    db = connections[DEFAULT_DB_ALIAS]
+    by_fingerprint, by_id = bool(fingerprint), activation_id is not None
+    params: list[Any] = []
+    if by_fingerprint:
+        params.append(fingerprint)
+    if by_id:
+        params.append(Activation._meta.pk.get_db_prep_value(activation_id, db))
+    params.append(key_digest)
+    with db.cursor() as cursor:
+        cursor.execute(_select(by_fingerprint=by_fingerprint, by_id=by_id), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None, None
+    values = list(row)
+    activation = None
+    if by_fingerprint or by_id:
+        width = len(Activation._meta.concrete_fields)
+        activation_values, values = values[:width], values[width:]
+        if activation_values[0] is not None:
+            activation = _instance(db, Activation, activation_values)
+    objects = {}
+    for _alias, model in _RELATED:
+        width = len(model._meta.concrete_fields)
+        model_values, values = values[:width], values[width:]
+        objects[model] = _instance(db, model, model_values) if model_values[0] is not None else None
+    license = objects[License]
+    license.live_total = values[0]
+    for field_name, model in (("product", Product), ("plan", Plan), ("customer", Customer)):
+        License._meta.get_field(field_name).set_cached_value(license, objects[model])
+    if activation is not None:
+        Activation._meta.get_field("license").set_cached_value(activation, license)
+    return license, activation
+
+
+@functools.cache
+def _count_statement(*, with_usage_limit: bool) -> str:
+    def column(attname: str) -> str:
+        return connection.ops.quote_name(License._meta.get_field(attname).column)
+
+    statement = (
+        f"UPDATE {_table(License)} SET {column('validation_count')} = {column('validation_count')} + 1, "
+        f"{column('last_validated_at')} = %s, {column('usage')} = {column('usage')} + %s "
+        f"WHERE {column('id')} = %s"
+    )
+    if with_usage_limit:
+        # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it.
+        statement += f" AND ({column('limit_usage')} IS NULL OR {column('limit_usage')} >= {column('usage')} + %s)"
+    return statement
+
+
+def count_validation(license: License, *, at: datetime, increment_usage: int) -> bool:
+    """Count one validation and `increment_usage` uses in one atomic UPDATE; False when the uses
+    would pass the license's usage limit (and then nothing is counted)."""
+    db = connections[DEFAULT_DB_ALIAS]
+    params = [
+        License._meta.get_field("last_validated_at").get_db_prep_value(at, db),
+        increment_usage,
+        License._meta.pk.get_db_prep_value(license.pk, db),
+    ]
+    if increment_usage:
+        params.append(increment_usage)
+    with db.cursor() as cursor:
+        cursor.execute(_count_statement(with_usage_limit=bool(increment_usage)), params)
+        return cursor.rowcount == 1
