@@ -375,7 +375,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
 
     @admin.display(description=_("devices used / limit"), ordering="live_total")
     def devices_used(self, license: License) -> str:
-        live = license.live_total if hasattr(license, "live_total") else license.live_activation_count()
+        live = license.devices_in_use()
         return f"{live} / {limit_display(license.max_activations)}"
 
     @admin.display(description=_("audit trail"))

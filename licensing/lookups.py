@@ -1,10 +1,10 @@
-"""The validation look-up and counters in SQL built once per process.
+"""The license calls' look-ups and counters in SQL built once per process.
 
-Validation is the call apps make most, and for it Django's ORM spends longer compiling the joined
-query than the database spends running it (bench/README.md has the profile). So these statements
-are built once from the models' own tables and columns, and their rows become model instances
-through the same converters the ORM applies: the objects are the ones a select_related query
-would give. licensing.services decides what the rows mean; the tests of validation cover both.
+Apps call validate thousands of times a second, and for these small indexed queries Django's ORM
+spends longer compiling the SQL than the database spends running it (bench/README.md has the
+profile). So these statements are built once from the models' own tables and columns, and their
+rows become model instances through the same converters the ORM applies: the objects are the ones
+a select_related query would give. licensing.services decides what the rows mean.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def _instance(db: BaseDatabaseWrapper, model: type[Model], values: list[Any]) ->
     return model.from_db(db.alias, None, values)
 
 
-def find_for_validation(
-    *, key_digest: str, fingerprint: str | None, activation_id: Any | None
+def license_with_device(
+    *, key_digest: str, fingerprint: str | None = None, activation_id: Any | None = None
 ) -> tuple[License | None, Activation | None]:
     """The license with this key digest, with its product, plan, customer and live-device count
     (`live_total`), and the live activation named by fingerprint and/or id, if there is one."""
@@ -126,6 +126,22 @@ def find_for_validation(
     if activation is not None:
         Activation._meta.get_field("license").set_cached_value(activation, license)
     return license, activation
+
+
+@functools.cache
+def _select_by(model: type[Model], attname: str) -> str:
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in model._meta.concrete_fields)
+    column = connection.ops.quote_name(model._meta.get_field(attname).column)
+    return f"SELECT {columns} FROM {_table(model)} WHERE {column} = %s"
+
+
+def find_by(model: type[Model], attname: str, value: Any) -> Model | None:
+    """The row whose unique column `attname` holds `value`, as a model instance, or None."""
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_select_by(model, attname), [model._meta.get_field(attname).get_db_prep_value(value, db)])
+        row = cursor.fetchone()
+    return None if row is None else _instance(db, model, list(row))
 
 
 @functools.cache

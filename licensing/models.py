@@ -257,6 +257,12 @@ class License(models.Model):
     def live_activation_count(self) -> int:
         return self.activations.live().count()
 
+    def devices_in_use(self) -> int:
+        """Live devices, as counted by the query that loaded the license (`live_total`), else now."""
+        if not hasattr(self, "live_total"):
+            self.live_total = self.live_activation_count()
+        return self.live_total
+
 
 class ActivationQuerySet(models.QuerySet):
     def live(self) -> ActivationQuerySet:

@@ -232,7 +232,7 @@ def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) ->
 
 def get_license_by_key(license_key: str) -> License:
     """Return the license with this key (one indexed query on the digest) or raise LicenseNotFound."""
-    license = _licenses_with_relations().filter(key_digest=keys.digest_license_key(license_key)).first()
+    license, _ = lookups.license_with_device(key_digest=keys.digest_license_key(license_key))
     if license is None:
         raise errors.LicenseNotFound(field="key")
     return license
@@ -667,6 +667,7 @@ def activate_license(
                 # constraint caught a concurrent activation of the same device.
                 existing = license.activations.live().get(fingerprint=fingerprint)
                 return ActivationResult(activation=existing, created=False)
+            license.live_total = used + 1
             record_event(
                 actor=actor,
                 action="activation.created",
@@ -842,7 +843,7 @@ def validate_license(
     # An id that is no UUID names no device; the license is still looked up, to say why not.
     look_for_device = device_named and not (activation_id and activation_uuid is None)
     # One query: the license, its relations and device count, and the named device if it is live.
-    license, activation = lookups.find_for_validation(
+    license, activation = lookups.license_with_device(
         key_digest=keys.digest_license_key(license_key),
         fingerprint=fingerprint if look_for_device else None,
         activation_id=activation_uuid,
@@ -975,7 +976,7 @@ def create_signing_key(*, actor: Actor) -> SigningKey:
             kid=kid, public_key_pem=public_pem, private_key_encrypted=private_encrypted
         )
         record_event(actor=actor, action="signing_key.created", target=signing_key)
-    forget_current_signing_key()
+    forget_cached_keys()
     return signing_key
 
 
@@ -987,7 +988,7 @@ def retire_signing_key(*, signing_key: SigningKey, actor: Actor) -> SigningKey:
             locked.retired_at = timezone.now()
             locked.save(update_fields=["retired_at"])
             record_event(actor=actor, action="signing_key.retired", target=locked)
-    forget_current_signing_key()
+    forget_cached_keys()
     return locked
 
 
@@ -1013,9 +1014,10 @@ def current_signing_key() -> SigningKey:
     return signing_key
 
 
-def forget_current_signing_key() -> None:
-    """Make the next signed answer read the current key from the database again."""
+def forget_cached_keys() -> None:
+    """Make the next signed answer read its signing or RSA key from the database again."""
     _signing_key_cache.clear()
+    _rsa_key_cache.clear()
 
 
 # ---------------------------------------------------------------- API keys
@@ -1071,7 +1073,7 @@ MIN_IMPORTED_API_KEY_LENGTH = 16
 def find_api_key(key: str) -> ApiKey | None:
     """Return the API key matching this secret, revoked or not (some vendor APIs tell them apart)."""
     digest = keys.digest_api_key(key)
-    api_key = ApiKey.objects.filter(key_digest=digest).first()
+    api_key = lookups.find_by(ApiKey, "key_digest", digest)
     if api_key is None or not hmac.compare_digest(api_key.key_digest, digest):
         return None
     return api_key
@@ -1114,11 +1116,30 @@ def _save_rsa_key(*, product: Product | None, public_pem: str, private_encrypted
             product=product, public_key_pem=public_pem, private_key_encrypted=private_encrypted
         )
         record_event(actor=actor, action="rsa_key.created", target=rsa_key)
+    forget_cached_keys()
     return rsa_key
 
 
+RSA_KEY_CACHE_SECONDS = 30
+_rsa_key_cache: dict[int | None, tuple[float, RsaKey]] = {}
+
+
 def rsa_key_for(product: Product | None) -> RsaKey:
-    """Return the RSA key that signs for a product: its own, else the global one (made if missing)."""
+    """Return the RSA key that signs for a product: its own, else the global one (made if missing).
+
+    Kept per process for a few seconds, like the current signing key: GetKeyManager signs every
+    answer, and a key imported on another server process takes over within that time.
+    """
+    product_id = product.pk if product is not None else None
+    cached = _rsa_key_cache.get(product_id)
+    if cached is not None and time.monotonic() - cached[0] < RSA_KEY_CACHE_SECONDS:
+        return cached[1]
+    rsa_key = _stored_rsa_key_for(product)
+    _rsa_key_cache[product_id] = (time.monotonic(), rsa_key)
+    return rsa_key
+
+
+def _stored_rsa_key_for(product: Product | None) -> RsaKey:
     if product is not None:
         own = RsaKey.objects.filter(product=product).first()
         if own is not None:

@@ -84,9 +84,9 @@ def management_client(api_client, api_key):
 
 
 @pytest.fixture(autouse=True)
-def fresh_signing_key_cache():
-    # Each test's database starts without the key a previous test cached.
-    services.forget_current_signing_key()
+def fresh_key_caches():
+    # Each test's database starts without the keys a previous test cached.
+    services.forget_cached_keys()
 
 
 @pytest.fixture(autouse=True)

@@ -199,10 +199,7 @@ class AppLicenseSerializer(serializers.Serializer):
     metadata = serializers.JSONField()
 
     def get_activations_used(self, license: License) -> int:
-        # Counted once per answer, for both fields; validation and lists count in the license's query.
-        if not hasattr(license, "live_total"):
-            license.live_total = license.live_activation_count()
-        return license.live_total
+        return license.devices_in_use()
 
     def get_activations_remaining(self, license: License) -> int | None:
         if license.max_activations is None:

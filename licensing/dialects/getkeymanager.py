@@ -212,7 +212,7 @@ def license_details(license: License, activation: Activation, *, license_key: st
             "license_key": license_key,
             "status": license.status,
             "activation_limit": license.max_activations,
-            "activations": license.live_activation_count(),
+            "activations": license.devices_in_use(),
             "identifier": activation.fingerprint,
             "activated_at": unix_time(activation.created_at),
             "created_at": unix_time(license.created_at),

@@ -121,7 +121,7 @@ def license_details(license: License) -> dict[str, Any]:
         "licenseKey": services.reveal_license_key(license),
         "activatedOn": first_activated,
         "expiresOn": license.expires_at,
-        "activationUsage": license.live_activation_count(),
+        "activationUsage": license.devices_in_use(),
         "activationLimit": UNLIMITED_ACTIVATION_LIMIT if license.max_activations is None else license.max_activations,
         "enabled": license.status == License.Status.ACTIVE,
         # A license issued here without an owner has no customer to show.
