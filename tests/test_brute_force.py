@@ -222,3 +222,23 @@ def test_a_parallel_burst_of_unknown_keys_is_counted_exactly(guard):
         thread.join()
 
     assert throttling.UnknownKeyWindow(GUESSER).failures() == burst
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data"),
+    [
+        ("post", "/compat/kelviq/api/v1/license/validate/", {"licenseKey": "GUESS"}),
+        ("get", "/compat/keymint/key", {"productId": PRODUCT_ID, "licenseKey": "GUESS"}),
+        ("post", "/compat/getkeymanager/api/v1/verify", {"license_key": "GUESS", "identifier": "device-1"}),
+        ("get", "/api/v1/licenses", {}),
+    ],
+)
+def test_a_refused_api_key_is_never_logged(api_client, caplog, method, path, data):
+    caplog.set_level("DEBUG")
+    guessed = "lsk_guessed0123456789abcdefghijklmnop"
+
+    answer = getattr(api_client, method)(path, data, HTTP_AUTHORIZATION=f"Bearer {guessed}")
+
+    assert answer.status_code == 401
+    assert guessed not in caplog.text
+    assert guessed[4:] not in caplog.text
