@@ -13,6 +13,7 @@ from django.db import connection
 from licensing import services
 from licensing.api import throttling
 from tests.factories import make_license, make_plan, make_product
+from tests.test_rate_limits import redis_is_running
 
 pytestmark = pytest.mark.django_db
 
@@ -202,8 +203,25 @@ def test_turned_off_the_guard_never_slows_or_blocks(api_client, delays):
     assert delays == []
 
 
+@pytest.fixture(params=["database", "redis"])
+def counters(request, settings):
+    """The cache the guard counts in: the database table by default, or Redis."""
+    if request.param == "redis":
+        if not redis_is_running():
+            pytest.skip("no Redis on 127.0.0.1:6379")
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": "redis://127.0.0.1:6379/15",
+            }
+        }
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_parallel_burst_of_unknown_keys_is_counted_exactly(guard):
+def test_a_parallel_burst_of_unknown_keys_is_counted_exactly(guard, counters):
     guard["block_after"] = 50
     burst = 12
     start = threading.Barrier(burst)
