@@ -133,6 +133,17 @@ LICENSE_RATE_LIMITS = {
     "per_ip": env.str("RATE_LIMIT_PER_IP", default="600/minute"),
     "per_key": env.str("RATE_LIMIT_PER_KEY", default="120/minute"),
 }
+# Brute-force guard of the same calls: once a client IP has named `slow_after` unknown license keys
+# within a `window` (seconds), each of its calls waits a little longer, up to `max_delay` seconds;
+# after `block_after` it is refused (429) until the window ends. 0 turns a stage off.
+BRUTE_FORCE = {
+    "slow_after": env.int("BRUTE_FORCE_SLOW_AFTER", default=10),
+    "block_after": env.int("BRUTE_FORCE_BLOCK_AFTER", default=30),
+    "window": env.int("BRUTE_FORCE_WINDOW", default=15 * 60),
+    "max_delay": env.float("BRUTE_FORCE_MAX_DELAY", default=1.0),
+}
+if BRUTE_FORCE["window"] < 1 or min(BRUTE_FORCE.values()) < 0:
+    raise ImproperlyConfigured("BRUTE_FORCE_WINDOW must be at least 1, and no BRUTE_FORCE_ setting negative.")
 # Shared by every process and host: a database table by default (no extra service to run), Redis
 # when REDIS_URL is set.
 if env.str("REDIS_URL", default=""):

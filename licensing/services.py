@@ -4,11 +4,13 @@ portal are thin faces over these functions, so each rule is written once."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hmac
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -230,11 +232,40 @@ def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) ->
 # ---------------------------------------------------------------- licenses
 
 
+@dataclasses.dataclass
+class UnknownKeyLookups:
+    count: int = 0
+
+
+# Set only around an app's license call (see counting_unknown_key_lookups): the services learn
+# nothing about requests, and look-ups by staff, customers or API keys are counted nowhere.
+_unknown_key_lookups: contextvars.ContextVar[UnknownKeyLookups | None] = contextvars.ContextVar(
+    "unknown_key_lookups", default=None
+)
+
+
+@contextlib.contextmanager
+def counting_unknown_key_lookups() -> Iterator[UnknownKeyLookups]:
+    """Count the look-ups of keys that no license has while the block runs (the brute-force guard's signal)."""
+    lookups = UnknownKeyLookups()
+    token = _unknown_key_lookups.set(lookups)
+    try:
+        yield lookups
+    finally:
+        _unknown_key_lookups.reset(token)
+
+
+def _unknown_license_key() -> errors.LicenseNotFound:
+    if (lookups := _unknown_key_lookups.get()) is not None:
+        lookups.count += 1
+    return errors.LicenseNotFound(field="key")
+
+
 def get_license_by_key(license_key: str) -> License:
     """Return the license with this key (one indexed query on the digest) or raise LicenseNotFound."""
     license, _ = lookups.license_with_device(key_digest=keys.digest_license_key(license_key))
     if license is None:
-        raise errors.LicenseNotFound(field="key")
+        raise _unknown_license_key()
     return license
 
 
@@ -533,7 +564,7 @@ def _lock_license_by_key(license_key: str) -> License:
     digest = keys.digest_license_key(license_key)
     license = _licenses_with_relations().select_for_update(no_key=True, of=("self",)).filter(key_digest=digest).first()
     if license is None:
-        raise errors.LicenseNotFound(field="key")
+        raise _unknown_license_key()
     return license
 
 
@@ -849,7 +880,7 @@ def validate_license(
         activation_id=activation_uuid,
     )
     if license is None:
-        return _invalid(errors.LicenseNotFound(), license=None, activation=None)
+        return _invalid(_unknown_license_key(), license=None, activation=None)
     if problem := license_problem(license):
         return _invalid(problem, license=license, activation=activation)
     if device_named and activation is None:

@@ -23,7 +23,7 @@ from licensing import services, signing
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.exceptions import error_body
-from licensing.api.throttling import LICENSE_CALL_THROTTLES
+from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def retry_on_lost_connection(handler):
     return wrapper
 
 
-class LicenseCallView(APIView):
+class LicenseCallView(LicenseCallLimits, APIView):
     """An app-facing call: the license key is the credential, and every answer is signed.
 
     The body gets `meta` (server time, the request's nonce) and an Ed25519 signature over its exact
@@ -86,7 +86,6 @@ class LicenseCallView(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = LICENSE_CALL_THROTTLES
     license_key_field = "key"
 
     def finalize_response(self, request, response, *args, **kwargs):

@@ -35,7 +35,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services, signing
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
-from licensing.api.throttling import LICENSE_CALL_THROTTLES
+from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, ApiKey, License, Product
 
 logger = logging.getLogger(__name__)
@@ -227,10 +227,9 @@ def license_details(license: License, activation: Activation, *, license_key: st
 # ---------------------------------------------------------------- views
 
 
-class GetKeyManagerView(APIView):
+class GetKeyManagerView(LicenseCallLimits, APIView):
     """Parse, authenticate, call one service, and answer in GetKeyManager's signed envelope, errors included."""
 
-    throttle_classes = LICENSE_CALL_THROTTLES
     license_key_field = "license_key"
     authentication_classes: list = []
     permission_classes = [AllowAny]

@@ -22,7 +22,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from licensing import errors, services
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.parsers import LimitedJSONParser
-from licensing.api.throttling import LICENSE_CALL_THROTTLES, ThrottleBeforeAuthentication
+from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
 from licensing.models import Activation, License
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ def kelviq_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     return response
 
 
-class KelviqView(ThrottleBeforeAuthentication, APIView):
-    throttle_classes = LICENSE_CALL_THROTTLES
+class KelviqView(LicenseCallLimits, ThrottleBeforeAuthentication, APIView):
     license_key_field = "licenseKey"
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [ApiKeyPermission]

@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
-from licensing.api.throttling import LICENSE_CALL_THROTTLES, ThrottleBeforeAuthentication
+from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
 from licensing.models import Customer, License, Product, add_months
 
 logger = logging.getLogger(__name__)
@@ -291,13 +291,12 @@ def key_details(license: License) -> dict[str, Any]:
 # ---------------------------------------------------------------- views
 
 
-class KeymintView(ThrottleBeforeAuthentication, APIView):
+class KeymintView(LicenseCallLimits, ThrottleBeforeAuthentication, APIView):
     authentication_classes = [KeymintTokenAuthentication]
     permission_classes = [KeymintTokenPermission]
     parser_classes = [LimitedJSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JSONAnswers
-    throttle_classes = LICENSE_CALL_THROTTLES
     license_key_field = "licenseKey"
     # OPTIONS is a wrong method too, not DRF's description of the view.
     metadata_class = None

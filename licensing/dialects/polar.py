@@ -29,7 +29,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
-from licensing.api.throttling import LICENSE_CALL_THROTTLES
+from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, Customer, License
 
 logger = logging.getLogger(__name__)
@@ -449,8 +449,7 @@ CORS_PREFLIGHT_HEADERS = {
 }
 
 
-class PolarView(APIView):
-    throttle_classes = LICENSE_CALL_THROTTLES
+class PolarView(LicenseCallLimits, APIView):
     license_key_field = "key"
     authentication_classes: list = []
     permission_classes = [AllowAny]
