@@ -247,17 +247,17 @@ _unknown_key_lookups: contextvars.ContextVar[UnknownKeyLookups | None] = context
 @contextlib.contextmanager
 def counting_unknown_key_lookups() -> Iterator[UnknownKeyLookups]:
     """Count the look-ups of keys that no license has while the block runs (the brute-force guard's signal)."""
-    lookups = UnknownKeyLookups()
-    token = _unknown_key_lookups.set(lookups)
+    tally = UnknownKeyLookups()
+    token = _unknown_key_lookups.set(tally)
     try:
-        yield lookups
+        yield tally
     finally:
         _unknown_key_lookups.reset(token)
 
 
 def _unknown_license_key() -> errors.LicenseNotFound:
-    if (lookups := _unknown_key_lookups.get()) is not None:
-        lookups.count += 1
+    if (tally := _unknown_key_lookups.get()) is not None:
+        tally.count += 1
     return errors.LicenseNotFound(field="key")
 
 
