@@ -71,6 +71,8 @@ def app_environment() -> dict[str, str]:
         # The load comes from one address at thousands of calls a second: measure, do not refuse.
         "RATE_LIMIT_PER_IP": "",
         "RATE_LIMIT_PER_KEY": "",
+        "BRUTE_FORCE_SLOW_AFTER": "0",
+        "BRUTE_FORCE_BLOCK_AFTER": "0",
     }
 
 

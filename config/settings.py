@@ -33,6 +33,8 @@ if not LICENSE_KEY_SECRET:
 # Offline license files: how long one lets a device run without the server, by default and at most.
 OFFLINE_LICENSE_DEFAULT_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_DEFAULT_TTL", default=30 * 24 * 3600))
 OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_MAX_TTL", default=365 * 24 * 3600))
+# Validation counts and devices' last-seen times are written this often (0: with each validation).
+VALIDATION_TALLY_SECONDS = env.float("VALIDATION_TALLY_SECONDS", default=1.0)
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 

@@ -10,12 +10,13 @@ a select_related query would give. licensing.services decides what the rows mean
 from __future__ import annotations
 
 import functools
+import uuid
 import weakref
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 from django.db.models.expressions import Col
@@ -145,32 +146,61 @@ def find_by(model: type[Model], attname: str, value: Any) -> Model | None:
 
 
 @functools.cache
-def _count_statement(*, with_usage_limit: bool) -> str:
+def _usage_statement() -> str:
     def column(attname: str) -> str:
         return connection.ops.quote_name(License._meta.get_field(attname).column)
 
-    statement = (
-        f"UPDATE {_table(License)} SET {column('validation_count')} = {column('validation_count')} + 1, "
-        f"{column('last_validated_at')} = %s, {column('usage')} = {column('usage')} + %s "
-        f"WHERE {column('id')} = %s"
+    # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it.
+    return (
+        f"UPDATE {_table(License)} SET {column('usage')} = {column('usage')} + %s "
+        f"WHERE {column('id')} = %s "
+        f"AND ({column('limit_usage')} IS NULL OR {column('limit_usage')} >= {column('usage')} + %s)"
     )
-    if with_usage_limit:
-        # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it.
-        statement += f" AND ({column('limit_usage')} IS NULL OR {column('limit_usage')} >= {column('usage')} + %s)"
-    return statement
 
 
-def count_validation(license: License, *, at: datetime, increment_usage: int) -> bool:
-    """Count one validation and `increment_usage` uses in one atomic UPDATE; False when the uses
-    would pass the license's usage limit (and then nothing is counted)."""
+def count_usage(license: License, increment: int) -> bool:
+    """Count `increment` uses in one atomic UPDATE; False when they would pass the license's usage
+    limit (and then nothing is counted)."""
     db = connections[DEFAULT_DB_ALIAS]
-    params = [
-        License._meta.get_field("last_validated_at").get_db_prep_value(at, db),
-        increment_usage,
-        License._meta.pk.get_db_prep_value(license.pk, db),
-    ]
-    if increment_usage:
-        params.append(increment_usage)
     with db.cursor() as cursor:
-        cursor.execute(_count_statement(with_usage_limit=bool(increment_usage)), params)
+        cursor.execute(_usage_statement(), [increment, License._meta.pk.get_db_prep_value(license.pk, db), increment])
         return cursor.rowcount == 1
+
+
+@functools.cache
+def _tally_statements() -> tuple[str, str]:
+    def column(model: type[Model], attname: str) -> str:
+        return connection.ops.quote_name(model._meta.get_field(attname).column)
+
+    count, validated_at = column(License, "validation_count"), column(License, "last_validated_at")
+    seen_at = column(Activation, "last_seen_at")
+    return (
+        f"UPDATE {_table(License)} SET {count} = {count} + %s, {validated_at} = "
+        f"CASE WHEN {validated_at} IS NULL OR {validated_at} < %s THEN %s ELSE {validated_at} END "
+        f"WHERE {column(License, 'id')} = %s",
+        f"UPDATE {_table(Activation)} SET {seen_at} = %s WHERE {column(Activation, 'id')} = %s AND {seen_at} < %s",
+    )
+
+
+def add_tallies(validations: dict[uuid.UUID, tuple[int, datetime]], devices_seen: dict[uuid.UUID, datetime]) -> None:
+    """Add validation counts to licenses and move devices' last-seen times forward, in one transaction.
+
+    Licenses are updated before devices, each in id order, as the activation and deactivation
+    transactions lock a license before its devices: no two of them can wait for each other.
+    """
+    db = connections[DEFAULT_DB_ALIAS]
+    datetime_field, pk = License._meta.get_field("last_validated_at"), License._meta.pk
+    license_rows = []
+    for license_id, (count, at) in sorted(validations.items()):
+        at = datetime_field.get_db_prep_value(at, db)
+        license_rows.append([count, at, at, pk.get_db_prep_value(license_id, db)])
+    device_rows = []
+    for activation_id, at in sorted(devices_seen.items()):
+        at = datetime_field.get_db_prep_value(at, db)
+        device_rows.append([at, Activation._meta.pk.get_db_prep_value(activation_id, db), at])
+    count_licenses, see_devices = _tally_statements()
+    with transaction.atomic(using=db.alias), db.cursor() as cursor:
+        if license_rows:
+            cursor.executemany(count_licenses, license_rows)
+        if device_rows:
+            cursor.executemany(see_devices, device_rows)

@@ -22,7 +22,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from licensing import errors, keys, lookups, signing
+from licensing import errors, keys, lookups, signing, tallies
 from licensing.models import (
     Activation,
     ActorKind,
@@ -860,10 +860,10 @@ def validate_license(
     counts uses against the license's usage limit; past it, the answer is invalid and nothing
     is counted.
 
-    Validation is the hot path: it takes no lock of its own and counts the validation, the uses
-    and the device's last-seen time with single atomic UPDATEs (SET n = n + 1), so concurrent
-    validations never serialise. Its counter UPDATE only waits, for milliseconds, while an
-    activation of the same license holds that row.
+    Validation is the hot path: one query reads the license and the device, and it takes no lock.
+    The validation count and the device's last-seen time are tallied in memory and written every
+    second (licensing.tallies); uses, which a limit caps, are counted in one atomic UPDATE that only
+    waits, for milliseconds, while an activation of the same license holds that row.
     """
     if not _is_whole_number(increment_usage, 0, MAX_ACTIVATION_LIMIT):
         raise errors.InvalidInput(
@@ -889,7 +889,7 @@ def validate_license(
         return _invalid(errors.ConditionsMismatch(), license=license, activation=activation)
 
     now = timezone.now()
-    if not lookups.count_validation(license, at=now, increment_usage=increment_usage):
+    if increment_usage and not lookups.count_usage(license, increment_usage):
         license.refresh_from_db(fields=["usage", "limit_usage"])
         remaining = max(license.limit_usage - license.usage, 0) if license.limit_usage is not None else 0
         return _invalid(
@@ -897,12 +897,13 @@ def validate_license(
             license=license,
             activation=activation,
         )
+    license.usage += increment_usage
+    # A device validating many times a minute is marked seen once a minute, not on every call.
+    device_seen = activation is not None and now - activation.last_seen_at >= LAST_SEEN_PRECISION
+    tallies.count_validation(license.pk, at=now, device_seen=activation.pk if device_seen else None)
     license.validation_count += 1
     license.last_validated_at = now
-    license.usage += increment_usage
-    # A device validating many times a minute gets one write a minute, not one per call.
-    if activation is not None and now - activation.last_seen_at >= LAST_SEEN_PRECISION:
-        Activation.objects.filter(pk=activation.pk).update(last_seen_at=now)
+    if device_seen:
         activation.last_seen_at = now
     return ValidationResult(
         valid=True, code="VALID", detail="The license is valid.", license=license, activation=activation

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -8,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from licensing import errors, services
+from licensing import errors, services, tallies
 from licensing.models import Activation, AuditEvent, License
 from tests.factories import activate, make_license, make_plan
 
@@ -363,16 +364,55 @@ def test_deactivated_device_is_not_activated(issued, actor):
     assert services.validate_license(license_key=issued.key, fingerprint="a").code == "NOT_ACTIVATED"
 
 
-def test_validation_takes_no_row_lock_and_few_queries(issued):
-    activate(issued, "a")
+@pytest.fixture
+def tallies_in_the_background(settings):
+    """Validation tallies written by the background writer, as in production; stopped afterwards."""
+
+    def start(interval: float) -> None:
+        settings.VALIDATION_TALLY_SECONDS = interval
+
+    yield start
+    tallies.stop_writer()
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_validation_is_one_query_and_its_tally_is_written_by_the_background_writer(issued, tallies_in_the_background):
+    activation = activate(issued, "a").activation
+    Activation.objects.filter(pk=activation.pk).update(last_seen_at=timezone.now() - timedelta(minutes=5))
+    tallies_in_the_background(0.05)
 
     with CaptureQueriesContext(connection) as queries:
-        services.validate_license(license_key=issued.key, fingerprint="a")
+        result = services.validate_license(license_key=issued.key, fingerprint="a")
 
-    # The device with its license and the license's device count, then the counters: two queries.
-    assert len(queries) == 2
-    assert not any("FOR UPDATE" in query["sql"].upper() for query in queries)
-    assert any("validation_count" in query["sql"] and query["sql"].startswith("UPDATE") for query in queries)
+    # The device with its license and the license's device count, and no lock.
+    assert len(queries) == 1
+    assert "FOR UPDATE" not in queries[0]["sql"].upper()
+    assert wait_for(lambda: License.objects.get(pk=issued.license.pk).validation_count == 1)
+    license = License.objects.get(pk=issued.license.pk)
+    assert license.last_validated_at == result.license.last_validated_at
+    assert Activation.objects.get(pk=activation.pk).last_seen_at == result.license.last_validated_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stopping_the_writer_writes_the_tallies_it_holds(issued, tallies_in_the_background):
+    activate(issued, "a")
+    tallies_in_the_background(3600)
+    for _ in range(3):
+        services.validate_license(license_key=issued.key, fingerprint="a")
+    assert License.objects.get(pk=issued.license.pk).validation_count == 0
+
+    tallies.stop_writer()
+
+    assert License.objects.get(pk=issued.license.pk).validation_count == 3
 
 
 def test_a_device_seen_within_the_minute_is_not_written_again(issued):
