@@ -406,6 +406,45 @@ def test_schema_validates_and_docs_need_no_cdn(client):
     assert client.get("/api/schema/").status_code == 200
 
 
+def openapi(client) -> dict:
+    return client.get("/api/schema/?format=json").json()
+
+
+def test_schema_documents_the_refusals_every_operation_can_answer(client):
+    paths = openapi(client)["paths"]
+
+    assert {"401", "403", "404"} <= set(paths["/api/v1/products/{id}"]["get"]["responses"])
+    assert {"400", "401", "403", "404"} <= set(paths["/api/v1/licenses"]["get"]["responses"])
+    assert {"400", "401", "403", "413", "415"} <= set(paths["/api/v1/plans"]["post"]["responses"])
+    # Found by the schema fuzz: the anti-churn refusal answered a 403 the schema did not list.
+    assert {"400", "403", "404", "413", "415", "429"} <= set(paths["/api/v1/licenses/deactivate"]["post"]["responses"])
+    assert "401" not in paths["/api/v1/licenses/validate"]["post"]["responses"]
+
+
+def test_an_ownerless_license_and_an_active_device_render_as_the_schema_says(client, management_client, product):
+    # Both were fuzz findings: the schema refused null for the owner and "" for who deactivated.
+    created = management_client.post("/api/v1/licenses", {"product": product.pk}, format="json").json()
+    activate(services.IssuedLicense(License.objects.get(pk=created["id"]), created["key"]), "laptop")
+    device = management_client.get(f"/api/v1/licenses/{created['id']}/activations").json()["results"][0]
+    components = openapi(client)["components"]["schemas"]
+
+    assert created["customer"] is None
+    assert components["License"]["properties"]["customer"]["nullable"] is True
+    assert device["deactivated_by_kind"] == ""
+    kinds = components["ManagedActivation"]["properties"]["deactivated_by_kind"]["oneOf"]
+    assert {"$ref": "#/components/schemas/BlankEnum"} in kinds
+
+
+def test_schema_refuses_unknown_fields_as_the_api_does(client, management_client):
+    request = openapi(client)["components"]["schemas"]["ProductRequest"]
+
+    response = management_client.post("/api/v1/products", {"name": "X", "slug": "x", "colour": "red"}, format="json")
+
+    assert request["additionalProperties"] is False
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "colour"
+
+
 def test_products_and_customers_can_be_listed(management_client, product):
     make_product()
     make_customer()

@@ -8,11 +8,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.validators import UniqueValidator
 
 from licensing import keys, services
-from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
+from licensing.models import Activation, ActorKind, Customer, License, Plan, Product, SigningKey
 
 
 class StrictTextMixin:
@@ -60,6 +61,7 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "object", "additionalProperties": True})
 class MetadataField(serializers.JSONField):
     def to_internal_value(self, data):
         try:
@@ -336,7 +338,7 @@ class CustomerSerializer(StrictModelSerializer):
 class LicenseSerializer(serializers.ModelSerializer):
     """A license as the vendor's systems see it; the key only where the view adds it."""
 
-    customer = CustomerSerializer(read_only=True)
+    customer = CustomerSerializer(read_only=True, allow_null=True, help_text="null: the license has no owner.")
     activations_used = serializers.IntegerField(source="live_total", read_only=True)
     masked_key = serializers.CharField(read_only=True)
     expired = serializers.BooleanField(source="is_expired", read_only=True)
@@ -428,6 +430,10 @@ class ExtendLicenseInputSerializer(StrictInputSerializer):
 
 
 class ManagedActivationSerializer(serializers.ModelSerializer):
+    deactivated_by_kind = serializers.ChoiceField(
+        choices=ActorKind.choices, allow_blank=True, read_only=True, help_text="Empty while the device is active."
+    )
+
     class Meta:
         model = Activation
         fields = [

@@ -192,7 +192,13 @@ class DeactivateLicenseView(LicenseCallView):
         summary="Free a device's slot",
         parameters=[SIGNATURE_HEADER_DOC],
         request=api.DeactivateLicenseInputSerializer,
-        responses={200: api.DeactivationAnswerSerializer, 400: ERRORS[400], 404: ERRORS[404], 413: ERRORS[413]},
+        responses={
+            200: api.DeactivationAnswerSerializer,
+            400: ERRORS[400],
+            403: OpenApiResponse(api.ErrorSerializer, description="The plan's device changes are used up for now."),
+            404: ERRORS[404],
+            413: ERRORS[413],
+        },
     )
     @retry_on_lost_connection
     def post(self, request):
@@ -421,7 +427,14 @@ LICENSE_ACTIONS = {
 class LicenseStatusView(ManagementView, APIView):
     action_name = ""
 
-    @extend_schema(request=None, responses={200: api.LicenseSerializer, 404: ERRORS[404], 409: ERRORS[400]})
+    @extend_schema(
+        request=None,
+        responses={
+            200: api.LicenseSerializer,
+            404: ERRORS[404],
+            409: OpenApiResponse(api.ErrorSerializer, description="Not from this status (a revoked license stays so)."),
+        },
+    )
     def post(self, request, pk):
         license = get_object_or_404(License, pk=pk)
         validated(api.EmptyInputSerializer, request)
@@ -454,7 +467,13 @@ class ActivationDeactivateView(ManagementView, APIView):
     @extend_schema(
         summary="Deactivate one of a license's devices",
         request=None,
-        responses={200: api.ManagedActivationSerializer, 404: ERRORS[404]},
+        responses={
+            200: api.ManagedActivationSerializer,
+            403: OpenApiResponse(
+                api.ErrorSerializer, description="A read-only API key, or the plan's device changes are used up."
+            ),
+            404: ERRORS[404],
+        },
     )
     def post(self, request, pk, activation_pk):
         activation = get_object_or_404(Activation, pk=activation_pk, license_id=pk)

@@ -1,0 +1,54 @@
+"""The OpenAPI schema documents every status the API can answer, not only the happy ones.
+
+Each view lists what is particular to it (a license call's 403 for a limit, validate's 404 shape);
+the refusals every view of a kind shares are added here from what the view is: a JSON body can be
+malformed (400), too large (413) or not JSON (415); query parameters can be wrong (400); an API key
+can be missing (401) or read-only (403); a path id or a page can be unknown (404); a license call
+can be rate-limited (429).
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
+
+from licensing.api.authentication import ApiKeyAuthentication
+from licensing.api.serializers import ErrorSerializer, RefuseUnknownFieldsMixin
+
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class LicensingAutoSchema(AutoSchema):
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        for code, description in self._shared_refusals().items():
+            if code not in responses:
+                answer = OpenApiResponse(ErrorSerializer, description=description)
+                responses[code] = self._get_response_for_code(answer, code, direction=direction)
+        return dict(sorted(responses.items()))
+
+    def _shared_refusals(self) -> dict[str, str]:
+        refusals = {}
+        if self.method in BODY_METHODS or self._is_paginated():
+            refusals["400"] = "Bad input; `field` names it."
+        if ApiKeyAuthentication in self.view.authentication_classes:
+            refusals["401"] = "No API key, or one that is unknown or revoked."
+            refusals["403"] = "This API key is read-only."
+        if "{" in self.path or self._is_paginated():
+            refusals["404"] = "No such record, or no such page."
+        if self.method in BODY_METHODS:
+            refusals["413"] = "Request body too large."
+            refusals["415"] = "The request body is not JSON."
+        if self.view.throttle_classes:
+            refusals["429"] = "Too many calls from this address or for this key; see Retry-After."
+        return refusals
+
+    def _is_paginated(self) -> bool:
+        paginated = getattr(self.view, "pagination_class", None) is not None
+        return self.method == "GET" and paginated and self._is_list_view()
+
+    def _map_serializer(self, serializer, direction, bypass_extensions=False):
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        if direction == "request" and isinstance(serializer, RefuseUnknownFieldsMixin):
+            schema["additionalProperties"] = False
+        return schema
