@@ -39,18 +39,21 @@ def _column(alias: str, model: type[Model], attname: str) -> str:
     return f"{alias}.{connection.ops.quote_name(model._meta.get_field(attname).column)}"
 
 
+def _live_devices_of(license_id: str) -> str:
+    return (
+        f"SELECT COUNT(*) AS total FROM {_table(Activation)} x "
+        f"WHERE {_column('x', Activation, 'license_id')} = {license_id} "
+        f"AND {_column('x', Activation, 'deactivated_at')} IS NULL"
+    )
+
+
 @functools.cache
-def _select(*, by_fingerprint: bool, by_id: bool) -> str:
+def _select(*, by_fingerprint: bool = False, by_id: bool = False, locked: bool = False) -> str:
     parts = ((_ACTIVATION,) if by_fingerprint or by_id else ()) + _RELATED
     columns = ", ".join(
         f"{alias}.{connection.ops.quote_name(field.column)}"
         for alias, model in parts
         for field in model._meta.concrete_fields
-    )
-    live_device = f"{_column('x', Activation, 'deactivated_at')} IS NULL"
-    live_total = (
-        f"(SELECT COUNT(*) FROM {_table(Activation)} x "
-        f"WHERE {_column('x', Activation, 'license_id')} = {_column('l', License, 'id')} AND {live_device})"
     )
     joins = [
         f"INNER JOIN {_table(Product)} p ON {_column('p', Product, 'id')} = {_column('l', License, 'product_id')}",
@@ -68,10 +71,17 @@ def _select(*, by_fingerprint: bool, by_id: bool) -> str:
         if by_id:
             device.append(f"{_column('a', Activation, 'id')} = %s")
         joins.append(f"LEFT OUTER JOIN {_table(Activation)} a ON {' AND '.join(device)}")
-    return (
-        f"SELECT {columns}, {live_total} FROM {_table(License)} l {' '.join(joins)} "
-        f"WHERE {_column('l', License, 'key_digest')} = %s"
-    )
+    statement = f"SELECT {columns}"
+    if not locked:
+        # A locked read counts nothing: a count taken in the statement that waited for the lock
+        # would miss what the lock's previous holder wrote. The caller counts after it.
+        statement += f", ({_live_devices_of(_column('l', License, 'id'))})"
+    statement += f" FROM {_table(License)} l {' '.join(joins)} WHERE {_column('l', License, 'key_digest')} = %s"
+    if locked and connection.features.has_select_for_update:
+        # NO KEY UPDATE: activations referencing the license can still be inserted by other
+        # transactions' foreign-key checks; OF keeps the lock off the joined (nullable) rows.
+        statement += " " + connection.ops.for_update_sql(of=("l",), no_key=True)
+    return statement
 
 
 def _converters(db: BaseDatabaseWrapper, model: type[Model]) -> list[tuple[Col, list[Callable]]]:
@@ -88,6 +98,21 @@ def _instance(db: BaseDatabaseWrapper, model: type[Model], values: list[Any]) ->
         for converter in converters:
             values[index] = converter(values[index], col, db)
     return model.from_db(db.alias, None, values)
+
+
+def _license_from(db: BaseDatabaseWrapper, values: list[Any]) -> License:
+    """The license, with its product, plan and customer, from a row of `_select` past any device."""
+    objects = {}
+    for _alias, model in _RELATED:
+        width = len(model._meta.concrete_fields)
+        model_values, values = values[:width], values[width:]
+        objects[model] = _instance(db, model, model_values) if model_values[0] is not None else None
+    license = objects[License]
+    if values:
+        license.live_total = values[0]
+    for field_name, model in (("product", Product), ("plan", Plan), ("customer", Customer)):
+        License._meta.get_field(field_name).set_cached_value(license, objects[model])
+    return license
 
 
 def license_with_device(
@@ -115,18 +140,47 @@ def license_with_device(
         activation_values, values = values[:width], values[width:]
         if activation_values[0] is not None:
             activation = _instance(db, Activation, activation_values)
-    objects = {}
-    for _alias, model in _RELATED:
-        width = len(model._meta.concrete_fields)
-        model_values, values = values[:width], values[width:]
-        objects[model] = _instance(db, model, model_values) if model_values[0] is not None else None
-    license = objects[License]
-    license.live_total = values[0]
-    for field_name, model in (("product", Product), ("plan", Plan), ("customer", Customer)):
-        License._meta.get_field(field_name).set_cached_value(license, objects[model])
+    license = _license_from(db, values)
     if activation is not None:
         Activation._meta.get_field("license").set_cached_value(activation, license)
     return license, activation
+
+
+def locked_license(*, key_digest: str) -> License | None:
+    """The license with this key digest, with its product, plan and customer, its row locked until
+    the transaction ends (on databases that lock rows; SQLite locks the whole database on write)."""
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_select(locked=True), [key_digest])
+        row = cursor.fetchone()
+    return None if row is None else _license_from(db, list(row))
+
+
+@functools.cache
+def _select_live_devices() -> str:
+    columns = ", ".join(f"a.{connection.ops.quote_name(field.column)}" for field in Activation._meta.concrete_fields)
+    device = (
+        f"{_column('a', Activation, 'license_id')} = %s AND {_column('a', Activation, 'deactivated_at')} IS NULL "
+        f"AND {_column('a', Activation, 'fingerprint')} = %s"
+    )
+    return (
+        f"SELECT {columns}, live.total FROM ({_live_devices_of('%s')}) live "
+        f"LEFT OUTER JOIN {_table(Activation)} a ON {device}"
+    )
+
+
+def live_devices(license: License, *, fingerprint: str | None) -> tuple[int, Activation | None]:
+    """How many live devices the license has, and its live one with this fingerprint, if any."""
+    db = connections[DEFAULT_DB_ALIAS]
+    license_id = License._meta.pk.get_db_prep_value(license.pk, db)
+    with db.cursor() as cursor:
+        cursor.execute(_select_live_devices(), [license_id, license_id, fingerprint])
+        *values, total = cursor.fetchone()
+    if values[0] is None:
+        return total, None
+    activation = _instance(db, Activation, values)
+    Activation._meta.get_field("license").set_cached_value(activation, license)
+    return total, activation
 
 
 @functools.cache

@@ -561,8 +561,7 @@ def _lock_license(pk: uuid.UUID) -> License:
 
 
 def _lock_license_by_key(license_key: str) -> License:
-    digest = keys.digest_license_key(license_key)
-    license = _licenses_with_relations().select_for_update(no_key=True, of=("self",)).filter(key_digest=digest).first()
+    license = lookups.locked_license(key_digest=keys.digest_license_key(license_key))
     if license is None:
         raise _unknown_license_key()
     return license
@@ -663,11 +662,10 @@ def activate_license(
         license = _lock_license_by_key(license_key)
         if problem := license_problem(license):
             raise problem
-        if fingerprint is not None:
-            existing = license.activations.live().filter(fingerprint=fingerprint).first()
-            if existing is not None:
-                return ActivationResult(activation=existing, created=False)
-        used = license.live_activation_count()
+        used, existing = lookups.live_devices(license, fingerprint=fingerprint)
+        license.live_total = used
+        if existing is not None:
+            return ActivationResult(activation=existing, created=False)
         if license.max_activations is not None and used >= license.max_activations:
             raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
         refusal = _cooldown_refusal(license, used=used, fingerprint=fingerprint)
