@@ -183,6 +183,23 @@ def live_devices(license: License, *, fingerprint: str | None) -> tuple[int, Act
     return total, activation
 
 
+def first_activated_at(license: License) -> datetime | None:
+    """When the license's first device, live or not, was activated."""
+    db = connections[DEFAULT_DB_ALIAS]
+    created_at = Activation._meta.get_field("created_at")
+    statement = (
+        f"SELECT MIN({_column('a', Activation, 'created_at')}) FROM {_table(Activation)} a "
+        f"WHERE {_column('a', Activation, 'license_id')} = %s"
+    )
+    with db.cursor() as cursor:
+        cursor.execute(statement, [License._meta.pk.get_db_prep_value(license.pk, db)])
+        (value,) = cursor.fetchone()
+    col, converters = _converters(db, Activation)[Activation._meta.concrete_fields.index(created_at)]
+    for converter in converters:
+        value = converter(value, col, db)
+    return value
+
+
 @functools.cache
 def _select_by(model: type[Model], attname: str) -> str:
     columns = ", ".join(connection.ops.quote_name(field.column) for field in model._meta.concrete_fields)

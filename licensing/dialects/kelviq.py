@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from licensing import errors, services
+from licensing import errors, lookups, services
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.parsers import LimitedJSONParser
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
@@ -111,7 +111,7 @@ def validated(serializer_class: type[serializers.Serializer], request: Request) 
 
 def license_details(license: License) -> dict[str, Any]:
     """Kelviq's LicenseDetails. The caller holds a server API key, which may read full keys."""
-    first_activated = license.activations.order_by("created_at").values_list("created_at", flat=True).first()
+    first_activated = lookups.first_activated_at(license)
     customer = license.customer
     plan = license.plan
     product = license.product
