@@ -2,8 +2,8 @@
 
 Legacy paths (`/activate-key`, `/get-key`, ...) answer in snake_case, current ones (`/key/activate`,
 `GET /key`, ...) in camelCase. Every body carries Keymint's numeric `code`: 0 success, 1 bad input,
-bad token or not found, 2 refused by the key's state or a conflict (3, rate limited, is not answered
-yet: rate limits come with their own issue). The access token is an API key of this server.
+bad token or not found, 2 refused by the key's state or a conflict, 3 rate limited (with
+Retry-After). The access token is an API key of this server.
 """
 
 from __future__ import annotations
