@@ -35,6 +35,8 @@ OFFLINE_LICENSE_DEFAULT_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_DEFAULT
 OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_MAX_TTL", default=365 * 24 * 3600))
 # Validation counts and devices' last-seen times are written this often (0: with each validation).
 VALIDATION_TALLY_SECONDS = env.float("VALIDATION_TALLY_SECONDS", default=1.0)
+if VALIDATION_TALLY_SECONDS < 0:
+    raise ImproperlyConfigured("VALIDATION_TALLY_SECONDS must be 0 or more.")
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 

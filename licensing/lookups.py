@@ -100,13 +100,18 @@ def _instance(db: BaseDatabaseWrapper, model: type[Model], values: list[Any]) ->
     return model.from_db(db.alias, None, values)
 
 
+def _no_row(model: type[Model], values: list[Any]) -> bool:
+    """Whether an outer join found no row of `model`: its columns, primary key included, are NULL."""
+    return values[model._meta.concrete_fields.index(model._meta.pk)] is None
+
+
 def _license_from(db: BaseDatabaseWrapper, values: list[Any]) -> License:
     """The license, with its product, plan and customer, from a row of `_select` past any device."""
     objects = {}
     for _alias, model in _RELATED:
         width = len(model._meta.concrete_fields)
         model_values, values = values[:width], values[width:]
-        objects[model] = _instance(db, model, model_values) if model_values[0] is not None else None
+        objects[model] = None if _no_row(model, model_values) else _instance(db, model, model_values)
     license = objects[License]
     if values:
         license.live_total = values[0]
@@ -138,7 +143,7 @@ def license_with_device(
     if by_fingerprint or by_id:
         width = len(Activation._meta.concrete_fields)
         activation_values, values = values[:width], values[width:]
-        if activation_values[0] is not None:
+        if not _no_row(Activation, activation_values):
             activation = _instance(db, Activation, activation_values)
     license = _license_from(db, values)
     if activation is not None:
@@ -176,25 +181,29 @@ def live_devices(license: License, *, fingerprint: str | None) -> tuple[int, Act
     with db.cursor() as cursor:
         cursor.execute(_select_live_devices(), [license_id, license_id, fingerprint])
         *values, total = cursor.fetchone()
-    if values[0] is None:
+    if _no_row(Activation, values):
         return total, None
     activation = _instance(db, Activation, values)
     Activation._meta.get_field("license").set_cached_value(activation, license)
     return total, activation
 
 
-def first_activated_at(license: License) -> datetime | None:
-    """When the license's first device, live or not, was activated."""
-    db = connections[DEFAULT_DB_ALIAS]
-    created_at = Activation._meta.get_field("created_at")
-    statement = (
+@functools.cache
+def _select_first_activation() -> str:
+    return (
         f"SELECT MIN({_column('a', Activation, 'created_at')}) FROM {_table(Activation)} a "
         f"WHERE {_column('a', Activation, 'license_id')} = %s"
     )
+
+
+def first_activated_at(license: License) -> datetime | None:
+    """When the license's first device, live or not, was activated."""
+    db = connections[DEFAULT_DB_ALIAS]
     with db.cursor() as cursor:
-        cursor.execute(statement, [License._meta.pk.get_db_prep_value(license.pk, db)])
+        cursor.execute(_select_first_activation(), [License._meta.pk.get_db_prep_value(license.pk, db)])
         (value,) = cursor.fetchone()
-    col, converters = _converters(db, Activation)[Activation._meta.concrete_fields.index(created_at)]
+    created_at = Activation._meta.concrete_fields.index(Activation._meta.get_field("created_at"))
+    col, converters = _converters(db, Activation)[created_at]
     for converter in converters:
         value = converter(value, col, db)
     return value

@@ -262,7 +262,8 @@ def _unknown_license_key() -> errors.LicenseNotFound:
 
 
 def get_license_by_key(license_key: str) -> License:
-    """Return the license with this key (one indexed query on the digest) or raise LicenseNotFound."""
+    """Return the license with this key, with its relations and live-device count (one indexed
+    query on the digest), or raise LicenseNotFound."""
     license, _ = lookups.license_with_device(key_digest=keys.digest_license_key(license_key))
     if license is None:
         raise _unknown_license_key()

@@ -7,7 +7,7 @@ transaction per interval, so any number of processes and hosts add up right. A p
 killed loses at most its last interval; one that stops cleanly writes what it holds. Usage counted
 against a limit (Polar's quota) is not a tally: it is written in the validation's own UPDATE.
 
-With VALIDATION_TALLY_SECONDS at 0, each validation writes its tally itself (the tests do this).
+With VALIDATION_TALLY_SECONDS at 0, each validation writes its own tally at once (the tests do this).
 """
 
 from __future__ import annotations
@@ -20,35 +20,40 @@ import uuid
 from datetime import datetime
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import connection
 
 from licensing import lookups
 
 logger = logging.getLogger(__name__)
 
+# How long a stopping process waits for a write under way before writing what is left itself.
+STOP_TIMEOUT_SECONDS = 10
+
 _lock = threading.Lock()
 _validations: dict[uuid.UUID, tuple[int, datetime]] = {}
 _devices_seen: dict[uuid.UUID, datetime] = {}
-# This process's background writer: its process id (a forked child needs its own) and its stop signal.
-_writer: tuple[int, threading.Event] | None = None
+# This process's background writer: its process id (a forked child needs its own), its thread and
+# its stop signal.
+_writer: tuple[int, threading.Thread, threading.Event] | None = None
 
 
 def count_validation(license_id: uuid.UUID, *, at: datetime, device_seen: uuid.UUID | None = None) -> None:
     """Add one validation of a license at `at`, and mark the device `device_seen` as seen then."""
+    interval = settings.VALIDATION_TALLY_SECONDS
+    if not interval:
+        lookups.add_tallies({license_id: (1, at)}, {device_seen: at} if device_seen else {})
+        return
     with _lock:
         count, last_at = _validations.get(license_id, (0, at))
         _validations[license_id] = (count + 1, max(at, last_at))
         if device_seen is not None:
             _devices_seen[device_seen] = max(at, _devices_seen.get(device_seen, at))
-    interval = settings.VALIDATION_TALLY_SECONDS
-    if not interval:
-        write()
-    elif _writer is None or _writer[0] != os.getpid():
+    if _writer is None or _writer[0] != os.getpid():
         _start_writer(interval)
 
 
 def write() -> None:
-    """Write what this process has added up so far."""
+    """Write what this process has added up so far; on failure keep it for the next write."""
     global _validations, _devices_seen
     with _lock:
         validations, devices_seen = _validations, _devices_seen
@@ -57,7 +62,9 @@ def write() -> None:
         return
     try:
         lookups.add_tallies(validations, devices_seen)
-    except DatabaseError:
+    except Exception:
+        # A COMMIT that reached the database before its connection failed is written again: the
+        # counts are figures for staff, and counting a few twice beats losing them all.
         logger.exception("Could not write %d validation counts; keeping them for the next try", len(validations))
         _keep(validations, devices_seen)
 
@@ -78,16 +85,19 @@ def _start_writer(interval: float) -> None:
         if _writer is not None and _writer[0] == os.getpid():
             return
         stop = threading.Event()
-        _writer = (os.getpid(), stop)
-    threading.Thread(target=_write_every, args=(interval, stop), name="validation-tallies", daemon=True).start()
-    atexit.register(stop_writer)
+        thread = threading.Thread(target=_write_every, args=(interval, stop), name="validation-tallies", daemon=True)
+        _writer = (os.getpid(), thread, stop)
+    thread.start()
 
 
 def _write_every(interval: float, stop: threading.Event) -> None:
     while not stop.wait(interval):
         write()
-        # Between writes the thread holds no database connection (nor a pool slot).
-        connection.close()
+        try:
+            # Between writes the thread holds no database connection (nor a pool slot).
+            connection.close()
+        except Exception:
+            logger.exception("Could not close the validation tallies' database connection")
 
 
 def stop_writer() -> None:
@@ -95,6 +105,21 @@ def stop_writer() -> None:
     global _writer
     with _lock:
         writer, _writer = _writer, None
-    if writer is not None:
-        writer[1].set()
+    if writer is not None and writer[0] == os.getpid():
+        _pid, thread, stop = writer
+        stop.set()
+        # A write under way holds tallies taken from the shared ones: let it finish first.
+        thread.join(STOP_TIMEOUT_SECONDS)
     write()
+
+
+def _forget_in_child() -> None:
+    """A forked process starts with nothing counted: its parent writes its own tallies."""
+    global _lock, _validations, _devices_seen, _writer
+    # A new lock too: another thread of the parent may have held the old one at the fork.
+    _lock = threading.Lock()
+    _validations, _devices_seen, _writer = {}, {}, None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+atexit.register(stop_writer)

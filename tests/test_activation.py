@@ -5,11 +5,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from licensing import errors, services, tallies
+from licensing import errors, lookups, services, tallies
 from licensing.models import Activation, AuditEvent, License
 from tests.factories import activate, make_license, make_plan
 
@@ -400,6 +400,27 @@ def test_validation_is_one_query_and_its_tally_is_written_by_the_background_writ
     license = License.objects.get(pk=issued.license.pk)
     assert license.last_validated_at == result.license.last_validated_at
     assert Activation.objects.get(pk=activation.pk).last_seen_at == result.license.last_validated_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tallies_a_failed_write_could_not_store_are_written_next_time(issued, tallies_in_the_background, monkeypatch):
+    activate(issued, "a")
+    add_tallies = lookups.add_tallies
+    failures = []
+
+    def fail_once(*args):
+        if not failures:
+            failures.append(True)
+            raise OperationalError("the database went away")
+        add_tallies(*args)
+
+    monkeypatch.setattr(lookups, "add_tallies", fail_once)
+    tallies_in_the_background(0.05)
+    for _ in range(2):
+        services.validate_license(license_key=issued.key, fingerprint="a")
+
+    assert wait_for(lambda: License.objects.get(pk=issued.license.pk).validation_count == 2)
+    assert failures
 
 
 @pytest.mark.django_db(transaction=True)

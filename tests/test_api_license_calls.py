@@ -155,6 +155,14 @@ def test_a_body_that_is_not_a_json_object_is_400(api_client, body):
     assert error(response)["code"] in {"malformed_request", "invalid_input"}
 
 
+def test_a_null_body_says_no_data_was_sent(api_client):
+    response = call(api_client, "validate", "null")
+
+    assert response.status_code == 400
+    assert error(response)["message"] == "No data provided"
+    assert "field" not in error(response)
+
+
 def test_a_huge_body_is_413(api_client, issued):
     response = call(api_client, "activate", {"key": issued.key, "fingerprint": "x", "name": "n" * 100_000})
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import models
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 from rest_framework.validators import UniqueValidator
 
 from licensing import keys, services
@@ -116,6 +117,9 @@ def render(serializer_class: type[serializers.Serializer], instance: Any) -> dic
 
 def validated_input(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
     """The validated data of `serializer_class(data=data)`, or its ValidationError, from the shared instance."""
+    if data is None:
+        # What is_valid() says of a JSON null body; run_validation alone calls it a null field.
+        raise serializers.ValidationError({api_settings.NON_FIELD_ERRORS_KEY: ["No data provided"]})
     return _shared(serializer_class).run_validation(data)
 
 

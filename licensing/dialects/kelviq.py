@@ -22,6 +22,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from licensing import errors, lookups, services
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.parsers import LimitedJSONParser
+from licensing.api.serializers import validated_input
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
 from licensing.models import Activation, License
 
@@ -101,9 +102,7 @@ class KelviqView(LicenseCallLimits, ThrottleBeforeAuthentication, APIView):
 
 
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
+    return validated_input(serializer_class, request.data)
 
 
 # ---------------------------------------------------------------- answers
