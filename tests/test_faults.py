@@ -11,7 +11,8 @@ from urllib.parse import urlencode
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-from django.db import connection
+from django.core.signals import request_started
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from licensing import lookups, services
 from licensing.models import Activation, AuditEvent
@@ -22,6 +23,14 @@ pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="pg_terminate_backend is PostgreSQL's"),
 ]
 
+
+@pytest.fixture(autouse=True)
+def live_connection_afterwards(transactional_db):
+    yield
+    # A failing test leaves its killed connection behind, and emptying the database needs a live one.
+    connection.close()
+
+
 DEVICE = "device-1"
 POLAR_ORGANIZATION = uuid.UUID("5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b")
 KEYMINT_PRODUCT = "prod_9f8e7d6c5b4a39281706f5"
@@ -30,6 +39,19 @@ KEYMINT_PRODUCT = "prod_9f8e7d6c5b4a39281706f5"
 def kill_the_connection() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+def end_the_connection_from_outside() -> None:
+    """End this connection's server process as a database restart does: the connection looks open until used."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    other = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
 
 
 # Each face activates as an app built for it does, asserts its own success answer, and returns the
@@ -131,6 +153,29 @@ def test_a_connection_killed_mid_activation_is_retried_cleanly(face, api_client,
     assert answered_id is None or answered_id == str(activation.pk)
     assert AuditEvent.objects.filter(action="activation.created").count() == 1
     assert services.validate_license(license_key=issued.key, activation_id=str(activation.pk)).code == "VALID"
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_connection_that_died_idle_is_retried_when_the_rate_limits_meet_it(face, api_client, api_key, settings):
+    settings.LICENSE_RATE_LIMITS = {"per_ip": "600/minute", "per_key": "120/minute"}
+    issued = make_license(plan=make_plan(max_activations=3))
+    ended = []
+
+    def end_it_as_the_request_starts(**kwargs):
+        if not ended:
+            ended.append(True)
+            end_the_connection_from_outside()
+
+    request_started.connect(end_it_as_the_request_starts)
+    try:
+        activate_on_face, fingerprint = FACES[face]
+        activate_on_face(api_client, issued, api_key)
+    finally:
+        request_started.disconnect(end_it_as_the_request_starts)
+
+    assert ended
+    activation = Activation.objects.get(license=issued.license)
+    assert (activation.is_live, activation.fingerprint) == (True, fingerprint)
 
 
 def validate_natively(client, issued, activation, api_key) -> None:
