@@ -18,6 +18,7 @@ from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 from licensing import keys, services
+from licensing.api.retry import retry_on_lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,14 @@ class LicenseCallLimits:
         if unknown_keys.count:
             UnknownKeyWindow(client_ident(request)).record_failure()
         return response
+
+    # The limits' counters (in a database table unless REDIS_URL is set), and on Kelviq and Keymint
+    # the API key, are read before the handler runs: a pooled connection that died while idle, as
+    # every one does when the database restarts, fails here first. A second try may count this call
+    # twice against a rate limit.
+    @retry_on_lost_connection
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
 
 
 class ThrottleBeforeAuthentication:

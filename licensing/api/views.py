@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import timedelta
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -23,6 +21,7 @@ from licensing import services, signing
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.exceptions import error_body
+from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
 
@@ -54,27 +53,6 @@ ERRORS = {
 
 
 # ---------------------------------------------------------------- app-facing license calls
-
-
-def retry_on_lost_connection(handler):
-    """Run a license call again, once, when the database connection dropped under it.
-
-    Each service call is one transaction, so a dropped connection rolled back everything the first
-    try wrote; a second try on a fresh connection answers the app instead of failing it.
-    """
-
-    @functools.wraps(handler)
-    def wrapper(self, request, *args, **kwargs):
-        try:
-            return handler(self, request, *args, **kwargs)
-        except (OperationalError, InterfaceError):
-            if connection.in_atomic_block:
-                raise
-            logger.warning("Database connection lost during %s; trying again", request.path)
-            connection.close()
-            return handler(self, request, *args, **kwargs)
-
-    return wrapper
 
 
 class LicenseCallView(LicenseCallLimits, APIView):

@@ -35,6 +35,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services, signing
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, ApiKey, License, Product
 
@@ -242,6 +243,7 @@ class GetKeyManagerView(LicenseCallLimits, APIView):
     # The license's product once it is known, so its own RSA key signs (errors included).
     product: Product | None = None
 
+    @retry_on_lost_connection
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, Mapping) else {}
         api_key = authenticate(request, data, writes=self.writes)

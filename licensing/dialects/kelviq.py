@@ -22,6 +22,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from licensing import errors, lookups, services
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.parsers import LimitedJSONParser
+from licensing.api.retry import retry_on_lost_connection
 from licensing.api.serializers import validated_input
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
 from licensing.models import Activation, License
@@ -164,6 +165,7 @@ class ActivateView(KelviqView):
     not_found_message = "Invalid license key or customer ID."
     server_error_message = "An error occurred during activation processing."
 
+    @retry_on_lost_connection
     def post(self, request):
         data = validated(KelviqActivateInputSerializer, request)
         if data.get("customerId"):
@@ -205,6 +207,7 @@ class ValidateView(KelviqView):
     # Validation only reads a license (and counts the check), so a read-only API key may validate.
     permission_classes = [IsAuthenticated]
 
+    @retry_on_lost_connection
     def post(self, request):
         data = validated(KelviqValidateInputSerializer, request)
         instance_id = data.get("instanceId") or None
@@ -235,6 +238,7 @@ class DeactivateView(KelviqView):
     operation = "deactivate"
     not_found_message = "Invalid license key or instance ID."
 
+    @retry_on_lost_connection
     def post(self, request):
         data = validated(KelviqDeactivateInputSerializer, request)
         activation = services.find_activation(license_key=data["licenseKey"], activation_id=data["instanceId"])

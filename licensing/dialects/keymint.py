@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
 from licensing.models import Customer, License, Product, add_months
 
@@ -325,6 +326,7 @@ class ActivateKeyView(KeymintView):
     write_methods = frozenset({"POST"})
     vendor_fields = {"fingerprint": "hostId", "name": "deviceTag"}
 
+    @retry_on_lost_connection
     def post(self, request):
         data = json_body(request)
         license, license_key = find_key(data)
@@ -352,6 +354,7 @@ class DeactivateKeyView(KeymintView):
 
     write_methods = frozenset({"POST"})
 
+    @retry_on_lost_connection
     def post(self, request):
         data = json_body(request)
         license, license_key = find_key(data)
@@ -378,6 +381,7 @@ class DeactivateKeyView(KeymintView):
 class GetKeyView(KeymintView):
     """Legacy `POST /get-key`, the key in the JSON body."""
 
+    @retry_on_lost_connection
     def post(self, request):
         license, _ = find_key(json_body(request))
         return self.answer({"code": 0, "data": key_details(license)})
@@ -444,6 +448,7 @@ class KeyView(KeymintView):
     vendor_fields = CREATE_FIELDS
     camel_case = True
 
+    @retry_on_lost_connection
     def get(self, request):
         license, _ = find_key(request.query_params)
         return self.answer({"code": 0, "data": key_details(license)})

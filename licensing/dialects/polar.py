@@ -29,6 +29,7 @@ from rest_framework.views import APIView
 
 from licensing import errors, services
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, Customer, License
 
@@ -496,6 +497,7 @@ VALIDATE_FIELDS = {
 class ValidateView(PolarView):
     operation = "validate"
 
+    @retry_on_lost_connection
     def post(self, request):
         data = parsed(request, VALIDATE_FIELDS)
         license = self.license(data)
@@ -541,6 +543,7 @@ ACTIVATE_FIELDS = {
 class ActivateView(PolarView):
     operation = "activate"
 
+    @retry_on_lost_connection
     def post(self, request):
         data = parsed(request, ACTIVATE_FIELDS)
         self.license(data)
@@ -568,6 +571,7 @@ DEACTIVATE_FIELDS = {
 class DeactivateView(PolarView):
     operation = "deactivate"
 
+    @retry_on_lost_connection
     def post(self, request):
         data = parsed(request, DEACTIVATE_FIELDS)
         self.license(data)
