@@ -659,6 +659,17 @@ def activate_license(
             validate_ipv46_address(ip_address)
     except ValidationError:
         raise errors.InvalidInput("This is not an IP address.", field="ip_address") from None
+    if fingerprint is not None:
+        # A live device activating again (many apps do at every start) takes no slot: no lock needed.
+        license, existing = lookups.license_with_device(
+            key_digest=keys.digest_license_key(license_key), fingerprint=fingerprint
+        )
+        if license is None:
+            raise _unknown_license_key()
+        if problem := license_problem(license):
+            raise problem
+        if existing is not None:
+            return ActivationResult(activation=existing, created=False)
     with transaction.atomic():
         license = _lock_license_by_key(license_key)
         if problem := license_problem(license):
@@ -897,16 +908,28 @@ def validate_license(
             activation=activation,
         )
     license.usage += increment_usage
-    # A device validating many times a minute is marked seen once a minute, not on every call.
-    device_seen = activation is not None and now - activation.last_seen_at >= LAST_SEEN_PRECISION
-    tallies.count_validation(license.pk, at=now, device_seen=activation.pk if device_seen else None)
-    license.validation_count += 1
-    license.last_validated_at = now
-    if device_seen:
-        activation.last_seen_at = now
+    _count_validation(license, activation, at=now)
     return ValidationResult(
         valid=True, code="VALID", detail="The license is valid.", license=license, activation=activation
     )
+
+
+def count_check(activation: Activation) -> None:
+    """Count a live device's check of its key as a validation of it.
+
+    For apps of vendors without a validate call (Keymint), which activate again at every start.
+    """
+    _count_validation(activation.license, activation, at=timezone.now())
+
+
+def _count_validation(license: License, activation: Activation | None, *, at: datetime) -> None:
+    # A device validating many times a minute is marked seen once a minute, not on every call.
+    device_seen = activation is not None and at - activation.last_seen_at >= LAST_SEEN_PRECISION
+    tallies.count_validation(license.pk, at=at, device_seen=activation.pk if device_seen else None)
+    license.validation_count += 1
+    license.last_validated_at = at
+    if device_seen:
+        activation.last_seen_at = at
 
 
 VALIDATION_CODES = {

@@ -337,7 +337,7 @@ class ActivateKeyView(KeymintView):
         )
         if not result.created:
             # A live device checking its key: count the check and its last-seen time, as a validation does.
-            services.validate_license(license_key=license_key, fingerprint=host_id)
+            services.count_check(result.activation)
         customer = license.customer
         return self.answer(
             {
