@@ -156,6 +156,22 @@ def test_the_block_ends_with_its_window(api_client, guard, delays, issued, monke
     assert validate(api_client, issued.key).status_code == 200
 
 
+def test_retry_after_is_the_longest_wait_of_the_reasons_refusing(
+    api_client, guard, delays, issued, settings, monkeypatch
+):
+    settings.LICENSE_RATE_LIMITS = {"per_ip": "", "per_key": "1/minute"}
+    start = (time() // guard["window"]) * guard["window"] + 1
+    monkeypatch.setattr(throttling, "time", lambda: start)
+    validate(api_client, issued.key)
+    for n in range(5):
+        validate(api_client, f"GUESS-{n}")
+
+    refused = validate(api_client, issued.key)
+
+    assert refused.status_code == 429
+    assert refused["Retry-After"] == str(guard["window"] - 1)
+
+
 def test_a_block_is_logged_once_with_the_address_and_never_a_key(api_client, guard, delays, caplog):
     caplog.set_level("DEBUG")
     guesses = [f"GUESS-{n}-SECRET" for n in range(8)]

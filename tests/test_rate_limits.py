@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from time import time
 
 import pytest
-from django.core.cache import cache
+from django.core.cache import cache, caches
 
 from licensing import services
+from licensing.api import throttling
 from tests.factories import make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -16,8 +18,25 @@ ORGANIZATION_ID = "5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b"
 PRODUCT_ID = "prod_rate_limit_test_00001"
 
 
+class Clock:
+    """The throttle's clock, held still so that no test's calls straddle the end of a minute."""
+
+    def __init__(self) -> None:
+        self.now = (time() // 60) * 60 + 1
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def limits(settings):
+def clock(monkeypatch):
+    frozen = Clock()
+    monkeypatch.setattr(throttling, "time", frozen)
+    return frozen
+
+
+@pytest.fixture
+def limits(settings, clock):
     cache.clear()
     settings.LICENSE_RATE_LIMITS = {"per_ip": "", "per_key": "3/minute"}
     yield settings.LICENSE_RATE_LIMITS
@@ -202,3 +221,73 @@ def test_spaces_around_a_key_do_not_buy_a_new_budget(api_client, issued, api_key
     ]
 
     assert statuses == [200, 200, 200, 429]
+
+
+def test_a_window_ends_on_the_clock_and_the_next_starts_with_a_full_budget(api_client, issued, limits, clock):
+    for _ in range(3):
+        api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+    clock.now += 58.5
+
+    refused = api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+    clock.now += 0.5
+    window_end = api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+
+    assert refused.status_code == 429
+    assert refused["Retry-After"] == "1"
+    assert window_end.status_code == 200
+
+
+def test_refused_calls_are_not_counted(api_client, issued, limits, clock):
+    for _ in range(10):
+        api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+    clock.now += 60
+
+    statuses = [
+        api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json").status_code for _ in range(4)
+    ]
+
+    assert statuses == [200, 200, 200, 429]
+
+
+@pytest.fixture
+def cache_calls(monkeypatch):
+    """The names of the cache's methods called, in order."""
+    backend = caches["default"]
+    used: list[str] = []
+    for name in ["get", "get_many", "set", "set_many", "add", "incr", "decr", "delete", "delete_many", "touch"]:
+        monkeypatch.setattr(backend, name, recorded(getattr(backend, name), name, used))
+    return used
+
+
+def test_an_allowed_call_reads_and_writes_the_limits_once(api_client, issued, limits, settings, cache_calls):
+    limits["per_ip"] = "10/minute"
+    settings.BRUTE_FORCE = {**settings.BRUTE_FORCE, "slow_after": 2, "block_after": 5}
+
+    answer = api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+
+    assert answer.status_code == 200
+    assert cache_calls == ["get_many", "set_many"]
+
+
+def test_limits_turned_off_never_touch_the_cache(api_client, issued, limits, cache_calls):
+    limits["per_key"] = None
+
+    statuses = [
+        api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json").status_code for _ in range(5)
+    ]
+
+    assert statuses == [200] * 5
+    assert cache_calls == []
+
+
+def recorded(method, name, used):
+    # Only the throttle's own calls: Django's set_many calls set once per key on some backends.
+    def wrapper(*args, **kwargs):
+        used.append(name)
+        depth = len(used)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            del used[depth:]
+
+    return wrapper

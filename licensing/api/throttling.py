@@ -1,62 +1,28 @@
 """Rate limits and the brute-force guard on the public license calls of every face.
 
-Rate limits count calls per client IP and per license key; the guard counts unknown license keys
-per client IP, slows that IP down and then refuses it. Counters live in Django's cache (a database
-table by default, Redis with REDIS_URL), so every server process and host shares them. Each face
-answers a refusal as 429 with Retry-After in its own shape, through its own handler of DRF's
-Throttled error.
+Rate limits count calls per client IP and per license key in fixed windows; the guard counts
+unknown license keys per client IP, slows that IP down and then refuses it. Counters live in
+Django's cache (a database table by default, Redis with REDIS_URL), so every server process and
+host shares them. Each face answers a refusal as 429 with Retry-After in its own shape, through its
+own handler of DRF's Throttled error.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import defaultdict
+from dataclasses import dataclass
 from time import sleep, time
 
 from django.conf import settings
 from django.core.cache import cache
-from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle
 
 from licensing import keys, services
 from licensing.api.retry import retry_on_lost_connection
 
 logger = logging.getLogger(__name__)
-
-
-class LicenseCallThrottle(SimpleRateThrottle):
-    def get_rate(self):
-        # Read on every request, not at import as DRF does, so settings (and tests) can change it.
-        return settings.LICENSE_RATE_LIMITS.get(self.scope) or None
-
-    def allow_request(self, request, view):
-        self.rate = self.get_rate()
-        if self.rate is None:
-            return True
-        self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
-
-
-class LicenseCallIPThrottle(LicenseCallThrottle):
-    scope = "per_ip"
-
-    def get_cache_key(self, request, view):
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
-
-
-class LicenseKeyThrottle(LicenseCallThrottle):
-    """Counts calls naming the same license key; the cache holds its digest, never the key."""
-
-    scope = "per_key"
-
-    def get_cache_key(self, request, view):
-        data = request.data
-        key = data.get(view.license_key_field) if hasattr(data, "get") else None
-        if not isinstance(key, str) or not key:
-            key = request.query_params.get(view.license_key_field)
-        if not isinstance(key, str) or not key.strip():
-            return None
-        # Stripped: faces that trim the key (Kelviq's DRF fields) must not give " KEY" a fresh budget.
-        return self.cache_format % {"scope": self.scope, "ident": keys.digest_license_key(key.strip())}
 
 
 # Past `slow_after`, each unknown key makes the next calls wait this much longer.
@@ -72,10 +38,10 @@ class UnknownKeyWindow:
     the entry's expiry. Windows are aligned to the clock, so every host agrees when one ends.
     """
 
-    def __init__(self, ident: str | None) -> None:
+    def __init__(self, ident: str | None, now: float | None = None) -> None:
         self.config = settings.BRUTE_FORCE
         length = self.config["window"]
-        now = time()
+        now = time() if now is None else now
         window_number = int(now // length)
         self.seconds_left = (window_number + 1) * length - now
         self.ident = ident
@@ -91,7 +57,11 @@ class UnknownKeyWindow:
         return 0
 
     def failures(self) -> int:
-        return len(cache.get_many(self.keys)) if self.keys else 0
+        return self.count(cache.get_many(self.keys)) if self.keys else 0
+
+    def count(self, stored: dict) -> int:
+        """The failures among entries read together with other counters."""
+        return sum(key in stored for key in self.keys)
 
     def blocks(self, failures: int) -> bool:
         return 0 < self.config["block_after"] <= failures
@@ -116,20 +86,100 @@ def client_ident(request) -> str | None:
     return BaseThrottle().get_ident(request)
 
 
-class UnknownKeyThrottle(BaseThrottle):
-    """Slows down, then refuses, a client IP that keeps naming license keys no license has.
+# Counters outlive their window a little: the database cache and Redis round an expiry down to the
+# second, and hosts' clocks differ slightly. A later window has a key of its own, so this costs nothing.
+EXPIRY_MARGIN_SECONDS = 2
 
+PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """A fixed-window counter of one rate limit: the calls one client IP or one license key made in
+    the current window, aligned to the clock like the guard's."""
+
+    key: str
+    limit: int
+    seconds_left: float
+
+    @classmethod
+    def current(cls, scope: str, request, view, now: float) -> RateWindow | None:
+        # Read on every request, not at import as DRF does, so settings (and tests) can change it.
+        rate = settings.LICENSE_RATE_LIMITS.get(scope)
+        if not rate:
+            return None
+        # Only once the limit is on: the per-key ident parses the body, and a body the view cannot
+        # parse should get the view's own answer, after authentication.
+        ident = RATE_LIMIT_IDENTS[scope](request, view)
+        if ident is None:
+            return None
+        number, period = rate.split("/")
+        length = PERIOD_SECONDS[period[0]]
+        window_number = int(now // length)
+        return cls(f"throttle_{scope}_{ident}_{window_number}", int(number), (window_number + 1) * length - now)
+
+    @property
+    def timeout(self) -> int:
+        return math.ceil(self.seconds_left) + EXPIRY_MARGIN_SECONDS
+
+
+def license_key_digest(request, view) -> str | None:
+    """The per-key limit's ident: the cache holds the key's digest, never the key."""
+    data = request.data
+    key = data.get(view.license_key_field) if hasattr(data, "get") else None
+    if not isinstance(key, str) or not key:
+        key = request.query_params.get(view.license_key_field)
+    if not isinstance(key, str) or not key.strip():
+        return None
+    # Stripped: faces that trim the key (Kelviq's DRF fields) must not give " KEY" a fresh budget.
+    return keys.digest_license_key(key.strip())
+
+
+RATE_LIMIT_IDENTS = {"per_ip": lambda request, view: client_ident(request), "per_key": license_key_digest}
+
+
+class LicenseCallThrottle(BaseThrottle):
+    """The rate limits (per client IP, per license key) and the brute-force guard, in one cache read
+    and, when the call is allowed, one cache write.
+
+    The guard slows down, then refuses, a client IP that keeps naming license keys no license has.
     Both happen before the key is looked up, so every call from the IP waits or is refused, valid
     keys included: were a valid key answered, or answered sooner, a guesser would learn which of its
     guesses hit.
+
+    The counters are read, then written back one higher, not incremented in the cache (the database
+    cache's incr is a read and a write too, and one more round trip): a parallel burst from one client
+    can overshoot a limit by a few calls, as DRF's throttles did. Refused calls are not counted, so a
+    client that keeps calling gets through again once the window ends.
     """
 
     def allow_request(self, request, view):
-        self.window = UnknownKeyWindow(client_ident(request))
-        failures = self.window.failures()
-        if self.window.blocks(failures):
+        now = time()
+        guard = UnknownKeyWindow(client_ident(request), now)
+        counters = [
+            window
+            for window in (RateWindow.current(scope, request, view, now) for scope in RATE_LIMIT_IDENTS)
+            if window
+        ]
+        wanted = guard.keys + [window.key for window in counters]
+        stored = cache.get_many(wanted) if wanted else {}
+
+        failures = guard.count(stored)
+        refusals = [guard.seconds_left] if guard.blocks(failures) else []
+        refusals += [window.seconds_left for window in counters if stored.get(window.key, 0) >= window.limit]
+        if refusals:
+            self.seconds_left = max(refusals)
             return False
-        if delay := self.window.delay(failures):
+
+        # One write when both limits count in the same period (the default). Periods that differ get
+        # a write each: a minute's counter kept for a day would fill the database cache, which then
+        # culls live counters along with it.
+        by_expiry = defaultdict(dict)
+        for window in counters:
+            by_expiry[window.timeout][window.key] = stored.get(window.key, 0) + 1
+        for timeout, counts in by_expiry.items():
+            cache.set_many(counts, timeout)
+        if delay := guard.delay(failures):
             # The wait holds one of the server's few worker threads, so it stays short (max_delay): a
             # long one would let a handful of parallel guessers hold every thread, and the block
             # stops a guesser soon anyway.
@@ -137,16 +187,13 @@ class UnknownKeyThrottle(BaseThrottle):
         return True
 
     def wait(self):
-        return math.ceil(self.window.seconds_left)
-
-
-LICENSE_CALL_THROTTLES = [UnknownKeyThrottle, LicenseCallIPThrottle, LicenseKeyThrottle]
+        return self.seconds_left
 
 
 class LicenseCallLimits:
     """The rate limits and the brute-force guard of an app-facing license call, for every face."""
 
-    throttle_classes = LICENSE_CALL_THROTTLES
+    throttle_classes = [LicenseCallThrottle]
 
     def dispatch(self, request, *args, **kwargs):
         with services.counting_unknown_key_lookups() as unknown_keys:
