@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -137,6 +138,10 @@ LICENSE_RATE_LIMITS = {
     "per_ip": env.str("RATE_LIMIT_PER_IP", default="600/minute"),
     "per_key": env.str("RATE_LIMIT_PER_KEY", default="120/minute"),
 }
+for _scope, _rate in LICENSE_RATE_LIMITS.items():
+    # Checked here, not on the first license call, which would otherwise fail on every request.
+    if _rate and not re.fullmatch(r"[1-9][0-9]*/[smhd][a-z]*", _rate):
+        raise ImproperlyConfigured(f"RATE_LIMIT_{_scope.upper()} must look like 600/minute, or be empty for no limit.")
 # Brute-force guard of the same calls: once a client IP has named `slow_after` unknown license keys
 # within a `window` (seconds), each of its calls waits a little longer, up to `max_delay` seconds;
 # after `block_after` it is refused (429) until the window ends. 0 turns a stage off.

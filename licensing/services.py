@@ -130,6 +130,35 @@ class ValidationResult:
 # ---------------------------------------------------------------- audit
 
 
+@dataclasses.dataclass
+class CommittedChanges:
+    any: bool = False
+
+
+# Set only around an app's license call (see noting_committed_changes), like the unknown-key tally.
+_committed_changes: contextvars.ContextVar[CommittedChanges | None] = contextvars.ContextVar(
+    "committed_changes", default=None
+)
+
+
+@contextlib.contextmanager
+def noting_committed_changes() -> Iterator[CommittedChanges]:
+    """Note whether the block committed a change (an audited one, or uses counted): a call that did
+    must not be run again after a failure."""
+    changes = CommittedChanges()
+    token = _committed_changes.set(changes)
+    try:
+        yield changes
+    finally:
+        _committed_changes.reset(token)
+
+
+def _note_change() -> None:
+    if (changes := _committed_changes.get()) is not None:
+        # Noted once the transaction commits (at once outside one): a rolled-back change never happened.
+        transaction.on_commit(lambda: setattr(changes, "any", True))
+
+
 def record_event(
     *,
     actor: Actor,
@@ -139,6 +168,7 @@ def record_event(
     changes: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one audit event; call it inside the transaction that made the change."""
+    _note_change()
     return AuditEvent.objects.create(
         actor_kind=actor.kind,
         actor_id=actor.id,
@@ -899,14 +929,10 @@ def validate_license(
         return _invalid(errors.ConditionsMismatch(), license=license, activation=activation)
 
     now = timezone.now()
-    if increment_usage and not lookups.count_usage(license, increment_usage):
-        license.refresh_from_db(fields=["usage", "limit_usage"])
-        remaining = max(license.limit_usage - license.usage, 0) if license.limit_usage is not None else 0
-        return _invalid(
-            errors.UsageLimitReached(f"This license has {remaining} uses left.", remaining=remaining),
-            license=license,
-            activation=activation,
-        )
+    if increment_usage:
+        if not lookups.count_usage(license, increment_usage):
+            return _usage_limit_reached(license, activation)
+        _note_change()
     license.usage += increment_usage
     _count_validation(license, activation, at=now)
     return ValidationResult(
@@ -920,6 +946,16 @@ def count_check(activation: Activation) -> None:
     For apps of vendors without a validate call (Keymint), which activate again at every start.
     """
     _count_validation(activation.license, activation, at=timezone.now())
+
+
+def _usage_limit_reached(license: License, activation: Activation | None) -> ValidationResult:
+    license.refresh_from_db(fields=["usage", "limit_usage"])
+    remaining = max(license.limit_usage - license.usage, 0) if license.limit_usage is not None else 0
+    return _invalid(
+        errors.UsageLimitReached(f"This license has {remaining} uses left.", remaining=remaining),
+        license=license,
+        activation=activation,
+    )
 
 
 def _count_validation(license: License, activation: Activation | None, *, at: datetime) -> None:

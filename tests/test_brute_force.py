@@ -8,7 +8,7 @@ from time import time
 
 import pytest
 from django.core.cache import cache
-from django.db import connection
+from django.db import OperationalError, connection
 
 from licensing import services
 from licensing.api import throttling
@@ -200,6 +200,22 @@ def test_behind_a_proxy_the_forwarded_address_is_the_one_counted(api_client, gua
 
     assert validate_from(issued.key, GUESSER).status_code == 429
     assert validate_from(issued.key, NEIGHBOUR).status_code == 200
+
+
+def test_an_unknown_key_that_cannot_be_counted_is_still_answered_in_the_faces_shape(
+    api_client, guard, delays, monkeypatch, caplog
+):
+    def cache_down(self):
+        raise OperationalError("the cache's database is down")
+
+    monkeypatch.setattr(throttling.UnknownKeyWindow, "record_failure", cache_down)
+    api_client.raise_request_exception = False
+
+    response = face_calls(api_client, "unused")["polar"]("NOT-A-KEY", "203.0.113.9")
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "ResourceNotFound"
+    assert "Could not count an unknown license key" in caplog.text
 
 
 def test_staff_looking_up_unknown_keys_are_not_counted(guard):

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from django.core.signals import request_started
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections
 
 from licensing import lookups, services
 from licensing.models import Activation, AuditEvent
@@ -153,6 +153,28 @@ def test_a_connection_killed_mid_activation_is_retried_cleanly(face, api_client,
     assert answered_id is None or answered_id == str(activation.pk)
     assert AuditEvent.objects.filter(action="activation.created").count() == 1
     assert services.validate_license(license_key=issued.key, activation_id=str(activation.pk)).code == "VALID"
+
+
+@pytest.mark.parametrize("face", ["native", "kelviq", "polar"])
+def test_a_connection_lost_after_the_activation_committed_is_not_retried(face, api_client, api_key, monkeypatch):
+    issued = make_license(plan=make_plan(max_activations=3))
+    activate_license = services.activate_license
+
+    def commit_then_lose_the_connection(**kwargs):
+        activate_license(**kwargs)
+        kill_the_connection()
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "activate_license", commit_then_lose_the_connection)
+
+    activate_on_face, _ = FACES[face]
+    api_client.raise_request_exception = False
+    with pytest.raises(AssertionError):
+        activate_on_face(api_client, issued, api_key)
+
+    connection.close()
+    # A second try would have taken a second slot: Kelviq and Polar name no device to find again.
+    assert Activation.objects.filter(license=issued.license).count() == 1
 
 
 @pytest.mark.parametrize("face", FACES)

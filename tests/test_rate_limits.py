@@ -143,6 +143,49 @@ def test_a_forged_forwarded_for_header_does_not_dodge_the_address_limit(api_clie
     assert statuses == [404, 404, 429]
 
 
+def test_one_ipv6_network_is_one_client(api_client, limits):
+    limits.update({"per_ip": "2/minute", "per_key": ""})
+
+    statuses = [
+        api_client.post(
+            "/api/v1/licenses/validate", {"key": f"UNKNOWN-{n}"}, format="json", REMOTE_ADDR=f"2001:db8:1:2::{n + 1}"
+        ).status_code
+        for n in range(3)
+    ]
+    elsewhere = api_client.post(
+        "/api/v1/licenses/validate", {"key": "UNKNOWN"}, format="json", REMOTE_ADDR="2001:db8:1:3::1"
+    )
+
+    assert statuses == [404, 404, 429]
+    assert elsewhere.status_code == 404
+
+
+def test_calls_without_a_client_address_share_no_budget(api_client, limits):
+    limits.update({"per_ip": "2/minute", "per_key": ""})
+
+    statuses = {
+        api_client.post("/api/v1/licenses/validate", {"key": f"UNKNOWN-{n}"}, format="json", REMOTE_ADDR="").status_code
+        for n in range(4)
+    }
+
+    assert statuses == {404}
+
+
+def test_a_decoy_key_in_the_body_does_not_dodge_keymints_key_limit(api_client, issued, api_key, limits):
+    statuses = [
+        api_client.generic(
+            "GET",
+            f"/compat/keymint/key?productId={PRODUCT_ID}&licenseKey={issued.key}",
+            f'{{"licenseKey": "decoy-{n}"}}',
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {api_key}",
+        ).status_code
+        for n in range(4)
+    ]
+
+    assert statuses == [200, 200, 200, 429]
+
+
 def redis_is_running() -> bool:
     import socket
 

@@ -32,6 +32,21 @@ def test_production_refuses_to_start_without_its_secrets(missing):
     assert f"Set {missing}" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "setting, value",
+    [("RATE_LIMIT_PER_IP", "10/x"), ("RATE_LIMIT_PER_KEY", "many"), ("VALIDATION_TALLY_SECONDS", "-1")],
+)
+def test_a_malformed_limit_stops_the_server_from_starting(setting, value):
+    result = import_settings(**{setting: value})
+
+    assert result.returncode != 0
+    assert setting in result.stderr
+
+
+def test_rates_in_drfs_forms_are_accepted():
+    assert import_settings(RATE_LIMIT_PER_IP="5/second", RATE_LIMIT_PER_KEY="100/min").returncode == 0
+
+
 def test_deploy_check_is_clean_with_production_settings():
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],

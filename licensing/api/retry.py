@@ -7,28 +7,32 @@ import logging
 
 from django.db import InterfaceError, OperationalError, connection
 
+from licensing import services
+
 logger = logging.getLogger(__name__)
 
 
 def retry_on_lost_connection(handler):
-    """Run a license call again, once, when the database connection dropped under it.
+    """Run a license call again, once, when the database connection dropped under it before the
+    call had committed a change.
 
-    Each service call is one transaction, so a dropped connection rolled back what that call was
-    writing, and a second try on a fresh connection answers the app instead of failing it. An earlier
-    call of the same handler may have committed (as may a call whose COMMIT was lost in flight), so a
-    handler gets this only if running it again answers as a client's own retry would: a live device
-    re-activates without a new slot, a check only reads. Management calls never get it.
+    A dropped connection rolls back the transaction it was in, so a second try on a fresh connection
+    answers the app instead of failing it. Once the first try has committed a change (a device
+    activated or deactivated, uses counted), a second try would make it again, so the error stands.
+    A COMMIT whose acknowledgement was lost in flight cannot be told from one that failed: that call
+    may be made twice, as an app's own retry would. Management calls never get this.
     """
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
-        try:
-            return handler(self, request, *args, **kwargs)
-        except (OperationalError, InterfaceError):
-            if connection.in_atomic_block:
-                raise
-            logger.warning("Database connection lost during %s; trying again", request.path)
-            connection.close()
-            return handler(self, request, *args, **kwargs)
+        with services.noting_committed_changes() as changes:
+            try:
+                return handler(self, request, *args, **kwargs)
+            except (OperationalError, InterfaceError):
+                if connection.in_atomic_block or changes.any:
+                    raise
+        logger.warning("Database connection lost during %s; trying again", request.path)
+        connection.close()
+        return handler(self, request, *args, **kwargs)
 
     return wrapper

@@ -9,6 +9,7 @@ own handler of DRF's Throttled error.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 from collections import defaultdict
@@ -45,7 +46,8 @@ class UnknownKeyWindow:
         window_number = int(now // length)
         self.seconds_left = (window_number + 1) * length - now
         self.ident = ident
-        self.keys = [f"unknown_keys_{ident}_{window_number}_{n}" for n in range(1, self._most_worth_counting() + 1)]
+        worth_counting = self._most_worth_counting() if ident else 0
+        self.keys = [f"unknown_keys_{ident}_{window_number}_{n}" for n in range(1, worth_counting + 1)]
 
     def _most_worth_counting(self) -> int:
         """Failures past the block, or past the longest delay when nothing blocks, change nothing."""
@@ -82,8 +84,18 @@ class UnknownKeyWindow:
 
 
 def client_ident(request) -> str | None:
-    # DRF's own rule (DJANGO_NUM_PROXIES, X-Forwarded-For), so the guard and the rate limits see the same client.
-    return BaseThrottle().get_ident(request)
+    """The client the guard and the per-IP limit count: its IPv4 address, or its IPv6 /64 network
+    (any IPv6 host holds a whole /64, so one address each would give it billions of budgets). None
+    when the address is unknown: such calls share nothing rather than one budget for everyone."""
+    # DRF's own rule (DJANGO_NUM_PROXIES, X-Forwarded-For).
+    ident = BaseThrottle().get_ident(request)
+    try:
+        address = ipaddress.ip_address(ident)
+    except ValueError:
+        return ident.strip() if isinstance(ident, str) and ident.strip() else None
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return ident
 
 
 # Counters outlive their window a little: the database cache and Redis round an expiry down to the
@@ -125,10 +137,9 @@ class RateWindow:
 
 def license_key_digest(request, view) -> str | None:
     """The per-key limit's ident: the cache holds the key's digest, never the key."""
-    data = request.data
+    # From where the view reads it, never the other place: a decoy there would be a fresh budget.
+    data = request.query_params if request.method == "GET" else request.data
     key = data.get(view.license_key_field) if hasattr(data, "get") else None
-    if not isinstance(key, str) or not key:
-        key = request.query_params.get(view.license_key_field)
     if not isinstance(key, str) or not key.strip():
         return None
     # Stripped: faces that trim the key (Kelviq's DRF fields) must not give " KEY" a fresh budget.
@@ -201,7 +212,11 @@ class LicenseCallLimits:
         # Counted once the answer is ready, not where the service met the unknown key: inside an
         # activation's transaction, the database cache's write would be rolled back with it.
         if unknown_keys.count:
-            UnknownKeyWindow(client_ident(request)).record_failure()
+            try:
+                UnknownKeyWindow(client_ident(request)).record_failure()
+            except Exception:
+                # The answer is ready and right; a guess not counted matters less than losing it.
+                logger.exception("Could not count an unknown license key")
         return response
 
     # The limits' counters (in a database table unless REDIS_URL is set), and on Kelviq and Keymint
