@@ -125,6 +125,8 @@ class ValidationResult:
     detail: str
     license: License | None
     activation: Activation | None
+    # Why not valid, with its facts (uses left, expiry), for the faces that answer it as an error.
+    problem: errors.LicensingError | None = None
 
 
 # ---------------------------------------------------------------- audit
@@ -989,6 +991,7 @@ def _invalid(
         detail=str(problem.message),
         license=license,
         activation=activation,
+        problem=problem,
     )
 
 

@@ -76,8 +76,6 @@ ANSWERS: dict[type[errors.LicensingError], tuple[int, str]] = {
     errors.DeactivationLimitReached: (150, "Access denied: no device changes left for now"),
 }
 
-VALIDATION_PROBLEMS = {code: problem for problem, code in services.VALIDATION_CODES.items()}
-
 
 class Refused(Exception):
     """An answer given before the licensing call: a refused API key or unusable input."""
@@ -315,7 +313,7 @@ class VerifyView(GetKeyManagerView):
         self.product = result.license.product if result.license else None
         if result.valid:
             return self.answer(VALID)
-        return self.answer(ANSWERS[VALIDATION_PROBLEMS[result.code]])
+        return self.answer(ANSWERS[type(result.problem)])
 
 
 class ActivateView(GetKeyManagerView):

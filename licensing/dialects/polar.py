@@ -90,8 +90,6 @@ POLAR_ANSWERS: dict[str, dict[str, PolarAnswer]] = {
 }
 
 # Validation codes of the service → the error they stand for, answered through POLAR_ANSWERS.
-VALIDATION_ERRORS = {code: error for error, code in services.VALIDATION_CODES.items()}
-
 # Names the services give input fields → Polar's request fields.
 REQUEST_FIELDS = {"name": "label", "metadata": "meta"}
 
@@ -522,10 +520,7 @@ class ValidateView(PolarView):
             increment_usage=data["increment_usage"] or 0,
         )
         if not result.valid:
-            facts = {}
-            if result.code == "USAGE_LIMIT_REACHED":
-                facts["remaining"] = max(result.license.limit_usage - result.license.usage, 0)
-            raise VALIDATION_ERRORS[result.code](**facts)
+            raise result.problem
         body = license_key_object(result.license, key=data["key"])
         body["activation"] = activation_object(result.activation) if result.activation else None
         return Response(body)
