@@ -149,6 +149,15 @@ def test_unusable_license_cannot_activate(issued, actor, state, error, code):
     assert live_count(issued) == 0
 
 
+@pytest.mark.parametrize(("state", "error", "code"), UNUSABLE)
+def test_a_live_device_of_an_unusable_license_cannot_activate_again(issued, actor, state, error, code):
+    activate(issued, "device")
+    make_unusable(issued, state, actor)
+
+    with pytest.raises(error):
+        activate(issued, "device")
+
+
 @pytest.mark.parametrize(
     ("field", "arguments"),
     [
