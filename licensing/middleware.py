@@ -8,12 +8,15 @@ import time
 
 logger = logging.getLogger("licensing.requests")
 
+# URL parts that are secrets themselves: the portal's one-time sign-in token.
+SECRET_URL_ARGUMENTS = frozenset({"token"})
+
 
 class RequestLogMiddleware:
     """Log method, path, status and duration of every request as one JSON line.
 
     The query string is left out on purpose: some vendor APIs (Keymint's GET /key) put the license
-    key there. License calls add the license's id, never its key.
+    key there; secrets in the path itself are masked. License calls add the license's id, never its key.
     """
 
     def __init__(self, get_response):
@@ -24,7 +27,7 @@ class RequestLogMiddleware:
         response = self.get_response(request)
         line = {
             "method": request.method,
-            "path": request.path,
+            "path": logged_path(request),
             "status": response.status_code,
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         }
@@ -33,3 +36,12 @@ class RequestLogMiddleware:
             line["license_id"] = license_id
         logger.info(json.dumps(line))
         return response
+
+
+def logged_path(request) -> str:
+    path = request.path
+    match = getattr(request, "resolver_match", None)
+    for name, value in match.kwargs.items() if match else ():
+        if name in SECRET_URL_ARGUMENTS and value:
+            path = path.replace(str(value), "…")
+    return path

@@ -422,6 +422,7 @@ class RsaKey(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = _("RSA key (GetKeyManager)")
+        verbose_name_plural = _("RSA keys (GetKeyManager)")
 
     def __str__(self) -> str:
         return f"RSA key of {self.product}" if self.product_id else "Global RSA key"

@@ -7,6 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
+from licensing import services
 from tests.factories import activate
 
 pytestmark = pytest.mark.django_db
@@ -33,6 +34,17 @@ def test_each_request_is_one_line_with_the_license_id_and_never_the_key(api_clie
     assert validate["duration_ms"] >= 0
     assert (keymint["path"], keymint["status"]) == ("/compat/keymint/key", 401)
     assert issued.key not in caplog.text
+
+
+def test_a_portal_sign_in_link_is_logged_without_its_token(client, customer, caplog):
+    caplog.set_level(logging.INFO, logger="licensing.requests")
+    token = services.request_sign_in_link(email=customer.email).token
+
+    client.get(f"/portal/sign-in/{token}/")
+    client.post(f"/portal/sign-in/{token}/")
+
+    assert [line["path"] for line in request_lines(caplog)] == ["/portal/sign-in/…/"] * 2
+    assert token not in caplog.text
 
 
 def test_collected_static_files_are_served_by_the_app(settings, tmp_path):
