@@ -21,6 +21,7 @@ from licensing import services, signing
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.exceptions import error_body
+from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
@@ -55,7 +56,7 @@ ERRORS = {
 # ---------------------------------------------------------------- app-facing license calls
 
 
-class LicenseCallView(LicenseCallLimits, APIView):
+class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     """An app-facing call: the license key is the credential, and every answer is signed.
 
     The body gets `meta` (server time, the request's nonce) and an Ed25519 signature over its exact

@@ -34,6 +34,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from licensing import errors, services, signing
+from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
@@ -226,7 +227,7 @@ def license_details(license: License, activation: Activation, *, license_key: st
 # ---------------------------------------------------------------- views
 
 
-class GetKeyManagerView(LicenseCallLimits, APIView):
+class GetKeyManagerView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     """Parse, authenticate, call one service, and answer in GetKeyManager's signed envelope, errors included."""
 
     license_key_field = "license_key"

@@ -21,6 +21,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from licensing import errors, lookups, services
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
+from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.serializers import validated_input
@@ -83,7 +84,7 @@ def kelviq_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     return response
 
 
-class KelviqView(LicenseCallLimits, ThrottleBeforeAuthentication, APIView):
+class KelviqView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegotiation, APIView):
     license_key_field = "licenseKey"
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [ApiKeyPermission]

@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from licensing import errors, services
+from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
@@ -292,7 +293,7 @@ def key_details(license: License) -> dict[str, Any]:
 # ---------------------------------------------------------------- views
 
 
-class KeymintView(LicenseCallLimits, ThrottleBeforeAuthentication, APIView):
+class KeymintView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegotiation, APIView):
     authentication_classes = [KeymintTokenAuthentication]
     permission_classes = [KeymintTokenPermission]
     parser_classes = [LimitedJSONParser]

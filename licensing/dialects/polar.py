@@ -28,6 +28,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from licensing import errors, services
+from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
@@ -448,7 +449,7 @@ CORS_PREFLIGHT_HEADERS = {
 }
 
 
-class PolarView(LicenseCallLimits, APIView):
+class PolarView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     license_key_field = "key"
     authentication_classes: list = []
     permission_classes = [AllowAny]
