@@ -702,52 +702,52 @@ def activate_license(
             raise problem
         if existing is not None:
             return ActivationResult(activation=existing, created=False)
-    with transaction.atomic():
-        license = _lock_license_by_key(license_key)
-        if problem := license_problem(license):
-            raise problem
-        used, existing = lookups.live_devices(license, fingerprint=fingerprint)
-        license.live_total = used
-        if existing is not None:
-            return ActivationResult(activation=existing, created=False)
-        if license.max_activations is not None and used >= license.max_activations:
-            raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
-        refusal = _cooldown_refusal(license, used=used, fingerprint=fingerprint)
-        if refusal is not None:
-            record_event(
-                actor=actor,
-                action="activation.refused",
-                target=license,
-                license=license,
-                changes={"reason": refusal.code},
-            )
-        else:
-            try:
-                with transaction.atomic():
-                    activation = Activation.objects.create(
-                        license=license,
-                        fingerprint=fingerprint,
-                        name=name,
-                        platform=platform,
-                        metadata=metadata or {},
-                        conditions=conditions or {},
-                        ip_address=ip_address,
-                    )
-            except IntegrityError:
-                if fingerprint is None:
-                    raise
-                # The license row lock makes this a second line of defence: the live-fingerprint
-                # constraint caught a concurrent activation of the same device.
-                existing = license.activations.live().get(fingerprint=fingerprint)
+    try:
+        with transaction.atomic():
+            license = _lock_license_by_key(license_key)
+            if problem := license_problem(license):
+                raise problem
+            used, existing = lookups.live_devices(license, fingerprint=fingerprint)
+            license.live_total = used
+            if existing is not None:
                 return ActivationResult(activation=existing, created=False)
-            license.live_total = used + 1
-            record_event(
-                actor=actor,
-                action="activation.created",
-                target=activation,
-                license=license,
-                changes={"fingerprint": [None, fingerprint], "name": [None, name], "platform": [None, platform]},
-            )
+            if license.max_activations is not None and used >= license.max_activations:
+                raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
+            refusal = _cooldown_refusal(license, used=used, fingerprint=fingerprint)
+            if refusal is not None:
+                record_event(
+                    actor=actor,
+                    action="activation.refused",
+                    target=license,
+                    license=license,
+                    changes={"reason": refusal.code},
+                )
+            else:
+                activation = Activation.objects.create(
+                    license=license,
+                    fingerprint=fingerprint,
+                    name=name,
+                    platform=platform,
+                    metadata=metadata or {},
+                    conditions=conditions or {},
+                    ip_address=ip_address,
+                )
+                license.live_total = used + 1
+                record_event(
+                    actor=actor,
+                    action="activation.created",
+                    target=activation,
+                    license=license,
+                    changes={"fingerprint": [None, fingerprint], "name": [None, name], "platform": [None, platform]},
+                )
+    except IntegrityError:
+        if fingerprint is None:
+            raise
+        # The license row lock makes this a second line of defence: the live-fingerprint constraint
+        # caught the same device activated without that lock (by staff, say). The transaction was
+        # rolled back whole, which spares every activation a savepoint around its insert.
+        existing = license.activations.live().get(fingerprint=fingerprint)
+        return ActivationResult(activation=existing, created=False)
     if refusal is not None:
         # Raised after the block, so the audit event of the refusal is kept.
         raise refusal
