@@ -171,7 +171,7 @@ def record_event(
 ) -> AuditEvent:
     """Append one audit event; call it inside the transaction that made the change."""
     _note_change()
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         actor_kind=actor.kind,
         actor_id=actor.id,
         actor_display=actor.display[:255],
@@ -183,6 +183,8 @@ def record_event(
         changes=changes or {},
         ip_address=actor.ip_address,
     )
+    lookups.insert(event)
+    return event
 
 
 def _audited_fields(record: models.Model) -> list[models.Field]:
@@ -723,7 +725,7 @@ def activate_license(
                     changes={"reason": refusal.code},
                 )
             else:
-                activation = Activation.objects.create(
+                activation = Activation(
                     license=license,
                     fingerprint=fingerprint,
                     name=name,
@@ -732,6 +734,7 @@ def activate_license(
                     conditions=conditions or {},
                     ip_address=ip_address,
                 )
+                lookups.insert(activation)
                 license.live_total = used + 1
                 record_event(
                     actor=actor,
