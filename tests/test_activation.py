@@ -47,8 +47,12 @@ def test_a_device_the_locked_count_missed_is_answered_as_already_active(issued, 
     lock between the count and the insert is answered as the live device, and nothing is written."""
     first = activate(issued, "mac-1")
     events = AuditEvent.objects.count()
-    counted = lookups.live_devices
-    monkeypatch.setattr(lookups, "live_devices", lambda license, *, fingerprint: (counted(license, fingerprint=fingerprint)[0], None))
+    count_live_devices = lookups.live_devices
+
+    def count_missing_the_device(license, *, fingerprint):
+        return count_live_devices(license, fingerprint=fingerprint)[0], None
+
+    monkeypatch.setattr(lookups, "live_devices", count_missing_the_device)
     monkeypatch.setattr(lookups, "license_with_device", lambda **kwargs: (issued.license, None))
 
     result = services.activate_license(license_key=issued.key, fingerprint="mac-1", actor=app_actor)
@@ -56,8 +60,6 @@ def test_a_device_the_locked_count_missed_is_answered_as_already_active(issued, 
     assert (result.created, result.activation.pk) == (False, first.activation.pk)
     assert live_count(issued) == 1
     assert AuditEvent.objects.count() == events
-
-
 
 
 def test_activation_binds_a_device_and_is_audited(issued, app_actor):
