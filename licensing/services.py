@@ -749,7 +749,9 @@ def activate_license(
         # The license row lock makes this a second line of defence: the live-fingerprint constraint
         # caught the same device activated without that lock (by staff, say). The transaction was
         # rolled back whole, which spares every activation a savepoint around its insert.
-        existing = license.activations.live().get(fingerprint=fingerprint)
+        existing = license.activations.live().filter(fingerprint=fingerprint).first()
+        if existing is None:
+            raise
         return ActivationResult(activation=existing, created=False)
     if refusal is not None:
         # Raised after the block, so the audit event of the refusal is kept.

@@ -528,3 +528,29 @@ def test_an_unexpected_failure_is_still_a_signed_json_answer(api_client, issued,
     assert error(response)["code"] == "server_error"
     assert "fire" not in response.content.decode()
     assert verified(api_client, response, nonce="n-500")
+
+
+# ---------------------------------------------------------------- content negotiation
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/json, text/plain;q=0.5"])
+def test_license_calls_answer_json_to_clients_that_take_it(client, issued, accept):
+    extra = {"HTTP_ACCEPT": accept} if accept else {}
+
+    response = call(client, "validate", {"key": issued.key}, **extra)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert verified(client, response)["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("accept", "path", "status"), [("application/xml", "validate", 406), (None, "validate?format=xml", 404)]
+)
+def test_license_calls_refuse_clients_that_take_no_json(client, issued, accept, path, status):
+    extra = {"HTTP_ACCEPT": accept} if accept else {}
+
+    response = call(client, path, {"key": issued.key}, **extra)
+
+    assert response.status_code == status
+    assert "valid" not in response.json()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from rest_framework.settings import api_settings
+
 # What apps send, or nothing at all (which DRF reads as */*).
 ACCEPTS_JSON = frozenset({"*/*", "application/json"})
 
 
 class JSONOnlyNegotiation:
-    """Answers JSON without DRF parsing the Accept header (a tenth of a validate's time in DRF)
-    when the client takes anything or JSON; any other Accept header goes through DRF as before,
-    so a client that takes only, say, XML still gets 406."""
+    """Answers JSON without DRF parsing the Accept header (some 0.04 ms of a 0.8 ms validate)
+    when the client takes anything or JSON; any other Accept header, or a ?format=, goes through DRF
+    as before, so a client that takes only, say, XML still gets 406."""
 
     def perform_content_negotiation(self, request, force=False):
-        if len(self.renderer_classes) == 1 and request.META.get("HTTP_ACCEPT", "*/*") in ACCEPTS_JSON:
+        if (
+            len(self.renderer_classes) == 1
+            and request.META.get("HTTP_ACCEPT", "*/*") in ACCEPTS_JSON
+            and api_settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
             renderer = self.renderer_classes[0]()
             return renderer, renderer.media_type
         return super().perform_content_negotiation(request, force)
