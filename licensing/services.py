@@ -143,16 +143,20 @@ _committed_changes: contextvars.ContextVar[CommittedChanges | None] = contextvar
 )
 
 
-@contextlib.contextmanager
-def noting_committed_changes() -> Iterator[CommittedChanges]:
+def noting_committed_changes() -> contextlib.AbstractContextManager[CommittedChanges]:
     """Note whether the block committed a change (an audited one, or uses counted): a call that did
     must not be run again after a failure."""
-    changes = CommittedChanges()
-    token = _committed_changes.set(changes)
+    return _set_in_block(_committed_changes, CommittedChanges())
+
+
+@contextlib.contextmanager
+def _set_in_block(variable: contextvars.ContextVar[Any], value: Any) -> Iterator[Any]:
+    """`variable` holds `value` while the block runs (in this thread or task only), then what it held."""
+    token = variable.set(value)
     try:
-        yield changes
+        yield value
     finally:
-        _committed_changes.reset(token)
+        variable.reset(token)
 
 
 def _note_change() -> None:
@@ -278,15 +282,9 @@ _unknown_key_lookups: contextvars.ContextVar[UnknownKeyLookups | None] = context
 )
 
 
-@contextlib.contextmanager
-def counting_unknown_key_lookups() -> Iterator[UnknownKeyLookups]:
+def counting_unknown_key_lookups() -> contextlib.AbstractContextManager[UnknownKeyLookups]:
     """Count the look-ups of keys that no license has while the block runs (the brute-force guard's signal)."""
-    tally = UnknownKeyLookups()
-    token = _unknown_key_lookups.set(tally)
-    try:
-        yield tally
-    finally:
-        _unknown_key_lookups.reset(token)
+    return _set_in_block(_unknown_key_lookups, UnknownKeyLookups())
 
 
 def _unknown_license_key() -> errors.LicenseNotFound:
