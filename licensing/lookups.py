@@ -90,8 +90,8 @@ def _select(*, by_fingerprint: bool = False, by_id: bool = False, locked: bool =
 
 
 @contextmanager
-def _cursor(db: BaseDatabaseWrapper) -> Iterator[CursorWrapper]:
-    """A cursor whose rows load timestamps with psycopg's compiled loader.
+def _reading_cursor(db: BaseDatabaseWrapper) -> Iterator[CursorWrapper]:
+    """A cursor for reading rows, which loads their timestamps with psycopg's compiled loader.
 
     Django loads them with a Python subclass of it that sets the connection's time zone, the
     costliest part of reading a license row. On a UTC connection, as Django opens them with
@@ -175,7 +175,7 @@ def license_with_device(
     if by_id:
         params.append(Activation._meta.pk.get_db_prep_value(activation_id, db))
     params.append(key_digest)
-    with _cursor(db) as cursor:
+    with _reading_cursor(db) as cursor:
         cursor.execute(_select(by_fingerprint=by_fingerprint, by_id=by_id), params)
         row = cursor.fetchone()
     if row is None:
@@ -197,7 +197,7 @@ def locked_license(*, key_digest: str) -> License | None:
     """The license with this key digest, with its product, plan and customer, its row locked until
     the transaction ends (on databases that lock rows; SQLite locks the whole database on write)."""
     db = connections[DEFAULT_DB_ALIAS]
-    with _cursor(db) as cursor:
+    with _reading_cursor(db) as cursor:
         cursor.execute(_select(locked=True), [key_digest])
         row = cursor.fetchone()
     return None if row is None else _license_from(db, list(row))
@@ -220,7 +220,7 @@ def live_devices(license: License, *, fingerprint: str | None) -> tuple[int, Act
     """How many live devices the license has, and its live one with this fingerprint, if any."""
     db = connections[DEFAULT_DB_ALIAS]
     license_id = License._meta.pk.get_db_prep_value(license.pk, db)
-    with _cursor(db) as cursor:
+    with _reading_cursor(db) as cursor:
         cursor.execute(_select_live_devices(), [license_id, license_id, fingerprint])
         *values, total = cursor.fetchone()
     if _no_row(Activation, values):
@@ -241,7 +241,7 @@ def _select_first_activation() -> str:
 def first_activated_at(license: License) -> datetime | None:
     """When the license's first device, live or not, was activated."""
     db = connections[DEFAULT_DB_ALIAS]
-    with _cursor(db) as cursor:
+    with _reading_cursor(db) as cursor:
         cursor.execute(_select_first_activation(), [License._meta.pk.get_db_prep_value(license.pk, db)])
         (value,) = cursor.fetchone()
     created_at = Activation._meta.concrete_fields.index(Activation._meta.get_field("created_at"))
@@ -261,7 +261,7 @@ def _select_by(model: type[Model], attname: str) -> str:
 def find_by(model: type[Model], attname: str, value: Any) -> Model | None:
     """The row whose unique column `attname` holds `value`, as a model instance, or None."""
     db = connections[DEFAULT_DB_ALIAS]
-    with _cursor(db) as cursor:
+    with _reading_cursor(db) as cursor:
         cursor.execute(_select_by(model, attname), [model._meta.get_field(attname).get_db_prep_value(value, db)])
         row = cursor.fetchone()
     return None if row is None else _instance(db, model, list(row))
@@ -284,7 +284,7 @@ def count_usage(license: License, increment: int) -> bool:
     """Count `increment` uses in one atomic UPDATE; False when they would pass the license's usage
     limit (and then nothing is counted)."""
     db = connections[DEFAULT_DB_ALIAS]
-    with _cursor(db) as cursor:
+    with db.cursor() as cursor:
         cursor.execute(_usage_statement(), [increment, License._meta.pk.get_db_prep_value(license.pk, db), increment])
         return cursor.rowcount == 1
 
@@ -321,7 +321,7 @@ def add_tallies(validations: dict[uuid.UUID, tuple[int, datetime]], devices_seen
         at = datetime_field.get_db_prep_value(at, db)
         device_rows.append([at, Activation._meta.pk.get_db_prep_value(activation_id, db), at])
     count_licenses, see_devices = _tally_statements()
-    with transaction.atomic(using=db.alias), _cursor(db) as cursor:
+    with transaction.atomic(using=db.alias), db.cursor() as cursor:
         if license_rows:
             cursor.executemany(count_licenses, license_rows)
         if device_rows:
@@ -356,12 +356,14 @@ def insert(instance: Model) -> None:
         instance.save(force_insert=True, using=db.alias)
         return
     params = [field.get_db_prep_save(field.pre_save(instance, True), db) for field in fields]
-    with _cursor(db) as cursor:
+    with db.cursor() as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone() if returning else ()
+    converters = dict(zip(model._meta.concrete_fields, _converters(db, model), strict=True))
     for field, value in zip(returning, row, strict=True):
-        for converter in field.get_db_converters(db) + db.ops.get_db_converters(field.get_col(model._meta.db_table)):
-            value = converter(value, field.get_col(model._meta.db_table), db)
+        col, field_converters = converters[field]
+        for converter in field_converters:
+            value = converter(value, col, db)
         setattr(instance, field.attname, value)
     instance._state.adding = False
     instance._state.db = db.alias
