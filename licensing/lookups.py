@@ -52,8 +52,17 @@ def _live_devices_of(license_id: str) -> str:
     )
 
 
+def _first_activation_of(license_id: str) -> str:
+    return (
+        f"SELECT MIN({_column('f', Activation, 'created_at')}) FROM {_table(Activation)} f "
+        f"WHERE {_column('f', Activation, 'license_id')} = {license_id}"
+    )
+
+
 @functools.cache
-def _select(*, by_fingerprint: bool = False, by_id: bool = False, locked: bool = False) -> str:
+def _select(
+    *, by_fingerprint: bool = False, by_id: bool = False, locked: bool = False, first_activation: bool = False
+) -> str:
     parts = ((_ACTIVATION,) if by_fingerprint or by_id else ()) + _RELATED
     columns = ", ".join(
         f"{alias}.{connection.ops.quote_name(field.column)}"
@@ -81,6 +90,8 @@ def _select(*, by_fingerprint: bool = False, by_id: bool = False, locked: bool =
         # A locked read counts nothing: a count taken in the statement that waited for the lock
         # would miss what the lock's previous holder wrote. The caller counts after it.
         statement += f", ({_live_devices_of(_column('l', License, 'id'))})"
+        if first_activation:
+            statement += f", ({_first_activation_of(_column('l', License, 'id'))})"
     statement += f" FROM {_table(License)} l {' '.join(joins)} WHERE {_column('l', License, 'key_digest')} = %s"
     if locked and connection.features.has_select_for_update:
         # NO KEY UPDATE: activations referencing the license can still be inserted by other
@@ -157,16 +168,23 @@ def _license_from(db: BaseDatabaseWrapper, values: list[Any]) -> License:
     license = objects[License]
     if values:
         license.live_total = values[0]
+    if len(values) > 1:
+        license.first_activated_at = _activation_created_at(db, values[1])
     for field_name, model in (("product", Product), ("plan", Plan), ("customer", Customer)):
         License._meta.get_field(field_name).set_cached_value(license, objects[model])
     return license
 
 
 def license_with_device(
-    *, key_digest: str, fingerprint: str | None = None, activation_id: Any | None = None
+    *,
+    key_digest: str,
+    fingerprint: str | None = None,
+    activation_id: Any | None = None,
+    with_first_activation: bool = False,
 ) -> tuple[License | None, Activation | None]:
     """The license with this key digest, with its product, plan, customer and live-device count
-    (`live_total`), and the live activation named by fingerprint and/or id, if there is one."""
+    (`live_total`), and the live activation named by fingerprint and/or id, if there is one.
+    `with_first_activation` also reads when its first device was activated (`first_activated_at`)."""
     db = connections[DEFAULT_DB_ALIAS]
     by_fingerprint, by_id = bool(fingerprint), activation_id is not None
     params: list[Any] = []
@@ -176,7 +194,9 @@ def license_with_device(
         params.append(Activation._meta.pk.get_db_prep_value(activation_id, db))
     params.append(key_digest)
     with _reading_cursor(db) as cursor:
-        cursor.execute(_select(by_fingerprint=by_fingerprint, by_id=by_id), params)
+        cursor.execute(
+            _select(by_fingerprint=by_fingerprint, by_id=by_id, first_activation=with_first_activation), params
+        )
         row = cursor.fetchone()
     if row is None:
         return None, None
@@ -232,18 +252,22 @@ def live_devices(license: License, *, fingerprint: str | None) -> tuple[int, Act
 
 @functools.cache
 def _select_first_activation() -> str:
-    return (
-        f"SELECT MIN({_column('a', Activation, 'created_at')}) FROM {_table(Activation)} a "
-        f"WHERE {_column('a', Activation, 'license_id')} = %s"
-    )
+    return f"SELECT ({_first_activation_of('%s')})"
 
 
 def first_activated_at(license: License) -> datetime | None:
-    """When the license's first device, live or not, was activated."""
+    """When the license's first device, live or not, was activated: as the query that loaded the
+    license read it (`license_with_device(with_first_activation=True)`), else now."""
+    if hasattr(license, "first_activated_at"):
+        return license.first_activated_at
     db = connections[DEFAULT_DB_ALIAS]
     with _reading_cursor(db) as cursor:
         cursor.execute(_select_first_activation(), [License._meta.pk.get_db_prep_value(license.pk, db)])
         (value,) = cursor.fetchone()
+    return _activation_created_at(db, value)
+
+
+def _activation_created_at(db: BaseDatabaseWrapper, value: Any) -> datetime | None:
     created_at = Activation._meta.concrete_fields.index(Activation._meta.get_field("created_at"))
     col, converters = _converters(db, Activation)[created_at]
     for converter in converters:

@@ -898,12 +898,14 @@ def validate_license(
     activation_id: str | None = None,
     conditions: dict[str, Any] | None = None,
     increment_usage: int = 0,
+    with_first_activation: bool = False,
 ) -> ValidationResult:
     """Tell an app whether a key, and the device it names, may be used now.
 
     A device activated with conditions validates only with the same ones. `increment_usage`
     counts uses against the license's usage limit; past it, the answer is invalid and nothing
-    is counted.
+    is counted. `with_first_activation` also reads, in the same query, when the license's first
+    device was activated (`lookups.first_activated_at`), for answers that show it.
 
     Validation is the hot path: one query reads the license and the device, and it takes no lock.
     The validation count and the device's last-seen time are tallied in memory and written every
@@ -923,6 +925,7 @@ def validate_license(
         key_digest=keys.digest_license_key(license_key),
         fingerprint=fingerprint if look_for_device else None,
         activation_id=activation_uuid,
+        with_first_activation=with_first_activation,
     )
     if license is None:
         return _invalid(_unknown_license_key(), license=None, activation=None)

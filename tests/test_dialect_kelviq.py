@@ -7,6 +7,8 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from licensing import services
@@ -341,6 +343,23 @@ def test_validating_a_key_alone_checks_the_license(kelviq, issued):
     assert (body["valid"], body["code"], body["detail"]) == (True, "VALID", "License key is valid.")
     assert body["metadata"] == {}
     assert body["license"]["activatedOn"] is None
+
+
+def test_validation_shows_the_first_activation_and_reads_it_with_the_license(kelviq, issued):
+    first = activate(issued, fingerprint="old-laptop").activation
+    activate(issued, fingerprint="new-laptop")
+    first_activated_at = timezone.now() - timedelta(days=40)
+    Activation.objects.filter(pk=first.pk).update(created_at=first_activated_at)
+    services.deactivate_activation(activation=first, actor=services.Actor.system("test"))
+    post(kelviq, "validate", {"licenseKey": issued.key})  # the API key's last use is noted once a minute
+
+    with CaptureQueriesContext(connection) as queries:
+        response = post(kelviq, "validate", {"licenseKey": issued.key})
+
+    assert response.status_code == 200
+    assert datetime.fromisoformat(response.json()["license"]["activatedOn"]) == first_activated_at
+    reads = [query["sql"] for query in queries.captured_queries if query["sql"].startswith("SELECT")]
+    assert len(reads) == 2  # the API key, then the license with everything the answer shows
 
 
 @pytest.mark.parametrize("instance_id", ["", None])

@@ -212,7 +212,9 @@ class ValidateView(KelviqView):
     def post(self, request):
         data = validated(KelviqValidateInputSerializer, request)
         instance_id = data.get("instanceId") or None
-        result = services.validate_license(license_key=data["licenseKey"], activation_id=instance_id)
+        result = services.validate_license(
+            license_key=data["licenseKey"], activation_id=instance_id, with_first_activation=True
+        )
         status, code, detail = VALIDATION_ANSWERS.get(result.code, (404, result.code, None))
         if result.valid and instance_id:
             detail = "Instance ID valid for this license."
