@@ -25,6 +25,8 @@ class RequestLogMiddleware:
     def __call__(self, request):
         started = time.perf_counter()
         response = self.get_response(request)
+        if not logger.isEnabledFor(logging.INFO):
+            return response
         line = {
             "method": request.method,
             "path": logged_path(request),
