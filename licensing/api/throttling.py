@@ -207,8 +207,8 @@ class LicenseCallLimits:
     throttle_classes = [LicenseCallThrottle]
 
     def get_throttles(self):
-        # With every limit and the guard off (a gateway in front may do it) there is nothing to count,
-        # so not even the client's address is worked out.
+        # With every limit and the guard off (a gateway in front may do it) there is nothing to check
+        # before the call, so no throttle works out the client's address for nothing.
         guard = settings.BRUTE_FORCE
         if not any(settings.LICENSE_RATE_LIMITS.values()) and not (guard["slow_after"] or guard["block_after"]):
             return []
