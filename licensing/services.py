@@ -673,11 +673,13 @@ def activate_license(
     metadata: dict[str, Any] | None = None,
     conditions: dict[str, Any] | None = None,
     ip_address: str | None = None,
+    customer_id: str | None = None,
 ) -> ActivationResult:
     """Bind a device to a license, or return the device's live activation if it has one.
 
     Re-activating a live fingerprint takes no new slot. Without a fingerprint (some vendor APIs send
-    none), every call takes a new slot.
+    none), every call takes a new slot. A `customer_id` the app names must name the license's owner
+    (`license_belongs_to`): another customer's key is answered as an unknown one.
     """
     fingerprint = fingerprint or None
     _check_text(fingerprint or "", MAX_FINGERPRINT_LENGTH, field="fingerprint")
@@ -698,6 +700,7 @@ def activate_license(
         )
         if license is None:
             raise _unknown_license_key()
+        _check_owner(license, customer_id)
         if problem := license_problem(license):
             raise problem
         if existing is not None:
@@ -705,6 +708,7 @@ def activate_license(
     try:
         with transaction.atomic():
             license = _lock_license_by_key(license_key)
+            _check_owner(license, customer_id)
             if problem := license_problem(license):
                 raise problem
             used, existing = lookups.live_devices(license, fingerprint=fingerprint)
@@ -755,6 +759,11 @@ def activate_license(
         # Raised after the block, so the audit event of the refusal is kept.
         raise refusal
     return ActivationResult(activation=activation, created=True)
+
+
+def _check_owner(license: License, customer_id: str | None) -> None:
+    if customer_id and not license_belongs_to(license, customer_id):
+        raise errors.LicenseNotFound(field="key")
 
 
 def find_activation(

@@ -474,3 +474,22 @@ def test_a_device_seen_within_the_minute_is_not_written_again(issued):
     assert Activation.objects.get(pk=activation.pk).last_seen_at == first_seen
     assert not any(query["sql"].startswith('UPDATE "licensing_activation"') for query in queries)
     assert License.objects.get(pk=issued.license.pk).validation_count == 2
+
+
+@pytest.mark.parametrize("fingerprint", ["laptop", None])
+def test_a_customer_id_must_name_the_licenses_owner(issued, customer, other_customer, fingerprint):
+    with pytest.raises(errors.LicenseNotFound):
+        activate(issued, fingerprint, customer_id=other_customer.reference)
+    assert issued.license.live_activation_count() == 0
+
+    result = activate(issued, fingerprint, customer_id=customer.reference)
+
+    assert result.created
+    assert issued.license.live_activation_count() == 1
+
+
+def test_a_live_device_named_with_another_customers_id_is_not_answered(issued, other_customer):
+    activate(issued, "laptop")
+
+    with pytest.raises(errors.LicenseNotFound):
+        activate(issued, "laptop", customer_id=other_customer.reference)

@@ -169,17 +169,13 @@ class ActivateView(KelviqView):
     @retry_on_lost_connection
     def post(self, request):
         data = validated(KelviqActivateInputSerializer, request)
-        if data.get("customerId"):
-            # The key must belong to the customer the app names; another customer's key is unknown.
-            license = services.get_license_by_key(data["licenseKey"])
-            if not services.license_belongs_to(license, data["customerId"]):
-                raise errors.LicenseNotFound(field="key")
         # Kelviq sends no device identifier: every activation is a new instance.
         result = services.activate_license(
             license_key=data["licenseKey"],
             fingerprint=None,
             name=data.get("instanceName") or "",
             metadata=data.get("metadata") or {},
+            customer_id=data.get("customerId") or None,
             actor=self.actor(request),
         )
         activation = result.activation
