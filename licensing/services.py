@@ -283,13 +283,18 @@ _unknown_key_lookups: contextvars.ContextVar[UnknownKeyLookups | None] = context
 
 
 def counting_unknown_key_lookups() -> contextlib.AbstractContextManager[UnknownKeyLookups]:
-    """Count the look-ups of keys that no license has while the block runs (the brute-force guard's signal)."""
+    """Count the look-ups of keys that match nothing while the block runs (the brute-force guard's
+    signal): license keys no license has, and API keys that are unknown or revoked."""
     return _set_in_block(_unknown_key_lookups, UnknownKeyLookups())
 
 
-def _unknown_license_key() -> errors.LicenseNotFound:
+def _note_unknown_key() -> None:
     if (tally := _unknown_key_lookups.get()) is not None:
         tally.count += 1
+
+
+def _unknown_license_key() -> errors.LicenseNotFound:
+    _note_unknown_key()
     return errors.LicenseNotFound(field="key")
 
 
@@ -1191,6 +1196,8 @@ def authenticate_api_key(key: str) -> ApiKey | None:
     """Return the live API key matching this secret, or None; note when it was last used."""
     api_key = find_api_key(key)
     if api_key is None or api_key.is_revoked:
+        # In an app's license call, a guessed API key is brute force as much as a guessed license key.
+        _note_unknown_key()
         return None
     now = timezone.now()
     # Minute precision is enough to audit keys, and spares a write on every request.

@@ -1,4 +1,4 @@
-"""Brute-force guard: unknown license keys from one IP slow it down, then get 429 in every face."""
+"""Brute-force guard: unknown keys from one IP slow it down, then get 429 in every face."""
 
 from __future__ import annotations
 
@@ -117,6 +117,24 @@ def test_every_face_refuses_an_address_after_block_after_unknown_keys(api_client
         assert body["response"]["code"] == 429
 
 
+@pytest.mark.parametrize("face", ["kelviq", "keymint", "getkeymanager"])
+def test_faces_that_take_an_api_key_count_wrong_ones_like_unknown_license_keys(
+    api_client, guard, delays, issued, api_key, face
+):
+    guessed = face_calls(api_client, "lsk_guessed0123456789abcdefghijklmnop")[face]
+    revoked = services.create_api_key(name="old", actor=services.Actor.system("tests"))
+    services.revoke_api_key(api_key=revoked.api_key, actor=services.Actor.system("tests"))
+    with_revoked = face_calls(api_client, revoked.key)[face]
+
+    refusals = [guessed(issued.key, GUESSER) for _ in range(3)] + [with_revoked(issued.key, GUESSER) for _ in range(2)]
+    blocked = face_calls(api_client, api_key)[face](issued.key, GUESSER)
+
+    assert [answer.status_code for answer in refusals] == [401] * 5
+    assert delays == pytest.approx([0.1, 0.2, 0.3])
+    assert blocked.status_code == 429
+    assert face_calls(api_client, api_key)[face](issued.key, NEIGHBOUR).status_code == 200
+
+
 def test_valid_keys_are_never_counted(api_client, guard, delays, issued):
     statuses = [validate(api_client, issued.key).status_code for _ in range(12)]
 
@@ -215,7 +233,7 @@ def test_an_unknown_key_that_cannot_be_counted_is_still_answered_in_the_faces_sh
 
     assert response.status_code == 404
     assert response.json()["error"] == "ResourceNotFound"
-    assert "Could not count an unknown license key" in caplog.text
+    assert "Could not count an unknown key" in caplog.text
 
 
 def test_staff_looking_up_unknown_keys_are_not_counted(guard):

@@ -1,10 +1,10 @@
 """Rate limits and the brute-force guard on the public license calls of every face.
 
 Rate limits count calls per client IP and per license key in fixed windows; the guard counts
-unknown license keys per client IP, slows that IP down and then refuses it. Counters live in
-Django's cache (a database table by default, Redis with REDIS_URL), so every server process and
-host shares them. Each face answers a refusal as 429 with Retry-After in its own shape, through its
-own handler of DRF's Throttled error.
+unknown keys (license keys, and the API keys vendor faces take) per client IP, slows that IP down
+and then refuses it. Counters live in Django's cache (a database table by default, Redis with
+REDIS_URL), so every server process and host shares them. Each face answers a refusal as 429 with
+Retry-After in its own shape, through its own handler of DRF's Throttled error.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DELAY_STEP_SECONDS = 0.1
 
 
 class UnknownKeyWindow:
-    """The unknown license keys one client IP named in the current window, one cache entry each.
+    """The unknown keys one client IP named in the current window, one cache entry each.
 
     Each failure claims the next numbered entry with cache.add, which is atomic on every backend (an
     INSERT on the database cache, SET NX on Redis), so a parallel burst cannot undercount. A single
@@ -79,7 +79,7 @@ class UnknownKeyWindow:
         for number in range(self.failures() + 1, len(self.keys) + 1):
             if cache.add(self.keys[number - 1], True, timeout):
                 if number == self.config["block_after"]:
-                    logger.warning("Blocked %s for %d s after %d unknown license keys", self.ident, timeout, number)
+                    logger.warning("Blocked %s for %d s after %d unknown keys", self.ident, timeout, number)
                 return
 
 
@@ -153,7 +153,7 @@ class LicenseCallThrottle(BaseThrottle):
     """The rate limits (per client IP, per license key) and the brute-force guard, in one cache read
     and, when the call is allowed, one cache write.
 
-    The guard slows down, then refuses, a client IP that keeps naming license keys no license has.
+    The guard slows down, then refuses, a client IP that keeps naming keys that match nothing.
     Both happen before the key is looked up, so every call from the IP waits or is refused, valid
     keys included: were a valid key answered, or answered sooner, a guesser would learn which of its
     guesses hit.
@@ -224,7 +224,7 @@ class LicenseCallLimits:
                 UnknownKeyWindow(client_ident(request)).record_failure()
             except Exception:
                 # The answer is ready and right; a guess not counted matters less than losing it.
-                logger.exception("Could not count an unknown license key")
+                logger.exception("Could not count an unknown key")
         return response
 
     # The limits' counters (in a database table unless REDIS_URL is set), and on Kelviq and Keymint
