@@ -590,3 +590,16 @@ def test_a_refused_api_key_is_logged_without_the_key(api_client, caplog):
 
     assert "Refused API key starting 'lsk_' from 127.0.0.1" in caplog.text
     assert "guessed-secret-value" not in caplog.text
+
+
+@pytest.mark.parametrize("page", ["abc", "0", "-1", "1.5"])
+def test_a_page_that_is_no_whole_number_is_a_field_error(management_client, page):
+    response = management_client.get("/api/v1/licenses", {"page": page})
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "page"
+
+
+def test_a_page_past_the_last_is_not_found(management_client, issued):
+    assert management_client.get("/api/v1/licenses", {"page": "last"}).status_code == 200
+    assert management_client.get("/api/v1/licenses", {"page": "2"}).status_code == 404
