@@ -143,9 +143,9 @@ for _scope, _rate in LICENSE_RATE_LIMITS.items():
     if _rate and not re.fullmatch(r"[1-9][0-9]*/[smhd][a-z]*", _rate):
         raise ImproperlyConfigured(f"RATE_LIMIT_{_scope.upper()} must look like 600/minute, or be empty for no limit.")
 # Brute-force guard of the same calls: once a client IP has named `slow_after` unknown keys (license
-# keys, or the API keys vendor faces take)
-# within a `window` (seconds), each of its calls waits a little longer, up to `max_delay` seconds;
-# after `block_after` it is refused (429) until the window ends. 0 turns a stage off.
+# keys, or the API keys vendor faces take) within a `window` (seconds), each of its calls waits a
+# little longer, up to `max_delay` seconds; after `block_after` it is refused (429) until the window
+# ends. 0 turns a stage off.
 BRUTE_FORCE = {
     "slow_after": env.int("BRUTE_FORCE_SLOW_AFTER", default=10),
     "block_after": env.int("BRUTE_FORCE_BLOCK_AFTER", default=30),

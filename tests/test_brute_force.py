@@ -244,6 +244,17 @@ def test_staff_looking_up_unknown_keys_are_not_counted(guard):
     assert throttling.UnknownKeyWindow("127.0.0.1").failures() == 0
 
 
+def test_wrong_api_keys_on_the_management_api_are_not_counted(api_client, guard, delays, issued):
+    answers = [
+        api_client.get("/api/v1/licenses", REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer lsk_wrong{n}")
+        for n in range(10)
+    ]
+
+    assert [answer.status_code for answer in answers] == [401] * 10
+    assert throttling.UnknownKeyWindow(GUESSER).failures() == 0
+    assert validate(api_client, issued.key).status_code == 200
+
+
 def test_turned_off_the_guard_never_slows_or_blocks(api_client, delays):
     cache.clear()
 

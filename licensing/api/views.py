@@ -275,7 +275,7 @@ class Pagination(PageNumberPagination):
     def get_page_number(self, request, paginator):
         # DRF answers a page that is no number as a missing page (404); it is bad input.
         page_number = str(super().get_page_number(request, paginator))
-        if page_number not in self.last_page_strings and not re.fullmatch(r"[1-9][0-9]{0,8}", page_number):
+        if page_number not in self.last_page_strings and not re.fullmatch(r"[1-9][0-9]*", page_number):
             raise serializers.ValidationError({self.page_query_param: ["A page is a whole number from 1."]})
         return page_number
 
