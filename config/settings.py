@@ -123,6 +123,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["licensing.api.authentication.ApiKeyPermission"],
     "DEFAULT_PARSER_CLASSES": ["licensing.api.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "licensing.api.negotiation.ContentNegotiation",
     "DEFAULT_SCHEMA_CLASS": "licensing.api.schema.LicensingAutoSchema",
     "EXCEPTION_HANDLER": "licensing.api.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -603,3 +603,26 @@ def test_a_page_that_is_no_whole_number_is_a_field_error(management_client, page
 def test_a_page_past_the_last_is_not_found(management_client, issued):
     assert management_client.get("/api/v1/licenses", {"page": "last"}).status_code == 200
     assert management_client.get("/api/v1/licenses", {"page": "2"}).status_code == 404
+
+
+@pytest.mark.parametrize("page_size", ["abc", "0", "-5", "2.5", ""])
+def test_a_page_size_that_is_no_whole_number_is_a_field_error(management_client, issued, page_size):
+    response = management_client.get("/api/v1/licenses", {"page_size": page_size})
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "page_size"
+    assert "200" in error(response)["message"]
+
+
+def test_a_page_size_above_the_most_is_not_an_error(management_client, issued):
+    response = management_client.get("/api/v1/licenses", {"page_size": "100000"})
+
+    assert response.status_code == 200
+    assert response.json()["count"] == len(response.json()["results"]) == 1
+
+
+def test_a_format_the_api_does_not_offer_is_406_not_a_missing_endpoint(management_client, issued):
+    response = management_client.get("/api/v1/licenses", {"format": "xml"})
+
+    assert response.status_code == 406
+    assert "format" in error(response)["message"]

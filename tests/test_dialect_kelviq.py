@@ -625,3 +625,10 @@ def test_an_unknown_charset_is_never_a_500(kelviq, content_type, status, body_ke
 
     assert response.status_code == status
     assert set(response.json()) == body_keys
+
+
+def test_a_format_kelviq_does_not_offer_is_406(kelviq, issued):
+    response = kelviq.post(f"{BASE}/license/validate/?format=xml", data={"licenseKey": issued.key}, format="json")
+
+    assert response.status_code == 406
+    assert "format" in json.dumps(response.json())

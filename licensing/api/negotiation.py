@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.settings import api_settings
 
 # What apps send, or nothing at all (which DRF reads as */*).
@@ -22,3 +25,16 @@ class JSONOnlyNegotiation:
             renderer = self.renderer_classes[0]()
             return renderer, renderer.media_type
         return super().perform_content_negotiation(request, force)
+
+
+class ContentNegotiation(DefaultContentNegotiation):
+    """DRF's negotiation, except that a ?format= it does not offer is 406 naming the parameter,
+    not a 404 that reads as if the endpoint did not exist."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except Http404:
+            raise exceptions.NotAcceptable(
+                f"This API answers JSON only; drop the {self.settings.URL_FORMAT_OVERRIDE} parameter."
+            ) from None

@@ -279,6 +279,15 @@ class Pagination(PageNumberPagination):
             raise serializers.ValidationError({self.page_query_param: ["A page is a whole number from 1."]})
         return page_number
 
+    def get_page_size(self, request):
+        page_size = request.query_params.get(self.page_size_query_param)
+        # DRF answers a size that is no number with its default size, as if none were asked for.
+        if page_size is not None and not re.fullmatch(r"[1-9][0-9]*", page_size):
+            most = self.max_page_size
+            message = f"A page size is a whole number from 1; sizes above {most} give {most}."
+            raise serializers.ValidationError({self.page_size_query_param: [message]})
+        return super().get_page_size(request)
+
 
 class ManagementView:
     """Authenticated by API key; read-only keys may only read. Writes are audited as the key."""
