@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -453,12 +454,23 @@ def test_products_and_customers_can_be_listed(management_client, product):
     assert management_client.get("/api/v1/customers").json()["count"] == 1
 
 
-@pytest.mark.parametrize("path", ["/api/v1/licenses/not-a-uuid", "/api/v1/customers/abc", "/api/v2/anything"])
-def test_unknown_paths_answer_json_404(management_client, path):
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/api/v1/licenses/99999", "There is no license with this id: license ids are UUIDs."),
+        ("/api/v1/licenses/not-a-uuid/suspend", "There is no license with this id: license ids are UUIDs."),
+        ("/api/v1/customers/abc", "There is no customer with this id: customer ids are whole numbers."),
+        ("/api/v1/products/1.5", "There is no product with this id: product ids are whole numbers."),
+        ("/api/v2/anything", "There is no such API endpoint."),
+        (f"/api/v1/licenses/{uuid.uuid4()}/frobnicate", "There is no such API endpoint."),
+        ("/api/v1/products/1/frobnicate", "There is no such API endpoint."),
+    ],
+)
+def test_unknown_paths_answer_json_404(management_client, path, message):
     response = management_client.get(path)
 
     assert response.status_code == 404
-    assert error(response)["code"] == "not_found"
+    assert error(response) == {"code": "not_found", "message": message}
 
 
 @pytest.mark.parametrize("days", [3_000_000, 99_999_999])

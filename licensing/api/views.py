@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -261,7 +262,25 @@ class UnknownEndpointView(APIView):
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
+        # A record's path with an id of the wrong kind reaches here; saying so beats "no such endpoint".
+        if (record := RECORD_PATH.match(request.path)) and not _is_id(record["collection"], record["id"]):
+            noun = record["collection"].removesuffix("s")
+            kind = "UUIDs" if noun == "license" else "whole numbers"
+            raise exceptions.NotFound(f"There is no {noun} with this id: {noun} ids are {kind}.")
         raise exceptions.NotFound("There is no such API endpoint.")
+
+
+RECORD_PATH = re.compile(r"^/api/v1/(?P<collection>licenses|products|plans|customers)/(?P<id>[^/]+)(/|$)")
+
+
+def _is_id(collection: str, text: str) -> bool:
+    if collection != "licenses":
+        return text.isdigit()
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- management API
