@@ -45,6 +45,22 @@ class ServiceErrorsMixin:
             return HttpResponseRedirect(request.get_full_path())
 
 
+def report_outcome(model_admin, request, *, done: int, done_message: str, unchanged: int, unchanged_message: str):
+    """Tell staff what an action changed, and separately what was already as asked (nothing to do)."""
+    if done:
+        model_admin.message_user(request, done_message % {"count": done}, messages.SUCCESS)
+    if unchanged:
+        model_admin.message_user(request, unchanged_message % {"count": unchanged}, messages.INFO)
+
+
+def report_freed_devices(model_admin, request, freed: int) -> None:
+    if not freed:
+        model_admin.message_user(request, _("No live device to deactivate: nothing changed."), messages.INFO)
+        return
+    message = ngettext("%(count)d device deactivated.", "%(count)d devices deactivated.", freed) % {"count": freed}
+    model_admin.message_user(request, message, messages.SUCCESS)
+
+
 class CatalogAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     """Products, plans and customers, saved and deleted through the services so each change is audited."""
 
@@ -383,7 +399,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         url = reverse("admin:licensing_auditevent_changelist") + f"?license={license.pk}"
         return format_html('<a href="{}">{}</a>', url, _("Every change to this license"))
 
-    def _apply(self, request, queryset, change, done_message: str) -> None:
+    def _apply(self, request, queryset, change, done_message: str, unchanged_message: str) -> None:
         done = unchanged = 0
         for license in queryset:
             try:
@@ -393,10 +409,14 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
                 continue
             done += changed
             unchanged += not changed
-        if done:
-            self.message_user(request, done_message % {"count": done}, messages.SUCCESS)
-        if unchanged:
-            self.message_user(request, _("%(count)d license(s) were already so.") % {"count": unchanged}, messages.INFO)
+        report_outcome(
+            self,
+            request,
+            done=done,
+            done_message=done_message,
+            unchanged=unchanged,
+            unchanged_message=unchanged_message,
+        )
 
     @admin.action(description=_("Suspend selected licenses"), permissions=["change"])
     def suspend(self, request, queryset):
@@ -406,6 +426,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             queryset,
             lambda lic: services.suspend_license(license=lic, actor=actor),
             _("%(count)d license(s) suspended."),
+            _("%(count)d license(s) were already suspended."),
         )
 
     @admin.action(description=_("Reinstate selected licenses"), permissions=["change"])
@@ -416,6 +437,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             queryset,
             lambda lic: services.reinstate_license(license=lic, actor=actor),
             _("%(count)d license(s) reinstated."),
+            _("%(count)d license(s) were already active."),
         )
 
     @admin.action(description=_("Revoke selected licenses"), permissions=["change"])
@@ -426,6 +448,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             queryset,
             lambda lic: services.revoke_license(license=lic, actor=actor),
             _("%(count)d license(s) revoked."),
+            _("%(count)d license(s) were already revoked."),
         )
 
     @admin.action(description=_("Extend selected licenses by the number of days given"), permissions=["change"])
@@ -441,17 +464,14 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             queryset,
             lambda lic: services.extend_license(license=lic, days=days, actor=actor),
             _("%(count)d license(s) extended."),
+            _("%(count)d license(s) kept their expiry."),
         )
 
     @admin.action(description=_("Deactivate all devices of selected licenses"), permissions=["change"])
     def deactivate_all_devices(self, request, queryset):
         actor = staff_actor(request)
         freed = sum(len(services.deactivate_all_activations(license=lic, actor=actor)) for lic in queryset)
-        self.message_user(
-            request,
-            ngettext("%(count)d device deactivated.", "%(count)d devices deactivated.", freed) % {"count": freed},
-            messages.SUCCESS,
-        )
+        report_freed_devices(self, request, freed)
 
 
 class LiveListFilter(admin.SimpleListFilter):
@@ -510,11 +530,7 @@ class ActivationAdmin(admin.ModelAdmin):
             not services.deactivate_activation(activation=activation, actor=actor).already_inactive
             for activation in queryset
         )
-        self.message_user(
-            request,
-            ngettext("%(count)d device deactivated.", "%(count)d devices deactivated.", freed) % {"count": freed},
-            messages.SUCCESS,
-        )
+        report_freed_devices(self, request, freed)
 
 
 @admin.register(AuditEvent)
@@ -552,7 +568,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, event.license.masked_key)
 
 
-class MadeByServiceAdmin(admin.ModelAdmin):
+class MadeByServiceAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     """Secrets made by a service on *Add* and read-only afterwards: signing, API and RSA keys.
 
     The add form's `save_form` calls the service; the admin must not save the object again. A saved
@@ -608,9 +624,28 @@ class SigningKeyAdmin(MadeByServiceAdmin):
 
     @admin.action(description=_("Retire selected keys (stop signing and publishing them)"), permissions=["change"])
     def retire(self, request, queryset):
-        for signing_key in queryset:
+        signing_now = services.published_signing_keys().first()
+        to_retire = list(queryset.filter(retired_at__isnull=True))
+        for signing_key in to_retire:
             services.retire_signing_key(signing_key=signing_key, actor=staff_actor(request))
-        self.message_user(request, _("%(count)d key(s) retired.") % {"count": len(queryset)}, messages.SUCCESS)
+        report_outcome(
+            self,
+            request,
+            done=len(to_retire),
+            done_message=_("%(count)d key(s) retired."),
+            unchanged=len(queryset) - len(to_retire),
+            unchanged_message=_("%(count)d key(s) were already retired."),
+        )
+        if signing_now in to_retire:
+            self.message_user(
+                request,
+                _(
+                    "The key that signed answers is retired: answers are now signed by the newest key left, or by "
+                    "a new one made for the next answer if none is left. Apps that hold only the retired public key "
+                    "cannot verify answers until they fetch the new one from /api/v1/signing-keys."
+                ),
+                messages.WARNING,
+            )
 
 
 class ApiKeyAddForm(forms.ModelForm):
@@ -618,6 +653,8 @@ class ApiKeyAddForm(forms.ModelForm):
         label=_("Existing key to import"),
         required=False,
         max_length=255,
+        # Spaces around a pasted key are a mistake to show, not to mend into another key.
+        strip=False,
         help_text=_(
             "Leave empty to make a new key. To keep apps that ship another vendor's API key working, paste it here."
         ),
@@ -629,9 +666,11 @@ class ApiKeyAddForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        key = cleaned.get("key") or None
-        if key and services.find_api_key(key) is not None:
-            self.add_error("key", _("This API key already exists."))
+        if key := cleaned.get("key"):
+            try:
+                services.check_imported_api_key(key)
+            except errors.InvalidInput as error:
+                self.add_error("key", str(error.message))
         return cleaned
 
 
@@ -661,9 +700,17 @@ class ApiKeyAdmin(MadeByServiceAdmin):
 
     @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
     def revoke(self, request, queryset):
-        for api_key in queryset:
+        to_revoke = list(queryset.filter(revoked_at__isnull=True))
+        for api_key in to_revoke:
             services.revoke_api_key(api_key=api_key, actor=staff_actor(request))
-        self.message_user(request, _("%(count)d API key(s) revoked.") % {"count": len(queryset)}, messages.SUCCESS)
+        report_outcome(
+            self,
+            request,
+            done=len(to_revoke),
+            done_message=_("%(count)d API key(s) revoked."),
+            unchanged=len(queryset) - len(to_revoke),
+            unchanged_message=_("%(count)d API key(s) were already revoked."),
+        )
 
 
 class RsaKeyAddForm(forms.ModelForm):

@@ -1148,13 +1148,8 @@ def create_api_key(*, name: str, actor: Actor, read_only: bool = False, key: str
     visible = keys.API_KEY_DISPLAY_LENGTH if key is None else 4
     if key is None:
         key = keys.generate_api_key()
-    elif not (MIN_IMPORTED_API_KEY_LENGTH <= len(key) <= 255 and key.isprintable() and " " not in key):
-        raise errors.InvalidInput(
-            f"An imported API key is {MIN_IMPORTED_API_KEY_LENGTH} to 255 printable characters without spaces.",
-            field="key",
-        )
-    elif ApiKey.objects.filter(key_digest=keys.digest_api_key(key)).exists():
-        raise errors.InvalidInput("This API key already exists.", field="key")
+    else:
+        check_imported_api_key(key)
     with transaction.atomic():
         api_key = ApiKey.objects.create(
             name=name.strip(),
@@ -1165,6 +1160,17 @@ def create_api_key(*, name: str, actor: Actor, read_only: bool = False, key: str
         )
         record_event(actor=actor, action="api_key.created", target=api_key, changes={"read_only": [None, read_only]})
     return IssuedApiKey(api_key=api_key, key=key)
+
+
+def check_imported_api_key(key: str) -> None:
+    """Refuse a key to import that is malformed or already in use, before anything is saved."""
+    if not (MIN_IMPORTED_API_KEY_LENGTH <= len(key) <= 255 and key.isprintable() and " " not in key):
+        raise errors.InvalidInput(
+            f"An imported API key is {MIN_IMPORTED_API_KEY_LENGTH} to 255 printable characters without spaces.",
+            field="key",
+        )
+    if ApiKey.objects.filter(key_digest=keys.digest_api_key(key)).exists():
+        raise errors.InvalidInput("This API key already exists.", field="key")
 
 
 def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:

@@ -18,6 +18,7 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods, require_POST
@@ -119,7 +120,7 @@ def status_in_words(license: License) -> str:
     if license.expires_at is None:
         return _("Active, never expires")
     if license.is_expired:
-        return _("Expired on %(date)s") % {"date": f"{license.expires_at:%d %B %Y}"}
+        return _("Expired on %(date)s") % {"date": date_format(timezone.localtime(license.expires_at), "j F Y")}
     days = (license.expires_at - timezone.now()) // timedelta(days=1)
     if days == 0:
         return _("Active, expires today")
@@ -204,6 +205,9 @@ def deactivate_all(request, license_id):
         freed = services.deactivate_all_activations(license=license, actor=actor(request))
     except errors.DeactivationLimitReached as error:
         messages.error(request, error.message)
+        return redirect("portal:license", license_id=license_id)
+    if not freed:
+        messages.info(request, _("No device was in use: nothing changed."))
         return redirect("portal:license", license_id=license_id)
     what = ngettext("%(count)d device", "%(count)d devices", len(freed)) % {"count": len(freed)}
     messages.success(request, _freed_message(license, what))

@@ -284,7 +284,7 @@ def test_repeating_an_action_says_nothing_changed(staff_client, issued):
 
     response = action(staff_client, "license", "suspend", [issued.license])
 
-    assert page_messages(response) == ["1 license(s) were already so."]
+    assert page_messages(response) == ["1 license(s) were already suspended."]
     assert AuditEvent.objects.filter(action="license.suspended").count() == 1
 
 
@@ -371,9 +371,10 @@ def test_deactivate_selected_devices_action(staff_client, issued):
     second = activate(issued, "b").activation
 
     response = action(staff_client, "activation", "deactivate", [first])
-    action(staff_client, "activation", "deactivate", [first])
+    again = action(staff_client, "activation", "deactivate", [first])
 
     assert "1 device deactivated." in page_messages(response)
+    assert page_messages(again) == ["No live device to deactivate: nothing changed."]
     assert not Activation.objects.get(pk=first.pk).is_live
     assert Activation.objects.get(pk=second.pk).is_live
     event = AuditEvent.objects.get(action="activation.deactivated")
@@ -496,6 +497,38 @@ def test_revoking_an_api_key_in_the_admin(staff_client, actor):
 
     assert services.authenticate_api_key(issued.key) is None
     assert AuditEvent.objects.filter(action="api_key.revoked", actor_kind="staff").count() == 1
+
+
+def test_revoking_an_api_key_again_says_it_was_already_revoked(staff_client, actor):
+    issued = services.create_api_key(name="old", actor=actor)
+    action(staff_client, "apikey", "revoke", [issued.api_key])
+
+    response = action(staff_client, "apikey", "revoke", [issued.api_key])
+
+    assert page_messages(response) == ["1 API key(s) were already revoked."]
+    assert AuditEvent.objects.filter(action="api_key.revoked").count() == 1
+
+
+def test_retiring_the_key_that_signs_warns_that_apps_need_the_new_one(staff_client, actor):
+    signing_now = services.current_signing_key()
+    already_retired = services.create_signing_key(actor=actor)
+    services.retire_signing_key(signing_key=already_retired, actor=actor)
+
+    response = action(staff_client, "signingkey", "retire", [signing_now, already_retired])
+
+    shown = page_messages(response)
+    assert shown[:2] == ["1 key(s) retired.", "1 key(s) were already retired."]
+    assert "Apps that hold only the retired public key cannot verify answers" in shown[2]
+    assert AuditEvent.objects.filter(action="signing_key.retired").count() == 2
+
+
+def test_retiring_a_key_that_no_longer_signs_gives_no_warning(staff_client, actor):
+    old = services.current_signing_key()
+    services.create_signing_key(actor=actor)
+
+    response = action(staff_client, "signingkey", "retire", [old])
+
+    assert page_messages(response) == ["1 key(s) retired."]
 
 
 def test_adding_a_signing_key_rotates_and_retiring_stops_publishing(staff_client, actor):

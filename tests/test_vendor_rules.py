@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from licensing import errors, services, signing
-from licensing.models import License, RsaKey
+from licensing.models import ApiKey, License, RsaKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -250,6 +250,25 @@ def test_staff_import_an_api_key_in_the_admin(staff_client):
     )
 
     assert services.authenticate_api_key("2964c3c9-0b5d-4d89-b3ac-4668f30bc492").name == "gkm apps"
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("short", "An imported API key is 16 to 255 printable characters without spaces."),
+        ("abcdefgh ijklmnopq", "An imported API key is 16 to 255 printable characters without spaces."),
+        ("  padded-key-0123456789  ", "An imported API key is 16 to 255 printable characters without spaces."),
+        ("at_shipped_in_every_app_0123456789", "This API key already exists."),
+    ],
+)
+def test_the_admin_shows_why_it_cannot_import_an_api_key_on_the_form(staff_client, actor, key, message):
+    services.create_api_key(name="old", key="at_shipped_in_every_app_0123456789", actor=actor)
+
+    response = staff_client.post(reverse("admin:licensing_apikey_add"), {"name": "gkm apps", "key": key})
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["key"] == [message]
+    assert list(ApiKey.objects.values_list("name", flat=True)) == ["old"]
 
 
 def test_a_license_belongs_to_its_customer_by_any_of_their_ids(plan):
