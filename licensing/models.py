@@ -4,6 +4,7 @@ import calendar
 import uuid
 from datetime import datetime, timedelta
 
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -120,6 +121,17 @@ class Plan(models.Model):
     def __str__(self) -> str:
         return f"{self.product} · {self.name}"
 
+    def clean(self):
+        # The constraints below say the same; checked here too, the error names the field to mend.
+        perpetual = self.duration_unit == self.DurationUnit.PERPETUAL
+        if perpetual != (self.duration_value is None) or (self.duration_value is not None and self.duration_value < 1):
+            raise ValidationError(
+                {"duration_value": _("A perpetual plan has no duration; any other needs a duration of 1 or more.")}
+            )
+        same_identifier = Plan.objects.filter(product_id=self.product_id, identifier=self.identifier)
+        if self.product_id is not None and same_identifier.exclude(pk=self.pk).exists():
+            raise ValidationError({"identifier": _("This product already has a plan with this identifier.")})
+
     @property
     def duration_display(self) -> str:
         if self.duration_unit == self.DurationUnit.PERPETUAL:
@@ -142,6 +154,10 @@ class Plan(models.Model):
         return None
 
 
+DUPLICATE_EMAIL = _("A customer with this e-mail already exists.")
+DUPLICATE_EXTERNAL_ID = _("Another customer already has this external id.")
+
+
 class Customer(models.Model):
     public_id = models.UUIDField(_("public id"), default=uuid.uuid4, unique=True, editable=False)
     email = models.EmailField(max_length=254)
@@ -158,18 +174,26 @@ class Customer(models.Model):
             models.UniqueConstraint(
                 Lower("email"),
                 name="customer_email_unique_ci",
-                violation_error_message=_("A customer with this e-mail already exists."),
+                violation_error_message=DUPLICATE_EMAIL,
             ),
             models.UniqueConstraint(
                 fields=["external_id"],
                 condition=~Q(external_id=""),
                 name="customer_external_id_unique",
-                violation_error_message=_("Another customer already has this external id."),
+                violation_error_message=DUPLICATE_EXTERNAL_ID,
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} <{self.email}>" if self.name else self.email
+
+    def clean(self):
+        # The constraints say the same, but their errors name no field; these do.
+        others = Customer.objects.exclude(pk=self.pk)
+        if self.email and others.filter(email__iexact=self.email).exists():
+            raise ValidationError({"email": DUPLICATE_EMAIL})
+        if self.external_id and others.filter(external_id=self.external_id).exists():
+            raise ValidationError({"external_id": DUPLICATE_EXTERNAL_ID})
 
     @property
     def reference(self) -> str:

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from licensing import keys, services
-from licensing.models import Activation, ApiKey, AuditEvent, Customer, License
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -151,15 +151,48 @@ def test_plans_list_and_create(management_client, product):
     assert management_client.get("/api/v1/plans").json()["results"][0]["identifier"] == "pro"
 
 
-def test_a_plan_duration_that_breaks_the_rule_is_400(management_client, product):
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"duration_unit": "month"},
+        {"duration_unit": "year", "duration_value": 0},
+        {"duration_unit": "perpetual", "duration_value": 2},
+    ],
+)
+def test_a_plan_duration_that_breaks_the_rule_is_400_naming_it(management_client, product, body):
     response = management_client.post(
-        "/api/v1/plans",
-        {"product": product.pk, "name": "Pro", "identifier": "pro", "duration_unit": "month"},
-        format="json",
+        "/api/v1/plans", {"product": product.pk, "name": "Pro", "identifier": "pro", **body}, format="json"
     )
 
     assert response.status_code == 400
-    assert "duration" in error(response)["message"]
+    assert error(response)["field"] == "duration_value"
+    assert error(response)["message"] == "A perpetual plan has no duration; any other needs a duration of 1 or more."
+    assert not Plan.objects.filter(identifier="pro").exists()
+
+
+def test_a_plan_identifier_taken_in_the_product_is_400_naming_it(management_client, plan):
+    other = management_client.post(
+        "/api/v1/plans", {"product": plan.product_id, "name": "Team", "identifier": "team"}, format="json"
+    ).json()
+
+    response = management_client.patch(f"/api/v1/plans/{other['id']}", {"identifier": "personal"}, format="json")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "identifier"
+    assert error(response)["message"] == "This product already has a plan with this identifier."
+    assert Plan.objects.get(pk=other["id"]).identifier == "team"
+
+
+def test_a_customer_external_id_taken_is_400_naming_it(management_client):
+    management_client.post("/api/v1/customers", {"email": "a@example.com", "external_id": "cus_1"}, format="json")
+
+    response = management_client.post(
+        "/api/v1/customers", {"email": "b@example.com", "external_id": "cus_1"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "external_id"
+    assert error(response)["message"] == "Another customer already has this external id."
 
 
 def test_customer_email_is_unique_ignoring_case(management_client, customer):
@@ -167,6 +200,7 @@ def test_customer_email_is_unique_ignoring_case(management_client, customer):
 
     assert response.status_code == 400
     assert error(response)["field"] == "email"
+    assert error(response)["message"] == "A customer with this e-mail already exists."
     assert Customer.objects.count() == 1
 
 
