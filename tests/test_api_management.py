@@ -183,6 +183,32 @@ def test_a_plan_identifier_taken_in_the_product_is_400_naming_it(management_clie
     assert Plan.objects.get(pk=other["id"]).identifier == "team"
 
 
+def test_plans_filter_by_product(management_client, plan):
+    other_product = make_product(name="Other", slug="other")
+    make_plan(product=other_product, name="Other plan", identifier="other")
+
+    mine = management_client.get("/api/v1/plans", {"product": plan.product_id}).json()
+    none = management_client.get("/api/v1/plans", {"product": 999}).json()
+    bad = management_client.get("/api/v1/plans", {"product": "abc"})
+
+    assert [found["id"] for found in mine["results"]] == [plan.pk]
+    assert none["count"] == 0
+    assert (bad.status_code, error(bad)["field"]) == (400, "product")
+
+
+def test_customers_filter_by_email_in_any_case_or_external_id(management_client, customer, other_customer):
+    other_customer.external_id = "cus_grace"
+    other_customer.save()
+
+    by_email = management_client.get("/api/v1/customers", {"email": "ADA@example.com"}).json()
+    by_external_id = management_client.get("/api/v1/customers", {"external_id": "cus_grace"}).json()
+    bad = management_client.get("/api/v1/customers", {"email": "not-an-address"})
+
+    assert [found["id"] for found in by_email["results"]] == [customer.pk]
+    assert [found["id"] for found in by_external_id["results"]] == [other_customer.pk]
+    assert (bad.status_code, error(bad)["field"]) == (400, "email")
+
+
 def test_a_customer_external_id_taken_is_400_naming_it(management_client):
     management_client.post("/api/v1/customers", {"email": "a@example.com", "external_id": "cus_1"}, format="json")
 

@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions, generics, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
@@ -342,9 +342,32 @@ class ProductDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
     serializer_class = api.ProductSerializer
 
 
-class PlanListView(CatalogMixin, generics.ListCreateAPIView):
+class FilteredListMixin:
+    """A list whose query-string filters are checked like a body: a bad one is a 400 naming it."""
+
+    filters_class: type[serializers.Serializer]
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.request.method != "GET":
+            return queryset
+        filters = self.filters_class(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return self.filtered(queryset, **filters.validated_data)
+
+
+class PlanListFilterSerializer(serializers.Serializer):
+    product = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+
+@extend_schema_view(get=extend_schema(parameters=[PlanListFilterSerializer]))
+class PlanListView(FilteredListMixin, CatalogMixin, generics.ListCreateAPIView):
     queryset = Plan.objects.order_by("id")
     serializer_class = api.PlanSerializer
+    filters_class = PlanListFilterSerializer
+
+    def filtered(self, plans, product=None):
+        return plans if product is None else plans.filter(product_id=product)
 
 
 class PlanDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
@@ -352,9 +375,23 @@ class PlanDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
     serializer_class = api.PlanSerializer
 
 
-class CustomerListView(CatalogMixin, generics.ListCreateAPIView):
+class CustomerListFilterSerializer(serializers.Serializer):
+    email = serializers.EmailField(required=False, help_text="Any case.")
+    external_id = serializers.CharField(required=False, max_length=200, help_text="The billing system's id.")
+
+
+@extend_schema_view(get=extend_schema(parameters=[CustomerListFilterSerializer]))
+class CustomerListView(FilteredListMixin, CatalogMixin, generics.ListCreateAPIView):
     queryset = Customer.objects.order_by("id")
     serializer_class = api.CustomerSerializer
+    filters_class = CustomerListFilterSerializer
+
+    def filtered(self, customers, email=None, external_id=None):
+        if email is not None:
+            customers = customers.filter(email__iexact=email)
+        if external_id is not None:
+            customers = customers.filter(external_id=external_id)
+        return customers
 
 
 class CustomerDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
