@@ -505,9 +505,12 @@ def extend_license(
         if expires_at == locked.expires_at:
             return locked
         changes = {"expires_at": [locked.expires_at, expires_at]}
+        # An auditor reading the trail must not take a cut short license for a renewed one.
+        later = expires_at is None or (locked.expires_at is not None and expires_at > locked.expires_at)
+        action = "license.extended" if later else "license.expiry_shortened"
         locked.expires_at = expires_at
         locked.save(update_fields=["expires_at", "updated_at"])
-        record_event(actor=actor, action="license.extended", target=locked, license=locked, changes=changes)
+        record_event(actor=actor, action=action, target=locked, license=locked, changes=changes)
     return locked
 
 

@@ -184,7 +184,7 @@ def test_editing_a_license_goes_through_the_services(staff_client, issued, other
     assert (license.customer, license.max_activations, license.metadata) == (other_customer, 5, {"seats": 5})
     assert license.expires_at.date() == new_expiry.date()
     actions = set(AuditEvent.objects.filter(actor_kind="staff").values_list("action", flat=True))
-    assert actions == {"license.changed", "license.limit_changed", "license.extended"}
+    assert actions == {"license.changed", "license.limit_changed", "license.expiry_shortened"}
 
 
 def test_license_page_shows_usage_and_live_and_past_devices(staff_client, world):

@@ -183,6 +183,22 @@ def test_a_plan_identifier_taken_in_the_product_is_400_naming_it(management_clie
     assert Plan.objects.get(pk=other["id"]).identifier == "team"
 
 
+def test_a_plans_anti_churn_policy_is_set_and_read_through_the_api(management_client, product):
+    body = {"max_deactivations": 2, "deactivation_window_days": 7, "slot_cooldown_minutes": 60}
+    created = management_client.post(
+        "/api/v1/plans", {"product": product.pk, "name": "Pro", "identifier": "pro", **body}, format="json"
+    )
+    window_too_short = management_client.patch(
+        f"/api/v1/plans/{created.json()['id']}", {"deactivation_window_days": 0}, format="json"
+    )
+
+    assert created.status_code == 201
+    assert {name: created.json()[name] for name in body} == body
+    plan = Plan.objects.get(identifier="pro")
+    assert (plan.max_deactivations, plan.deactivation_window_days, plan.slot_cooldown_minutes) == (2, 7, 60)
+    assert (window_too_short.status_code, error(window_too_short)["field"]) == (400, "deactivation_window_days")
+
+
 def test_plans_filter_by_product(management_client, plan):
     other_product = make_product(name="Other", slug="other")
     make_plan(product=other_product, name="Other plan", identifier="other")
@@ -371,7 +387,7 @@ def test_patch_changes_owner_limit_expiry_and_metadata(management_client, issued
         {"seats": 10},
     )
     actions = set(AuditEvent.objects.filter(actor_kind="api_key").values_list("action", flat=True))
-    assert {"license.changed", "license.limit_changed", "license.extended"} <= actions
+    assert {"license.changed", "license.limit_changed", "license.expiry_shortened"} <= actions
 
 
 def test_patch_with_one_bad_field_changes_nothing(management_client, issued):

@@ -184,6 +184,21 @@ def test_extending_to_a_date_or_to_never(issued, actor):
 
 
 @pytest.mark.django_db
+def test_an_earlier_expiry_is_audited_as_shortened_not_extended(issued, actor):
+    expires_at = timezone.now() + timedelta(days=30)
+    services.extend_license(license=issued.license, expires_at=expires_at, actor=actor)
+    services.extend_license(license=issued.license, expires_at=expires_at - timedelta(days=10), actor=actor)
+    services.extend_license(license=issued.license, expires_at=None, actor=actor)
+
+    expiry_events = AuditEvent.objects.filter(action__startswith="license.e").order_by("id")
+    assert list(expiry_events.values_list("action", flat=True)) == [
+        "license.expiry_shortened",
+        "license.expiry_shortened",
+        "license.extended",
+    ]
+
+
+@pytest.mark.django_db
 def test_a_perpetual_license_cannot_be_extended_by_days(product, actor):
     license = make_license(product=product).license
 

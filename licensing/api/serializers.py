@@ -318,6 +318,9 @@ class PlanSerializer(StrictModelSerializer):
             "max_activations",
             "duration_unit",
             "duration_value",
+            "max_deactivations",
+            "deactivation_window_days",
+            "slot_cooldown_minutes",
             "created_at",
             "updated_at",
         ]
