@@ -173,6 +173,29 @@ def test_only_an_rsa_private_key_can_be_imported(actor, pem):
     assert RsaKey.objects.count() == 0
 
 
+# Made with `openssl genrsa 512`: too short to trust, and cryptography no longer makes such keys.
+WEAK_RSA_PEM = """\
+-----BEGIN PRIVATE KEY-----
+MIIBVAIBADANBgkqhkiG9w0BAQEFAASCAT4wggE6AgEAAkEA22JaDasK8QrOnFf4
+eEp+rR3fWzk8kktmZanuGyZTaJ8aLuwsIFeq00GWfuO1TrLfTWCU3iS3zoAOLNKq
+QpRRcwIDAQABAkAr4PwKB8/kbjjs5Ft6E8xKa9Mkt8n5qMMOSnKpU30TS4BezSU8
+9O/Ohazoh6vcUUS4eFvr/kzWHXm86ADNtv8hAiEA9inKvpV+fmDa5Y8FYLmDRZ/v
+4mUBuZkhhEZig31GNI0CIQDkJp1TaL7VCnjnf/0uJdex3F6Qy+aXAOfMfX0WBPod
+/wIhANNtR77zpaakR759XdAa5j4Jxb68pIOlm50B2yE2mvMNAiAB4T+SnF5WKwvr
+/GX9p1oroQE2eDeiLuO6D56kO85DyQIgG0gLoh+H+ihW/W/8gFok/SA0wS9/fx5Q
+woxsJeODOe8=
+-----END PRIVATE KEY-----
+"""
+
+
+def test_an_rsa_key_under_1024_bits_cannot_be_imported(actor):
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.import_rsa_key(private_key_pem=WEAK_RSA_PEM, actor=actor)
+
+    assert raised.value.message == "This RSA key has 512 bits; it must have at least 1024."
+    assert RsaKey.objects.count() == 0
+
+
 def test_import_rsa_key_command(tmp_path):
     product = make_product(slug="photon")
     pem_file = tmp_path / "gkm.pem"
