@@ -371,6 +371,13 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             return
         changes = {field: form.cleaned_data[field] for field in form.changed_data}
         services.update_license(license=obj, actor=staff_actor(request), **changes)
+        live = obj.activations.live().count()
+        if "max_activations" in changes and obj.max_activations is not None and live > obj.max_activations:
+            message = _(
+                "%(live)d devices are in use, more than the new limit of %(limit)d. They keep working; new "
+                "activations are refused until enough of them are deactivated."
+            )
+            self.message_user(request, message % {"live": live, "limit": obj.max_activations}, messages.WARNING)
 
     def save_related(self, request, form, formsets, change):
         # The service saved the new license; it has no many-to-many fields for save_m2m to save.

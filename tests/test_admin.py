@@ -187,6 +187,27 @@ def test_editing_a_license_goes_through_the_services(staff_client, issued, other
     assert actions == {"license.changed", "license.limit_changed", "license.expiry_shortened"}
 
 
+def test_a_limit_below_the_devices_in_use_is_saved_with_a_warning(staff_client, issued, customer):
+    activate(issued, "a")
+    activate(issued, "b")
+    form = {
+        "customer": customer.pk,
+        "max_activations": "1",
+        "metadata": "{}",
+        "activations-TOTAL_FORMS": "0",
+        "activations-INITIAL_FORMS": "0",
+    }
+
+    response = staff_client.post(change_url(issued.license), form, follow=True)
+
+    assert License.objects.get(pk=issued.license.pk).max_activations == 1
+    assert (
+        "2 devices are in use, more than the new limit of 1. They keep working; new activations are refused "
+        "until enough of them are deactivated."
+    ) in page_messages(response)
+    assert issued.license.activations.live().count() == 2
+
+
 def test_license_page_shows_usage_and_live_and_past_devices(staff_client, world):
     page = staff_client.get(change_url(world["license"])).content.decode()
 
