@@ -126,9 +126,11 @@ def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, custo
     client.post(reverse("portal:sign-in"), {"email": customer.email})
     client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
     page = client.get(reverse("portal:license", args=[churny.license.pk])).content.decode()
-    assert "2 device changes left in the last 30 days" in page
+    assert "2 of 2 left; a deactivation counts for 30 days" in page
     deactivate(churny, "a", app_actor)
     deactivate(churny, "b", app_actor)
+    page = client.get(reverse("portal:license", args=[churny.license.pk])).content.decode()
+    assert "0 of 2 left; a deactivation counts for 30 days" in page
     activation = Activation.objects.get(license=churny.license, fingerprint="c")
 
     response = client.post(reverse("portal:deactivate-device", args=[churny.license.pk, activation.pk]), follow=True)
