@@ -537,6 +537,10 @@ def test_products_and_customers_can_be_listed(management_client, product):
         ("/api/v1/licenses/not-a-uuid/suspend", "There is no license with this id: license ids are UUIDs."),
         ("/api/v1/customers/abc", "There is no customer with this id: customer ids are whole numbers."),
         ("/api/v1/products/1.5", "There is no product with this id: product ids are whole numbers."),
+        (
+            f"/api/v1/licenses/{uuid.uuid4()}/activations/7/deactivate",
+            "There is no activation with this id: activation ids are UUIDs.",
+        ),
         ("/api/v2/anything", "There is no such API endpoint."),
         (f"/api/v1/licenses/{uuid.uuid4()}/frobnicate", "There is no such API endpoint."),
         ("/api/v1/products/1/frobnicate", "There is no such API endpoint."),

@@ -263,24 +263,31 @@ class UnknownEndpointView(APIView):
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         # A record's path with an id of the wrong kind reaches here; saying so beats "no such endpoint".
-        if (record := RECORD_PATH.match(request.path)) and not _is_id(record["collection"], record["id"]):
-            noun = record["collection"].removesuffix("s")
-            kind = "UUIDs" if noun == "license" else "whole numbers"
-            raise exceptions.NotFound(f"There is no {noun} with this id: {noun} ids are {kind}.")
+        parts = request.path.removeprefix("/api/v1/").split("/")
+        for collection, record_id in zip(parts[::2], parts[1::2], strict=False):
+            if collection not in RECORD_IDS:
+                break
+            noun, kind, is_id = RECORD_IDS[collection]
+            if not is_id(record_id):
+                raise exceptions.NotFound(f"There is no {noun} with this id: {noun} ids are {kind}.")
         raise exceptions.NotFound("There is no such API endpoint.")
 
 
-RECORD_PATH = re.compile(r"^/api/v1/(?P<collection>licenses|products|plans|customers)/(?P<id>[^/]+)(/|$)")
-
-
-def _is_id(collection: str, text: str) -> bool:
-    if collection != "licenses":
-        return text.isdigit()
+def _is_uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
     except ValueError:
         return False
     return True
+
+
+RECORD_IDS = {
+    "licenses": ("license", "UUIDs", _is_uuid),
+    "activations": ("activation", "UUIDs", _is_uuid),
+    "products": ("product", "whole numbers", str.isdigit),
+    "plans": ("plan", "whole numbers", str.isdigit),
+    "customers": ("customer", "whole numbers", str.isdigit),
+}
 
 
 # ---------------------------------------------------------------- management API
