@@ -45,15 +45,27 @@ class ServiceErrorsMixin:
             return HttpResponseRedirect(request.get_full_path())
 
 
-def report_outcome(model_admin, request, *, done: int, done_message: str, unchanged: int, unchanged_message: str):
-    """Tell staff what an action changed, and separately what was already as asked (nothing to do)."""
+def report_outcome(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    *,
+    done: int,
+    done_message: str,
+    unchanged: int,
+    unchanged_message: str,
+) -> None:
+    """Tell staff what an action changed, and separately what was already as asked (nothing to do).
+
+    An action that always changes what it is given passes no `unchanged_message`.
+    """
     if done:
         model_admin.message_user(request, done_message % {"count": done}, messages.SUCCESS)
-    if unchanged:
+    if unchanged and unchanged_message:
         model_admin.message_user(request, unchanged_message % {"count": unchanged}, messages.INFO)
 
 
-def report_freed_devices(model_admin, request, freed: int) -> None:
+def report_freed_devices(model_admin: admin.ModelAdmin, request: HttpRequest, freed: int) -> None:
+    """Tell staff how many devices a deactivation freed; none is said plainly, not as a success."""
     if not freed:
         model_admin.message_user(request, _("No live device to deactivate: nothing changed."), messages.INFO)
         return
@@ -406,7 +418,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         url = reverse("admin:licensing_auditevent_changelist") + f"?license={license.pk}"
         return format_html('<a href="{}">{}</a>', url, _("Every change to this license"))
 
-    def _apply(self, request, queryset, change, done_message: str, unchanged_message: str) -> None:
+    def _apply(self, request, queryset, change, done_message: str, unchanged_message: str = "") -> None:
         done = unchanged = 0
         for license in queryset:
             try:
@@ -471,7 +483,6 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             queryset,
             lambda lic: services.extend_license(license=lic, days=days, actor=actor),
             _("%(count)d license(s) extended."),
-            _("%(count)d license(s) kept their expiry."),
         )
 
     @admin.action(description=_("Deactivate all devices of selected licenses"), permissions=["change"])
@@ -631,28 +642,27 @@ class SigningKeyAdmin(MadeByServiceAdmin):
 
     @admin.action(description=_("Retire selected keys (stop signing and publishing them)"), permissions=["change"])
     def retire(self, request, queryset):
-        signing_now = services.published_signing_keys().first()
-        to_retire = list(queryset.filter(retired_at__isnull=True))
-        for signing_key in to_retire:
-            services.retire_signing_key(signing_key=signing_key, actor=staff_actor(request))
+        signing_now = services.signing_key_now()
+        retired = []
+        for signing_key in queryset:
+            after = services.retire_signing_key(signing_key=signing_key, actor=staff_actor(request))
+            if after.retired_at != signing_key.retired_at:
+                retired.append(signing_key)
         report_outcome(
             self,
             request,
-            done=len(to_retire),
+            done=len(retired),
             done_message=_("%(count)d key(s) retired."),
-            unchanged=len(queryset) - len(to_retire),
+            unchanged=len(queryset) - len(retired),
             unchanged_message=_("%(count)d key(s) were already retired."),
         )
-        if signing_now in to_retire:
-            self.message_user(
-                request,
-                _(
-                    "The key that signed answers is retired: answers are now signed by the newest key left, or by "
-                    "a new one made for the next answer if none is left. Apps that hold only the retired public key "
-                    "cannot verify answers until they fetch the new one from /api/v1/signing-keys."
-                ),
-                messages.WARNING,
+        if signing_now in retired:
+            message = _(
+                "The key that signed answers is retired: within %(seconds)d seconds answers are signed by the newest "
+                "key left, or by a new one made for the next answer if none is left. Apps that hold only the retired "
+                "public key cannot verify answers until they fetch the new one from /api/v1/signing-keys."
             )
+            self.message_user(request, message % {"seconds": services.SIGNING_KEY_CACHE_SECONDS}, messages.WARNING)
 
 
 class ApiKeyAddForm(forms.ModelForm):
@@ -707,15 +717,16 @@ class ApiKeyAdmin(MadeByServiceAdmin):
 
     @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
     def revoke(self, request, queryset):
-        to_revoke = list(queryset.filter(revoked_at__isnull=True))
-        for api_key in to_revoke:
-            services.revoke_api_key(api_key=api_key, actor=staff_actor(request))
+        revoked = sum(
+            services.revoke_api_key(api_key=api_key, actor=staff_actor(request)).revoked_at != api_key.revoked_at
+            for api_key in queryset
+        )
         report_outcome(
             self,
             request,
-            done=len(to_revoke),
+            done=revoked,
             done_message=_("%(count)d API key(s) revoked."),
-            unchanged=len(queryset) - len(to_revoke),
+            unchanged=len(queryset) - revoked,
             unchanged_message=_("%(count)d API key(s) were already revoked."),
         )
 

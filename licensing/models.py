@@ -4,7 +4,7 @@ import calendar
 import uuid
 from datetime import datetime, timedelta
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -25,6 +25,27 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 def new_public_id() -> str:
     return str(uuid.uuid4())
+
+
+class ConstraintErrorsNameFieldsMixin:
+    """A broken constraint names the field to mend: the one its violation_error_code names.
+
+    Django names a field only for a unique constraint on that one field; a check, a unique set or
+    an expression would otherwise be an error of the whole record, for the admin and the API alike.
+    """
+
+    def validate_constraints(self, exclude=None):
+        try:
+            super().validate_constraints(exclude)
+        except ValidationError as error:
+            field_names = {field.name for field in self._meta.concrete_fields}
+            named: dict[str, list[ValidationError]] = {}
+            for field, field_errors in error.error_dict.items():
+                for field_error in field_errors:
+                    names_a_field = field == NON_FIELD_ERRORS and field_error.code in field_names
+                    named_field = field_error.code if names_a_field else field
+                    named.setdefault(named_field, []).append(field_error)
+            raise ValidationError(named) from None
 
 
 class Product(models.Model):
@@ -57,7 +78,7 @@ class Product(models.Model):
         return self.name
 
 
-class Plan(models.Model):
+class Plan(ConstraintErrorsNameFieldsMixin, models.Model):
     class DurationUnit(models.TextChoices):
         PERPETUAL = "perpetual", _("perpetual")
         DAY = "day", _("days")
@@ -109,28 +130,23 @@ class Plan(models.Model):
     class Meta:
         ordering = ["product__name", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["product", "identifier"], name="plan_identifier_unique_per_product"),
+            models.UniqueConstraint(
+                fields=["product", "identifier"],
+                name="plan_identifier_unique_per_product",
+                violation_error_message=_("This product already has a plan with this identifier."),
+                violation_error_code="identifier",
+            ),
             models.CheckConstraint(
                 condition=Q(duration_unit="perpetual", duration_value__isnull=True)
                 | (~Q(duration_unit="perpetual") & Q(duration_value__isnull=False, duration_value__gte=1)),
                 name="plan_duration_is_perpetual_or_positive",
                 violation_error_message=_("A perpetual plan has no duration; any other needs a duration of 1 or more."),
+                violation_error_code="duration_value",
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.product} · {self.name}"
-
-    def clean(self):
-        # The constraints below say the same; checked here too, the error names the field to mend.
-        perpetual = self.duration_unit == self.DurationUnit.PERPETUAL
-        if perpetual != (self.duration_value is None) or (self.duration_value is not None and self.duration_value < 1):
-            raise ValidationError(
-                {"duration_value": _("A perpetual plan has no duration; any other needs a duration of 1 or more.")}
-            )
-        same_identifier = Plan.objects.filter(product_id=self.product_id, identifier=self.identifier)
-        if self.product_id is not None and same_identifier.exclude(pk=self.pk).exists():
-            raise ValidationError({"identifier": _("This product already has a plan with this identifier.")})
 
     @property
     def duration_display(self) -> str:
@@ -154,11 +170,7 @@ class Plan(models.Model):
         return None
 
 
-DUPLICATE_EMAIL = _("A customer with this e-mail already exists.")
-DUPLICATE_EXTERNAL_ID = _("Another customer already has this external id.")
-
-
-class Customer(models.Model):
+class Customer(ConstraintErrorsNameFieldsMixin, models.Model):
     public_id = models.UUIDField(_("public id"), default=uuid.uuid4, unique=True, editable=False)
     email = models.EmailField(max_length=254)
     name = models.CharField(max_length=200, blank=True)
@@ -174,26 +186,20 @@ class Customer(models.Model):
             models.UniqueConstraint(
                 Lower("email"),
                 name="customer_email_unique_ci",
-                violation_error_message=DUPLICATE_EMAIL,
+                violation_error_message=_("A customer with this e-mail already exists."),
+                violation_error_code="email",
             ),
             models.UniqueConstraint(
                 fields=["external_id"],
                 condition=~Q(external_id=""),
                 name="customer_external_id_unique",
-                violation_error_message=DUPLICATE_EXTERNAL_ID,
+                violation_error_message=_("Another customer already has this external id."),
+                violation_error_code="external_id",
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} <{self.email}>" if self.name else self.email
-
-    def clean(self):
-        # The constraints say the same, but their errors name no field; these do.
-        others = Customer.objects.exclude(pk=self.pk)
-        if self.email and others.filter(email__iexact=self.email).exists():
-            raise ValidationError({"email": DUPLICATE_EMAIL})
-        if self.external_id and others.filter(external_id=self.external_id).exists():
-            raise ValidationError({"external_id": DUPLICATE_EXTERNAL_ID})
 
     @property
     def reference(self) -> str:

@@ -254,9 +254,12 @@ def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Cust
         customer = Customer(email=email.strip(), name=name)
         try:
             save_catalog_record(record=customer, actor=actor)
-        except errors.DuplicateRecord:
-            # Created by a concurrent request between our look-up and our insert.
-            customer = Customer.objects.get(email__iexact=email.strip())
+        except (errors.DuplicateRecord, errors.InvalidInput):
+            # A concurrent request may have made the customer between our look-up and our insert
+            # (the checks before the insert see it, or the insert itself); else the refusal stands.
+            customer = Customer.objects.filter(email__iexact=email.strip()).first()
+            if customer is None:
+                raise
     return customer
 
 
@@ -1112,6 +1115,11 @@ def published_signing_keys() -> models.QuerySet[SigningKey]:
     return SigningKey.objects.filter(retired_at__isnull=True)
 
 
+def signing_key_now() -> SigningKey | None:
+    """The key that signs answers now (each process may use the one before for SIGNING_KEY_CACHE_SECONDS)."""
+    return published_signing_keys().first()
+
+
 # Every signed answer needs the current key; asking the database each time would cost a query per
 # call. Each process keeps it this long, so another process sees a rotation within that time.
 SIGNING_KEY_CACHE_SECONDS = 30
@@ -1123,7 +1131,7 @@ def current_signing_key() -> SigningKey:
     cached = _signing_key_cache.get("current")
     if cached is not None and time.monotonic() - cached[0] < SIGNING_KEY_CACHE_SECONDS:
         return cached[1]
-    signing_key = published_signing_keys().first()
+    signing_key = signing_key_now()
     if signing_key is None:
         signing_key = create_signing_key(actor=Actor.system())
     _signing_key_cache["current"] = (time.monotonic(), signing_key)

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from licensing import services
-from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Product
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -439,8 +439,34 @@ def test_customer_email_must_be_unique_ignoring_case_in_the_admin(staff_client, 
     response = staff_client.post(reverse("admin:licensing_customer_add"), {"email": "ADA@example.com", "name": "Ada"})
 
     assert response.status_code == 200
-    assert "A customer with this e-mail already exists." in response.content.decode()
+    assert response.context["adminform"].form.errors == {"email": ["A customer with this e-mail already exists."]}
     assert Customer.objects.count() == 1
+
+
+def plan_form(product, **fields) -> dict:
+    defaults = {"deactivation_window_days": 30, "slot_cooldown_minutes": 0, "duration_unit": "perpetual"}
+    return {"product": product.pk, "name": "Team", "identifier": "team", **defaults, **fields}
+
+
+@pytest.mark.parametrize(
+    ("fields", "errors"),
+    [
+        ({"duration_unit": "year", "duration_value": "abc"}, {"duration_value": ["Enter a whole number."]}),
+        (
+            {"duration_unit": "year", "identifier": "personal"},
+            {
+                "duration_value": ["A perpetual plan has no duration; any other needs a duration of 1 or more."],
+                "identifier": ["This product already has a plan with this identifier."],
+            },
+        ),
+    ],
+)
+def test_a_plan_form_names_every_field_to_mend_once(staff_client, plan, fields, errors):
+    response = staff_client.post(reverse("admin:licensing_plan_add"), plan_form(plan.product, **fields))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == errors
+    assert Plan.objects.count() == 1
 
 
 def test_a_plan_with_licenses_keeps_its_product(staff_client, issued):

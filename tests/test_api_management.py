@@ -199,6 +199,23 @@ def test_a_plans_anti_churn_policy_is_set_and_read_through_the_api(management_cl
     assert (window_too_short.status_code, error(window_too_short)["field"]) == (400, "deactivation_window_days")
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/v1/plans?product=", "product"),
+        ("/api/v1/customers?email=", "email"),
+        ("/api/v1/customers?external_id=", "external_id"),
+        ("/api/v1/licenses?customer_email=", "customer_email"),
+        ("/api/v1/licenses?status=", "status"),
+    ],
+)
+def test_a_blank_filter_is_400_not_every_record(management_client, issued, path, field):
+    response = management_client.get(path)
+
+    assert response.status_code == 400
+    assert error(response)["field"] == field
+
+
 def test_plans_filter_by_product(management_client, plan):
     other_product = make_product(name="Other", slug="other")
     make_plan(product=other_product, name="Other plan", identifier="other")
@@ -223,6 +240,18 @@ def test_customers_filter_by_email_in_any_case_or_external_id(management_client,
     assert [found["id"] for found in by_email["results"]] == [customer.pk]
     assert [found["id"] for found in by_external_id["results"]] == [other_customer.pk]
     assert (bad.status_code, error(bad)["field"]) == (400, "email")
+
+
+def test_a_customer_update_taking_two_ids_names_both_fields(management_client, customer, other_customer):
+    other_customer.external_id = "cus_grace"
+    other_customer.save()
+
+    response = management_client.put(
+        f"/api/v1/customers/{customer.pk}", {"email": "GRACE@example.com", "external_id": "cus_grace"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert set(error(response)["errors"]) == {"email", "external_id"}
 
 
 def test_a_customer_external_id_taken_is_400_naming_it(management_client):
@@ -533,15 +562,23 @@ def test_products_and_customers_can_be_listed(management_client, product):
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("/api/v1/licenses/99999", "There is no license with this id: license ids are UUIDs."),
-        ("/api/v1/licenses/not-a-uuid/suspend", "There is no license with this id: license ids are UUIDs."),
+        ("/api/v1/licenses/99999", "There is no license with this id: license ids are UUIDs in lower case."),
+        (
+            "/api/v1/licenses/not-a-uuid/suspend",
+            "There is no license with this id: license ids are UUIDs in lower case.",
+        ),
         ("/api/v1/customers/abc", "There is no customer with this id: customer ids are whole numbers."),
         ("/api/v1/products/1.5", "There is no product with this id: product ids are whole numbers."),
         (
             f"/api/v1/licenses/{uuid.uuid4()}/activations/7/deactivate",
-            "There is no activation with this id: activation ids are UUIDs.",
+            "There is no activation with this id: activation ids are UUIDs in lower case.",
         ),
         ("/api/v2/anything", "There is no such API endpoint."),
+        ("/api/v1/licenses/validate/", "There is no such API endpoint."),
+        (
+            f"/api/v1/licenses/{str(uuid.uuid4()).upper()}",
+            "There is no license with this id: license ids are UUIDs in lower case.",
+        ),
         (f"/api/v1/licenses/{uuid.uuid4()}/frobnicate", "There is no such API endpoint."),
         ("/api/v1/products/1/frobnicate", "There is no such API endpoint."),
     ],

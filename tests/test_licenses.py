@@ -379,3 +379,30 @@ def test_external_ids_are_unique_with_a_clear_message():
 )
 def test_plan_duration_reads_naturally(unit, value, shown):
     assert Plan(duration_unit=unit, duration_value=value).duration_display == shown
+
+
+@pytest.mark.django_db
+def test_a_customer_made_by_a_concurrent_request_is_reused_not_refused(actor, monkeypatch):
+    made_meanwhile = make_customer(email="new@example.com")
+    real_filter = Customer.objects.filter
+    calls = []
+
+    def filter_missing_the_first_time(*args, **kwargs):
+        # The first look-up runs before the concurrent request commits, so it finds nobody.
+        calls.append(kwargs)
+        return Customer.objects.none() if len(calls) == 1 else real_filter(*args, **kwargs)
+
+    monkeypatch.setattr(Customer.objects, "filter", filter_missing_the_first_time)
+
+    customer = services.find_or_create_customer(email="NEW@example.com", actor=actor)
+
+    assert customer == made_meanwhile
+    assert Customer.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_malformed_email_for_a_new_customer_is_still_refused(actor):
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.find_or_create_customer(email="not-an-address", actor=actor)
+
+    assert raised.value.field == "email"

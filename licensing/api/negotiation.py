@@ -1,4 +1,4 @@
-"""Content negotiation for the license calls, which answer JSON and nothing else."""
+"""Content negotiation: the API answers JSON and nothing else, and says so to a client that asks otherwise."""
 
 from __future__ import annotations
 

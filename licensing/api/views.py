@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from datetime import timedelta
 from typing import Any
 
 from django.db.models import Q
 from django.shortcuts import get_object_or_404
+from django.urls.converters import IntConverter, UUIDConverter
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions, generics, serializers
@@ -263,31 +263,26 @@ class UnknownEndpointView(APIView):
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         # A record's path with an id of the wrong kind reaches here; saying so beats "no such endpoint".
-        parts = request.path.removeprefix("/api/v1/").split("/")
+        parts = request.path_info.removeprefix("/api/v1/").split("/")
         for collection, record_id in zip(parts[::2], parts[1::2], strict=False):
-            if collection not in RECORD_IDS:
+            if collection not in RECORD_IDS or record_id in LICENSE_CALLS:
                 break
-            noun, kind, is_id = RECORD_IDS[collection]
-            if not is_id(record_id):
+            noun, kind, id_pattern = RECORD_IDS[collection]
+            if not re.fullmatch(id_pattern, record_id):
                 raise exceptions.NotFound(f"There is no {noun} with this id: {noun} ids are {kind}.")
         raise exceptions.NotFound("There is no such API endpoint.")
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
+# What the routes' converters take (licensing.api.urls); an id that is not so matches no route.
 RECORD_IDS = {
-    "licenses": ("license", "UUIDs", _is_uuid),
-    "activations": ("activation", "UUIDs", _is_uuid),
-    "products": ("product", "whole numbers", str.isdigit),
-    "plans": ("plan", "whole numbers", str.isdigit),
-    "customers": ("customer", "whole numbers", str.isdigit),
+    "licenses": ("license", "UUIDs in lower case", UUIDConverter.regex),
+    "activations": ("activation", "UUIDs in lower case", UUIDConverter.regex),
+    "products": ("product", "whole numbers", IntConverter.regex),
+    "plans": ("plan", "whole numbers", IntConverter.regex),
+    "customers": ("customer", "whole numbers", IntConverter.regex),
 }
+# A mistyped license call (`validate/`) is no license id.
+LICENSE_CALLS = {"activate", "validate", "deactivate", "checkout"}
 
 
 # ---------------------------------------------------------------- management API
@@ -358,9 +353,15 @@ class FilteredListMixin:
         queryset = super().get_queryset()
         if self.request.method != "GET":
             return queryset
-        filters = self.filters_class(data=self.request.query_params)
+        filters = self.filters_class(data=query_filters(self.request))
         filters.is_valid(raise_exception=True)
         return self.filtered(queryset, **filters.validated_data)
+
+
+def query_filters(request: Request) -> dict[str, str]:
+    # DRF reads a blank value in a query string as no filter at all: `?external_id=` would list
+    # every customer. As a plain dict, a blank value is refused like a blank field of a body.
+    return request.query_params.dict()
 
 
 class PlanListFilterSerializer(serializers.Serializer):
@@ -422,7 +423,7 @@ class LicenseListView(ManagementView, generics.ListAPIView):
     serializer_class = api.LicenseSerializer
 
     def get_queryset(self):
-        filters = LicenseListFilterSerializer(data=self.request.query_params)
+        filters = LicenseListFilterSerializer(data=query_filters(self.request))
         filters.is_valid(raise_exception=True)
         licenses = licenses_for_listing().order_by("-created_at", "id")
         if "product" in filters.validated_data:
