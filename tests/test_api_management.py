@@ -464,9 +464,13 @@ def test_list_and_deactivate_a_licenses_devices(management_client, issued, actor
     response = management_client.post(f"{base}/{live.pk}/deactivate")
 
     assert {item["fingerprint"]: item["deactivated_at"] is None for item in listing} == {"old": False, "live": True}
+    again = management_client.post(f"{base}/{live.pk}/deactivate")
+
     assert response.status_code == 200
-    assert response.json()["deactivated_by_kind"] == "api_key"
+    assert (response.json()["deactivated_by_kind"], response.json()["already_inactive"]) == ("api_key", False)
     assert issued.license.activations.live().count() == 0
+    assert (again.status_code, again.json()["already_inactive"]) == (200, True)
+    assert again.json()["deactivated_at"] == response.json()["deactivated_at"]
 
 
 def test_a_device_of_another_license_is_404(management_client, issued, plan):

@@ -452,3 +452,13 @@ class ManagedActivationSerializer(serializers.ModelSerializer):
             "deactivated_by",
         ]
         read_only_fields = fields
+
+
+class DeactivatedActivationSerializer(ManagedActivationSerializer):
+    already_inactive = serializers.BooleanField(
+        read_only=True, help_text="True when the device was already inactive, so nothing changed."
+    )
+
+    class Meta(ManagedActivationSerializer.Meta):
+        fields = [*ManagedActivationSerializer.Meta.fields, "already_inactive"]
+        read_only_fields = fields

@@ -528,7 +528,7 @@ class ActivationDeactivateView(ManagementView, APIView):
         summary="Deactivate one of a license's devices",
         request=None,
         responses={
-            200: api.ManagedActivationSerializer,
+            200: api.DeactivatedActivationSerializer,
             403: OpenApiResponse(
                 api.ErrorSerializer, description="A read-only API key, or the plan's device changes are used up."
             ),
@@ -539,4 +539,5 @@ class ActivationDeactivateView(ManagementView, APIView):
         activation = get_object_or_404(Activation, pk=activation_pk, license_id=pk)
         validated(api.EmptyInputSerializer, request)
         result = services.deactivate_activation(activation=activation, actor=self.api_actor())
-        return Response(api.ManagedActivationSerializer(result.activation).data)
+        result.activation.already_inactive = result.already_inactive
+        return Response(api.DeactivatedActivationSerializer(result.activation).data)
