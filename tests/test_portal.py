@@ -207,7 +207,10 @@ def test_deactivate_all_devices(signed_in, issued):
     activate(issued, "b")
     url = reverse("portal:deactivate-all", args=[issued.license.pk])
 
+    confirmation = signed_in.get(url).content.decode()
     response = signed_in.post(url, follow=True)
+
+    assert "The app on each of these devices stops working" in confirmation
 
     assert "2 devices deactivated. 0 of 3 slots in use." in response.content.decode()
     assert issued.license.activations.live().count() == 0
