@@ -383,8 +383,10 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             return
         changes = {field: form.cleaned_data[field] for field in form.changed_data}
         services.update_license(license=obj, actor=staff_actor(request), **changes)
-        live = obj.activations.live().count()
-        if "max_activations" in changes and obj.max_activations is not None and live > obj.max_activations:
+        if "max_activations" not in changes or obj.max_activations is None:
+            return
+        live = obj.live_activation_count()
+        if live > obj.max_activations:
             message = _(
                 "%(live)d devices are in use, more than the new limit of %(limit)d. They keep working; new "
                 "activations are refused until enough of them are deactivated."

@@ -73,6 +73,10 @@ def new_rsa_key() -> tuple[str, str]:
     return _rsa_pems(private_key)
 
 
+# Shorter keys are factored in hours; 1024 is still accepted, as apps may ship with such a key.
+MIN_RSA_KEY_BITS = 1024
+
+
 def rsa_key_from_pem(private_key_pem: str) -> tuple[str, str]:
     """Return (public key PEM, encrypted private key) for an imported RSA private key."""
     try:
@@ -81,13 +85,9 @@ def rsa_key_from_pem(private_key_pem: str) -> tuple[str, str]:
         raise ValueError("This is not an unencrypted PEM private key.") from None
     if not isinstance(private_key, rsa.RSAPrivateKey):
         raise ValueError("This is not an RSA private key.")
-    # Shorter keys are factored in hours; 1024 is still accepted, as apps may ship with such a key.
     if private_key.key_size < MIN_RSA_KEY_BITS:
         raise ValueError(f"This RSA key has {private_key.key_size} bits; it must have at least {MIN_RSA_KEY_BITS}.")
     return _rsa_pems(private_key)
-
-
-MIN_RSA_KEY_BITS = 1024
 
 
 def _rsa_pems(private_key: rsa.RSAPrivateKey) -> tuple[str, str]:

@@ -324,7 +324,8 @@ class PlanSerializer(StrictModelSerializer):
             "created_at",
             "updated_at",
         ]
-        # The plan's own rules (Plan.clean) check a duplicate identifier and name the field.
+        # The model's constraint refuses a duplicate identifier in the admin's words, naming the field
+        # (services.save_catalog_record); DRF's own check would say it in other words, for no field.
         validators: list = []
 
 
@@ -332,8 +333,8 @@ class CustomerSerializer(StrictModelSerializer):
     class Meta:
         model = Customer
         fields = ["id", "email", "name", "external_id", "created_at", "updated_at"]
-        # Customer.clean refuses a taken e-mail or external id in the admin's words, naming the field
-        # (services.save_catalog_record); DRF's own check would say it in other words.
+        # The model's constraints refuse a taken e-mail or external id in the admin's words, naming the
+        # field (services.save_catalog_record); DRF's own check would say it in other words.
         extra_kwargs = {"external_id": {"validators": []}}
 
 
