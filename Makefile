@@ -1,5 +1,7 @@
 # The two commands a newcomer needs: `make run` and `make test`.
 PYTHON ?= python3
+# `make run PORT=8001` when something else already listens on 8000.
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -10,9 +12,9 @@ run: $(VENV)/.installed .env
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py load_demo
 	@echo
-	@echo "Serving on http://127.0.0.1:8000 - sign in to the admin at http://127.0.0.1:8000/admin/"
-	@echo "as user 'admin', password 'admin'. API docs: http://127.0.0.1:8000/api/docs/. Press Ctrl-C to stop."
-	$(BIN)/python manage.py runserver 127.0.0.1:8000
+	@echo "Serving on http://127.0.0.1:$(PORT) - sign in to the admin at http://127.0.0.1:$(PORT)/admin/"
+	@echo "as user 'admin', password 'admin'. API docs: http://127.0.0.1:$(PORT)/api/docs/. Press Ctrl-C to stop."
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 # Production: gunicorn, settings from real environment variables (see README), refusing to start
 # when `check --deploy` finds a problem (DEBUG on, missing secrets, insecure cookies...).
@@ -32,7 +34,7 @@ bench: $(VENV)/.installed
 
 # Every scenario for a couple of seconds on a small data set: proves the bench still runs, with no errors.
 bench-smoke: $(VENV)/.installed
-	$(BIN)/python bench/run.py --duration 2 --licenses 1000 --audit-events 300
+	$(BIN)/python bench/run.py --duration 2 --rounds 1 --licenses 1000 --audit-events 300
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

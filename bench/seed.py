@@ -118,7 +118,7 @@ def main(out_dir: Path, licenses: int, activations_per_license: int, audit_event
     )
     activate_lines = []
     for n, (key, license) in enumerate(sample(unlimited_keys)):
-        fingerprint = f"new-{n}-{uuid.uuid4().hex[:8]}" if n % 2 else f"fp-{license.pk.hex[:12]}-0"
+        fingerprint = "NEWDEVICE" if n % 2 else f"fp-{license.pk.hex[:12]}-0"
         activate_lines.append(
             "POST\t/api/v1/licenses/activate\t" + json.dumps({"key": key, "fingerprint": fingerprint})
         )

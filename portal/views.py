@@ -8,7 +8,6 @@ customer's license or device is a 404.
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
 
 from django import forms
 from django.contrib import messages
@@ -121,7 +120,8 @@ def status_in_words(license: License) -> str:
         return _("Active, never expires")
     if license.is_expired:
         return _("Expired on %(date)s") % {"date": date_format(timezone.localtime(license.expires_at), "j F Y")}
-    days = (license.expires_at - timezone.now()) // timedelta(days=1)
+    # Calendar days, as a person counts them: a year's license issued today expires in 365 days.
+    days = (timezone.localdate(license.expires_at) - timezone.localdate()).days
     if days == 0:
         return _("Active, expires today")
     return ngettext("Active, expires in %(days)d day", "Active, expires in %(days)d days", days) % {"days": days}
@@ -200,7 +200,8 @@ def deactivate_device(request, license_id, activation_id):
 def deactivate_all(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
     if request.method == "GET":
-        return render(request, "portal/confirm.html", {"license": license, "all_devices": True})
+        devices = license.activations.live().order_by("created_at")
+        return render(request, "portal/confirm.html", {"license": license, "all_devices": True, "devices": devices})
     try:
         freed = services.deactivate_all_activations(license=license, actor=actor(request))
     except errors.DeactivationLimitReached as error:

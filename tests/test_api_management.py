@@ -275,11 +275,29 @@ def test_customer_email_is_unique_ignoring_case(management_client, customer):
     assert Customer.objects.count() == 1
 
 
-def test_unknown_ids_are_404(management_client):
-    assert management_client.get("/api/v1/products/999").status_code == 404
-    response = management_client.get("/api/v1/licenses/00000000-0000-0000-0000-000000000000")
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("get", "/api/v1/products/999", "There is no product with this id."),
+        ("patch", "/api/v1/plans/999", "There is no plan with this id."),
+        ("get", "/api/v1/customers/999", "There is no customer with this id."),
+        ("get", f"/api/v1/licenses/{uuid.UUID(int=0)}", "There is no license with this id."),
+        ("patch", f"/api/v1/licenses/{uuid.UUID(int=0)}", "There is no license with this id."),
+        ("post", f"/api/v1/licenses/{uuid.UUID(int=0)}/suspend", "There is no license with this id."),
+        ("post", f"/api/v1/licenses/{uuid.UUID(int=0)}/extend", "There is no license with this id."),
+        ("get", f"/api/v1/licenses/{uuid.UUID(int=0)}/activations", "There is no license with this id."),
+        (
+            "post",
+            f"/api/v1/licenses/{uuid.UUID(int=0)}/activations/{uuid.UUID(int=1)}/deactivate",
+            "There is no license with this id.",
+        ),
+    ],
+)
+def test_unknown_ids_are_404_naming_the_record(management_client, method, path, message):
+    response = getattr(management_client, method)(path, {}, format="json")
+
     assert response.status_code == 404
-    assert error(response)["code"] == "not_found"
+    assert error(response) == {"code": "not_found", "message": message}
 
 
 # ---------------------------------------------------------------- licenses
@@ -479,6 +497,7 @@ def test_a_device_of_another_license_is_404(management_client, issued, plan):
     response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/activations/{theirs.pk}/deactivate")
 
     assert response.status_code == 404
+    assert error(response)["message"] == "This license has no activation with this id."
     assert Activation.objects.get(pk=theirs.pk).is_live
 
 

@@ -140,7 +140,7 @@ def test_licenses_page_shows_product_status_key_and_slots(signed_in, issued, cus
     make_license(plan=plan, customer=customer, expires_at=datetime(2026, 3, 2, 12, tzinfo=UTC))
     suspended = make_license(plan=plan, customer=customer)
     services.suspend_license(license=suspended.license, actor=actor)
-    make_license(plan=plan, customer=customer, expires_at=timezone.now() + timedelta(days=10, hours=1))
+    make_license(plan=plan, customer=customer, expires_at=timezone.now() + timedelta(days=10))
 
     page = signed_in.get(reverse("portal:licenses")).content.decode()
 
@@ -211,11 +211,37 @@ def test_deactivate_all_devices(signed_in, issued):
     response = signed_in.post(url, follow=True)
 
     assert "The app on each of these devices stops working" in confirmation
+    assert "<li>a</li>" in confirmation and "<li>b</li>" in confirmation
 
     assert "2 devices deactivated. 0 of 3 slots in use." in response.content.decode()
     assert issued.license.activations.live().count() == 0
     again = signed_in.post(url, follow=True)
     assert "No device was in use: nothing changed." in again.content.decode()
+
+
+def test_deactivate_all_with_no_device_in_use_offers_nothing_to_confirm(signed_in, issued):
+    activation = activate(issued, "a", name="Old laptop").activation
+    services.deactivate_activation(activation=activation, actor=services.Actor.system("test"))
+
+    confirmation = signed_in.get(reverse("portal:deactivate-all", args=[issued.license.pk])).content.decode()
+
+    assert "No device is using this license: there is nothing to deactivate." in confirmation
+    assert "Old laptop" not in confirmation
+    assert "Yes, deactivate all devices" not in confirmation
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "words"),
+    [
+        (lambda now: now + timedelta(days=365), "Active, expires in 365 days"),
+        (lambda now: now + timedelta(days=1), "Active, expires in 1 day"),
+        (lambda now: now.replace(hour=23, minute=59, second=59, microsecond=999999), "Active, expires today"),
+    ],
+)
+def test_days_left_are_counted_in_calendar_days(signed_in, customer, plan, expires_at, words):
+    make_license(plan=plan, customer=customer, expires_at=expires_at(timezone.localtime()))
+
+    assert words in signed_in.get(reverse("portal:licenses")).content.decode()
 
 
 def test_an_offline_license_file_downloads_for_a_live_device(signed_in, issued):

@@ -7,8 +7,9 @@ import re
 from datetime import timedelta
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Q
-from django.shortcuts import get_object_or_404
+from django.http import Http404
 from django.urls.converters import IntConverter, UUIDConverter
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -310,6 +311,18 @@ class Pagination(PageNumberPagination):
         return super().get_page_size(request)
 
 
+def no_record_with_this_id(model) -> exceptions.NotFound:
+    return exceptions.NotFound(f"There is no {model._meta.verbose_name} with this id.")
+
+
+def record_or_404(records, **lookup):
+    """`records.get(**lookup)`, or a 404 that says which kind of record was not found."""
+    try:
+        return records.get(**lookup)
+    except ObjectDoesNotExist:
+        raise no_record_with_this_id(records.model) from None
+
+
 class ManagementView:
     """Authenticated by API key; read-only keys may only read. Writes are audited as the key."""
 
@@ -319,6 +332,12 @@ class ManagementView:
 
     def api_actor(self) -> services.Actor:
         return services.Actor.api_key(self.request.auth, ip_address=client_ip(self.request))
+
+    def get_object(self):
+        try:
+            return super().get_object()
+        except Http404:
+            raise no_record_with_this_id(self.get_queryset().model) from None
 
 
 class CatalogMixin(ManagementView):
@@ -463,7 +482,7 @@ class LicenseListView(ManagementView, generics.ListAPIView):
 class LicenseDetailView(ManagementView, APIView):
     @extend_schema(summary="A license, with its key", responses={200: api.LicenseWithKeySerializer, 404: ERRORS[404]})
     def get(self, request, pk):
-        return Response(api.LicenseWithKeySerializer(get_object_or_404(licenses_for_listing(), pk=pk)).data)
+        return Response(api.LicenseWithKeySerializer(record_or_404(licenses_for_listing(), pk=pk)).data)
 
     @extend_schema(
         summary="Change a license's owner, limit, expiry or metadata",
@@ -471,7 +490,7 @@ class LicenseDetailView(ManagementView, APIView):
         responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
     )
     def patch(self, request, pk):
-        license = get_object_or_404(License, pk=pk)
+        license = record_or_404(License.objects, pk=pk)
         data = validated(api.UpdateLicenseInputSerializer, request)
         services.update_license(license=license, actor=self.api_actor(), **data)
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
@@ -496,7 +515,7 @@ class LicenseStatusView(ManagementView, APIView):
         },
     )
     def post(self, request, pk):
-        license = get_object_or_404(License, pk=pk)
+        license = record_or_404(License.objects, pk=pk)
         validated(api.EmptyInputSerializer, request)
         LICENSE_ACTIONS[self.action_name](license=license, actor=self.api_actor())
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
@@ -509,7 +528,7 @@ class LicenseExtendView(ManagementView, APIView):
         responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
     )
     def post(self, request, pk):
-        license = get_object_or_404(License, pk=pk)
+        license = record_or_404(License.objects, pk=pk)
         data = validated(api.ExtendLicenseInputSerializer, request)
         services.extend_license(license=license, actor=self.api_actor(), **data)
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
@@ -519,7 +538,7 @@ class LicenseActivationListView(ManagementView, generics.ListAPIView):
     serializer_class = api.ManagedActivationSerializer
 
     def get_queryset(self):
-        license = get_object_or_404(License, pk=self.kwargs["pk"])
+        license = record_or_404(License.objects, pk=self.kwargs["pk"])
         return Activation.objects.filter(license=license).order_by("-created_at", "id")
 
 
@@ -536,7 +555,11 @@ class ActivationDeactivateView(ManagementView, APIView):
         },
     )
     def post(self, request, pk, activation_pk):
-        activation = get_object_or_404(Activation, pk=activation_pk, license_id=pk)
+        license = record_or_404(License.objects, pk=pk)
+        try:
+            activation = license.activations.get(pk=activation_pk)
+        except Activation.DoesNotExist:
+            raise exceptions.NotFound("This license has no activation with this id.") from None
         validated(api.EmptyInputSerializer, request)
         result = services.deactivate_activation(activation=activation, actor=self.api_actor())
         result.activation.already_inactive = result.already_inactive
