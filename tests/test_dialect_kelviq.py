@@ -292,7 +292,7 @@ def test_a_license_without_plan_or_customer_keeps_its_product(kelviq, product):
         ({"licenseKey": ""}, {"licenseKey": ["This field may not be blank."]}),
         ({"metadata": ["os"]}, {"metadata": ['Expected a dictionary of items but got type "list".']}),
         ({"metadata": {"a": "\x00"}}, {"metadata": ["Metadata must not contain NUL characters."]}),
-        ({"instanceName": "x" * 256}, {"instanceName": ["This must be at most 255 characters."]}),
+        ({"instanceName": "x" * 256}, {"instanceName": ["Ensure this field has no more than 255 characters."]}),
         ({"instanceName": "a\x00b"}, {"instanceName": ["Null characters are not allowed."]}),
         ({"instanceName": "\ud800"}, {"instanceName": ["Surrogate characters are not allowed: U+D800."]}),
     ],

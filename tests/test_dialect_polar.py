@@ -503,6 +503,15 @@ def test_activate_refuses_metadata_beyond_polars_limits(api_client, org, issued,
     assert issued.license.live_activation_count() == 0
 
 
+def test_activate_refuses_a_label_longer_than_a_device_name_in_pydantics_words(api_client, org, issued):
+    response = activate_call(api_client, issued, label="x" * 256)
+
+    assert validation_problems(response) == [
+        {"loc": ["body", "label"], "msg": "String should have at most 255 characters", "type": "string_too_long"}
+    ]
+    assert issued.license.live_activation_count() == 0
+
+
 def test_activate_takes_50_pairs_of_every_allowed_type(api_client, org, issued):
     meta = {f"k{n}": value for n, value in enumerate(["x" * 500, 1, 1.5, True, False] * 10)}
 

@@ -157,7 +157,9 @@ class KelviqActivateInputSerializer(serializers.Serializer):
     licenseKey = serializers.CharField()
     # Blank or null means "not given": apps without a customer id send either.
     customerId = serializers.CharField(required=False, allow_blank=True, allow_null=True)
-    instanceName = serializers.CharField(required=False, allow_blank=True, allow_null=True)
+    instanceName = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, max_length=services.MAX_NAME_LENGTH
+    )
     metadata = serializers.DictField(required=False, allow_null=True)
 
 

@@ -358,7 +358,11 @@ class DeactivateKeyView(KeymintView):
     @retry_on_lost_connection
     def post(self, request):
         data = json_body(request)
-        license, license_key = find_key(data)
+        try:
+            license, license_key = find_key(data)
+        except errors.LicenseNotFound:
+            # Keymint's deactivate has one not-found answer, for the product, the key and the device.
+            raise KeymintError(404, 1, "Device not found") from None
         host_id = text(data, "hostId", required=False, max_length=MAX_HOST_ID_LENGTH)
         actor = self.actor(request)
         if host_id is None:

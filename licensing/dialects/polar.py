@@ -232,6 +232,14 @@ def text(value: Any, loc: list[Any]) -> str:
     return value
 
 
+def label(value: Any, loc: list[Any]) -> str:
+    """A device's label: text no longer than a device name may be here (Polar sets no bound)."""
+    value = text(value, loc)
+    if too_long := length_problem(value, loc, (0, services.MAX_NAME_LENGTH)):
+        raise FieldInvalid([too_long])
+    return value
+
+
 def uuid_text(value: Any, loc: list[Any]) -> uuid.UUID:
     # Any UUID version: Polar asks for version 4, but a stricter check could only refuse ids
     # that would answer 404 anyway.
@@ -530,7 +538,7 @@ class ValidateView(PolarView):
 ACTIVATE_FIELDS = {
     "key": (text, REQUIRED),
     "organization_id": (uuid_text, REQUIRED),
-    "label": (text, REQUIRED),
+    "label": (label, REQUIRED),
     "conditions": (scalar_map, dict),
     "meta": (scalar_map, dict),
 }
