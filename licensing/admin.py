@@ -14,16 +14,18 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from licensing import errors, keys, services, signing
+from licensing.addresses import client_ip
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, RsaKey, SigningKey
 
 
 def staff_actor(request: HttpRequest) -> services.Actor:
-    return services.Actor.staff(request.user, ip_address=request.META.get("REMOTE_ADDR"))
+    return services.Actor.staff(request.user, ip_address=client_ip(request))
 
 
 def limit_display(max_activations: int | None) -> str:
@@ -614,29 +616,56 @@ class MadeByServiceAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         pass
 
 
-class NoFieldsForm(forms.ModelForm):
+class SigningKeyAddForm(forms.ModelForm):
+    signs_from = forms.DateTimeField(
+        label=_("Signs from"),
+        required=False,
+        help_text=_(
+            "Leave empty to sign from now. A later time publishes the key first, so your apps can ship its public "
+            "key before it signs, and the apps already out there keep verifying answers when it takes over."
+        ),
+    )
+
     class Meta:
         model = SigningKey
-        fields: list[str] = []
+        fields = ["signs_from"]
+
+    def clean_signs_from(self):
+        signs_from = self.cleaned_data["signs_from"]
+        if signs_from is not None:
+            try:
+                services.check_signs_from(signs_from)
+            except errors.InvalidInput as error:
+                raise ValidationError(str(error.message)) from None
+        return signs_from
 
 
 @admin.register(SigningKey)
 class SigningKeyAdmin(MadeByServiceAdmin):
     """Key pairs that sign answers. The private half is never shown; adding one rotates the signer."""
 
-    list_display = ["kid", "algorithm", "created_at", "signs_now", "retired_at"]
-    fields = ["kid", "algorithm", "public_key_pem", "created_at", "retired_at"]
+    list_display = ["kid", "algorithm", "created_at", "signs_from", "signs_now", "retired_at"]
+    fields = ["kid", "algorithm", "public_key_pem", "created_at", "signs_from", "retired_at"]
     actions = ["retire"]
-    form = NoFieldsForm
+    form = SigningKeyAddForm
 
     def save_form(self, request, form, change):
-        signing_key = services.create_signing_key(actor=staff_actor(request))
-        messages.success(request, _("Signing key %(kid)s created; it signs from now on.") % {"kid": signing_key.kid})
+        signing_key = services.create_signing_key(
+            actor=staff_actor(request), signs_from=form.cleaned_data.get("signs_from")
+        )
+        if signing_key.signs_from > timezone.now():
+            message = _("Signing key %(kid)s created and published; it signs from %(time)s.") % {
+                "kid": signing_key.kid,
+                "time": date_format(timezone.localtime(signing_key.signs_from), "j F Y, H:i T"),
+            }
+        else:
+            message = _("Signing key %(kid)s created; it signs from now on.") % {"kid": signing_key.kid}
+        messages.success(request, message)
         return signing_key
 
     def get_queryset(self, request):
-        current = services.published_signing_keys().values_list("pk", flat=True)[:1]
-        return super().get_queryset(request).annotate(is_current=Q(pk__in=current))
+        current = services.signing_key_now()
+        return super().get_queryset(request).annotate(is_current=Q(pk=current.pk if current else None))
 
     @admin.display(description=_("signs now"), boolean=True)
     def signs_now(self, signing_key: SigningKey) -> bool:
@@ -662,7 +691,7 @@ class SigningKeyAdmin(MadeByServiceAdmin):
             message = _(
                 "The key that signed answers is retired: within %(seconds)d seconds answers are signed by the newest "
                 "key left, or by a new one made for the next answer if none is left. Apps that hold only the retired "
-                "public key cannot verify answers until they fetch the new one from /api/v1/signing-keys."
+                "public key cannot verify answers until they get the new one."
             )
             self.message_user(request, message % {"seconds": services.SIGNING_KEY_CACHE_SECONDS}, messages.WARNING)
 

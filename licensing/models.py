@@ -374,8 +374,10 @@ class AuditEvent(models.Model):
 class SigningKey(models.Model):
     """An Ed25519 key pair that signs API answers and offline license files.
 
-    The newest key not retired signs; older ones stay published until retired, so apps holding an
-    answer or a file signed before a rotation can still check it.
+    Of the keys not retired whose `signs_from` has come, the latest to come signs. A key is
+    published from the moment it is made, so a rotation can publish the next key long before it
+    signs and apps can ship it; older keys stay published until retired, so apps holding an answer
+    or a file signed before a rotation can still check it.
     """
 
     class Algorithm(models.TextChoices):
@@ -386,10 +388,11 @@ class SigningKey(models.Model):
     public_key_pem = models.TextField(_("public key"), editable=False)
     private_key_encrypted = models.TextField(editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    signs_from = models.DateTimeField(_("signs from"), default=timezone.now)
     retired_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
-        ordering = ["-created_at", "-id"]
+        ordering = ["-signs_from", "-id"]
 
     def __str__(self) -> str:
         return self.kid

@@ -1087,20 +1087,53 @@ def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: t
 # ---------------------------------------------------------------- signing keys
 
 
-def create_signing_key(*, actor: Actor) -> SigningKey:
-    """Make a new Ed25519 key pair; from now on it signs, and older keys stay published."""
+# A time typed into a form ("now", to the minute) is already a little past when it arrives.
+SIGNS_FROM_LEEWAY = timedelta(minutes=5)
+
+
+def check_signs_from(signs_from: datetime) -> None:
+    """Raise InvalidInput unless a new signing key can start signing at this time."""
+    if timezone.is_naive(signs_from):
+        raise errors.InvalidInput("Give the time the key signs from with its time zone.", field="signs_from")
+    if signs_from < timezone.now() - SIGNS_FROM_LEEWAY:
+        raise errors.InvalidInput("A new key cannot sign from a time already past.", field="signs_from")
+
+
+def create_signing_key(*, actor: Actor, signs_from: datetime | None = None) -> SigningKey:
+    """Make a new Ed25519 key pair, published at once, that signs from `signs_from` (now if not given).
+
+    A later `signs_from` is how a rotation keeps shipped apps working: they get the new public key
+    in an update while the old key still signs, and verify both once the new one takes over.
+    Older keys stay published.
+    """
+    now = timezone.now()
+    if signs_from is None:
+        signs_from = now
+    check_signs_from(signs_from)
     kid, public_pem, private_encrypted = signing.new_key_pair()
     with transaction.atomic():
         signing_key = SigningKey.objects.create(
-            kid=kid, public_key_pem=public_pem, private_key_encrypted=private_encrypted
+            kid=kid,
+            public_key_pem=public_pem,
+            private_key_encrypted=private_encrypted,
+            signs_from=max(signs_from, now),
         )
-        record_event(actor=actor, action="signing_key.created", target=signing_key)
+        record_event(
+            actor=actor,
+            action="signing_key.created",
+            target=signing_key,
+            changes={"signs_from": [None, signing_key.signs_from.isoformat()]},
+        )
     forget_cached_keys()
     return signing_key
 
 
 def retire_signing_key(*, signing_key: SigningKey, actor: Actor) -> SigningKey:
-    """Stop signing with a key and stop publishing it. Answers it signed no longer verify."""
+    """Stop signing with a key and stop publishing it.
+
+    Apps that fetch the published keys stop trusting it; apps that embedded its public key keep
+    trusting it until they get an update without it.
+    """
     with transaction.atomic():
         locked = SigningKey.objects.select_for_update().get(pk=signing_key.pk)
         if locked.retired_at is None:
@@ -1112,12 +1145,13 @@ def retire_signing_key(*, signing_key: SigningKey, actor: Actor) -> SigningKey:
 
 
 def published_signing_keys() -> models.QuerySet[SigningKey]:
+    """Every key not retired, those that sign only later included, newest signer first."""
     return SigningKey.objects.filter(retired_at__isnull=True)
 
 
 def signing_key_now() -> SigningKey | None:
     """The key that signs answers now (each process may use the one before for SIGNING_KEY_CACHE_SECONDS)."""
-    return published_signing_keys().first()
+    return published_signing_keys().filter(signs_from__lte=timezone.now()).first()
 
 
 # Every signed answer needs the current key; asking the database each time would cost a query per

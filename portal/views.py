@@ -23,6 +23,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods, require_POST
 
 from licensing import errors, services
+from licensing.addresses import client_ip
 from licensing.api.views import build_license_file
 from licensing.models import Customer, License
 
@@ -31,10 +32,6 @@ SESSION_KEY = "portal_customer_id"
 
 class SignInForm(forms.Form):
     email = forms.EmailField(label=_("E-mail address"), max_length=254)
-
-
-def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 def customer_required(view):

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from licensing import services
-from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -576,6 +576,30 @@ def test_retiring_a_key_that_no_longer_signs_gives_no_warning(staff_client, acto
     response = action(staff_client, "signingkey", "retire", [old])
 
     assert page_messages(response) == ["1 key(s) retired."]
+
+
+def test_a_signing_key_added_for_a_later_time_is_published_but_does_not_sign_yet(staff_client):
+    signing_now = services.current_signing_key()
+
+    response = staff_client.post(
+        reverse("admin:licensing_signingkey_add"), {"signs_from": "2099-01-15 09:00:00"}, follow=True
+    )
+    scheduled = SigningKey.objects.exclude(pk=signing_now.pk).get()
+
+    message = f"Signing key {scheduled.kid} created and published; it signs from 15 January 2099, 09:00 UTC."
+    assert message in page_messages(response)
+    assert services.signing_key_now() == signing_now
+    assert scheduled in services.published_signing_keys()
+    listing = staff_client.get(reverse("admin:licensing_signingkey_changelist")).content.decode()
+    assert listing.count('alt="True"') == 1
+
+
+def test_a_signing_key_cannot_be_added_to_sign_from_the_past(staff_client):
+    response = staff_client.post(reverse("admin:licensing_signingkey_add"), {"signs_from": "2001-01-15 09:00:00"})
+
+    assert response.status_code == 200
+    assert "A new key cannot sign from a time already past." in response.content.decode()
+    assert not SigningKey.objects.exists()
 
 
 def test_adding_a_signing_key_rotates_and_retiring_stops_publishing(staff_client, actor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import uuid
 from datetime import timedelta
@@ -11,8 +12,8 @@ import pytest
 from django.utils import timezone
 from license_verifier import VerificationError, public_keys_from_signing_keys, verify_license_file, verify_response
 
-from licensing import services
-from licensing.models import Activation, AuditEvent, License
+from licensing import errors, services
+from licensing.models import Activation, AuditEvent, License, SigningKey
 from tests.factories import activate, make_license, make_plan
 
 pytestmark = pytest.mark.django_db
@@ -153,6 +154,27 @@ def test_a_body_that_is_not_a_json_object_is_400(api_client, body):
 
     assert response.status_code == 400
     assert error(response)["code"] in {"malformed_request", "invalid_input"}
+
+
+def test_behind_a_proxy_the_audit_trail_records_the_forwarded_client_address(api_client, issued, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+
+    call(api_client, "activate", {"key": issued.key, "fingerprint": "pc"}, HTTP_X_FORWARDED_FOR="203.0.113.7")
+    call(api_client, "deactivate", {"key": issued.key, "fingerprint": "pc"}, HTTP_X_FORWARDED_FOR="not an address")
+
+    activation = Activation.objects.get()
+    events = dict(AuditEvent.objects.values_list("action", "ip_address"))
+    assert (activation.ip_address, events["activation.created"]) == ("203.0.113.7", "203.0.113.7")
+    assert events["activation.deactivated"] is None
+
+
+def test_a_body_that_starts_with_a_utf8_byte_order_mark_is_read(api_client, issued):
+    body = codecs.BOM_UTF8 + json.dumps({"key": issued.key, "fingerprint": "windows-pc"}).encode()
+
+    response = call(api_client, "activate", body)
+
+    assert response.status_code == 201
+    assert response.json()["activation"]["fingerprint"] == "windows-pc"
 
 
 def test_a_null_body_says_no_data_was_sent(api_client):
@@ -324,6 +346,58 @@ def test_a_replayed_answer_is_detected_by_its_nonce(api_client, issued):
 
     with pytest.raises(VerificationError):
         verified(api_client, response, nonce="second-request")
+
+
+@pytest.mark.parametrize("sent", [{"fingerprint": "activated-device"}, {}])
+def test_an_answer_about_another_device_fails_the_device_check(api_client, issued, sent):
+    """A proxy keeps the app's nonce but sends an activated device's fingerprint, or none: the
+    server signs a VALID answer, and the verifier refuses it for the device that asked."""
+    call(api_client, "activate", {"key": issued.key, "fingerprint": "activated-device"})
+    response = call(api_client, "validate", {"key": issued.key, "nonce": "n-1", **sent})
+    keys = published_keys(api_client)
+
+    assert response.json()["valid"] is True
+    with pytest.raises(VerificationError, match="another device, or none"):
+        verify_response(
+            response.content, response["X-License-Signature"], keys, expected_nonce="n-1", fingerprint="new-device"
+        )
+    if sent:
+        verify_response(
+            response.content,
+            response["X-License-Signature"],
+            keys,
+            expected_nonce="n-1",
+            fingerprint="activated-device",
+        )
+
+
+def test_a_key_scheduled_to_sign_later_is_published_at_once_and_signs_when_its_time_comes(api_client, issued, actor):
+    signing_now = services.current_signing_key()
+    next_key = services.create_signing_key(actor=actor, signs_from=timezone.now() + timedelta(days=30))
+
+    before = call(api_client, "validate", {"key": issued.key})
+    listing = {key["kid"]: key for key in api_client.get("/api/v1/signing-keys").json()["keys"]}
+    # Thirty days later (the key's time has come; each process re-reads its key within 30 s).
+    SigningKey.objects.filter(pk=next_key.pk).update(signs_from=timezone.now())
+    services.forget_cached_keys()
+    after = call(api_client, "validate", {"key": issued.key})
+
+    assert f'keyid="{signing_now.kid}"' in before["X-License-Signature"]
+    assert (listing[next_key.kid]["active"], listing[signing_now.kid]["active"]) == (False, True)
+    assert listing[next_key.kid]["signs_from"] == next_key.signs_from.isoformat().replace("+00:00", "Z")
+    assert f'keyid="{next_key.kid}"' in after["X-License-Signature"]
+    # An app that shipped with the key list fetched before the switch verifies both answers.
+    shipped = {kid: entry["public_key"] for kid, entry in listing.items()}
+    for answer in (before, after):
+        verify_response(answer.content, answer["X-License-Signature"], shipped)
+
+
+def test_a_signing_key_cannot_be_scheduled_in_the_past(actor):
+    with pytest.raises(errors.InvalidInput) as refused:
+        services.create_signing_key(actor=actor, signs_from=timezone.now() - timedelta(hours=1))
+
+    assert refused.value.field == "signs_from"
+    assert SigningKey.objects.count() == 0
 
 
 def test_meta_carries_the_server_time(api_client, issued):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from licensing import keys, services
-from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -99,6 +99,38 @@ def test_create_signing_key_command_prints_the_public_key():
     assert "-----BEGIN PUBLIC KEY-----" in out.getvalue()
     assert "PRIVATE" not in out.getvalue()
     assert services.current_signing_key().kid in out.getvalue()
+
+
+def test_create_signing_key_command_schedules_a_key_for_a_later_date():
+    signing_now = services.current_signing_key()
+    out = io.StringIO()
+
+    call_command("create_signing_key", "--signs-from", "2099-01-15", stdout=out)
+
+    scheduled = SigningKey.objects.exclude(pk=signing_now.pk).get()
+    assert scheduled.signs_from == datetime(2099, 1, 15, tzinfo=UTC)
+    assert f"{scheduled.kid}, published now; it signs from 2099-01-15T00:00:00+00:00" in out.getvalue()
+    assert services.signing_key_now() == signing_now
+    assert scheduled in services.published_signing_keys()
+
+
+def test_create_signing_key_if_none_makes_the_first_key_only():
+    first, second = io.StringIO(), io.StringIO()
+
+    call_command("create_signing_key", "--if-none", stdout=first)
+    call_command("create_signing_key", "--if-none", stdout=second)
+
+    signing_key = SigningKey.objects.get()
+    assert f"Created signing key {signing_key.kid}" in first.getvalue()
+    assert second.getvalue() == f"Signing key {signing_key.kid} signs; no new key made.\n"
+
+
+@pytest.mark.parametrize(("value", "message"), [("soon", "not an ISO 8601"), ("2001-01-01", "already past")])
+def test_create_signing_key_command_refuses_a_bad_or_past_date(value, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("create_signing_key", "--signs-from", value, stdout=io.StringIO())
+
+    assert not SigningKey.objects.exists()
 
 
 # ---------------------------------------------------------------- catalog

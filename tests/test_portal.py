@@ -109,6 +109,20 @@ def test_requests_are_throttled_per_address_and_per_ip(client, customer):
     assert len(mail.outbox) == 3
 
 
+def test_behind_a_proxy_each_customer_is_counted_by_the_forwarded_address(client, customer, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    # The proxy's own address is REMOTE_ADDR for everyone; the client's is the last X-Forwarded-For entry.
+    for n in range(10):
+        request_link(client, f"someone{n}@example.com", HTTP_X_FORWARDED_FOR="203.0.113.7")
+
+    from_the_busy_address = request_link(client, "another@example.com", HTTP_X_FORWARDED_FOR="203.0.113.7")
+    from_elsewhere = request_link(client, customer.email, HTTP_X_FORWARDED_FOR="spoofed, 198.51.100.2")
+
+    assert from_the_busy_address.status_code == 429
+    assert from_elsewhere.status_code == 200
+    assert SignInLink.objects.filter(customer=customer).get().ip_address == "198.51.100.2"
+
+
 def test_an_invalid_address_is_a_form_error(client):
     response = request_link(client, "not an address")
 

@@ -80,8 +80,14 @@ def verify_response(
     public_keys: PublicKeys,
     *,
     expected_nonce: str | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Check the X-License-Signature of a response body and return the parsed body."""
+    """Check the X-License-Signature of a response body and return the parsed body.
+
+    Pass the `nonce` you sent and this device's `fingerprint`: the signature proves only that the
+    server wrote the answer, and a proxy could send your nonce with another device's fingerprint
+    (or none) and hand you that answer. An answer that lets the app run must name this device.
+    """
     if not isinstance(body, bytes):
         raise TypeError("body must be the raw response bytes, not decoded text.")
     params = _parse_signature_header(signature_header)
@@ -97,7 +103,20 @@ def verify_response(
         # The nonce is the replay guard, so comparing it must not leak how much of a guess matched.
         if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), expected_nonce.encode()):
             raise VerificationError("Response nonce does not match the request nonce (possible replay).")
+    if fingerprint is not None and _lets_the_app_run(document):
+        _check_device(document.get("activation"), fingerprint, "Response is about another device, or none.")
     return document
+
+
+def _lets_the_app_run(document: Mapping[str, Any]) -> bool:
+    """An answer to activate, validate or deactivate that is not a refusal: it carries an activation."""
+    return "error" not in document and document.get("valid", True) is not False and "activation" in document
+
+
+def _check_device(activation: object, fingerprint: str, message: str) -> None:
+    issued_to = activation.get("fingerprint") if isinstance(activation, Mapping) else None
+    if not isinstance(issued_to, str) or not hmac.compare_digest(issued_to.encode(), fingerprint.encode()):
+        raise VerificationError(message)
 
 
 def verify_license_file(
@@ -135,10 +154,7 @@ def verify_license_file(
     if issued_at > now + CLOCK_SKEW_LEEWAY:
         raise VerificationError(f"License file is issued in the future ({issued_at.isoformat()}); check the clock.")
     if fingerprint is not None:
-        activation = payload.get("activation")
-        issued_to = activation.get("fingerprint") if isinstance(activation, Mapping) else None
-        if not isinstance(issued_to, str) or not hmac.compare_digest(issued_to.encode(), fingerprint.encode()):
-            raise VerificationError("License file was issued to another device.")
+        _check_device(payload.get("activation"), fingerprint, "License file was issued to another device.")
     return payload
 
 
@@ -162,7 +178,10 @@ def _parse_signature_header(header: str) -> dict[str, str]:
 def _lookup_key(public_keys: PublicKeys, kid: str) -> Ed25519PublicKey:
     key = public_keys.get(kid)
     if key is None:
-        raise VerificationError(f"Unknown signing key {kid!r}; refresh the signing keys.")
+        raise VerificationError(
+            f"Unknown signing key {kid!r}: this app does not hold its public key "
+            "(ship the server's published signing keys with the app)."
+        )
     if isinstance(key, str | bytes):
         return load_public_key(key)
     if not isinstance(key, Ed25519PublicKey):

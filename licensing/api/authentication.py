@@ -8,6 +8,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from licensing import services
+from licensing.addresses import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         api_key = services.authenticate_api_key(key)
         if api_key is None:
             # Enough to spot someone guessing keys; the key itself is never logged.
-            logger.warning(
-                "Refused API key starting %r from %s", key[:4], request.META.get("REMOTE_ADDR", "an unknown address")
-            )
+            logger.warning("Refused API key starting %r from %s", key[:4], client_ip(request) or "an unknown address")
             raise exceptions.AuthenticationFailed("The API key is not valid, or has been revoked.")
         return api_key, api_key
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import codecs
 import json
 
 from django.conf import settings
@@ -20,6 +21,8 @@ class LimitedJSONParser(parsers.JSONParser):
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
             raise RequestTooLarge(f"The request body must be at most {limit} bytes.")
+        # RFC 8259 lets a parser ignore a leading UTF-8 byte order mark, which some Windows clients send.
+        body = body.removeprefix(codecs.BOM_UTF8)
         try:
             return json.loads(body.decode((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET))
         except (ValueError, UnicodeDecodeError, LookupError):

@@ -286,7 +286,13 @@ class SigningKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = SigningKey
-        fields = ["kid", "algorithm", "public_key", "created_at", "active"]
+        fields = ["kid", "algorithm", "public_key", "created_at", "signs_from", "active"]
+        extra_kwargs = {
+            "signs_from": {
+                "help_text": "When this key signs, or signed, its first answer; a later time is a key "
+                "published ahead of a rotation, for apps to embed before it signs."
+            }
+        }
 
     def get_active(self, signing_key: SigningKey) -> bool:
         return signing_key.pk == self.context["current_kid_pk"]

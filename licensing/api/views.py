@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from licensing import services, signing
+from licensing.addresses import client_ip
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.exceptions import error_body
@@ -38,10 +39,6 @@ SIGNATURE_HEADER_DOC = OpenApiParameter(
     response=True,
     description='keyid="…", algorithm="ed25519", signature="<base64>": Ed25519 over the exact body bytes.',
 )
-
-
-def client_ip(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:

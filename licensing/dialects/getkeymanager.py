@@ -34,6 +34,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from licensing import errors, services, signing
+from licensing.addresses import client_ip
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
 from licensing.api.retry import retry_on_lost_connection
@@ -249,7 +250,7 @@ class GetKeyManagerView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
         return self.call(
             license_key=license_key_from(data),
             identifier=identifier_from(data),
-            actor=services.Actor.api_key(api_key, ip_address=request.META.get("REMOTE_ADDR")),
+            actor=services.Actor.api_key(api_key, ip_address=client_ip(request)),
         )
 
     def call(self, *, license_key: str, identifier: str, actor: services.Actor) -> Response:

@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from licensing import errors, lookups, services
+from licensing.addresses import client_ip
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser
@@ -100,7 +101,7 @@ class KelviqView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegoti
         return kelviq_exception_handler
 
     def actor(self, request: Request) -> services.Actor:
-        return services.Actor.api_key(request.auth, ip_address=request.META.get("REMOTE_ADDR"))
+        return services.Actor.api_key(request.auth, ip_address=client_ip(request))
 
 
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:

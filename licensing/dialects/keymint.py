@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from licensing import errors, services
+from licensing.addresses import client_ip
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
 from licensing.api.retry import retry_on_lost_connection
@@ -315,7 +316,7 @@ class KeymintView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegot
         return keymint_exception_handler
 
     def actor(self, request: Request) -> services.Actor:
-        return services.Actor.api_key(request.auth, ip_address=request.META.get("REMOTE_ADDR"))
+        return services.Actor.api_key(request.auth, ip_address=client_ip(request))
 
     def answer(self, body: dict[str, Any]) -> Response:
         return Response(camelize(body) if self.camel_case else body)

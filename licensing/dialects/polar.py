@@ -28,6 +28,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from licensing import errors, services
+from licensing.addresses import client_ip
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
 from licensing.api.retry import retry_on_lost_connection
@@ -484,7 +485,7 @@ class PolarView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
         return response
 
     def actor(self, request: Request) -> services.Actor:
-        return services.Actor.app(ip_address=request.META.get("REMOTE_ADDR"))
+        return services.Actor.app(ip_address=client_ip(request))
 
     def license(self, data: dict[str, Any]) -> License:
         return services.find_license(license_key=data["key"], polar_organization_id=data["organization_id"])

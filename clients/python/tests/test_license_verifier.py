@@ -176,6 +176,44 @@ def test_nonce_mismatch_fails(signing_key, public_keys, answered_nonce):
         verify_response(body, header, public_keys, expected_nonce="n-123")
 
 
+def signed(key: Ed25519PrivateKey, document: dict[str, Any]) -> tuple[bytes, str]:
+    body = json.dumps(document).encode()
+    return body, signature_header(key.sign(body))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"valid": True, "code": "VALID", "activation": {"fingerprint": "device-1"}},
+        {"created": False, "activation": {"fingerprint": "device-1"}, "license": {}},
+        {"valid": False, "code": "NOT_ACTIVATED", "activation": None},
+        {"error": {"code": "activation_limit_reached", "message": "..."}},
+        {"license_file": "-----BEGIN LICENSE FILE-----...", "kid": KID},
+    ],
+)
+def test_an_answer_for_this_device_or_a_refusal_passes_the_device_check(signing_key, public_keys, answer):
+    body, header = signed(signing_key, answer)
+
+    assert verify_response(body, header, public_keys, fingerprint="device-1") == answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"valid": True, "code": "VALID", "activation": {"fingerprint": "device-2"}},
+        {"valid": True, "code": "VALID", "activation": None},
+        {"created": True, "activation": {"fingerprint": "device-2"}, "license": {}},
+        {"created": True, "activation": {}, "license": {}},
+    ],
+)
+def test_an_answer_that_lets_another_device_or_none_run_fails(signing_key, public_keys, answer):
+    """A proxy that sends our nonce with another device's fingerprint, or none, gets a signed VALID."""
+    body, header = signed(signing_key, answer)
+
+    with pytest.raises(VerificationError, match="another device, or none"):
+        verify_response(body, header, public_keys, fingerprint="device-1")
+
+
 def test_signed_body_that_is_not_json_fails(signing_key, public_keys):
     body = b"<html>oops</html>"
 

@@ -1,14 +1,52 @@
-"""Make a new Ed25519 signing key; it signs from now on and older keys stay published until retired."""
+"""Make a new Ed25519 signing key, published at once; it signs from now, or from --signs-from."""
 
-from django.core.management.base import BaseCommand
+from datetime import UTC, datetime
 
-from licensing import services
+from django.core.management.base import BaseCommand, CommandError
+
+from licensing import errors, services
+
+
+def aware_time(value: str) -> datetime:
+    """An ISO 8601 date or date-time; without a zone it is UTC (a date alone is midnight UTC)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"--signs-from: {value!r} is not an ISO 8601 date or date-time.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Command(BaseCommand):
     help = "Create a new signing key for API answers and offline license files, and print its public key."
 
-    def handle(self, *args, **options):
-        signing_key = services.create_signing_key(actor=services.Actor.system("create_signing_key"))
-        self.stdout.write(f"Created signing key {signing_key.kid}. It signs from now on. Public key:")
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--if-none",
+            action="store_true",
+            help="Make a key only if none signs now (`make serve` runs this before the server starts).",
+        )
+        parser.add_argument(
+            "--signs-from",
+            type=aware_time,
+            help="When the key starts signing (ISO 8601, UTC unless it says otherwise), e.g. 2027-01-15. "
+            "Until then it is only published, so apps can ship its public key before it signs.",
+        )
+
+    def handle(self, *args, signs_from=None, if_none=False, **options):
+        if if_none and (signing_now := services.signing_key_now()) is not None:
+            self.stdout.write(f"Signing key {signing_now.kid} signs; no new key made.")
+            return
+        try:
+            signing_key = services.create_signing_key(
+                actor=services.Actor.system("create_signing_key"), signs_from=signs_from
+            )
+        except errors.InvalidInput as error:
+            raise CommandError(f"--signs-from: {error.message}") from None
+        if signs_from is None:
+            self.stdout.write(f"Created signing key {signing_key.kid}. It signs from now on. Public key:")
+        else:
+            self.stdout.write(
+                f"Created signing key {signing_key.kid}, published now; it signs from "
+                f"{signing_key.signs_from.isoformat()}. Public key:"
+            )
         self.stdout.write(signing_key.public_key_pem.rstrip())
