@@ -56,6 +56,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "licensing.middleware.HealthCheckMiddleware",
     "licensing.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, API docs, portal stylesheet) straight from the app server in production.
@@ -206,6 +207,9 @@ USE_TZ = True
 # users can sign in as a demo customer; set EMAIL_URL=smtp+tls://user:password@host:587 in production.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="licenses@localhost")
+# Seconds an SMTP server may take to answer: a server thread waits that long on a silent one, and
+# those threads also answer license calls.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 # Server-side: a message may carry a secret shown once (a new API or license key), and the
 # default cookie storage would put it, signed but readable, in the browser's cookies.
@@ -218,15 +222,24 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+LOG_LEVEL = env.str("DJANGO_LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
-    # Django's own console handler would print every line a second time through the root logger.
+    "formatters": {
+        "console": {
+            "()": "licensing.log_format.ConsoleFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
+    "filters": {"without_traceback": {"()": "licensing.log_format.WithoutTraceback"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "django": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO"), "propagate": False}
+        # Django's own console handler would print every line a second time through the root logger.
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Scanners and health checks by IP address send unknown Host headers all day: one line each.
+        "django.security.DisallowedHost": {"filters": ["without_traceback"]},
     },
 }
 

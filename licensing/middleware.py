@@ -1,15 +1,48 @@
-"""One structured log line per request, so operators can follow traffic without ever logging a secret."""
+"""The health check, and one structured log line per request, so operators can follow traffic
+without ever logging a secret."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from datetime import UTC, datetime
 
-logger = logging.getLogger("licensing.requests")
+from django.db import DatabaseError, connection
+from django.http import JsonResponse
+
+from licensing.log_format import REQUEST_LOG
+
+logger = logging.getLogger(REQUEST_LOG)
+health_logger = logging.getLogger(__name__)
 
 # URL parts that are secrets themselves: the portal's one-time sign-in token.
 SECRET_URL_ARGUMENTS = frozenset({"token"})
+
+HEALTH_CHECK_PATH = "/healthz"
+
+
+class HealthCheckMiddleware:
+    """`GET /healthz`: 200 when the app can reach its database, 503 when it cannot.
+
+    Answered first, before the host check and the HTTPS redirect, because load balancers and
+    container probes call by IP address over plain HTTP; and left out of the request log, which
+    they would fill.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path_info != HEALTH_CHECK_PATH:
+            return self.get_response(request)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except DatabaseError:
+            health_logger.warning("Health check: the database does not answer", exc_info=True)
+            return JsonResponse({"status": "database unavailable"}, status=503)
+        return JsonResponse({"status": "ok"})
 
 
 class RequestLogMiddleware:
@@ -28,6 +61,7 @@ class RequestLogMiddleware:
         if not logger.isEnabledFor(logging.INFO):
             return response
         line = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "method": request.method,
             "path": logged_path(request),
             "status": response.status_code,

@@ -8,6 +8,8 @@ customer's license or device is a 404.
 from __future__ import annotations
 
 import functools
+import logging
+import smtplib
 
 from django import forms
 from django.contrib import messages
@@ -26,6 +28,8 @@ from licensing import errors, services
 from licensing.addresses import client_ip
 from licensing.api.views import build_license_file
 from licensing.models import Customer, License
+
+logger = logging.getLogger(__name__)
 
 SESSION_KEY = "portal_customer_id"
 
@@ -76,12 +80,16 @@ def sign_in(request):
             return render(request, "portal/sign_in.html", {"form": form, "throttled": error.message}, status=429)
         if sign_in_request.token:
             link = request.build_absolute_uri(reverse("portal:redeem", args=[sign_in_request.token]))
-            send_mail(
-                _("Your sign-in link"),
-                render_to_string("portal/sign_in_email.txt", {"link": link, "customer": sign_in_request.customer}),
-                None,
-                [sign_in_request.customer.email],
-            )
+            try:
+                send_mail(
+                    _("Your sign-in link"),
+                    render_to_string("portal/sign_in_email.txt", {"link": link, "customer": sign_in_request.customer}),
+                    None,
+                    [sign_in_request.customer.email],
+                )
+            except (OSError, smtplib.SMTPException):
+                # Answering with an error here would tell a prober that the address is a customer's.
+                logger.exception("Could not send a portal sign-in link (customer %s)", sign_in_request.customer.pk)
         # The same answer whether or not the address is a customer's, so addresses cannot be probed.
         return render(request, "portal/check_email.html", {"email": email})
     return render(request, "portal/sign_in.html", {"form": form})

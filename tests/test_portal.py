@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import smtplib
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -121,6 +123,22 @@ def test_behind_a_proxy_each_customer_is_counted_by_the_forwarded_address(client
     assert from_the_busy_address.status_code == 429
     assert from_elsewhere.status_code == 200
     assert SignInLink.objects.filter(customer=customer).get().ip_address == "198.51.100.2"
+
+
+@pytest.mark.parametrize("failure", [smtplib.SMTPServerDisconnected("gone"), TimeoutError(), socket.gaierror()])
+def test_a_mail_server_failure_answers_like_any_address_and_is_logged(client, customer, monkeypatch, caplog, failure):
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("portal.views.send_mail", fail)
+
+    for_a_customer = request_link(client, customer.email)
+    for_a_stranger = request_link(client, "stranger@example.com")
+
+    assert (for_a_customer.status_code, for_a_stranger.status_code) == (200, 200)
+    assert "Check your e-mail" in for_a_customer.content.decode()
+    assert f"Could not send a portal sign-in link (customer {customer.pk})" in caplog.text
+    assert customer.email not in caplog.text
 
 
 def test_an_invalid_address_is_a_form_error(client):

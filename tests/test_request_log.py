@@ -5,9 +5,11 @@ import logging
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from django.test import Client
 
 from licensing import services
+from licensing.log_format import ConsoleFormatter
 from tests.factories import activate
 
 pytestmark = pytest.mark.django_db
@@ -55,3 +57,42 @@ def test_collected_static_files_are_served_by_the_app(settings, tmp_path):
 
     assert response.status_code == 200
     assert b"--accent" in b"".join(response.streaming_content)
+
+
+def test_the_console_prints_a_request_line_as_bare_json_and_other_lines_plainly(api_client, issued):
+    [formatter] = [h.formatter for h in logging.getLogger().handlers if isinstance(h.formatter, ConsoleFormatter)]
+    request_line = logging.LogRecord("licensing.requests", logging.INFO, __file__, 1, '{"status": 200}', None, None)
+    other_line = logging.LogRecord("licensing.services", logging.INFO, __file__, 1, "Something", None, None)
+
+    assert formatter.format(request_line) == '{"status": 200}'
+    assert formatter.format(other_line).endswith("INFO licensing.services Something")
+
+
+def test_an_unknown_host_is_one_log_line_without_a_traceback(client, caplog):
+    response = client.get("/admin/", HTTP_HOST="203.0.113.9")
+
+    assert response.status_code == 400
+    [record] = [record for record in caplog.records if record.name == "django.security.DisallowedHost"]
+    assert record.exc_info is None
+    assert "Invalid HTTP_HOST header: '203.0.113.9'" in record.getMessage()
+
+
+def test_the_health_check_answers_by_ip_over_plain_http_without_a_log_line(client, settings, caplog):
+    settings.SECURE_SSL_REDIRECT = True
+    caplog.set_level(logging.INFO, logger="licensing.requests")
+
+    response = client.get("/healthz", HTTP_HOST="10.0.0.5")
+
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert not request_lines(caplog)
+
+
+def test_the_health_check_is_503_when_the_database_does_not_answer(client, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("licensing.middleware.connection.cursor", fail)
+
+    response = client.get("/healthz")
+
+    assert (response.status_code, response.json()) == (503, {"status": "database unavailable"})

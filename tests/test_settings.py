@@ -47,24 +47,49 @@ def test_rates_in_drfs_forms_are_accepted():
     assert import_settings(RATE_LIMIT_PER_IP="5/second", RATE_LIMIT_PER_KEY="100/min").returncode == 0
 
 
-def test_deploy_check_is_clean_with_production_settings():
-    result = subprocess.run(
+PRODUCTION = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_SECRET_KEY": "k3y-" + "x7Qp9Lm2" * 8,
+    "LICENSE_KEY_SECRET": "another-long-random-secret-Hq4Wz8",
+    "DJANGO_ALLOWED_HOSTS": "licenses.example.com",
+    "EMAIL_URL": "smtp+tls://user:password@smtp.example.com:587",
+}
+
+
+def deploy_check(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=PROJECT,
-        env={
-            **os.environ,
-            "DJANGO_DEBUG": "false",
-            "DJANGO_SECRET_KEY": "k3y-" + "x7Qp9Lm2" * 8,
-            "LICENSE_KEY_SECRET": "another-long-random-secret",
-            "DJANGO_ALLOWED_HOSTS": "licenses.example.com",
-        },
+        env={**os.environ, **PRODUCTION, **env},
         capture_output=True,
         text=True,
         check=False,
     )
 
+
+def test_deploy_check_is_clean_with_production_settings():
+    result = deploy_check()
+
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "warning"),
+    [
+        ({"LICENSE_KEY_SECRET": "x"}, "licensing.W001"),
+        ({"EMAIL_URL": "consolemail://"}, "licensing.W002"),
+    ],
+)
+def test_deploy_check_refuses_a_short_license_key_secret_and_unsent_mail(env, warning):
+    result = deploy_check(**env)
+
+    assert result.returncode != 0
+    assert warning in result.stderr
+
+
+def test_a_portal_that_no_one_uses_may_send_no_mail():
+    assert deploy_check(EMAIL_URL="dummymail://").returncode == 0
 
 
 def test_database_url_chooses_the_database():
