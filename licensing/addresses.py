@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from rest_framework.throttling import BaseThrottle
+
+# "1.2.3.4:5555" or "[2001:db8::1]:443": some proxies add the client's port to X-Forwarded-For.
+_WITH_PORT = re.compile(r"\[(?P<v6>[^\]]+)\](?::\d+)?|(?P<v4>\d{1,3}(?:\.\d{1,3}){3}):\d+")
 
 
 def client_ip(request) -> str | None:
     """The client's IP address, as audit events, sign-in links and the rate limits record it.
 
     Behind DJANGO_NUM_PROXIES proxies it is the address the outermost of them added to
-    X-Forwarded-For (DRF's rule, which the rate limits use too), else REMOTE_ADDR. None when that is
-    no IP address (a misconfigured proxy): an audit record must not hold what a client wrote.
+    X-Forwarded-For (DRF's rule, which the rate limits use too), else REMOTE_ADDR. When the
+    header holds no IP address (a proxy set up otherwise than the setting says), it is the
+    connection's address: never text a client wrote, and never nothing, which would let a client
+    out of the per-address limits.
     """
-    ident = BaseThrottle().get_ident(request)
+    forwarded = _address(BaseThrottle().get_ident(request))
+    return forwarded or _address(request.META.get("REMOTE_ADDR"))
+
+
+def _address(text: object) -> str | None:
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if match := _WITH_PORT.fullmatch(text):
+        text = match.group("v6") or match.group("v4")
     try:
-        return str(ipaddress.ip_address(ident.strip()))
-    except (ValueError, AttributeError):
+        return str(ipaddress.ip_address(text))
+    except ValueError:
         return None

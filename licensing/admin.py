@@ -621,8 +621,8 @@ class SigningKeyAddForm(forms.ModelForm):
         label=_("Signs from"),
         required=False,
         help_text=_(
-            "Leave empty to sign from now. A later time publishes the key first, so your apps can ship its public "
-            "key before it signs, and the apps already out there keep verifying answers when it takes over."
+            "In UTC. Leave empty to sign from now. A later time publishes the key first, so your apps can ship its "
+            "public key before it signs, and the apps already out there keep verifying answers when it takes over."
         ),
     )
 
@@ -689,9 +689,9 @@ class SigningKeyAdmin(MadeByServiceAdmin):
         )
         if signing_now in retired:
             message = _(
-                "The key that signed answers is retired: within %(seconds)d seconds answers are signed by the newest "
-                "key left, or by a new one made for the next answer if none is left. Apps that hold only the retired "
-                "public key cannot verify answers until they get the new one."
+                "The key that signed answers is retired: within %(seconds)d seconds answers are signed by the key "
+                "left whose signing time came last, or by a new one made for the next answer if no key left signs "
+                "yet. Apps that hold only the retired public key cannot verify answers until they get the new one."
             )
             self.message_user(request, message % {"seconds": services.SIGNING_KEY_CACHE_SECONDS}, messages.WARNING)
 

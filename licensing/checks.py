@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.checks import Tags, Warning, register
+from django.core.checks import Info, Tags, Warning, register
+from django.db import DatabaseError
 
 MIN_LICENSE_KEY_SECRET_LENGTH = 32
 # Back ends that do not send: they print or store each message, sign-in links included.
@@ -18,15 +19,29 @@ NON_SENDING_EMAIL_BACKENDS = {
 def check_license_key_secret(app_configs, **kwargs):
     if len(settings.LICENSE_KEY_SECRET) >= MIN_LICENSE_KEY_SECRET_LENGTH:
         return []
+    message = f"LICENSE_KEY_SECRET is shorter than {MIN_LICENSE_KEY_SECRET_LENGTH} characters."
+    if _keys_are_stored():
+        # Changing it now would make every stored key unreadable: say so, but let the server start.
+        return [Info(message, hint="Keys are stored under it, so it must stay as it is.", id="licensing.I001")]
     return [
         Warning(
-            f"LICENSE_KEY_SECRET is shorter than {MIN_LICENSE_KEY_SECRET_LENGTH} characters.",
-            hint="It keys every license-key digest and encrypts the private signing keys. Set a long random "
-            "value before the first key is stored (it cannot be changed afterwards), e.g. the output of "
+            message,
+            hint="It keys every license-key digest and encrypts the private signing keys, and cannot change once "
+            "a key is stored. Set a long random value now, e.g. the output of "
             "python -c 'import secrets; print(secrets.token_urlsafe(50))'.",
             id="licensing.W001",
         )
     ]
+
+
+def _keys_are_stored() -> bool:
+    from licensing.models import License, SigningKey
+
+    try:
+        return License.objects.exists() or SigningKey.objects.exists()
+    except DatabaseError:
+        # No tables yet: `make serve` checks before it migrates a new database.
+        return False
 
 
 @register(Tags.security, deploy=True)

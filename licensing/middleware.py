@@ -34,13 +34,14 @@ class HealthCheckMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.path_info != HEALTH_CHECK_PATH:
+        if request.path_info != HEALTH_CHECK_PATH or request.method not in ("GET", "HEAD"):
             return self.get_response(request)
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
-        except DatabaseError:
-            health_logger.warning("Health check: the database does not answer", exc_info=True)
+        except DatabaseError as error:
+            # Probes call every few seconds: one line each, not a traceback.
+            health_logger.warning("Health check: the database does not answer (%s)", error)
             return JsonResponse({"status": "database unavailable"}, status=503)
         return JsonResponse({"status": "ok"})
 

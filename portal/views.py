@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import smtplib
 
 from django import forms
 from django.contrib import messages
@@ -87,7 +86,7 @@ def sign_in(request):
                     None,
                     [sign_in_request.customer.email],
                 )
-            except (OSError, smtplib.SMTPException):
+            except OSError:  # smtplib's errors, refused connections and timeouts alike
                 # Answering with an error here would tell a prober that the address is a customer's.
                 logger.exception("Could not send a portal sign-in link (customer %s)", sign_in_request.customer.pk)
         # The same answer whether or not the address is a customer's, so addresses cannot be probed.

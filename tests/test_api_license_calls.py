@@ -165,7 +165,27 @@ def test_behind_a_proxy_the_audit_trail_records_the_forwarded_client_address(api
     activation = Activation.objects.get()
     events = dict(AuditEvent.objects.values_list("action", "ip_address"))
     assert (activation.ip_address, events["activation.created"]) == ("203.0.113.7", "203.0.113.7")
-    assert events["activation.deactivated"] is None
+    # A header that holds no address is not recorded: the connection's address is.
+    assert events["activation.deactivated"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "recorded"),
+    [
+        ("198.51.100.4:55123", "198.51.100.4"),
+        ("[2001:db8::7]:443", "2001:db8::7"),
+        ("client-said, 2001:db8::8", "2001:db8::8"),
+        ("", "127.0.0.1"),
+    ],
+)
+def test_a_forwarded_address_with_a_port_or_none_is_read_as_an_address(
+    api_client, issued, settings, forwarded, recorded
+):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+
+    call(api_client, "activate", {"key": issued.key, "fingerprint": "pc"}, HTTP_X_FORWARDED_FOR=forwarded)
+
+    assert Activation.objects.get().ip_address == recorded
 
 
 def test_a_body_that_starts_with_a_utf8_byte_order_mark_is_read(api_client, issued):
@@ -390,6 +410,25 @@ def test_a_key_scheduled_to_sign_later_is_published_at_once_and_signs_when_its_t
     shipped = {kid: entry["public_key"] for kid, entry in listing.items()}
     for answer in (before, after):
         verify_response(answer.content, answer["X-License-Signature"], shipped)
+
+
+def test_a_checkout_answer_names_the_device_so_a_file_for_another_cannot_pass(api_client, issued):
+    call(api_client, "activate", {"key": issued.key, "fingerprint": "activated-device"})
+
+    response = call(api_client, "checkout", {"key": issued.key, "fingerprint": "activated-device", "nonce": "n-1"})
+    keys = published_keys(api_client)
+
+    assert response.json()["activation"]["fingerprint"] == "activated-device"
+    with pytest.raises(VerificationError, match="another device, or none"):
+        verify_response(response.content, response["X-License-Signature"], keys, fingerprint="new-device")
+
+
+def test_a_key_cannot_be_scheduled_while_no_key_signs(actor):
+    with pytest.raises(errors.InvalidInput) as refused:
+        services.create_signing_key(actor=actor, signs_from=timezone.now() + timedelta(days=30))
+
+    assert "No key signs now" in refused.value.message
+    assert not SigningKey.objects.exists()
 
 
 def test_a_signing_key_cannot_be_scheduled_in_the_past(actor):

@@ -87,6 +87,10 @@ def test_the_health_check_answers_by_ip_over_plain_http_without_a_log_line(clien
     assert not request_lines(caplog)
 
 
+def test_the_health_check_answers_only_reads(client):
+    assert client.post("/healthz").status_code == 404
+
+
 def test_the_health_check_is_503_when_the_database_does_not_answer(client, monkeypatch):
     def fail(*args, **kwargs):
         raise OperationalError("connection refused")

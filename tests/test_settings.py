@@ -6,7 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.checks import INFO
 from django.core.management import call_command
+
+from licensing import checks
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +89,15 @@ def test_deploy_check_refuses_a_short_license_key_secret_and_unsent_mail(env, wa
 
     assert result.returncode != 0
     assert warning in result.stderr
+
+
+@pytest.mark.django_db
+def test_a_short_license_key_secret_already_in_use_is_noted_without_stopping_the_server(settings, issued):
+    settings.LICENSE_KEY_SECRET = "x"
+
+    [message] = checks.check_license_key_secret(None)
+
+    assert (message.id, message.level) == ("licensing.I001", INFO)
 
 
 def test_a_portal_that_no_one_uses_may_send_no_mail():

@@ -109,13 +109,16 @@ def verify_response(
 
 
 def _lets_the_app_run(document: Mapping[str, Any]) -> bool:
-    """An answer to activate, validate or deactivate that is not a refusal: it carries an activation."""
+    """An answer to activate, validate, checkout or deactivate that is not a refusal: it names a device."""
     return "error" not in document and document.get("valid", True) is not False and "activation" in document
 
 
 def _check_device(activation: object, fingerprint: str, message: str) -> None:
     issued_to = activation.get("fingerprint") if isinstance(activation, Mapping) else None
-    if not isinstance(issued_to, str) or not hmac.compare_digest(issued_to.encode(), fingerprint.encode()):
+    # The server drops spaces and line ends around a fingerprint (a machine-id file read whole ends
+    # in one), so the app's own copy is compared the same way.
+    mine = fingerprint.strip()
+    if not isinstance(issued_to, str) or not hmac.compare_digest(issued_to.encode(), mine.encode()):
         raise VerificationError(message)
 
 

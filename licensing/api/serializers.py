@@ -267,6 +267,7 @@ class CheckoutAnswerSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField()
     kid = serializers.CharField()
     algorithm = serializers.CharField()
+    activation = ActivationSerializer(help_text="The device the file is issued to, inside the signature.")
     meta = MetaSerializer()
 
 

@@ -221,6 +221,7 @@ class CheckoutLicenseView(LicenseCallView):
             "expires_at": payload["expires_at"],
             "kid": signing_key.kid,
             "algorithm": signing_key.algorithm,
+            "activation": api.render(api.ActivationSerializer, checkout.activation),
         }
         return Response(body)
 

@@ -197,6 +197,14 @@ def test_an_answer_for_this_device_or_a_refusal_passes_the_device_check(signing_
     assert verify_response(body, header, public_keys, fingerprint="device-1") == answer
 
 
+def test_the_device_is_compared_as_the_server_stores_it_without_surrounding_spaces(signing_key, public_keys):
+    """The server trims the fingerprint it is sent; a machine-id file read whole ends in a newline."""
+    body, header = signed(signing_key, {"valid": True, "activation": {"fingerprint": "device-1"}})
+
+    assert verify_response(body, header, public_keys, fingerprint="device-1\n")["valid"] is True
+    assert verify_license_file(license_file(signing_key), public_keys, fingerprint=" device-1 ", now=NOW)
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -204,6 +212,7 @@ def test_an_answer_for_this_device_or_a_refusal_passes_the_device_check(signing_
         {"valid": True, "code": "VALID", "activation": None},
         {"created": True, "activation": {"fingerprint": "device-2"}, "license": {}},
         {"created": True, "activation": {}, "license": {}},
+        {"license_file": "-----BEGIN LICENSE FILE-----...", "activation": {"fingerprint": "device-2"}},
     ],
 )
 def test_an_answer_that_lets_another_device_or_none_run_fails(signing_key, public_keys, answer):
