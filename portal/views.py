@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 from django import forms
 from django.contrib import messages
@@ -77,21 +78,37 @@ def sign_in(request):
             sign_in_request = services.request_sign_in_link(email=email, ip_address=client_ip(request))
         except errors.TooManyRequests as error:
             return render(request, "portal/sign_in.html", {"form": form, "throttled": error.message}, status=429)
-        if sign_in_request.token:
+        mail = None
+        if customer := sign_in_request.customer:
             link = request.build_absolute_uri(reverse("portal:redeem", args=[sign_in_request.token]))
-            try:
-                send_mail(
-                    _("Your sign-in link"),
-                    render_to_string("portal/sign_in_email.txt", {"link": link, "customer": sign_in_request.customer}),
-                    None,
-                    [sign_in_request.customer.email],
-                )
-            except OSError:  # smtplib's errors, refused connections and timeouts alike
-                # Answering with an error here would tell a prober that the address is a customer's.
-                logger.exception("Could not send a portal sign-in link (customer %s)", sign_in_request.customer.pk)
-        # The same answer whether or not the address is a customer's, so addresses cannot be probed.
-        return render(request, "portal/check_email.html", {"email": email})
+            body = render_to_string("portal/sign_in_email.txt", {"link": link, "customer": customer})
+            mail = functools.partial(send_sign_in_link, customer, body)
+        # The same answer, as fast, whether or not the address is a customer's, so addresses cannot
+        # be probed: the mail goes once the answer is sent.
+        page = render_to_string("portal/check_email.html", {"email": email}, request)
+        return AnswerThen(page, then=mail)
     return render(request, "portal/sign_in.html", {"form": form})
+
+
+class AnswerThen(HttpResponse):
+    """A page that runs `then` after the server has sent it (on the WSGI close), so how long
+    `then` takes, or whether there was one, does not show in the client's wait."""
+
+    def __init__(self, content: str, *, then: Callable[[], None] | None):
+        super().__init__(content)
+        self.then = then
+
+    def close(self):
+        super().close()
+        if self.then is not None:
+            self.then()
+
+
+def send_sign_in_link(customer: Customer, body: str) -> None:
+    try:
+        send_mail(_("Your sign-in link"), body, None, [customer.email])
+    except OSError:  # smtplib's errors, refused connections and timeouts alike
+        logger.exception("Could not send a portal sign-in link (customer %s)", customer.pk)
 
 
 @require_http_methods(["GET", "POST"])

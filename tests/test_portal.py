@@ -8,12 +8,14 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
 
 from licensing import services
 from licensing.models import Activation, SignInLink
+from portal import views as portal_views
 from tests.factories import activate, make_license, make_plan
 
 pytestmark = pytest.mark.django_db
@@ -139,6 +141,19 @@ def test_a_mail_server_failure_answers_like_any_address_and_is_logged(client, cu
     assert "Check your e-mail" in for_a_customer.content.decode()
     assert f"Could not send a portal sign-in link (customer {customer.pk})" in caplog.text
     assert customer.email not in caplog.text
+
+
+def test_the_link_is_mailed_only_once_the_answer_is_sent(rf, customer):
+    """A slow mail server must not make a customer's address answer slower than a stranger's."""
+    request = rf.post(reverse("portal:sign-in"), {"email": customer.email})
+    SessionMiddleware(lambda request: None).process_request(request)
+
+    response = portal_views.sign_in(request)
+    sent_with_the_answer = len(mail.outbox)
+    response.close()  # what the WSGI server does once the client has the whole answer
+
+    assert "Check your e-mail" in response.content.decode()
+    assert (sent_with_the_answer, len(mail.outbox)) == (0, 1)
 
 
 def test_an_invalid_address_is_a_form_error(client):
