@@ -17,14 +17,16 @@ run: $(VENV)/.installed .env
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 # Production: gunicorn, settings from real environment variables (see README), refusing to start
-# when `check --deploy` finds a problem (DEBUG on, missing secrets, insecure cookies...).
+# when `check --deploy` finds a problem (DEBUG on, missing secrets, insecure cookies...). Gunicorn's
+# control socket is off: its one default path per user would be shared by every server on the host.
 serve: $(VENV)/.installed
 	$(BIN)/python manage.py check --deploy --fail-level WARNING
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py create_signing_key --if-none
 	$(BIN)/gunicorn config.wsgi:application --bind $${BIND:-0.0.0.0:8000} --workers $${WEB_CONCURRENCY:-2} \
-		--worker-class gthread --threads $${WEB_THREADS:-8} --forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-127.0.0.1}"
+		--worker-class gthread --threads $${WEB_THREADS:-8} --forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
+		--no-control-socket
 
 test: $(VENV)/.installed .env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -35,7 +35,10 @@ ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5
 DATABASE = "licensing_bench"
 APP_PORT, BASELINE_PORT = 8321, 8322
 WARM_UP_SECONDS = 2
-GUNICORN = ["--workers", "2", "--worker-class", "gthread", "--threads", "8", "--log-level", "warning"]
+GUNICORN = [
+    *("--workers", "2", "--worker-class", "gthread", "--threads", "8", "--log-level", "warning"),
+    "--no-control-socket",
+]
 JSON = "Content-Type: application/json"
 
 # (name, request file, port, extra headers, the scenario it is measured against, minimum ratio, p99 ceiling ms)

@@ -130,7 +130,7 @@ def start_app_server(env: dict[str, str], log_dir: Path) -> AppServer:
                 [
                     *(sys.executable, "-m", "gunicorn", "config.wsgi:application"),
                     *("--bind", f"fd://{listener.fileno()}", "--workers", "1", "--worker-class", "gthread"),
-                    *("--threads", "4", "--log-level", "warning"),
+                    *("--threads", "4", "--log-level", "warning", "--no-control-socket"),
                 ],
                 cwd=settings.BASE_DIR,
                 env=env,
