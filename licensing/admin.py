@@ -620,9 +620,13 @@ class SigningKeyAddForm(forms.ModelForm):
     signs_from = forms.DateTimeField(
         label=_("Signs from"),
         required=False,
+        # A date picker and year-first formats only: "01/03/2027" means January to some and March to others.
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
         help_text=_(
-            "In UTC. Leave empty to sign from now. A later time publishes the key first, so your apps can ship its "
-            "public key before it signs, and the apps already out there keep verifying answers when it takes over."
+            "In UTC, as 2027-03-01 or 2027-03-01 09:00. Leave empty to sign from now. A later time publishes the "
+            "key first, so your apps can ship its public key before it signs, and the apps already out there keep "
+            "verifying answers when it takes over."
         ),
     )
 

@@ -594,6 +594,33 @@ def test_a_signing_key_added_for_a_later_time_is_published_but_does_not_sign_yet
     assert listing.count('alt="True"') == 1
 
 
+def test_the_signs_from_field_is_a_date_picker_saying_utc(staff_client):
+    page = staff_client.get(reverse("admin:licensing_signingkey_add")).content.decode()
+
+    assert 'type="datetime-local" name="signs_from"' in page
+    assert "In UTC, as 2027-03-01 or 2027-03-01 09:00." in page
+
+
+@pytest.mark.parametrize("typed", ["2099-01-15T09:00", "2099-01-15 09:00", "2099-01-15"])
+def test_the_signs_from_field_takes_year_first_dates_only(staff_client, typed):
+    signing_now = services.current_signing_key()
+
+    staff_client.post(reverse("admin:licensing_signingkey_add"), {"signs_from": typed})
+
+    scheduled = SigningKey.objects.exclude(pk=signing_now.pk).get()
+    assert scheduled.signs_from.date().isoformat() == "2099-01-15"
+
+
+def test_a_day_first_or_month_first_date_is_refused_rather_than_guessed(staff_client):
+    signing_now = services.current_signing_key()
+
+    response = staff_client.post(reverse("admin:licensing_signingkey_add"), {"signs_from": "01/03/2099"})
+
+    assert response.status_code == 200
+    assert "Enter a valid date/time." in response.content.decode()
+    assert list(SigningKey.objects.all()) == [signing_now]
+
+
 def test_a_signing_key_cannot_be_added_to_sign_from_the_past(staff_client):
     response = staff_client.post(reverse("admin:licensing_signingkey_add"), {"signs_from": "2001-01-15 09:00:00"})
 

@@ -59,7 +59,7 @@ def test_loading_the_demo_twice_adds_nothing(client):
 
     assert counts() == first
     assert "DEMO-AT-LIMIT" in output
-    assert "http://127.0.0.1:8000/admin/" in output
+    assert "Admin (/admin/): user 'admin', password 'admin'" in output
 
 
 def test_demo_staff_user_can_sign_in_to_the_admin(client):

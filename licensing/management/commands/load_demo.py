@@ -144,9 +144,8 @@ class Command(BaseCommand):
         self.stdout.write("Demo license keys:")
         for spec in LICENSES:
             self.stdout.write(f"  {spec['key']:<24} {spec['state']:<10} {spec['customer']}")
-        self.stdout.write(
-            f"Admin: http://127.0.0.1:8000/admin/  user {DEMO_STAFF_USERNAME!r}, password {DEMO_STAFF_PASSWORD!r}"
-        )
+        # No address: the server may listen on any port (`make run PORT=...` prints the address).
+        self.stdout.write(f"Admin (/admin/): user {DEMO_STAFF_USERNAME!r}, password {DEMO_STAFF_PASSWORD!r}")
 
     def _product(self, spec, actor):
         product = Product.objects.filter(slug=spec["slug"]).first()
