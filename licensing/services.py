@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_ipv46_address
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -1169,10 +1169,26 @@ def current_signing_key() -> SigningKey:
     cached = _signing_key_cache.get("current")
     if cached is not None and time.monotonic() - cached[0] < SIGNING_KEY_CACHE_SECONDS:
         return cached[1]
-    signing_key = signing_key_now()
-    if signing_key is None:
-        signing_key = create_signing_key(actor=Actor.system())
+    signing_key = signing_key_now() or signing_key_made_if_none()
     _signing_key_cache["current"] = (time.monotonic(), signing_key)
+    return signing_key
+
+
+# Any fixed number: the advisory lock PostgreSQL holds while a process makes the first signing key.
+FIRST_SIGNING_KEY_LOCK = 7_150_001
+
+
+def signing_key_made_if_none(*, actor: Actor | None = None) -> SigningKey:
+    """The key that signs now; if none does, a new one, made once however many processes ask at once."""
+    with transaction.atomic():
+        # There is no row to lock before the first key: PostgreSQL takes an advisory lock instead.
+        # SQLite needs none, its transactions holding the database's write lock from the start.
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FIRST_SIGNING_KEY_LOCK])
+        signing_key = signing_key_now()
+        if signing_key is None:
+            signing_key = create_signing_key(actor=actor or Actor.system())
     return signing_key
 
 

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 
 from licensing import errors, services
-from licensing.models import Activation
+from licensing.models import Activation, SigningKey
 from tests.factories import make_license, make_plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -131,3 +131,14 @@ def test_concurrent_uses_never_pass_the_usage_limit():
     assert Counter(outcome.code for outcome in outcomes) == {"VALID": 10, "USAGE_LIMIT_REACHED": 15}
     issued.license.refresh_from_db()
     assert issued.license.usage == 10
+
+
+def test_processes_answering_at_once_on_a_new_server_make_one_signing_key_between_them():
+    def first_answer(_n):
+        services.forget_cached_keys()  # each thread stands for a process with its own cache
+        return services.current_signing_key().kid
+
+    outcomes = run_at_once(12, first_answer)
+
+    assert SigningKey.objects.count() == 1
+    assert set(outcomes) == {SigningKey.objects.get().kid}

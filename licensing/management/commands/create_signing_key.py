@@ -20,12 +20,13 @@ class Command(BaseCommand):
     help = "Create a new signing key for API answers and offline license files, and print its public key."
 
     def add_arguments(self, parser):
-        parser.add_argument(
+        when = parser.add_mutually_exclusive_group()
+        when.add_argument(
             "--if-none",
             action="store_true",
             help="Make a key only if none signs now (`make serve` runs this before the server starts).",
         )
-        parser.add_argument(
+        when.add_argument(
             "--signs-from",
             type=aware_time,
             help="When the key starts signing (ISO 8601, UTC unless it says otherwise), e.g. 2027-01-15. "
@@ -33,15 +34,18 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, signs_from=None, if_none=False, **options):
-        if if_none and (signing_now := services.signing_key_now()) is not None:
-            self.stdout.write(f"Signing key {signing_now.kid} signs; no new key made.")
-            return
-        try:
-            signing_key = services.create_signing_key(
-                actor=services.Actor.system("create_signing_key"), signs_from=signs_from
-            )
-        except errors.InvalidInput as error:
-            raise CommandError(f"--signs-from: {error.message}") from None
+        actor = services.Actor.system("create_signing_key")
+        if if_none:
+            signed_before = services.signing_key_now()
+            signing_key = services.signing_key_made_if_none(actor=actor)
+            if signing_key == signed_before:
+                self.stdout.write(f"Signing key {signing_key.kid} signs; no new key made.")
+                return
+        else:
+            try:
+                signing_key = services.create_signing_key(actor=actor, signs_from=signs_from)
+            except errors.InvalidInput as error:
+                raise CommandError(f"--signs-from: {error.message}") from None
         if signs_from is None:
             self.stdout.write(f"Created signing key {signing_key.kid}. It signs from now on. Public key:")
         else:
