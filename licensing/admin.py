@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Q
@@ -226,9 +226,29 @@ class LicenseAddForm(forms.ModelForm):
 
 
 class LicenseChangeForm(forms.ModelForm):
+    # When the page was opened, the license's last change: a form saved over a newer change (another
+    # agent's, or the billing system's) would put back every value it showed, undoing that change.
+    opened_version = forms.CharField(widget=forms.HiddenInput, required=False)
+
     class Meta:
         model = License
         fields = ["customer", "max_activations", "expires_at", "limit_usage", "metadata"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.fields["opened_version"].initial = self.instance.updated_at.isoformat()
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("opened_version") != self.fields["opened_version"].initial:
+            raise ValidationError(
+                _(
+                    "This license was changed by someone else after you opened this page, and saving would undo "
+                    "that change. Open it again to see it, then make your change."
+                )
+            )
+        return cleaned
 
     def clean_metadata(self):
         metadata = self.cleaned_data["metadata"]
@@ -242,7 +262,8 @@ class LicenseChangeForm(forms.ModelForm):
 
 
 class FindLicenseByKeyForm(forms.Form):
-    key = forms.CharField(label=_("License key"), max_length=keys.MAX_KEY_LENGTH)
+    # Not stripped: spaces a customer pasted are worth telling them about (apps must not send them).
+    key = forms.CharField(label=_("License key"), max_length=keys.MAX_KEY_LENGTH, strip=False)
 
 
 class ActivationInline(admin.TabularInline):
@@ -269,9 +290,13 @@ class ActivationInline(admin.TabularInline):
         return False
 
 
+def audit_trail_url(license_id) -> str:
+    return reverse("admin:licensing_auditevent_changelist") + f"?license={license_id}"
+
+
 @admin.register(License)
 class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
-    list_display = ["masked_key", "product", "plan", "customer", "status", "devices_used", "expiry"]
+    list_display = ["masked_key", "product", "plan", "customer", "state", "devices_used", "expiry"]
     list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
     list_select_related = ["product", "plan__product", "customer"]
     search_fields = ["customer__email", "customer__name", "key_suffix"]
@@ -298,6 +323,7 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         "updated_at",
     ]
     fields = [
+        "opened_version",
         "license_key",
         "product",
         "plan",
@@ -349,11 +375,19 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             raise PermissionDenied
         form = FindLicenseByKeyForm(request.POST or None)
         if form.is_valid():
+            typed = form.cleaned_data["key"]
             try:
-                license = services.get_license_by_key(form.cleaned_data["key"])
+                license = services.get_license_by_key(typed.strip())
             except errors.LicenseNotFound as error:
-                form.add_error("key", str(error.message))
+                form.add_error("key", f"{error.message} {_('Keys are case-sensitive: check capitals.')}")
             else:
+                if typed != typed.strip():
+                    # Found for staff, but an app sending the key so is answered as an unknown key.
+                    message = _(
+                        "The key was typed with spaces or line breaks around it. Apps must send it without them: "
+                        "with them it is an unknown key."
+                    )
+                    self.message_user(request, message, messages.WARNING)
                 return HttpResponseRedirect(reverse("admin:licensing_license_change", args=[license.pk]))
         context = {
             **self.admin_site.each_context(request),
@@ -404,6 +438,22 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     def masked_key(self, license: License) -> str:
         return license.masked_key
 
+    @admin.display(description=_("status"), ordering="status")
+    def state(self, license: License) -> str:
+        # The status is what staff set; an active license past its expiry must not read as usable.
+        if license.status == License.Status.ACTIVE and license.is_expired:
+            return _("active, expired")
+        return license.get_status_display()
+
+    def get_search_results(self, request, queryset, search_term):
+        # Customers quote more of a key than the list shows ("MX4UT-BVUBQ", "…-BVUBQ"); only its
+        # last characters are stored in clear, so those are what is looked for.
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip().lstrip("…")
+        if len(term) > keys.SUFFIX_LENGTH and " " not in term:
+            results |= queryset.filter(key_suffix=term[-keys.SUFFIX_LENGTH :])
+        return results, may_have_duplicates
+
     @admin.display(description=_("license key"))
     def license_key(self, license: License) -> str:
         return services.reveal_license_key(license)
@@ -419,8 +469,14 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
 
     @admin.display(description=_("audit trail"))
     def audit_trail(self, license: License) -> str:
-        url = reverse("admin:licensing_auditevent_changelist") + f"?license={license.pk}"
-        return format_html('<a href="{}">{}</a>', url, _("Every change to this license"))
+        return format_html('<a href="{}">{}</a>', audit_trail_url(license.pk), _("Every change to this license"))
+
+    def history_view(self, request, object_id, extra_context=None):
+        # Django's history knows only saves made through this admin's forms; the audit trail has every
+        # change, from the actions, the API, the apps and the portal too.
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        return HttpResponseRedirect(audit_trail_url(object_id))
 
     def _apply(self, request, queryset, change, done_message: str, unchanged_message: str = "") -> None:
         done = unchanged = 0
@@ -465,6 +521,16 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
 
     @admin.action(description=_("Revoke selected licenses"), permissions=["change"])
     def revoke(self, request, queryset):
+        # For good and next to suspend in the same menu: asked again, like Django's own delete.
+        if request.POST.get("confirmed") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": _("Revoke licenses for good?"),
+                "licenses": queryset.select_related("product", "customer"),
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/licensing/license/revoke_confirmation.html", context)
         actor = staff_actor(request)
         self._apply(
             request,

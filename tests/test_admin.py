@@ -176,6 +176,7 @@ def test_editing_a_license_goes_through_the_services(staff_client, issued, other
             "metadata": '{"seats": 5}',
             "activations-TOTAL_FORMS": "0",
             "activations-INITIAL_FORMS": "0",
+            **opened(issued.license),
         },
     )
 
@@ -187,6 +188,35 @@ def test_editing_a_license_goes_through_the_services(staff_client, issued, other
     assert actions == {"license.changed", "license.limit_changed", "license.expiry_shortened"}
 
 
+def opened(license: License) -> dict[str, str]:
+    """What a license page opened now sends back: the license's last change when it was opened."""
+    return {"opened_version": License.objects.get(pk=license.pk).updated_at.isoformat()}
+
+
+def test_a_page_opened_before_another_change_cannot_undo_it(staff_client, issued, customer, actor):
+    page = staff_client.get(change_url(issued.license)).content.decode()
+    opened_version = re.search(r'name="opened_version" value="([^"]+)"', page).group(1)
+    # Meanwhile the billing system records the seats bought.
+    services.update_license(license=License.objects.get(pk=issued.license.pk), metadata={"seats": 9}, actor=actor)
+
+    response = staff_client.post(
+        change_url(issued.license),
+        {
+            "customer": customer.pk,
+            "max_activations": "7",
+            "metadata": "{}",
+            "activations-TOTAL_FORMS": "0",
+            "activations-INITIAL_FORMS": "0",
+            "opened_version": opened_version,
+        },
+    )
+
+    assert response.status_code == 200
+    assert "This license was changed by someone else after you opened this page" in response.content.decode()
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.metadata, license.max_activations) == ({"seats": 9}, issued.license.max_activations)
+
+
 def test_a_limit_below_the_devices_in_use_is_saved_with_a_warning(staff_client, issued, customer):
     activate(issued, "a")
     activate(issued, "b")
@@ -196,6 +226,7 @@ def test_a_limit_below_the_devices_in_use_is_saved_with_a_warning(staff_client, 
         "metadata": "{}",
         "activations-TOTAL_FORMS": "0",
         "activations-INITIAL_FORMS": "0",
+        **opened(issued.license),
     }
 
     response = staff_client.post(change_url(issued.license), form, follow=True)
@@ -206,6 +237,24 @@ def test_a_limit_below_the_devices_in_use_is_saved_with_a_warning(staff_client, 
         "until enough of them are deactivated."
     ) in page_messages(response)
     assert issued.license.activations.live().count() == 2
+
+
+@pytest.mark.parametrize("quoted", [lambda key: key[-6:], lambda key: key[-11:], lambda key: "…" + key[-8:]])
+def test_search_licenses_by_as_much_of_the_key_as_a_customer_quotes(staff_client, issued, plan, quoted):
+    make_license(plan=plan)
+
+    response = staff_client.get(changelist("license"), {"q": quoted(issued.key)})
+
+    assert list(response.context["cl"].result_list) == [issued.license]
+
+
+def test_the_list_marks_an_active_license_past_its_expiry(staff_client, plan):
+    expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
+
+    rows = staff_client.get(changelist("license")).content.decode()
+
+    assert f"{expired.masked_key}</a></th>" in rows
+    assert '<td class="field-state">active, expired</td>' in rows
 
 
 def test_license_page_shows_usage_and_live_and_past_devices(staff_client, world):
@@ -239,10 +288,30 @@ def test_find_a_license_by_its_full_key_without_putting_it_in_a_url(staff_client
 
 
 def test_finding_an_unknown_key_says_so(staff_client, issued):
-    response = staff_client.post(reverse("admin:licensing_license_find"), {"key": "NOT-A-REAL-KEY"})
+    response = staff_client.post(reverse("admin:licensing_license_find"), {"key": issued.key.lower()})
 
     assert response.status_code == 200
-    assert "No license has this key." in response.content.decode()
+    assert "No license has this key. Keys are case-sensitive: check capitals." in response.content.decode()
+
+
+def test_a_key_pasted_with_spaces_is_found_with_a_warning_that_apps_must_not_send_them(staff_client, issued):
+    response = staff_client.post(reverse("admin:licensing_license_find"), {"key": f" {issued.key}\n"}, follow=True)
+
+    assert response.redirect_chain == [(change_url(issued.license), 302)]
+    assert (
+        "The key was typed with spaces or line breaks around it. Apps must send it without them: with them it is an "
+        "unknown key."
+    ) in page_messages(response)
+
+
+def test_the_history_button_opens_the_licenses_audit_trail(staff_client, issued, actor):
+    services.suspend_license(license=issued.license, actor=actor)
+    history = reverse("admin:licensing_license_history", args=[issued.license.pk])
+
+    response = staff_client.get(history, follow=True)
+
+    assert response.redirect_chain == [(f"{changelist('auditevent')}?license={issued.license.pk}", 302)]
+    assert "license.suspended" in [event.action for event in response.context["cl"].result_list]
 
 
 def test_find_by_key_needs_license_permission(client, issued):
@@ -269,7 +338,7 @@ def test_suspend_reinstate_and_revoke_actions(staff_client, issued):
     action(staff_client, "license", "reinstate", [issued.license])
     assert License.objects.get(pk=issued.license.pk).status == "active"
 
-    action(staff_client, "license", "revoke", [issued.license])
+    action(staff_client, "license", "revoke", [issued.license], confirmed="yes")
     assert License.objects.get(pk=issued.license.pk).status == "revoked"
 
     response = action(staff_client, "license", "reinstate", [issued.license])
@@ -277,6 +346,17 @@ def test_suspend_reinstate_and_revoke_actions(staff_client, issued):
     assert any("cannot become active" in message for message in page_messages(response))
     staff_actions = AuditEvent.objects.filter(actor_kind="staff").values_list("action", flat=True)
     assert sorted(staff_actions) == ["license.reinstated", "license.revoked", "license.suspended"]
+
+
+def test_revoking_asks_first_and_names_each_license(staff_client, issued, customer):
+    confirmation = action(staff_client, "license", "revoke", [issued.license])
+    page = confirmation.content.decode()
+
+    assert License.objects.get(pk=issued.license.pk).status == "active"
+    assert "a revoked license cannot be reinstated" in page
+    assert f"{issued.license.masked_key} · {issued.license.product} · {customer.email}" in page
+    assert f'name="_selected_action" value="{issued.license.pk}"' in page
+    assert 'name="confirmed" value="yes"' in page
 
 
 def test_extend_action_adds_the_days_given(staff_client, plan):
@@ -336,7 +416,7 @@ def test_staff_who_may_only_view_licenses_cannot_run_actions(client, issued):
     activation = activate(issued, "a").activation
 
     assert client.get(changelist("license")).status_code == 200
-    action(client, "license", "revoke", [issued.license])
+    action(client, "license", "revoke", [issued.license], confirmed="yes")
     action(client, "activation", "deactivate", [activation])
 
     assert License.objects.get(pk=issued.license.pk).status == "active"
@@ -353,6 +433,7 @@ def test_bad_metadata_on_the_license_page_is_a_form_error(staff_client, issued):
             "metadata": "[1, 2]",
             "activations-TOTAL_FORMS": "0",
             "activations-INITIAL_FORMS": "0",
+            **opened(issued.license),
         },
     )
 
