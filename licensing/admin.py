@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django import forms
@@ -621,10 +622,33 @@ class ActivationAdmin(admin.ModelAdmin):
         report_freed_devices(self, request, freed)
 
 
+class OneLicenseFilter(admin.SimpleListFilter):
+    """The license a trail was opened for (its page's link): shown while it filters, with a way out.
+
+    It offers no choice otherwise: a list of every license would be of no use.
+    """
+
+    title = _("license")
+    parameter_name = "license"
+
+    def lookups(self, request, model_admin):
+        try:
+            license = License.objects.select_related("customer").filter(pk=uuid.UUID(self.value())).first()
+        except (TypeError, ValueError):  # no license asked for, or no id that could be one
+            return []
+        if license is None:
+            return []
+        owner = f" · {license.customer.email}" if license.customer else ""
+        return [(self.value(), f"{license.masked_key}{owner}")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(license_id=self.value()) if self.value() else queryset
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "action", "actor", "target_display", "license_link", "ip_address"]
-    list_filter = ["action", "actor_kind", "created_at"]
+    list_filter = [OneLicenseFilter, "action", "actor_kind", "created_at"]
     list_select_related = ["license"]
     search_fields = ["actor_display", "actor_id", "target_display", "target_id"]
     search_help_text = _("An actor or a target.")

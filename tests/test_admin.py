@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -312,6 +313,17 @@ def test_the_history_button_opens_the_licenses_audit_trail(staff_client, issued,
 
     assert response.redirect_chain == [(f"{changelist('auditevent')}?license={issued.license.pk}", 302)]
     assert "license.suspended" in [event.action for event in response.context["cl"].result_list]
+    # The page says whose trail it is, and how to see every license's.
+    page = response.content.decode()
+    assert f"{issued.license.masked_key} · {issued.license.customer.email}" in page
+    assert 'href="?"' in page
+
+
+@pytest.mark.parametrize("value", ["not-a-license-id", str(uuid.uuid4())])
+def test_an_audit_trail_for_no_license_is_empty_not_an_error(staff_client, issued, value):
+    response = staff_client.get(changelist("auditevent"), {"license": value}, follow=True)
+
+    assert response.status_code == 200
 
 
 def test_find_by_key_needs_license_permission(client, issued):
