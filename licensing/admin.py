@@ -11,7 +11,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Q
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -282,13 +282,24 @@ class ActivationInline(admin.TabularInline):
         "deactivated_at",
         "deactivated_by",
     ]
-    readonly_fields = fields
+    readonly_fields = [*fields, "free_slot"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).order_by(F("deactivated_at").desc(nulls_first=True), "-created_at")
 
+    def get_fields(self, request, obj=None):
+        # Staff who may only view licenses get no button they could not use.
+        return [*self.fields, "free_slot"] if self.has_change_permission(request, obj) else self.fields
+
     def has_add_permission(self, request, obj=None):
         return False
+
+    @admin.display(description=_("free its slot"))
+    def free_slot(self, activation: Activation) -> str:
+        if not activation.is_live:
+            return "-"
+        url = reverse("admin:licensing_license_deactivate_device", args=[activation.license_id, activation.pk])
+        return format_html('<a href="{}">{}</a>', url, _("Deactivate…"))
 
 
 def audit_trail_url(license_id) -> str:
@@ -368,7 +379,39 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
 
     def get_urls(self):
         find = path("find-by-key/", self.admin_site.admin_view(self.find_by_key_view), name="licensing_license_find")
-        return [find, *super().get_urls()]
+        deactivate = path(
+            "<uuid:license_id>/devices/<uuid:activation_id>/deactivate/",
+            self.admin_site.admin_view(self.deactivate_device_view),
+            name="licensing_license_deactivate_device",
+        )
+        return [find, deactivate, *super().get_urls()]
+
+    def deactivate_device_view(self, request, license_id, activation_id):
+        """Free one device's slot from the license's page: asked on a page of its own, done on POST."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        activation = (
+            Activation.objects.select_related("license").filter(license_id=license_id, pk=activation_id).first()
+        )
+        if activation is None:
+            raise Http404
+        license_page = reverse("admin:licensing_license_change", args=[license_id])
+        if request.method == "POST":
+            try:
+                result = services.deactivate_activation(activation=activation, actor=staff_actor(request))
+            except errors.LicensingError as error:
+                self.message_user(request, str(error.message), messages.ERROR)
+            else:
+                report_freed_devices(self, request, 0 if result.already_inactive else 1)
+            return HttpResponseRedirect(license_page)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Deactivate a device?"),
+            "activation": activation,
+            "license_page": license_page,
+        }
+        return TemplateResponse(request, "admin/licensing/license/deactivate_device.html", context)
 
     def find_by_key_view(self, request):
         """Open a license from its full key, sent by POST so the key stays out of URLs and access logs."""

@@ -42,6 +42,17 @@ def changelist(model: str) -> str:
     return reverse(f"admin:licensing_{model}_changelist")
 
 
+@pytest.fixture
+def viewer_client(client):
+    """A staff member who may view licenses and their devices, and change nothing."""
+    viewer = get_user_model().objects.create_user("viewer", password="a-long-test-password", is_staff=True)
+    viewer.user_permissions.add(
+        Permission.objects.get(codename="view_license"), Permission.objects.get(codename="view_activation")
+    )
+    client.force_login(viewer)
+    return client
+
+
 def change_url(obj) -> str:
     return reverse(f"admin:licensing_{obj._meta.model_name}_change", args=[obj.pk])
 
@@ -258,6 +269,44 @@ def test_the_list_marks_an_active_license_past_its_expiry(staff_client, plan):
     assert '<td class="field-state">active, expired</td>' in rows
 
 
+def test_a_device_is_freed_from_the_license_page_after_a_confirmation(staff_client, issued):
+    activation = activate(issued, "dead-laptop", name="Dead laptop").activation
+    deactivate_url = reverse("admin:licensing_license_deactivate_device", args=[issued.license.pk, activation.pk])
+
+    assert f'href="{deactivate_url}"' in staff_client.get(change_url(issued.license)).content.decode()
+    confirmation = staff_client.get(deactivate_url).content.decode()
+    assert Activation.objects.get(pk=activation.pk).is_live
+    response = staff_client.post(deactivate_url, follow=True)
+    again = staff_client.post(deactivate_url, follow=True)
+
+    assert "Dead laptop stops using license" in confirmation
+    assert response.redirect_chain == [(change_url(issued.license), 302)]
+    assert page_messages(response) == ["1 device deactivated."]
+    assert page_messages(again) == ["No live device to deactivate: nothing changed."]
+    assert not Activation.objects.get(pk=activation.pk).is_live
+    event = AuditEvent.objects.get(action="activation.deactivated")
+    assert (event.actor_kind, event.license_id) == ("staff", issued.license.pk)
+
+
+def test_a_device_of_another_license_cannot_be_freed_through_this_one(staff_client, issued, plan):
+    theirs = activate(make_license(plan=plan), "theirs").activation
+    url = reverse("admin:licensing_license_deactivate_device", args=[issued.license.pk, theirs.pk])
+
+    assert staff_client.post(url).status_code == 404
+    assert Activation.objects.get(pk=theirs.pk).is_live
+
+
+def test_staff_who_may_only_view_get_no_deactivate_button(viewer_client, issued):
+    activation = activate(issued, "viewed-device").activation
+    url = reverse("admin:licensing_license_deactivate_device", args=[issued.license.pk, activation.pk])
+
+    page = viewer_client.get(change_url(issued.license)).content.decode()
+    assert "viewed-device" in page
+    assert url not in page
+    assert viewer_client.post(url).status_code == 403
+    assert Activation.objects.get(pk=activation.pk).is_live
+
+
 def test_license_page_shows_usage_and_live_and_past_devices(staff_client, world):
     page = staff_client.get(change_url(world["license"])).content.decode()
 
@@ -419,17 +468,12 @@ def test_deactivate_all_devices_action(staff_client, issued):
     assert "2 devices deactivated." in page_messages(response)
 
 
-def test_staff_who_may_only_view_licenses_cannot_run_actions(client, issued):
-    viewer = get_user_model().objects.create_user("viewer", password="a-long-test-password", is_staff=True)
-    viewer.user_permissions.add(
-        Permission.objects.get(codename="view_license"), Permission.objects.get(codename="view_activation")
-    )
-    client.force_login(viewer)
+def test_staff_who_may_only_view_licenses_cannot_run_actions(viewer_client, issued):
     activation = activate(issued, "a").activation
 
-    assert client.get(changelist("license")).status_code == 200
-    action(client, "license", "revoke", [issued.license], confirmed="yes")
-    action(client, "activation", "deactivate", [activation])
+    assert viewer_client.get(changelist("license")).status_code == 200
+    action(viewer_client, "license", "revoke", [issued.license], confirmed="yes")
+    action(viewer_client, "activation", "deactivate", [activation])
 
     assert License.objects.get(pk=issued.license.pk).status == "active"
     assert Activation.objects.get(pk=activation.pk).is_live
