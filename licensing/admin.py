@@ -148,14 +148,17 @@ class PlanAdmin(CatalogAdmin):
 class CustomerAdmin(CatalogAdmin):
     list_display = ["email", "name", "external_id", "license_count", "created_at"]
     search_fields = ["email", "name", "external_id"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["license_count", "created_at", "updated_at"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(license_total=Count("licenses"))
 
     @admin.display(description=_("licenses"), ordering="license_total")
-    def license_count(self, customer: Customer) -> int:
-        return customer.license_total
+    def license_count(self, customer: Customer) -> str:
+        if customer.pk is None:
+            return "-"
+        url = reverse("admin:licensing_license_changelist") + f"?customer={customer.pk}"
+        return format_html('<a href="{}">{}</a>', url, customer.license_total)
 
 
 class ExpiryListFilter(admin.SimpleListFilter):

@@ -307,6 +307,18 @@ def test_staff_who_may_only_view_get_no_deactivate_button(viewer_client, issued)
     assert Activation.objects.get(pk=activation.pk).is_live
 
 
+def test_a_customers_licenses_are_one_click_from_the_customer(staff_client, issued, customer, plan):
+    make_license(plan=plan, customer=make_customer(email="someone@example.com"))
+    make_license(plan=plan, customer=customer)
+    link = f'<a href="{changelist("license")}?customer={customer.pk}">2</a>'
+
+    assert link in staff_client.get(changelist("customer")).content.decode()
+    assert link in staff_client.get(change_url(customer)).content.decode()
+    listed = staff_client.get(changelist("license"), {"customer": customer.pk}).context["cl"].result_list
+    assert {license.customer for license in listed} == {customer}
+    assert len(listed) == 2
+
+
 def test_license_page_shows_usage_and_live_and_past_devices(staff_client, world):
     page = staff_client.get(change_url(world["license"])).content.decode()
 
