@@ -186,12 +186,20 @@ class PlanListFilter(admin.RelatedFieldListFilter):
         return [(plan.pk, str(plan)) for plan in Plan.objects.select_related("product")]
 
 
+MONTHS_PER_UNIT = {"months": 1, "years": 12}
+
+
 class LicenseActionForm(ActionForm):
     days = forms.CharField(
         # Plain text: an invalid action form would read "No action selected"; extend explains instead.
-        label=_("Days (for extend):"),
+        label=_("Extend by:"),
         required=False,
         widget=forms.NumberInput(attrs={"size": 4}),
+    )
+    unit = forms.ChoiceField(
+        label="",
+        required=False,
+        choices=[("days", _("days")), ("months", _("months")), ("years", _("years"))],
     )
 
 
@@ -587,18 +595,25 @@ class LicenseAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             _("%(count)d license(s) were already revoked."),
         )
 
-    @admin.action(description=_("Extend selected licenses by the number of days given"), permissions=["change"])
+    @admin.action(description=_("Extend selected licenses by the days, months or years given"), permissions=["change"])
     def extend(self, request, queryset):
+        unit = request.POST.get("unit") or "days"
         try:
-            days = forms.IntegerField(min_value=1).clean(request.POST.get("days"))
+            count = forms.IntegerField(min_value=1).clean(request.POST.get("days"))
+            if unit != "days" and unit not in MONTHS_PER_UNIT:
+                raise ValidationError(unit)
         except ValidationError:
-            self.message_user(request, _("Enter a number of days (1 or more) to extend by."), messages.ERROR)
+            self.message_user(
+                request, _("Enter a number (1 or more) of days, months or years to extend by."), messages.ERROR
+            )
             return
+        # Years are calendar years (the same day a year on, leap days included), not 365 days.
+        period = {"days": count} if unit == "days" else {"months": count * MONTHS_PER_UNIT[unit]}
         actor = staff_actor(request)
         self._apply(
             request,
             queryset,
-            lambda lic: services.extend_license(license=lic, days=days, actor=actor),
+            lambda lic: services.extend_license(license=lic, actor=actor, **period),
             _("%(count)d license(s) extended."),
         )
 

@@ -35,6 +35,7 @@ from licensing.models import (
     RsaKey,
     SigningKey,
     SignInLink,
+    add_months,
 )
 
 
@@ -485,26 +486,37 @@ def _change_status(license: License, *, to: str, allowed_from: set[str], actor: 
 
 
 def extend_license(
-    *, license: License, actor: Actor, expires_at: datetime | None = UNSET, days: int | None = None
+    *,
+    license: License,
+    actor: Actor,
+    expires_at: datetime | None = UNSET,
+    days: int | None = None,
+    months: int | None = None,
 ) -> License:
-    """Give a license a new expiry: a moment (None: never expires), or `days` more.
+    """Give a license a new expiry: a moment (None: never expires), or `days` or `months` more.
 
-    Days count from the current expiry, or from now when the license has already lapsed, so a
-    customer renewing late gets the full period.
+    Days and months count from the current expiry, or from now when the license has already lapsed,
+    so a customer renewing late gets the full period. A month is a calendar month (12 of them are a
+    year, leap day included), ending on the same day, or the month's last when it is shorter.
     """
-    if (expires_at is UNSET) == (days is None):
-        raise errors.InvalidInput("Give either a new expiry or a number of days.", field="expires_at")
-    if days is not None and not _is_whole_number(days, 1):
-        raise errors.InvalidInput("The number of days must be a whole number of 1 or more.", field="days")
+    if [expires_at is not UNSET, days is not None, months is not None].count(True) != 1:
+        raise errors.InvalidInput(
+            "Give one of a new expiry, a number of days or a number of months.", field="expires_at"
+        )
+    for name, count in (("days", days), ("months", months)):
+        if count is not None and not _is_whole_number(count, 1):
+            raise errors.InvalidInput(f"The number of {name} must be a whole number of 1 or more.", field=name)
     with transaction.atomic():
         locked = _lock_license(license.pk)
-        if days is not None:
+        if days is not None or months is not None:
+            field = "days" if days is not None else "months"
             if locked.expires_at is None:
-                raise errors.InvalidInput("This license never expires.", field="days")
+                raise errors.InvalidInput("This license never expires.", field=field)
+            start = max(locked.expires_at, timezone.now())
             try:
-                expires_at = max(locked.expires_at, timezone.now()) + timedelta(days=days)
-            except OverflowError:
-                raise errors.InvalidInput("That would expire past the year 9999.", field="days") from None
+                expires_at = start + timedelta(days=days) if days is not None else add_months(start, months)
+            except (OverflowError, ValueError):
+                raise errors.InvalidInput("That would expire past the year 9999.", field=field) from None
         if expires_at == locked.expires_at:
             return locked
         changes = {"expires_at": [locked.expires_at, expires_at]}

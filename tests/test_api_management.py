@@ -496,12 +496,33 @@ def test_suspend_reinstate_revoke_and_extend(management_client, plan):
     assert error(refused)["code"] == "invalid_status_change"
 
 
-@pytest.mark.parametrize("body", [{}, {"days": 0}, {"days": 3, "expires_at": None}, {"days": "3"}])
+def test_extend_by_calendar_months(management_client, plan):
+    license = make_license(plan=plan, expires_at=datetime(2027, 1, 31, 9, tzinfo=UTC)).license
+
+    response = management_client.post(f"/api/v1/licenses/{license.pk}/extend", {"months": 13}, format="json")
+
+    assert response.status_code == 200
+    # January 31st and 13 months: February has no 31st, so its last day.
+    assert License.objects.get(pk=license.pk).expires_at == datetime(2028, 2, 29, 9, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("months", [120_000, 10**15])
+def test_extending_by_months_past_the_calendar_is_400(management_client, plan, months):
+    license = make_license(plan=plan, expires_at=datetime(2027, 1, 31, 9, tzinfo=UTC)).license
+
+    response = management_client.post(f"/api/v1/licenses/{license.pk}/extend", {"months": months}, format="json")
+
+    assert (response.status_code, error(response)["field"]) == (400, "months")
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"days": 0}, {"days": 3, "expires_at": None}, {"days": "3"}, {"days": 3, "months": 1}, {"months": 0}]
+)
 def test_extend_needs_days_or_a_date(management_client, issued, body):
     response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/extend", body, format="json")
 
     assert response.status_code == 400
-    assert error(response)["field"] == "days"
+    assert error(response)["field"] in {"days", "months"}
 
 
 def test_list_and_deactivate_a_licenses_devices(management_client, issued, actor):

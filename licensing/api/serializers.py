@@ -431,11 +431,14 @@ class EmptyInputSerializer(StrictInputSerializer):
 
 class ExtendLicenseInputSerializer(StrictInputSerializer):
     days = StrictIntegerField(min_value=1, required=False)
+    months = StrictIntegerField(
+        min_value=1, required=False, help_text="Calendar months: 12 is a year, to the same day."
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate(self, data):
-        if ("days" in data) == ("expires_at" in data):
-            raise serializers.ValidationError({"days": ["Give either days or expires_at."]})
+        if [name in data for name in ("days", "months", "expires_at")].count(True) != 1:
+            raise serializers.ValidationError({"days": ["Give one of days, months or expires_at."]})
         return data
 
 

@@ -521,7 +521,7 @@ class LicenseStatusView(ManagementView, APIView):
 
 class LicenseExtendView(ManagementView, APIView):
     @extend_schema(
-        summary="Give a license a new expiry, or more days",
+        summary="Give a license a new expiry, or more days or months",
         request=api.ExtendLicenseInputSerializer,
         responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
     )
