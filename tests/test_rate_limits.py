@@ -143,6 +143,21 @@ def test_a_forged_forwarded_for_header_does_not_dodge_the_address_limit(api_clie
     assert statuses == [404, 404, 429]
 
 
+def test_behind_a_proxy_that_adds_ports_one_address_is_one_client(api_client, limits, settings):
+    """Azure's gateway, for one, forwards "address:port": a new port each call must not be a new budget."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    limits.update({"per_ip": "2/minute", "per_key": ""})
+
+    statuses = [
+        api_client.post(
+            "/api/v1/licenses/validate", {"key": f"UNKNOWN-{n}"}, format="json", HTTP_X_FORWARDED_FOR=forwarded
+        ).status_code
+        for n, forwarded in enumerate(["203.0.113.9:50001", "203.0.113.9:50002", "203.0.113.9:50003"])
+    ]
+
+    assert statuses == [404, 404, 429]
+
+
 def test_one_ipv6_network_is_one_client(api_client, limits):
     limits.update({"per_ip": "2/minute", "per_key": ""})
 

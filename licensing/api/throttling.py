@@ -21,6 +21,7 @@ from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
 from licensing import keys, services
+from licensing.addresses import client_ip
 from licensing.api.retry import retry_on_lost_connection
 
 logger = logging.getLogger(__name__)
@@ -87,15 +88,12 @@ def client_ident(request) -> str | None:
     """The client the guard and the per-IP limit count: its IPv4 address, or its IPv6 /64 network
     (any IPv6 host holds a whole /64, so one address each would give it billions of budgets). None
     when the address is unknown: such calls share nothing rather than one budget for everyone."""
-    # DRF's own rule (DJANGO_NUM_PROXIES, X-Forwarded-For).
-    ident = BaseThrottle().get_ident(request)
-    try:
-        address = ipaddress.ip_address(ident)
-    except ValueError:
-        return ident.strip() if isinstance(ident, str) and ident.strip() else None
-    if address.version == 6:
+    address = client_ip(request)
+    if address is None:
+        return None
+    if ipaddress.ip_address(address).version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return ident
+    return address
 
 
 # Counters outlive their window a little: the database cache and Redis round an expiry down to the
