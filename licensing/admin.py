@@ -686,24 +686,33 @@ class ActivationAdmin(admin.ModelAdmin):
 class OneLicenseFilter(admin.SimpleListFilter):
     """The license a trail was opened for (its page's link): shown while it filters, with a way out.
 
-    It offers no choice otherwise: a list of every license would be of no use.
+    It offers no choice otherwise: a list of every license would be of no use. An id of no license
+    is shown too, and finds nothing: Django applies only filters that show, and would otherwise
+    answer every license's trail under a link that asked for one.
     """
 
     title = _("license")
     parameter_name = "license"
 
     def lookups(self, request, model_admin):
+        if not self.value():
+            return []
         try:
             license = License.objects.select_related("customer").filter(pk=uuid.UUID(self.value())).first()
-        except (TypeError, ValueError):  # no license asked for, or no id that could be one
-            return []
+        except ValueError:
+            license = None
         if license is None:
-            return []
+            return [(self.value(), _("no such license"))]
         owner = f" · {license.customer.email}" if license.customer else ""
         return [(self.value(), f"{license.masked_key}{owner}")]
 
     def queryset(self, request, queryset):
-        return queryset.filter(license_id=self.value()) if self.value() else queryset
+        if not self.value():
+            return queryset
+        try:
+            return queryset.filter(license_id=uuid.UUID(self.value()))
+        except ValueError:
+            return queryset.none()
 
 
 @admin.register(AuditEvent)
