@@ -24,6 +24,17 @@ def client_ip(request) -> str | None:
     return forwarded or _address(request.META.get("REMOTE_ADDR"))
 
 
+def network_of(address: str | None) -> str | None:
+    """What the per-client limits count for an address: an IPv4 address itself, an IPv6 address's
+    /64 network (any IPv6 host holds a whole /64, so one address each would give it billions of
+    budgets)."""
+    if address is None:
+        return None
+    if ipaddress.ip_address(address).version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return address
+
+
 def _address(text: object) -> str | None:
     if not isinstance(text, str):
         return None

@@ -468,7 +468,9 @@ class SignInLink(models.Model):
     # Empty when the address is no customer's: the request still counts, and nothing is sent.
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
     token_digest = models.CharField(max_length=64, unique=True, editable=False)
-    ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True, db_index=True)
+    ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    # What the per-IP limit counts (addresses.network_of): an IPv6 host holds a whole /64.
+    client_network = models.CharField(max_length=43, blank=True, db_index=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     used_at = models.DateTimeField(null=True, blank=True)
 

@@ -22,7 +22,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from licensing import errors, keys, lookups, signing, tallies
+from licensing import addresses, errors, keys, lookups, signing, tallies
 from licensing.models import (
     Activation,
     ActorKind,
@@ -1364,20 +1364,26 @@ class SignInRequest:
 def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignInRequest:
     """Record a request for a portal sign-in link, the same way whether or not the address is a customer's.
 
-    Raises TooManyRequests when this address, or this IP, asked too often in the last 15 minutes.
+    Raises TooManyRequests when this address, or this IP (an IPv6 address's /64), asked too often
+    in the last 15 minutes.
     """
     email = email.strip()
+    client_network = addresses.network_of(ip_address)
     since = timezone.now() - SIGN_IN_LINK_LIFETIME
     with transaction.atomic():
         recent = SignInLink.objects.filter(created_at__gte=since)
         if recent.filter(email__iexact=email).count() >= SIGN_IN_REQUESTS_PER_EMAIL or (
-            ip_address and recent.filter(ip_address=ip_address).count() >= SIGN_IN_REQUESTS_PER_IP
+            client_network and recent.filter(client_network=client_network).count() >= SIGN_IN_REQUESTS_PER_IP
         ):
             raise errors.TooManyRequests()
         customer = Customer.objects.filter(email__iexact=email).first()
         token = keys.generate_sign_in_token()
         SignInLink.objects.create(
-            email=email, customer=customer, token_digest=keys.digest_sign_in_token(token), ip_address=ip_address
+            email=email,
+            customer=customer,
+            token_digest=keys.digest_sign_in_token(token),
+            ip_address=ip_address,
+            client_network=client_network or "",
         )
     return SignInRequest(customer=customer, token=token if customer else None)
 

@@ -127,6 +127,20 @@ def test_behind_a_proxy_each_customer_is_counted_by_the_forwarded_address(client
     assert SignInLink.objects.filter(customer=customer).get().ip_address == "198.51.100.2"
 
 
+def test_an_ipv6_host_is_counted_by_its_slash_64_not_by_each_of_its_addresses(client, customer):
+    # Any IPv6 host holds a whole /64: a new address per request must not make a new budget.
+    for n in range(10):
+        request_link(client, f"someone{n}@example.com", REMOTE_ADDR=f"2001:db8:1:2::{n + 1:x}")
+
+    same_network = request_link(client, "another@example.com", REMOTE_ADDR="2001:db8:1:2:ffff::1")
+    next_network = request_link(client, customer.email, REMOTE_ADDR="2001:db8:1:3::1")
+
+    assert same_network.status_code == 429
+    assert next_network.status_code == 200
+    link = SignInLink.objects.filter(customer=customer).get()
+    assert (link.ip_address, link.client_network) == ("2001:db8:1:3::1", "2001:db8:1:3::/64")
+
+
 @pytest.mark.parametrize("failure", [smtplib.SMTPServerDisconnected("gone"), TimeoutError(), socket.gaierror()])
 def test_a_mail_server_failure_answers_like_any_address_and_is_logged(client, customer, monkeypatch, caplog, failure):
     def fail(*args, **kwargs):

@@ -9,7 +9,6 @@ Retry-After in its own shape, through its own handler of DRF's Throttled error.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from collections import defaultdict
@@ -21,7 +20,7 @@ from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
 from licensing import keys, services
-from licensing.addresses import client_ip
+from licensing.addresses import client_ip, network_of
 from licensing.api.retry import retry_on_lost_connection
 
 logger = logging.getLogger(__name__)
@@ -85,15 +84,9 @@ class UnknownKeyWindow:
 
 
 def client_ident(request) -> str | None:
-    """The client the guard and the per-IP limit count: its IPv4 address, or its IPv6 /64 network
-    (any IPv6 host holds a whole /64, so one address each would give it billions of budgets). None
-    when the address is unknown: such calls share nothing rather than one budget for everyone."""
-    address = client_ip(request)
-    if address is None:
-        return None
-    if ipaddress.ip_address(address).version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return address
+    """The client the guard and the per-IP limit count (`addresses.network_of`). None when the
+    address is unknown: such calls share nothing rather than one budget for everyone."""
+    return network_of(client_ip(request))
 
 
 # Counters outlive their window a little: the database cache and Redis round an expiry down to the
