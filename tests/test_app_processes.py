@@ -1,7 +1,8 @@
 """Several app processes on one PostgreSQL database keep the activation limit, even when one dies mid-storm.
 
 Each test starts two real gunicorn servers with production settings on pytest-django's test
-database, as two hosts behind a load balancer: they share nothing but the database.
+database, as two hosts behind a load balancer: they share nothing but the database. What only a
+real server shows is tested here too (a body sent in chunks).
 """
 
 from __future__ import annotations
@@ -62,10 +63,16 @@ class AppServer:
     port: int
     log: Path
 
-    def call(self, path: str, body: dict[str, Any], *, timeout: float = 30) -> Answer:
+    def call(self, path: str, body: dict[str, Any] | bytes, *, timeout: float = 30, chunked: bool = False) -> Answer:
         client = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
-            client.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            if chunked:
+                # In pieces and with no Content-Length, as HTTP clients send a body they stream.
+                pieces = [data[start : start + 7] for start in range(0, len(data), 7)]
+                client.request("POST", path, iter(pieces), {"Content-Type": "application/json"}, encode_chunked=True)
+            else:
+                client.request("POST", path, data, {"Content-Type": "application/json"})
             response = client.getresponse()
             return Answer(response.status, response.read())
         finally:
@@ -285,3 +292,16 @@ def test_an_app_process_killed_mid_storm_leaves_no_half_written_activation(app_s
     refusal = survivor.call(ACTIVATE, {"key": issued.key, "fingerprint": "one-more-device"})
     assert refusal.status == 403
     assert_refused_at_the_limit([refusal], limit=3)
+
+
+def test_a_body_sent_in_chunks_is_read_like_one_with_a_length(app_servers):
+    issued = make_license()
+    server = app_servers[0]
+
+    activated = server.call(ACTIVATE, {"key": issued.key, "fingerprint": "streamed-body"}, chunked=True)
+    too_large = server.call(VALIDATE, b'{"key": "' + b"x" * settings.API_MAX_BODY_BYTES + b'"}', chunked=True)
+
+    assert activated.status == 201, activated.body
+    assert live_fingerprints(issued.license.pk) == {"streamed-body"}
+    assert too_large.status == 413
+    assert too_large.data["error"]["code"] == "request_too_large"
