@@ -409,6 +409,22 @@ def test_issuing_refusals_name_the_field(management_client, plan, body, status, 
     assert License.objects.count() == 1
 
 
+@pytest.mark.parametrize("wrong", [lambda pk: pk + 0.5, str, lambda pk: True], ids=["fraction", "text", "boolean"])
+def test_a_record_id_must_be_a_whole_number(management_client, plan, wrong):
+    # DRF would read product 1.5 as product 1.
+    license = management_client.post("/api/v1/licenses", {"product": wrong(plan.product.pk)}, format="json")
+    on_plan = management_client.post(
+        "/api/v1/licenses", {"product": plan.product.pk, "plan": wrong(plan.pk)}, format="json"
+    )
+    new_plan = management_client.post(
+        "/api/v1/plans", {"product": wrong(plan.product.pk), "name": "Team", "identifier": "team"}, format="json"
+    )
+
+    answers = [(answer.status_code, error(answer)["field"]) for answer in (license, on_plan, new_plan)]
+    assert answers == [(400, "product"), (400, "plan"), (400, "product")]
+    assert (License.objects.count(), Plan.objects.count()) == (0, 1)
+
+
 def test_only_create_and_retrieve_show_the_full_key(management_client, issued):
     listing = management_client.get("/api/v1/licenses")
     detail = management_client.get(f"/api/v1/licenses/{issued.license.pk}")

@@ -62,6 +62,15 @@ class StrictIntegerField(serializers.IntegerField):
 
 
 @extend_schema_field({"type": "object", "additionalProperties": True})
+class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
+    """A record's id as a whole JSON number: DRF would take 1.5 as record 1, and "1" too."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
 class MetadataField(serializers.JSONField):
     def to_internal_value(self, data):
         try:
@@ -88,6 +97,7 @@ class StrictInputSerializer(RefuseUnknownFieldsMixin, serializers.Serializer):
 
 
 class StrictModelSerializer(RefuseUnknownFieldsMixin, serializers.ModelSerializer):
+    serializer_related_field = StrictPrimaryKeyRelatedField
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
         models.CharField: StrictCharField,
@@ -389,8 +399,8 @@ class LicenseWithKeySerializer(LicenseSerializer):
 
 
 class CreateLicenseInputSerializer(StrictInputSerializer):
-    product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.all())
-    plan = serializers.PrimaryKeyRelatedField(queryset=Plan.objects.all(), required=False, allow_null=True)
+    product = StrictPrimaryKeyRelatedField(queryset=Product.objects.all())
+    plan = StrictPrimaryKeyRelatedField(queryset=Plan.objects.all(), required=False, allow_null=True)
     customer_email = StrictEmailField(max_length=254, required=False)
     customer_name = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
     key = key_field(required=False, help_text="Leave out to generate one; give it to import an existing key.")
