@@ -47,6 +47,14 @@ class ServiceErrorsMixin:
             self.message_user(request, str(error.message), messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
 
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except errors.LicensingError as error:
+            # Back to the confirmation page, which now lists what refers to the record.
+            self.message_user(request, str(error.message), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
 
 def report_outcome(
     model_admin: admin.ModelAdmin,
@@ -92,9 +100,18 @@ class CatalogAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         return deleted, model_count, set(), protected
 
     def delete_queryset(self, request, queryset):
-        with transaction.atomic():
-            for record in queryset:
-                services.delete_catalog_record(record=record, actor=staff_actor(request))
+        for record in queryset:
+            services.delete_catalog_record(record=record, actor=staff_actor(request))
+
+    def response_action(self, request, queryset):
+        # "Delete selected" logs the deletions before it makes them: one transaction, so that a
+        # deletion refused leaves neither a log entry nor any other record of the selection deleted.
+        try:
+            with transaction.atomic():
+                return super().response_action(request, queryset)
+        except errors.LicensingError as error:
+            self.message_user(request, str(error.message), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 @admin.register(Product)

@@ -30,6 +30,12 @@ class DuplicateRecord(LicensingError):
     message = _("A record with these values was saved at the same moment. Try again.")
 
 
+class RecordInUse(LicensingError):
+    code = "record_in_use"
+    status = 409
+    message = _("Licenses refer to this record, so it cannot be deleted.")
+
+
 class LicenseNotFound(LicensingError):
     code = "license_not_found"
     status = 404

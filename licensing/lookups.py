@@ -282,6 +282,24 @@ def _select_by(model: type[Model], attname: str) -> str:
     return f"SELECT {columns} FROM {_table(model)} WHERE {column} = %s"
 
 
+def held(model: type[Model], pk: Any) -> Model | None:
+    """The row with this primary key, kept from changing or going until the transaction ends, or None.
+
+    A shared lock (FOR SHARE): any number of transactions may hold it at once, as those storing
+    rows that refer to it do, while a change or a delete of it waits for them all, and they for it.
+    The foreign-key checks' own lock (KEY SHARE) does not wait for a change that keeps the key.
+    SQLite locks the whole database on write instead.
+    """
+    db = connections[DEFAULT_DB_ALIAS]
+    statement = _select_by(model, model._meta.pk.attname)
+    if db.vendor == "postgresql":
+        statement += " FOR SHARE"
+    with _reading_cursor(db) as cursor:
+        cursor.execute(statement, [model._meta.pk.get_db_prep_value(pk, db)])
+        row = cursor.fetchone()
+    return None if row is None else _instance(db, model, list(row))
+
+
 def find_by(model: type[Model], attname: str, value: Any) -> Model | None:
     """The row whose unique column `attname` holds `value`, as a model instance, or None."""
     db = connections[DEFAULT_DB_ALIAS]

@@ -265,10 +265,18 @@ def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Cust
 
 
 def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> None:
-    """Delete a product, plan or customer that no license refers to."""
-    with transaction.atomic():
-        record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=record)
-        record.delete()
+    """Delete a product, plan or customer that no license refers to; else raise RecordInUse."""
+    try:
+        with transaction.atomic():
+            # Locked before Django looks for what refers to it: a license being stored for it holds
+            # the row until it is (create_license), so this waits for it, and then finds it.
+            type(record).objects.select_for_update().filter(pk=record.pk).first()
+            record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=record)
+            record.delete()
+    except models.ProtectedError:
+        raise errors.RecordInUse(
+            f"Licenses refer to this {record._meta.verbose_name}, so it cannot be deleted."
+        ) from None
 
 
 # ---------------------------------------------------------------- licenses
@@ -381,26 +389,29 @@ def create_license(
             expires_at = plan.expiry_from(timezone.now()) if plan else None
         except (OverflowError, ValueError):
             raise errors.InvalidInput("The plan's duration reaches past the year 9999.", field="plan") from None
-    check_new_license(product=product, plan=plan, key=key, max_activations=max_activations, metadata=metadata)
     _check_usage_limit_value(limit_usage)
 
     digest = keys.digest_license_key(key)
-    license = License(
-        product=product,
-        plan=plan,
-        key_digest=digest,
-        key_encrypted=keys.encrypt_license_key(key),
-        key_suffix=keys.license_key_suffix(key),
-        max_activations=max_activations,
-        expires_at=expires_at,
-        metadata=metadata or {},
-        limit_usage=limit_usage,
-    )
     try:
         with transaction.atomic():
-            if customer_email is not None:
-                customer = find_or_create_customer(email=customer_email, name=customer_name, actor=actor)
-            license.customer = customer
+            # Checked with the product's and plan's rows held until the license is stored: a plan
+            # moving to another product, or a product made inactive or deleted, waits for it, or
+            # goes first and is seen here.
+            product = _held(product, field="product")
+            plan = plan and _held(plan, field="plan")
+            check_new_license(product=product, plan=plan, key=key, max_activations=max_activations, metadata=metadata)
+            license = License(
+                product=product,
+                plan=plan,
+                customer=_held_owner(customer, email=customer_email, name=customer_name, actor=actor),
+                key_digest=digest,
+                key_encrypted=keys.encrypt_license_key(key),
+                key_suffix=keys.license_key_suffix(key),
+                max_activations=max_activations,
+                expires_at=expires_at,
+                metadata=metadata or {},
+                limit_usage=limit_usage,
+            )
             license.save(force_insert=True)
             record_event(
                 actor=actor,
@@ -410,9 +421,30 @@ def create_license(
                 changes=_diff(None, license),
             )
     except IntegrityError:
+        if not License.objects.filter(key_digest=digest).exists():
+            raise
         # Another request stored the same supplied key between our check and our insert.
         raise errors.DuplicateLicenseKey(field="key") from None
     return IssuedLicense(license=license, key=key)
+
+
+def _held(record: Product | Plan | Customer, *, field: str) -> Product | Plan | Customer:
+    """The record as stored now, held until the transaction ends (`lookups.held`)."""
+    held = lookups.held(type(record), record.pk)
+    if held is None:
+        raise errors.InvalidInput(f"This {record._meta.verbose_name} has just been deleted.", field=field)
+    return held
+
+
+def _held_owner(customer: Customer | None, *, email: str | None, name: str, actor: Actor) -> Customer | None:
+    """The license's owner, held until the license is stored, so that deleting it waits (and then
+    finds the license). A customer named by e-mail and deleted since it was found is made again."""
+    if email is None:
+        return customer and _held(customer, field="customer")
+    customer = find_or_create_customer(email=email, name=name, actor=actor)
+    if lookups.held(Customer, customer.pk) is None:
+        customer = _held(find_or_create_customer(email=email, name=name, actor=actor), field="customer_email")
+    return customer
 
 
 def check_new_license(

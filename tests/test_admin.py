@@ -5,6 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import connection
@@ -13,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from licensing import services
+from licensing.admin import CustomerAdmin
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
@@ -658,6 +660,46 @@ def test_a_product_with_licenses_cannot_be_deleted(staff_client, issued):
     assert "would require deleting the following protected related objects" in page
     assert "doesn’t have permission" not in page
     assert Product.objects.filter(pk=product.pk).exists()
+
+
+@pytest.fixture
+def license_since_the_confirmation(monkeypatch):
+    """The delete confirmation found nothing referring to the record: a license came just after it."""
+    monkeypatch.setattr(CustomerAdmin, "get_deleted_objects", lambda self, objs, request: ([], {}, set(), []))
+
+
+def assert_customer_kept(customer) -> None:
+    assert Customer.objects.filter(pk=customer.pk).exists()
+    assert not AuditEvent.objects.filter(action="customer.deleted").exists()
+    assert not LogEntry.objects.filter(action_flag=DELETION).exists()
+
+
+def test_a_customer_given_a_license_since_the_delete_page_is_kept_and_staff_are_told(
+    staff_client, issued, license_since_the_confirmation
+):
+    url = reverse("admin:licensing_customer_delete", args=[issued.license.customer.pk])
+
+    response = staff_client.post(url, {"post": "yes"}, follow=True)
+
+    assert response.redirect_chain == [(url, 302)]
+    assert "Licenses refer to this customer, so it cannot be deleted." in response.content.decode()
+    assert_customer_kept(issued.license.customer)
+
+
+def test_deleting_selected_customers_stops_at_one_given_a_license_and_keeps_them_all(
+    staff_client, issued, license_since_the_confirmation
+):
+    unused = make_customer(email="unused@example.com")
+    selected = [unused.pk, issued.license.customer.pk]
+
+    response = staff_client.post(
+        changelist("customer"), {"action": "delete_selected", "_selected_action": selected, "post": "yes"}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert "Licenses refer to this customer, so it cannot be deleted." in response.content.decode()
+    assert_customer_kept(unused)
+    assert_customer_kept(issued.license.customer)
 
 
 def test_audit_trail_is_read_only(staff_client, world):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from licensing import errors, services
-from licensing.models import Activation, SigningKey
-from tests.factories import make_license, make_plan
+from licensing.models import Activation, Customer, License, Plan, SigningKey
+from tests.factories import SYSTEM, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -142,3 +145,113 @@ def test_processes_answering_at_once_on_a_new_server_make_one_signing_key_betwee
 
     assert SigningKey.objects.count() == 1
     assert set(outcomes) == {SigningKey.objects.get().kid}
+
+
+# Catalog changes racing the licenses that refer to them: one side waits for the other on the
+# PostgreSQL row locks, then sees what it did. (SQLite runs one writing transaction at a time.)
+postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks are PostgreSQL's")
+LOCK_WAIT_SECONDS = 10
+
+
+def in_thread(work: Callable[[], Any]) -> Future:
+    """Start work in a thread of its own (its own database connection); its outcome comes in the future."""
+    outcome: Future = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(work())
+        except Exception as error:  # noqa: BLE001 - the test inspects the outcome
+            outcome.set_exception(error)
+        finally:
+            connection.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return outcome
+
+
+@contextmanager
+def left_open(work: Callable[[], Any]) -> Iterator[None]:
+    """Do work in a transaction of another thread, and commit it only when the block ends."""
+    done, commit = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with transaction.atomic():
+            try:
+                work()
+            finally:
+                done.set()
+            commit.wait(LOCK_WAIT_SECONDS * 3)
+
+    outcome = in_thread(run)
+    assert done.wait(LOCK_WAIT_SECONDS)
+    try:
+        yield
+    finally:
+        commit.set()
+        outcome.result(LOCK_WAIT_SECONDS)
+
+
+def wait_until_a_session_waits_for_a_lock() -> None:
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    pytest.fail(f"No session waited for a row lock within {LOCK_WAIT_SECONDS} s")
+
+
+@postgresql_only
+def test_a_license_issued_on_a_plan_moving_to_another_product_is_refused():
+    plan = make_plan()
+    elsewhere = make_product(name="Elsewhere", slug="elsewhere")
+
+    def move() -> None:
+        moving = Plan.objects.get(pk=plan.pk)
+        moving.product = elsewhere
+        services.save_catalog_record(record=moving, actor=SYSTEM)
+
+    with left_open(move):
+        issuing = in_thread(lambda: services.create_license(product=plan.product, plan=plan, actor=SYSTEM))
+        wait_until_a_session_waits_for_a_lock()
+
+    with pytest.raises(errors.InvalidInput) as refused:
+        issuing.result(LOCK_WAIT_SECONDS)
+    assert (refused.value.field, refused.value.message) == ("plan", "This plan belongs to another product.")
+    assert not License.objects.filter(plan=plan).exists()
+
+
+@postgresql_only
+def test_a_license_issued_for_an_e_mail_whose_customer_is_being_deleted_gets_a_new_customer():
+    plan = make_plan()
+    customer = make_customer(email="leaving@example.com")
+
+    with left_open(lambda: services.delete_catalog_record(record=customer, actor=SYSTEM)):
+        issuing = in_thread(
+            lambda: services.create_license(
+                product=plan.product, plan=plan, customer_email="leaving@example.com", actor=SYSTEM
+            )
+        )
+        wait_until_a_session_waits_for_a_lock()
+
+    license = issuing.result(LOCK_WAIT_SECONDS).license
+    assert license.customer.email == "leaving@example.com"
+    assert license.customer.pk != customer.pk
+    assert list(Customer.objects.filter(email="leaving@example.com")) == [license.customer]
+
+
+@postgresql_only
+def test_deleting_a_customer_while_a_license_is_issued_to_them_is_refused():
+    plan = make_plan()
+    customer = make_customer(email="staying@example.com")
+
+    with left_open(lambda: services.create_license(product=plan.product, plan=plan, customer=customer, actor=SYSTEM)):
+        deleting = in_thread(lambda: services.delete_catalog_record(record=customer, actor=SYSTEM))
+        wait_until_a_session_waits_for_a_lock()
+
+    with pytest.raises(errors.RecordInUse):
+        deleting.result(LOCK_WAIT_SECONDS)
+    assert Customer.objects.get(pk=customer.pk).licenses.count() == 1
