@@ -891,7 +891,7 @@ class ApiKeyAddForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "read_only", "key"]
+        fields = ["name", "read_only", "apps_only", "key"]
 
     def clean(self):
         cleaned = super().clean()
@@ -905,12 +905,21 @@ class ApiKeyAddForm(forms.ModelForm):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(MadeByServiceAdmin):
-    """Keys for the management API. A key is shown once, when it is made; only its digest is kept."""
+    """Keys for the management API, or for apps. A key is shown once, when it is made; only its digest is kept."""
 
-    list_display = ["name", "prefix", "read_only", "created_by", "created_at", "last_used_at", "revoked_at"]
-    list_filter = ["read_only", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_display = [
+        "name",
+        "prefix",
+        "read_only",
+        "apps_only",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = ["read_only", "apps_only", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
-    fields = ["name", "prefix", "read_only", "created_by", "created_at", "last_used_at", "revoked_at"]
+    fields = ["name", "prefix", "read_only", "apps_only", "created_by", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
     form = ApiKeyAddForm
 
@@ -918,6 +927,7 @@ class ApiKeyAdmin(MadeByServiceAdmin):
         issued = services.create_api_key(
             name=form.cleaned_data["name"],
             read_only=form.cleaned_data["read_only"],
+            apps_only=form.cleaned_data["apps_only"],
             key=form.cleaned_data["key"] or None,
             actor=staff_actor(request),
         )

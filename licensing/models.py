@@ -403,7 +403,8 @@ class SigningKey(models.Model):
 
 
 class ApiKey(models.Model):
-    """A secret the vendor's own systems use for the management API. Only its digest is stored."""
+    """A secret the vendor's own systems use for the management API, or apps for their license
+    calls on the vendor faces that take one. Only its digest is stored."""
 
     name = models.CharField(max_length=200)
     prefix = models.CharField(
@@ -411,6 +412,15 @@ class ApiKey(models.Model):
     )
     key_digest = models.CharField(max_length=64, unique=True, editable=False)
     read_only = models.BooleanField(default=False, help_text=_("A read-only key can list and read, never change."))
+    apps_only = models.BooleanField(
+        _("for apps only"),
+        default=False,
+        help_text=_(
+            "For a key shipped inside apps: it makes license calls (activate, validate, deactivate, read "
+            "a key) on the Kelviq, GetKeyManager and Keymint faces, and nothing else: no management API, "
+            "no Keymint create or block. Anyone can pull a key out of an app."
+        ),
+    )
     created_by = models.CharField(max_length=255, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -1245,10 +1245,13 @@ def forget_cached_keys() -> None:
 # ---------------------------------------------------------------- API keys
 
 
-def create_api_key(*, name: str, actor: Actor, read_only: bool = False, key: str | None = None) -> IssuedApiKey:
+def create_api_key(
+    *, name: str, actor: Actor, read_only: bool = False, apps_only: bool = False, key: str | None = None
+) -> IssuedApiKey:
     """Make an API key, or import one (`key`) that apps already ship with from another vendor.
 
-    The plaintext is returned here once and never again.
+    The plaintext is returned here once and never again. An `apps_only` key makes license calls
+    and nothing else (`api_key_refusal`).
     """
     _check_text(name, 200, field="name")
     if not name.strip():
@@ -1265,10 +1268,30 @@ def create_api_key(*, name: str, actor: Actor, read_only: bool = False, key: str
             prefix=key[:visible],
             key_digest=keys.digest_api_key(key),
             read_only=read_only,
+            apps_only=apps_only,
             created_by=actor.display[:255],
         )
-        record_event(actor=actor, action="api_key.created", target=api_key, changes={"read_only": [None, read_only]})
+        record_event(
+            actor=actor,
+            action="api_key.created",
+            target=api_key,
+            changes={"read_only": [None, read_only], "apps_only": [None, apps_only]},
+        )
     return IssuedApiKey(api_key=api_key, key=key)
+
+
+def api_key_refusal(api_key: ApiKey, *, changes: bool, manages: bool) -> str | None:
+    """Why this API key may not make a call, or None when it may.
+
+    `manages`: the call is the vendor's business (the management API, Keymint's create and block),
+    not an app's license call, so a key made for apps, which anyone can pull out of one, may not
+    make it. `changes`: the call changes something, which a read-only key may not.
+    """
+    if manages and api_key.apps_only:
+        return "This API key is for apps' license calls only; use a key made for your own systems."
+    if changes and api_key.read_only:
+        return "This API key is read-only."
+    return None
 
 
 def check_imported_api_key(key: str) -> None:

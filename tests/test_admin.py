@@ -743,6 +743,13 @@ def test_staff_create_an_api_key_and_see_it_once(staff_client):
     assert all(key not in cookie.value for cookie in response.client.cookies.values())
 
 
+def test_staff_create_an_api_key_for_apps(staff_client):
+    staff_client.post(reverse("admin:licensing_apikey_add"), {"name": "photon app", "apps_only": "on"})
+
+    assert ApiKey.objects.get().apps_only is True
+    assert AuditEvent.objects.get(action="api_key.created").changes["apps_only"] == [None, True]
+
+
 def test_revoking_an_api_key_in_the_admin(staff_client, actor):
     issued = services.create_api_key(name="old", actor=actor)
 

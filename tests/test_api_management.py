@@ -87,8 +87,18 @@ def test_create_api_key_command_prints_only_the_key_on_its_last_line():
     key = out.getvalue().strip().splitlines()[-1]
     api_key = services.authenticate_api_key(key)
     assert api_key is not None
-    assert (api_key.name, api_key.read_only) == ("billing", True)
+    assert (api_key.name, api_key.read_only, api_key.apps_only) == ("billing", True, False)
     assert "not shown again" in err.getvalue()
+
+
+def test_create_api_key_command_makes_a_key_for_apps():
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command("create_api_key", "--name", "photon app", "--apps-only", stdout=out, stderr=err)
+
+    api_key = services.authenticate_api_key(out.getvalue().strip().splitlines()[-1])
+    assert (api_key.name, api_key.read_only, api_key.apps_only) == ("photon app", False, True)
+    assert "for apps' license calls only" in err.getvalue()
 
 
 def test_create_signing_key_command_prints_the_public_key():

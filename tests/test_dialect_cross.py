@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import Client
 
 from licensing import services
-from licensing.models import Activation
+from licensing.models import Activation, License
 from tests.factories import make_license, make_plan, make_product
 
 ORGANIZATION_ID = "5f0c3b1e-2d4a-4c8e-9b7f-6a1d2e3f4a5b"
@@ -24,7 +24,8 @@ def setup(db):
     actor = services.Actor.system("tests")
     product = make_product(public_id=PRODUCT_ID, polar_organization_id=uuid.UUID(ORGANIZATION_ID))
     issued = make_license(plan=make_plan(product=product, max_activations=5))
-    api_key = services.create_api_key(name="apps", actor=actor).key
+    # A key made for apps is all the license calls of every face need.
+    api_key = services.create_api_key(name="apps", apps_only=True, actor=actor).key
     return issued, api_key
 
 
@@ -103,7 +104,7 @@ def test_the_limit_holds_when_activations_arrive_through_every_face_at_once():
     actor = services.Actor.system("tests")
     product = make_product(public_id=PRODUCT_ID, polar_organization_id=uuid.UUID(ORGANIZATION_ID))
     issued = make_license(plan=make_plan(product=product, max_activations=3))
-    api_key = services.create_api_key(name="apps", actor=actor).key
+    api_key = services.create_api_key(name="apps", apps_only=True, actor=actor).key
     faces = list(activators(issued.key, api_key).items())
     per_face = 6
     barrier = threading.Barrier(len(faces) * per_face)
@@ -131,3 +132,32 @@ def test_the_limit_holds_when_activations_arrive_through_every_face_at_once():
     assert all(status in {200, 201, 403} for _, status in statuses)
     assert sum(status in {200, 201} for _, status in statuses) == 3
     assert Activation.objects.filter(license=issued.license).live().count() == 3
+
+
+def test_a_key_made_for_apps_reaches_nothing_but_license_calls(setup):
+    issued, api_key = setup
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    keymint = {"productId": PRODUCT_ID, "licenseKey": issued.key}
+
+    listing = client.get("/api/v1/licenses")
+    reading = client.get(f"/api/v1/licenses/{issued.license.pk}")
+    issuing = client.post("/api/v1/licenses", {"product": issued.license.product_id}, content_type="application/json")
+    creating = client.post("/compat/keymint/key", {"productId": PRODUCT_ID}, content_type="application/json")
+    blocking = client.post("/compat/keymint/key/block", keymint, content_type="application/json")
+    reading_on_keymint = client.get("/compat/keymint/key", keymint)
+
+    refusal = {
+        "code": "forbidden",
+        "message": "This API key is for apps' license calls only; use a key made for your own systems.",
+    }
+    for answer in (listing, reading, issuing):
+        assert (answer.status_code, answer.json()["error"]) == (403, refusal)
+    assert issued.key not in reading.content.decode()
+    for answer in (creating, blocking):
+        assert (answer.status_code, answer.json()) == (
+            401,
+            {"message": "Insufficient permissions for this operation", "code": 1},
+        )
+    assert reading_on_keymint.status_code == 200
+    issued.license.refresh_from_db()
+    assert (License.objects.count(), issued.license.status) == (1, License.Status.ACTIVE)

@@ -40,14 +40,24 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
 
 class ApiKeyPermission(permissions.BasePermission):
-    """Any live API key reads; only a read-write key changes anything."""
+    """An app's license call: any live API key reads; only a read-write key changes anything."""
 
-    message = "This API key is read-only."
+    manages = False
 
     def has_permission(self, request, view):
         if request.auth is None:
             return False
-        return request.method in permissions.SAFE_METHODS or not request.auth.read_only
+        # DRF makes the permission objects anew for each request: the message is this request's.
+        self.message = services.api_key_refusal(
+            request.auth, changes=request.method not in permissions.SAFE_METHODS, manages=self.manages
+        )
+        return self.message is None
+
+
+class ManagementPermission(ApiKeyPermission):
+    """The management API: as ApiKeyPermission, and never with a key made for apps."""
+
+    manages = True
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from licensing import services, signing
 from licensing.addresses import client_ip
 from licensing.api import serializers as api
-from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
+from licensing.api.authentication import ApiKeyAuthentication, ManagementPermission
 from licensing.api.exceptions import error_body
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
@@ -322,10 +322,11 @@ def record_or_404(records, **lookup):
 
 
 class ManagementView:
-    """Authenticated by API key; read-only keys may only read. Writes are audited as the key."""
+    """Authenticated by API key, never one made for apps; read-only keys may only read. Writes are
+    audited as the key."""
 
     authentication_classes = [ApiKeyAuthentication]
-    permission_classes = [ApiKeyPermission]
+    permission_classes = [ManagementPermission]
     pagination_class = Pagination
 
     def api_actor(self) -> services.Actor:

@@ -176,7 +176,7 @@ def authenticate(request: Request, data: Mapping, *, writes: bool) -> ApiKey:
         known = services.find_api_key(key) if key else None
         answer = API_KEY_INACTIVE if known is not None else API_KEY_INVALID
         raise Refused(answer, http_status=status.HTTP_401_UNAUTHORIZED)
-    if writes and api_key.read_only:
+    if services.api_key_refusal(api_key, changes=writes, manages=False):
         raise Refused(API_KEY_NO_PERMISSION, http_status=status.HTTP_401_UNAUTHORIZED)
     return api_key
 

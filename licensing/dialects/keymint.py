@@ -75,7 +75,8 @@ DRF_ERRORS: list[tuple[type[exceptions.APIException], int, int, str | None]] = [
     (exceptions.NotAuthenticated, 401, 1, "Invalid access token"),
     (exceptions.AuthenticationFailed, 401, 1, "Invalid access token"),
     # Keymint answers a token that lacks the scope an operation needs with 401 and this message
-    # (its authentication and error-code pages); here that is a read-only key creating or blocking.
+    # (its authentication and error-code pages); here that is a read-only key changing anything, or
+    # a key made for apps creating or blocking.
     (exceptions.PermissionDenied, 401, 1, "Insufficient permissions for this operation"),
     (RequestTooLarge, 413, 1, None),
     (exceptions.ParseError, 400, 1, None),
@@ -151,12 +152,16 @@ class KeymintTokenAuthentication(authentication.BaseAuthentication):
 
 class KeymintTokenPermission(permissions.BasePermission):
     """Any live API key reads keys; activating, deactivating, creating and blocking need a read-write
-    key, as on every face of this server (Kelviq answers 403 and GetKeyManager 102 for the same)."""
+    key, as on every face of this server (Kelviq answers 403 and GetKeyManager 102 for the same);
+    creating and blocking, the vendor's business, never take a key made for apps."""
 
     def has_permission(self, request, view):
         if request.auth is None:
             return False
-        return request.method not in view.write_methods or not request.auth.read_only
+        refusal = services.api_key_refusal(
+            request.auth, changes=request.method in view.write_methods, manages=request.method in view.manage_methods
+        )
+        return refusal is None
 
 
 class JSONAnswers(DefaultContentNegotiation):
@@ -305,8 +310,9 @@ class KeymintView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegot
     metadata_class = None
     # A vendor's API, not part of this server's own OpenAPI description.
     schema = None
-    # Methods a read-only API key may not call.
+    # Methods a read-only API key may not call, and those a key made for apps may not call.
     write_methods: frozenset[str] = frozenset()
+    manage_methods: frozenset[str] = frozenset()
     # The legacy paths answer in snake_case, the current ones in camelCase.
     camel_case = False
     # Our field names as this call's client knows them, for input error messages.
@@ -440,7 +446,7 @@ def create_key(view: KeymintView, request: Request) -> Response:
 class CreateKeyView(KeymintView):
     """Legacy `POST /create-key`."""
 
-    write_methods = frozenset({"POST"})
+    write_methods = manage_methods = frozenset({"POST"})
     vendor_fields = CREATE_FIELDS
 
     def post(self, request):
@@ -450,7 +456,7 @@ class CreateKeyView(KeymintView):
 class KeyView(KeymintView):
     """Current `/key`: GET reads a key (productId and licenseKey in the query), POST creates one."""
 
-    write_methods = frozenset({"POST"})
+    write_methods = manage_methods = frozenset({"POST"})
     vendor_fields = CREATE_FIELDS
     camel_case = True
 
@@ -466,7 +472,7 @@ class KeyView(KeymintView):
 class KeyStatusView(KeymintView):
     """Block (suspend) or unblock (reinstate) a key. Repeating either one succeeds again."""
 
-    write_methods = frozenset({"POST"})
+    write_methods = manage_methods = frozenset({"POST"})
     block = True
 
     def post(self, request):

@@ -1,4 +1,4 @@
-"""Make an API key for the management API. The key is printed once, alone on the last line."""
+"""Make an API key for the management API or for apps. The key is printed once, alone on the last line."""
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -6,11 +6,17 @@ from licensing import errors, services
 
 
 class Command(BaseCommand):
-    help = "Create an API key for the management API and print it (only this once)."
+    help = "Create an API key for the management API, or for apps' license calls, and print it (only this once)."
 
     def add_arguments(self, parser):
         parser.add_argument("--name", required=True, help="Who or what uses the key, e.g. 'billing'.")
         parser.add_argument("--read-only", action="store_true", help="The key may read but never change anything.")
+        parser.add_argument(
+            "--apps-only",
+            action="store_true",
+            help="A key to ship inside apps (Kelviq, GetKeyManager, Keymint): license calls only, "
+            "no management API, no Keymint create or block.",
+        )
         parser.add_argument(
             "--import-key",
             metavar="KEY",
@@ -22,11 +28,13 @@ class Command(BaseCommand):
             issued = services.create_api_key(
                 name=options["name"],
                 read_only=options["read_only"],
+                apps_only=options["apps_only"],
                 key=options["import_key"],
                 actor=services.Actor.system("create_api_key"),
             )
         except errors.LicensingError as error:
             raise CommandError(str(error.message)) from None
         access = "read-only" if issued.api_key.read_only else "read-write"
-        self.stderr.write(f"Created {access} API key {issued.api_key}. Store it now: it is not shown again.")
+        use = "apps' license calls only" if issued.api_key.apps_only else "the management API and license calls"
+        self.stderr.write(f"Created {access} API key {issued.api_key} for {use}. Store it now: it is not shown again.")
         self.stdout.write(issued.key)
