@@ -16,7 +16,7 @@ from django.utils import timezone
 from licensing import services
 from licensing.admin import CustomerAdmin
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
-from tests.factories import activate, make_customer, make_license, make_plan, make_product
+from tests.factories import activate, make_customer, make_license, make_plan, make_product, nested
 
 pytestmark = pytest.mark.django_db
 
@@ -497,6 +497,22 @@ def test_deactivate_all_devices_action(staff_client, issued):
     assert "2 devices deactivated." in page_messages(response)
 
 
+@pytest.mark.parametrize(
+    ("model", "lookup"),
+    [
+        ("signingkey", "private_key_encrypted__gte"),
+        ("license", "key_encrypted__startswith"),
+        ("license", "key_digest__gt"),
+        ("apikey", "key_digest__lt"),
+    ],
+)
+def test_no_list_filter_reads_a_secret_column(staff_client, world, model, lookup):
+    # Whether a row is listed for ?private_key_encrypted__gte=<guess> would give the value away.
+    response = staff_client.get(changelist(model), {lookup: "a"})
+
+    assert response.status_code == 400
+
+
 def test_staff_who_may_only_view_licenses_cannot_run_actions(viewer_client, issued):
     activation = activate(issued, "a").activation
 
@@ -507,6 +523,15 @@ def test_staff_who_may_only_view_licenses_cannot_run_actions(viewer_client, issu
     assert License.objects.get(pk=issued.license.pk).status == "active"
     assert Activation.objects.get(pk=activation.pk).is_live
     assert not AuditEvent.objects.filter(action__in=["license.revoked", "activation.deactivated"]).exists()
+
+
+def test_metadata_as_deep_as_allowed_shows_on_the_device_and_license_pages(staff_client, issued, actor):
+    deepest = nested(services.MAX_METADATA_NESTING)
+    device = activate(issued, "deep-device", metadata=deepest).activation
+    services.update_license(license=issued.license, actor=actor, metadata=deepest)
+
+    assert staff_client.get(change_url(device)).status_code == 200
+    assert staff_client.get(change_url(issued.license)).status_code == 200
 
 
 def test_bad_metadata_on_the_license_page_is_a_form_error(staff_client, issued):
