@@ -51,6 +51,9 @@ MAX_FINGERPRINT_LENGTH = 255
 MAX_NAME_LENGTH = 255
 MAX_PLATFORM_LENGTH = 100
 MAX_METADATA_BYTES = 16_384
+# Deeper metadata is no one's data, and pages that show it indented (the admin's) would hit
+# Python's recursion limit.
+MAX_METADATA_NESTING = 32
 # The largest value PostgreSQL's integer column (and so every database) holds.
 MAX_ACTIVATION_LIMIT = 2_147_483_647
 MAX_USAGE_LIMIT = 2**63 - 1
@@ -700,6 +703,19 @@ def check_metadata(metadata: Any, *, field: str = "metadata") -> None:
         raise errors.InvalidInput("Metadata must not contain NUL characters.", field=field)
     if len(encoded) > MAX_METADATA_BYTES:
         raise errors.InvalidInput(f"Metadata must be at most {MAX_METADATA_BYTES} bytes of JSON.", field=field)
+    if _nesting(metadata) > MAX_METADATA_NESTING:
+        raise errors.InvalidInput(
+            f"Metadata must be nested at most {MAX_METADATA_NESTING} objects or arrays deep.", field=field
+        )
+
+
+def _nesting(value: Any) -> int:
+    """How many objects or arrays deep a JSON value goes, counted without recursion."""
+    depth, level = 0, [value]
+    while containers := [item for item in level if isinstance(item, dict | list)]:
+        depth += 1
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return depth
 
 
 def license_problem(license: License) -> errors.LicensingError | None:

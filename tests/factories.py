@@ -48,3 +48,11 @@ def activate(issued: services.IssuedLicense, fingerprint: str | None = None, **k
     return services.activate_license(
         license_key=issued.key, fingerprint=fingerprint, actor=services.Actor.app(), **kwargs
     )
+
+
+def nested(depth: int) -> dict:
+    """A JSON object `depth` objects deep."""
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value

@@ -14,7 +14,7 @@ from license_verifier import VerificationError, public_keys_from_signing_keys, v
 
 from licensing import errors, services
 from licensing.models import Activation, AuditEvent, License, SigningKey
-from tests.factories import activate, make_license, make_plan
+from tests.factories import activate, make_license, make_plan, nested
 
 pytestmark = pytest.mark.django_db
 
@@ -134,6 +134,7 @@ def test_activation_refusals(api_client, issued, actor, state, status, code):
         ({"key": "K", "fingerprint": "device", "name": True}, "name"),
         ({"key": "K", "fingerprint": "device", "metadata": "not an object"}, "metadata"),
         ({"key": "K", "fingerprint": "device", "metadata": {"a": "nul\u0000"}}, "metadata"),
+        ({"key": "K", "fingerprint": "device", "metadata": nested(services.MAX_METADATA_NESTING + 1)}, "metadata"),
         ({"key": "K", "fingerprint": "f" * 256}, "fingerprint"),
         ({"key": "K", "fingerprint": "device", "hostId": "x"}, "hostId"),
         ({"key": "K", "fingerprint": "nul\u0000inside"}, "fingerprint"),
