@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from licensing import errors, services
@@ -39,6 +40,9 @@ class SignInForm(forms.Form):
 
 
 def customer_required(view):
+    """Signed-in pages: they show license keys, so no browser or proxy may keep a copy (never_cache)."""
+
+    @never_cache
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
         customer = Customer.objects.filter(pk=request.session.get(SESSION_KEY)).first()

@@ -215,6 +215,15 @@ def test_licenses_page_shows_product_status_key_and_slots(signed_in, issued, cus
     assert "Suspended" in page
 
 
+def test_pages_showing_keys_are_never_kept_by_a_browser_or_proxy(signed_in, issued):
+    for url in (reverse("portal:licenses"), reverse("portal:license", args=[issued.license.pk])):
+        response = signed_in.get(url)
+
+        assert issued.key in response.content.decode()
+        assert "no-store" in response["Cache-Control"]
+        assert "private" in response["Cache-Control"]
+
+
 def test_a_customer_with_no_licenses_is_told_so(client, other_customer):
     sign_in(client, other_customer)
 
