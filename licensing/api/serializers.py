@@ -61,7 +61,6 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-@extend_schema_field({"type": "object", "additionalProperties": True})
 class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
     """A record's id as a whole JSON number: DRF would take 1.5 as record 1, and "1" too."""
 
@@ -71,6 +70,7 @@ class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "object", "additionalProperties": True})
 class MetadataField(serializers.JSONField):
     def to_internal_value(self, data):
         try:
