@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import uuid
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.db.models.constants import LOOKUP_SEP
+from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -23,7 +28,10 @@ from django.utils.translation import ngettext
 
 from licensing import errors, keys, services, signing
 from licensing.addresses import client_ip
+from licensing.api.throttling import UnknownKeyWindow, client_ident
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, RsaKey, SigningKey
+
+logger = logging.getLogger(__name__)
 
 
 def staff_actor(request: HttpRequest) -> services.Actor:
@@ -1007,3 +1015,45 @@ class RsaKeyAdmin(MadeByServiceAdmin):
         if pem:
             return services.import_rsa_key(product=product, private_key_pem=pem, actor=staff_actor(request))
         return services.create_rsa_key(product=product, actor=staff_actor(request))
+
+
+# ---------------------------------------------------------------- staff sign-in
+
+
+class StaffSignInForm(AdminAuthenticationForm):
+    """The admin's sign-in, under the license calls' brute-force guard: past BRUTE_FORCE_BLOCK_AFTER
+    failed sign-ins from one client IP (an IPv6 /64) in a window, every sign-in from it is refused
+    until the window ends, a right password too, so a guesser cannot tell when one hit."""
+
+    error_messages = {
+        **AdminAuthenticationForm.error_messages,
+        "too_many": _("Too many failed sign-ins from your address. Try again in %(minutes)d minutes."),
+    }
+
+    def clean(self):
+        failures = UnknownKeyWindow(self._client())
+        if failures.blocks(failures.failures()):
+            minutes = math.ceil(failures.seconds_left / 60)
+            raise ValidationError(self.error_messages["too_many"], code="too_many", params={"minutes": minutes})
+        try:
+            return super().clean()
+        except ValidationError:
+            failures.record_failure()
+            logger.warning(
+                "Failed staff sign-in as %r from %s", self.cleaned_data.get("username"), client_ip(self.request)
+            )
+            raise
+
+    def _client(self) -> str | None:
+        # Its own count: a guessed password is not an unknown license key.
+        ident = client_ident(self.request)
+        return ident and f"staff-sign-in-{ident}"
+
+
+admin.site.login_form = StaffSignInForm
+
+
+@receiver(user_logged_in)
+def audit_staff_sign_in(sender, request, user, **kwargs):
+    actor = services.Actor.staff(user, ip_address=client_ip(request))
+    services.record_event(actor=actor, action="staff.signed_in", target=user)

@@ -9,9 +9,12 @@ from time import time
 import pytest
 from django.core.cache import cache
 from django.db import OperationalError, connection
+from django.test import Client
+from django.urls import reverse
 
 from licensing import services
 from licensing.api import throttling
+from licensing.models import AuditEvent
 from tests.factories import make_license, make_plan, make_product
 from tests.test_rate_limits import redis_is_running
 
@@ -321,3 +324,36 @@ def test_a_refused_api_key_is_never_logged(api_client, caplog, method, path, dat
     assert answer.status_code == 401
     assert guessed not in caplog.text
     assert guessed[4:] not in caplog.text
+
+
+def sign_in_to_the_admin(client, password: str, address: str):
+    return client.post(
+        reverse("admin:login"),
+        {"username": "staff", "password": password, "next": reverse("admin:index")},
+        REMOTE_ADDR=address,
+        follow=True,
+    )
+
+
+def test_staff_sign_in_is_blocked_after_failures_from_one_address_even_with_the_right_password(
+    guard, client, staff_user
+):
+    for _ in range(guard["block_after"]):
+        wrong = sign_in_to_the_admin(client, "a-wrong-guess", GUESSER)
+        assert "Please enter the correct username and password" in wrong.content.decode()
+
+    blocked = sign_in_to_the_admin(client, "a-long-test-password", GUESSER)
+    from_elsewhere = sign_in_to_the_admin(Client(), "a-long-test-password", NEIGHBOUR)
+
+    assert "Too many failed sign-ins from your address. Try again in " in blocked.content.decode()
+    assert not blocked.wsgi_request.user.is_authenticated
+    assert from_elsewhere.wsgi_request.user.is_authenticated
+    # The guard counts sign-ins apart from license calls: the guesser's license calls still work.
+    assert cache.get_many([f"unknown_keys_{GUESSER}_{int(time() // 600)}_1"]) == {}
+
+
+def test_a_staff_sign_in_is_in_the_audit_trail(guard, client, staff_user):
+    sign_in_to_the_admin(client, "a-long-test-password", GUESSER)
+
+    event = AuditEvent.objects.get(action="staff.signed_in")
+    assert (event.actor_display, event.target_id, event.ip_address) == ("staff", str(staff_user.pk), GUESSER)

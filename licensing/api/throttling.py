@@ -79,7 +79,7 @@ class UnknownKeyWindow:
         for number in range(self.failures() + 1, len(self.keys) + 1):
             if cache.add(self.keys[number - 1], True, timeout):
                 if number == self.config["block_after"]:
-                    logger.warning("Blocked %s for %d s after %d unknown keys", self.ident, timeout, number)
+                    logger.warning("Blocked %s for %d s after %d failed guesses", self.ident, timeout, number)
                 return
 
 
