@@ -11,6 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
@@ -40,6 +41,44 @@ def staff_actor(request: HttpRequest) -> services.Actor:
 
 def limit_display(max_activations: int | None) -> str:
     return _("unlimited") if max_activations is None else str(max_activations)
+
+
+class AutocompleteOfIds(AutocompleteSelect):
+    """Django's autocomplete box, except that a value no record could have as its id (typed into a
+    hand-made form) shows as no choice, where Django's would fail the page it redisplays."""
+
+    def optgroups(self, name, value, attr=None):
+        to_field = self.field.remote_field.model._meta.get_field(self.field.remote_field.field_name)
+        return super().optgroups(name, [item for item in value if _is_valid(to_field, item)], attr)
+
+
+def _is_valid(field, value) -> bool:
+    try:
+        field.to_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
+class HandMadeInputMixin:
+    """Requests no admin page sends (made by hand, or tampered with) get a message, never a 500."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name in self.get_autocomplete_fields(request):
+            kwargs.setdefault("widget", AutocompleteOfIds(db_field, self.admin_site, using=kwargs.get("using")))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_search_results(self, request, queryset, search_term):
+        # The list's search box refuses a NUL (its form does); the autocomplete's term has no form,
+        # and PostgreSQL refuses NUL in text.
+        return super().get_search_results(request, queryset, search_term.replace("\x00", ""))
+
+    def response_action(self, request, queryset):
+        try:
+            return super().response_action(request, queryset)
+        except ValidationError:  # a selected id that no record could have
+            self.message_user(request, _("The selection names no record of this list."), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 class ServiceErrorsMixin:
@@ -106,7 +145,7 @@ def report_freed_devices(model_admin: admin.ModelAdmin, request: HttpRequest, fr
     model_admin.message_user(request, message, messages.SUCCESS)
 
 
-class CatalogAdmin(ServiceErrorsMixin, admin.ModelAdmin):
+class CatalogAdmin(HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
     """Products, plans and customers, saved and deleted through the services so each change is audited."""
 
     def save_model(self, request, obj, form, change):
@@ -143,6 +182,9 @@ class ProductAdmin(CatalogAdmin):
     search_fields = ["name", "slug", "public_id"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at", "updated_at"]
+    # Stated here: the counts below make a grouped query, which leaves the model's ordering out,
+    # and the product box of a license's page lists its pages unordered otherwise.
+    ordering = Product._meta.ordering
 
     def get_queryset(self, request):
         return (
@@ -188,6 +230,8 @@ class CustomerAdmin(CatalogAdmin):
     list_display = ["email", "name", "external_id", "license_count", "created_at"]
     search_fields = ["email", "name", "external_id"]
     readonly_fields = ["license_count", "created_at", "updated_at"]
+    # As ProductAdmin's: the count makes a grouped query, which has no order of its own.
+    ordering = Customer._meta.ordering
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(license_total=Count("licenses"))
@@ -357,7 +401,7 @@ def audit_trail_url(license_id) -> str:
 
 
 @admin.register(License)
-class LicenseAdmin(NoSecretLookupsMixin, ServiceErrorsMixin, admin.ModelAdmin):
+class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
     list_display = ["masked_key", "product", "plan", "customer", "state", "devices_used", "expiry"]
     list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
     list_select_related = ["product", "plan__product", "customer"]

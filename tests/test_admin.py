@@ -500,6 +500,48 @@ def test_deactivate_all_devices_action(staff_client, issued):
 
 
 @pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        ("license", "product", "abc"),
+        ("license", "customer", "1.5"),
+        ("license", "plan", "x"),
+        ("plan", "product", "abc"),
+    ],
+)
+def test_a_hand_made_id_in_an_autocomplete_box_is_a_form_error(staff_client, plan, model, field, value):
+    form = {"product": plan.product.pk, "name": "Team", "identifier": "team", "metadata": "{}", field: value}
+
+    response = staff_client.post(reverse(f"admin:licensing_{model}_add"), form)
+
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    assert (License.objects.count(), Plan.objects.count()) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "field"), [("license", "customer"), ("license", "product"), ("license", "plan"), ("plan", "product")]
+)
+def test_an_autocomplete_search_for_a_nul_finds_nothing_and_fails_nothing(staff_client, plan, model, field):
+    response = staff_client.get(
+        reverse("admin:autocomplete"),
+        {"app_label": "licensing", "model_name": model, "field_name": field, "term": "\x00"},
+    )
+
+    assert response.status_code == 200
+    assert "results" in response.json()
+
+
+def test_an_action_on_an_id_no_license_could_have_says_so(staff_client, issued):
+    response = staff_client.post(
+        changelist("license"), {"action": "suspend", "_selected_action": ["not-a-uuid"]}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert page_messages(response) == ["The selection names no record of this list."]
+    assert License.objects.get().status == License.Status.ACTIVE
+
+
+@pytest.mark.parametrize(
     ("model", "lookup"),
     [
         ("signingkey", "private_key_encrypted__gte"),
