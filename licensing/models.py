@@ -119,10 +119,7 @@ class Plan(ConstraintErrorsNameFieldsMixin, models.Model):
     )
     duration_unit = models.CharField(max_length=10, choices=DurationUnit.choices, default=DurationUnit.PERPETUAL)
     duration_value = models.PositiveIntegerField(
-        null=True,
-        blank=True,
-        validators=[MaxValueValidator(36_500)],
-        help_text=_("How many days, months or years. Empty for perpetual."),
+        null=True, blank=True, help_text=_("How many days, months or years. Empty for perpetual.")
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -141,6 +138,19 @@ class Plan(ConstraintErrorsNameFieldsMixin, models.Model):
                 | (~Q(duration_unit="perpetual") & Q(duration_value__isnull=False, duration_value__gte=1)),
                 name="plan_duration_is_perpetual_or_positive",
                 violation_error_message=_("A perpetual plan has no duration; any other needs a duration of 1 or more."),
+                violation_error_code="duration_value",
+            ),
+            # A longer plan is a perpetual one in all but name, and at some length its licenses
+            # would expire past the year 9999, which no date can hold: every issue would fail.
+            models.CheckConstraint(
+                condition=Q(duration_unit="perpetual")
+                | Q(duration_unit="day", duration_value__lte=36_500)
+                | Q(duration_unit="month", duration_value__lte=1_200)
+                | Q(duration_unit="year", duration_value__lte=100),
+                name="plan_duration_at_most_100_years",
+                violation_error_message=_(
+                    "A plan lasts at most 100 years (36500 days, 1200 months); choose perpetual."
+                ),
                 violation_error_code="duration_value",
             ),
         ]

@@ -193,23 +193,50 @@ def test_plans_list_and_create(management_client, product):
     assert management_client.get("/api/v1/plans").json()["results"][0]["identifier"] == "pro"
 
 
+NO_DURATION = "A perpetual plan has no duration; any other needs a duration of 1 or more."
+AT_MOST_100_YEARS = "A plan lasts at most 100 years (36500 days, 1200 months); choose perpetual."
+
+
 @pytest.mark.parametrize(
-    "body",
+    ("body", "message"),
     [
-        {"duration_unit": "month"},
-        {"duration_unit": "year", "duration_value": 0},
-        {"duration_unit": "perpetual", "duration_value": 2},
+        ({"duration_unit": "month"}, NO_DURATION),
+        ({"duration_unit": "year", "duration_value": 0}, NO_DURATION),
+        ({"duration_unit": "perpetual", "duration_value": 2}, NO_DURATION),
+        # Past 100 years a plan is perpetual in all but name, and issuing from it would fail.
+        ({"duration_unit": "year", "duration_value": 101}, AT_MOST_100_YEARS),
+        ({"duration_unit": "month", "duration_value": 1201}, AT_MOST_100_YEARS),
+        ({"duration_unit": "day", "duration_value": 36501}, AT_MOST_100_YEARS),
     ],
 )
-def test_a_plan_duration_that_breaks_the_rule_is_400_naming_it(management_client, product, body):
+def test_a_plan_duration_that_breaks_the_rule_is_400_naming_it(management_client, product, body, message):
     response = management_client.post(
         "/api/v1/plans", {"product": product.pk, "name": "Pro", "identifier": "pro", **body}, format="json"
     )
 
     assert response.status_code == 400
     assert error(response)["field"] == "duration_value"
-    assert error(response)["message"] == "A perpetual plan has no duration; any other needs a duration of 1 or more."
+    assert error(response)["message"] == message
     assert not Plan.objects.filter(identifier="pro").exists()
+
+
+def test_a_plan_of_100_years_issues_licenses(management_client, product):
+    plan = management_client.post(
+        "/api/v1/plans",
+        {
+            "product": product.pk,
+            "name": "Lifetime",
+            "identifier": "lifetime",
+            "duration_unit": "year",
+            "duration_value": 100,
+        },
+        format="json",
+    )
+    license = management_client.post(
+        "/api/v1/licenses", {"product": product.pk, "plan": plan.json()["id"]}, format="json"
+    )
+
+    assert (plan.status_code, license.status_code) == (201, 201)
 
 
 def test_a_plan_identifier_taken_in_the_product_is_400_naming_it(management_client, plan):
