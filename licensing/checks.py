@@ -56,3 +56,19 @@ def check_email_is_sent(app_configs, **kwargs):
             id="licensing.W002",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def check_hosts_are_named(app_configs, **kwargs):
+    if "*" not in settings.ALLOWED_HOSTS:
+        return []
+    return [
+        Warning(
+            "DJANGO_ALLOWED_HOSTS is *: the server answers to any host name.",
+            hint="Portal sign-in links are built from the request's Host header, so anyone could have a "
+            "customer mailed a link to a server of their own, which would then get the customer's sign-in "
+            "token. Name each host, e.g. DJANGO_ALLOWED_HOSTS=licenses.example.com; load balancers' checks "
+            "of /healthz need no host name.",
+            id="licensing.W003",
+        )
+    ]

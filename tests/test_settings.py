@@ -82,9 +82,11 @@ def test_deploy_check_is_clean_with_production_settings():
     [
         ({"LICENSE_KEY_SECRET": "x"}, "licensing.W001"),
         ({"EMAIL_URL": "consolemail://"}, "licensing.W002"),
+        # Sign-in links are built from the Host header: any host would let anyone choose where they lead.
+        ({"DJANGO_ALLOWED_HOSTS": "licenses.example.com,*"}, "licensing.W003"),
     ],
 )
-def test_deploy_check_refuses_a_short_license_key_secret_and_unsent_mail(env, warning):
+def test_deploy_check_refuses_a_short_license_key_secret_unsent_mail_and_any_host(env, warning):
     result = deploy_check(**env)
 
     assert result.returncode != 0
