@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import pytest
@@ -432,6 +432,15 @@ def test_details_of_an_unlimited_perpetual_license_without_a_plan_answer_nulls(
 
     details = answer["licenseKey"]
     assert (details["activation_limit"], details["expires_at"], details["plan"]) == (None, None, None)
+
+
+def test_details_count_the_last_second_of_9999_exactly(client, api_key, product, global_rsa_key):
+    issued = make_license(product=product, plan=None, expires_at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    activate(issued, "domain.ltd")
+
+    answer = envelope(call(client, "get-license-key-details", api_key, issued), global_rsa_key)
+
+    assert answer["licenseKey"]["expires_at"] == 253402300799  # 9999-12-31T23:59:59Z, not 10000-01-01
 
 
 def test_details_answer_202_when_the_identifier_has_no_activation(client, api_key, issued, global_rsa_key):

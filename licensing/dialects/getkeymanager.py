@@ -14,6 +14,7 @@ JSON numbers: the vendor's documents show both "400" and 400, and its clients co
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import logging
 import math
@@ -204,7 +205,8 @@ def signed_envelope(response: dict[str, Any], *, product: Product | None) -> dic
 
 
 def unix_time(moment: datetime | None) -> int | None:
-    return int(moment.timestamp()) if moment is not None else None
+    # Whole seconds counted exactly: through a float, the last microsecond of 9999 reads as 10000.
+    return calendar.timegm(moment.utctimetuple()) if moment is not None else None
 
 
 def license_details(license: License, activation: Activation, *, license_key: str) -> dict[str, Any]:
