@@ -279,10 +279,11 @@ class LicenseActionForm(ActionForm):
         required=False,
         widget=forms.NumberInput(attrs={"size": 4}),
     )
-    unit = forms.ChoiceField(
+    # Plain text too, for the same reason: extend says what a unit it does not know is wrong with.
+    unit = forms.CharField(
         label="",
         required=False,
-        choices=[("days", _("days")), ("months", _("months")), ("years", _("years"))],
+        widget=forms.Select(choices=[("days", _("days")), ("months", _("months")), ("years", _("years"))]),
     )
 
 

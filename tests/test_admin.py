@@ -449,12 +449,14 @@ def test_extend_action_adds_the_days_given(staff_client, plan):
     assert "1 license(s) extended." in page_messages(response)
 
 
-@pytest.mark.parametrize("days", ["", "0", "-3", "soon"])
-def test_extend_action_without_a_positive_number_of_days_changes_nothing(staff_client, plan, days):
+@pytest.mark.parametrize(
+    ("days", "unit"), [("", "days"), ("0", "days"), ("-3", "months"), ("soon", "years"), ("2", "decades")]
+)
+def test_extend_action_without_a_positive_number_of_days_changes_nothing(staff_client, plan, days, unit):
     expires_at = timezone.now() + timedelta(days=5)
     license = make_license(plan=plan, expires_at=expires_at).license
 
-    response = action(staff_client, "license", "extend", [license], days=days)
+    response = action(staff_client, "license", "extend", [license], days=days, unit=unit)
 
     assert License.objects.get(pk=license.pk).expires_at == expires_at
     assert "Enter a number (1 or more) of days, months or years to extend by." in page_messages(response)
