@@ -121,7 +121,8 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["licensing.api.authentication.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["licensing.api.authentication.ApiKeyPermission"],
+    # The strictest: a view that names no permission is never open to a key made for apps.
+    "DEFAULT_PERMISSION_CLASSES": ["licensing.api.authentication.ManagementPermission"],
     "DEFAULT_PARSER_CLASSES": ["licensing.api.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "licensing.api.negotiation.ContentNegotiation",

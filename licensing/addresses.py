@@ -42,6 +42,8 @@ def _address(text: object) -> str | None:
     if match := _WITH_PORT.fullmatch(text):
         text = match.group("v6") or match.group("v4")
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # A dual-stack listener shows IPv4 clients as ::ffff:1.2.3.4; as IPv6 they would all share one /64.
+    return str(getattr(address, "ipv4_mapped", None) or address)

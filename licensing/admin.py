@@ -161,7 +161,10 @@ class CatalogAdmin(HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
         return deleted, model_count, set(), protected
 
     def delete_queryset(self, request, queryset):
-        for record in queryset:
+        # In id order, whatever order the list shows: each deletion locks its row until the whole
+        # selection is deleted, and two overlapping selections locking in different orders could
+        # each wait for the other.
+        for record in queryset.order_by("pk"):
             services.delete_catalog_record(record=record, actor=staff_actor(request))
 
     def response_action(self, request, queryset):
@@ -987,7 +990,7 @@ class ApiKeyAdmin(MadeByServiceAdmin):
     list_filter = ["read_only", "apps_only", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     fields = ["name", "prefix", "read_only", "apps_only", "created_by", "created_at", "last_used_at", "revoked_at"]
-    actions = ["revoke"]
+    actions = ["restrict_to_apps", "revoke"]
     form = ApiKeyAddForm
 
     def save_form(self, request, form, change):
@@ -1003,6 +1006,22 @@ class ApiKeyAdmin(MadeByServiceAdmin):
             _("API key created: %(key)s — copy it now, it is not shown again.") % {"key": issued.key},
         )
         return issued.api_key
+
+    @admin.action(description=_("Restrict to apps: license calls only, for good"), permissions=["change"])
+    def restrict_to_apps(self, request, queryset):
+        restricted = sum(
+            services.restrict_api_key_to_apps(api_key=api_key, actor=staff_actor(request)).apps_only
+            != api_key.apps_only
+            for api_key in queryset
+        )
+        report_outcome(
+            self,
+            request,
+            done=restricted,
+            done_message=_("%(count)d API key(s) restricted to apps' license calls."),
+            unchanged=len(queryset) - restricted,
+            unchanged_message=_("%(count)d API key(s) were already for apps only."),
+        )
 
     @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
     def revoke(self, request, queryset):
@@ -1072,14 +1091,15 @@ class StaffSignInForm(AdminAuthenticationForm):
 
     error_messages = {
         **AdminAuthenticationForm.error_messages,
-        "too_many": _("Too many failed sign-ins from your address. Try again in %(minutes)d minutes."),
+        "too_many": _("Too many failed sign-ins from your address. Try again in %(minutes)s."),
     }
 
     def clean(self):
         failures = UnknownKeyWindow(self._client())
         if failures.blocks(failures.failures()):
             minutes = math.ceil(failures.seconds_left / 60)
-            raise ValidationError(self.error_messages["too_many"], code="too_many", params={"minutes": minutes})
+            wait = ngettext("%(count)d minute", "%(count)d minutes", minutes) % {"count": minutes}
+            raise ValidationError(self.error_messages["too_many"], code="too_many", params={"minutes": wait})
         try:
             return super().clean()
         except ValidationError:

@@ -33,7 +33,7 @@ class DuplicateRecord(LicensingError):
 class RecordInUse(LicensingError):
     code = "record_in_use"
     status = 409
-    message = _("Licenses refer to this record, so it cannot be deleted.")
+    message = _("Other records refer to this one, so it cannot be deleted.")
 
 
 class LicenseNotFound(LicensingError):

@@ -273,12 +273,14 @@ def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) ->
         with transaction.atomic():
             # Locked before Django looks for what refers to it: a license being stored for it holds
             # the row until it is (create_license), so this waits for it, and then finds it.
-            type(record).objects.select_for_update().filter(pk=record.pk).first()
+            if not type(record).objects.select_for_update().filter(pk=record.pk).exists():
+                return  # deleted already, by someone else
             record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=record)
             record.delete()
     except models.ProtectedError:
         raise errors.RecordInUse(
-            f"Licenses refer to this {record._meta.verbose_name}, so it cannot be deleted."
+            f"Other records (licenses, or a product's plans) refer to this {record._meta.verbose_name}, so it "
+            "cannot be deleted."
         ) from None
 
 
@@ -385,23 +387,20 @@ def create_license(
     """
     if key is None:
         key = keys.generate_license_key()
-    if max_activations is UNSET:
-        max_activations = plan.max_activations if plan else None
-    if expires_at is UNSET:
-        try:
-            expires_at = plan.expiry_from(timezone.now()) if plan else None
-        except (OverflowError, ValueError):
-            raise errors.InvalidInput("The plan's duration reaches past the year 9999.", field="plan") from None
     _check_usage_limit_value(limit_usage)
 
     digest = keys.digest_license_key(key)
     try:
         with transaction.atomic():
-            # Checked with the product's and plan's rows held until the license is stored: a plan
-            # moving to another product, or a product made inactive or deleted, waits for it, or
-            # goes first and is seen here.
+            # Read with the product's and plan's rows held until the license is stored: a plan
+            # moving to another product or changing its defaults, or a product made inactive or
+            # deleted, waits for it, or goes first and is seen here.
             product = _held(product, field="product")
             plan = plan and _held(plan, field="plan")
+            if max_activations is UNSET:
+                max_activations = plan.max_activations if plan else None
+            if expires_at is UNSET:
+                expires_at = _expiry_of_a_new_license(plan)
             check_new_license(product=product, plan=plan, key=key, max_activations=max_activations, metadata=metadata)
             license = License(
                 product=product,
@@ -429,6 +428,13 @@ def create_license(
         # Another request stored the same supplied key between our check and our insert.
         raise errors.DuplicateLicenseKey(field="key") from None
     return IssuedLicense(license=license, key=key)
+
+
+def _expiry_of_a_new_license(plan: Plan | None) -> datetime | None:
+    try:
+        return plan.expiry_from(timezone.now()) if plan else None
+    except (OverflowError, ValueError):
+        raise errors.InvalidInput("The plan's duration reaches past the year 9999.", field="plan") from None
 
 
 def _held(record: Product | Plan | Customer, *, field: str) -> Product | Plan | Customer:
@@ -1318,7 +1324,25 @@ def check_imported_api_key(key: str) -> None:
             field="key",
         )
     if ApiKey.objects.filter(key_digest=keys.digest_api_key(key)).exists():
-        raise errors.InvalidInput("This API key already exists.", field="key")
+        raise errors.InvalidInput(
+            "This API key already exists. If apps ship with it, restrict it to apps' license calls instead "
+            "(admin: API keys, action Restrict to apps).",
+            field="key",
+        )
+
+
+def restrict_api_key_to_apps(*, api_key: ApiKey, actor: Actor) -> ApiKey:
+    """Make a key one for apps from now on (`api_key_refusal`), at once, for a key made without it
+    that ships in apps. There is no way back: the key may already be in anyone's hands."""
+    with transaction.atomic():
+        locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        if not locked.apps_only:
+            locked.apps_only = True
+            locked.save(update_fields=["apps_only"])
+            record_event(
+                actor=actor, action="api_key.restricted_to_apps", target=locked, changes={"apps_only": [False, True]}
+            )
+    return locked
 
 
 def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:

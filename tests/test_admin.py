@@ -753,7 +753,10 @@ def test_a_customer_given_a_license_since_the_delete_page_is_kept_and_staff_are_
     response = staff_client.post(url, {"post": "yes"}, follow=True)
 
     assert response.redirect_chain == [(url, 302)]
-    assert "Licenses refer to this customer, so it cannot be deleted." in response.content.decode()
+    assert (
+        "Other records (licenses, or a product&#x27;s plans) refer to this customer, so it cannot be deleted."
+        in response.content.decode()
+    )
     assert_customer_kept(issued.license.customer)
 
 
@@ -768,7 +771,10 @@ def test_deleting_selected_customers_stops_at_one_given_a_license_and_keeps_them
     )
 
     assert response.status_code == 200
-    assert "Licenses refer to this customer, so it cannot be deleted." in response.content.decode()
+    assert (
+        "Other records (licenses, or a product&#x27;s plans) refer to this customer, so it cannot be deleted."
+        in response.content.decode()
+    )
     assert_customer_kept(unused)
     assert_customer_kept(issued.license.customer)
 
@@ -828,6 +834,21 @@ def test_revoking_an_api_key_in_the_admin(staff_client, actor):
 
     assert services.authenticate_api_key(issued.key) is None
     assert AuditEvent.objects.filter(action="api_key.revoked", actor_kind="staff").count() == 1
+
+
+def test_a_key_shipped_in_apps_is_restricted_to_license_calls_in_the_admin(staff_client, api_client, actor):
+    shipped = services.create_api_key(name="kelviq app", key="kv_shipped_in_every_app_0123", actor=actor)
+    already = services.create_api_key(name="keymint app", apps_only=True, actor=actor)
+
+    response = action(staff_client, "apikey", "restrict_to_apps", [shipped.api_key, already.api_key])
+
+    assert page_messages(response) == [
+        "1 API key(s) restricted to apps' license calls.",
+        "1 API key(s) were already for apps only.",
+    ]
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {shipped.key}")
+    assert api_client.get("/api/v1/licenses").status_code == 403
+    assert AuditEvent.objects.filter(action="api_key.restricted_to_apps", actor_kind="staff").count() == 1
 
 
 def test_revoking_an_api_key_again_says_it_was_already_revoked(staff_client, actor):

@@ -176,6 +176,8 @@ def test_behind_a_proxy_the_audit_trail_records_the_forwarded_client_address(api
         ("198.51.100.4:55123", "198.51.100.4"),
         ("[2001:db8::7]:443", "2001:db8::7"),
         ("client-said, 2001:db8::8", "2001:db8::8"),
+        # An IPv4 client of a dual-stack proxy is its IPv4 address, not one of many in ::/64.
+        ("::ffff:198.51.100.9", "198.51.100.9"),
         ("", "127.0.0.1"),
     ],
 )

@@ -255,3 +255,19 @@ def test_deleting_a_customer_while_a_license_is_issued_to_them_is_refused():
     with pytest.raises(errors.RecordInUse):
         deleting.result(LOCK_WAIT_SECONDS)
     assert Customer.objects.get(pk=customer.pk).licenses.count() == 1
+
+
+@postgresql_only
+def test_a_license_issued_while_its_plan_changes_takes_the_plans_new_defaults():
+    plan = make_plan(max_activations=5)
+
+    def shrink() -> None:
+        changing = Plan.objects.get(pk=plan.pk)
+        changing.max_activations = 2
+        services.save_catalog_record(record=changing, actor=SYSTEM)
+
+    with left_open(shrink):
+        issuing = in_thread(lambda: services.create_license(product=plan.product, plan=plan, actor=SYSTEM))
+        wait_until_a_session_waits_for_a_lock()
+
+    assert issuing.result(LOCK_WAIT_SECONDS).license.max_activations == 2

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from django.core.checks import INFO
 from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
-from licensing import checks
+from licensing import checks, models
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +118,33 @@ def test_database_url_chooses_the_database():
 @pytest.mark.django_db
 def test_models_and_migrations_agree():
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upgrading_turns_plans_longer_than_100_years_perpetual_and_says_so():
+    executor = MigrationExecutor(connection)
+    before, after = [("licensing", "0012_api_key_apps_only")], [("licensing", "0013_plan_duration_at_most_100_years")]
+    executor.migrate(before)
+    old_models = executor.loader.project_state(before).apps
+    product = old_models.get_model("licensing", "Product").objects.create(name="Atlas", slug="atlas", public_id="atlas")
+    Plan = old_models.get_model("licensing", "Plan")
+    centuries = Plan.objects.create(
+        product=product, name="Forever", identifier="forever", duration_unit="year", duration_value=200
+    )
+    decade = Plan.objects.create(
+        product=product, name="Decade", identifier="decade", duration_unit="year", duration_value=10
+    )
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+    call_command("migrate", verbosity=0)
+
+    plans = dict(models.Plan.objects.values_list("identifier", "duration_unit"))
+    assert plans == {"forever": "perpetual", "decade": "year"}
+    event = models.AuditEvent.objects.get(target_id=str(centuries.pk))
+    assert (event.action, event.changes) == (
+        "plan.changed",
+        {"duration_unit": ["year", "perpetual"], "duration_value": [200, None]},
+    )
+    assert not models.AuditEvent.objects.filter(target_id=str(decade.pk)).exists()

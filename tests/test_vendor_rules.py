@@ -281,7 +281,11 @@ def test_staff_import_an_api_key_in_the_admin(staff_client):
         ("short", "An imported API key is 16 to 255 printable characters without spaces."),
         ("abcdefgh ijklmnopq", "An imported API key is 16 to 255 printable characters without spaces."),
         ("  padded-key-0123456789  ", "An imported API key is 16 to 255 printable characters without spaces."),
-        ("at_shipped_in_every_app_0123456789", "This API key already exists."),
+        (
+            "at_shipped_in_every_app_0123456789",
+            "This API key already exists. If apps ship with it, restrict it to apps' license calls instead "
+            "(admin: API keys, action Restrict to apps).",
+        ),
     ],
 )
 def test_the_admin_shows_why_it_cannot_import_an_api_key_on_the_form(staff_client, actor, key, message):
