@@ -1001,10 +1001,14 @@ class ApiKeyAdmin(MadeByServiceAdmin):
             key=form.cleaned_data["key"] or None,
             actor=staff_actor(request),
         )
-        messages.success(
-            request,
-            _("API key created: %(key)s — copy it now, it is not shown again.") % {"key": issued.key},
-        )
+        if form.cleaned_data["key"]:
+            # Staff already hold an imported key: showing it again would only spread it further.
+            messages.success(request, _("API key imported: the apps that ship with it are let in from now on."))
+        else:
+            messages.success(
+                request,
+                _("API key created: %(key)s — copy it now, it is not shown again.") % {"key": issued.key},
+            )
         return issued.api_key
 
     @admin.action(description=_("Restrict to apps: license calls only, for good"), permissions=["change"])

@@ -268,11 +268,16 @@ def test_an_api_key_cannot_be_imported_twice(actor):
 
 
 def test_staff_import_an_api_key_in_the_admin(staff_client):
-    staff_client.post(
-        reverse("admin:licensing_apikey_add"), {"name": "gkm apps", "key": "2964c3c9-0b5d-4d89-b3ac-4668f30bc492"}
+    response = staff_client.post(
+        reverse("admin:licensing_apikey_add"),
+        {"name": "gkm apps", "key": "2964c3c9-0b5d-4d89-b3ac-4668f30bc492"},
+        follow=True,
     )
 
     assert services.authenticate_api_key("2964c3c9-0b5d-4d89-b3ac-4668f30bc492").name == "gkm apps"
+    page = response.content.decode()
+    assert "API key imported" in page
+    assert "2964c3c9-0b5d-4d89-b3ac-4668f30bc492" not in page
 
 
 @pytest.mark.parametrize(
