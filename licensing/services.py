@@ -278,9 +278,9 @@ def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) ->
             record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=record)
             record.delete()
     except models.ProtectedError:
+        referrers = "Licenses or plans" if isinstance(record, Product) else "Licenses"
         raise errors.RecordInUse(
-            f"Other records (licenses, or a product's plans) refer to this {record._meta.verbose_name}, so it "
-            "cannot be deleted."
+            f"{referrers} refer to this {record._meta.verbose_name}, so it cannot be deleted."
         ) from None
 
 

@@ -753,10 +753,7 @@ def test_a_customer_given_a_license_since_the_delete_page_is_kept_and_staff_are_
     response = staff_client.post(url, {"post": "yes"}, follow=True)
 
     assert response.redirect_chain == [(url, 302)]
-    assert (
-        "Other records (licenses, or a product&#x27;s plans) refer to this customer, so it cannot be deleted."
-        in response.content.decode()
-    )
+    assert "Licenses refer to this customer, so it cannot be deleted." in response.content.decode()
     assert_customer_kept(issued.license.customer)
 
 
@@ -771,10 +768,7 @@ def test_deleting_selected_customers_stops_at_one_given_a_license_and_keeps_them
     )
 
     assert response.status_code == 200
-    assert (
-        "Other records (licenses, or a product&#x27;s plans) refer to this customer, so it cannot be deleted."
-        in response.content.decode()
-    )
+    assert "Licenses refer to this customer, so it cannot be deleted." in response.content.decode()
     assert_customer_kept(unused)
     assert_customer_kept(issued.license.customer)
 

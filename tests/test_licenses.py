@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from licensing import errors, services
-from licensing.models import AuditEvent, Customer, License, Plan, add_months
+from licensing.models import AuditEvent, Customer, License, Plan, Product, add_months
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 
@@ -323,6 +323,16 @@ def test_deleting_a_catalog_record_is_audited(actor):
 
     assert not Customer.objects.filter(email="gone@example.com").exists()
     assert events("customer.deleted")[0].target_display == f"{customer.name} <gone@example.com>"
+
+
+@pytest.mark.django_db
+def test_a_product_with_plans_is_kept_and_the_refusal_says_why(plan, actor):
+    with pytest.raises(errors.RecordInUse) as refused:
+        services.delete_catalog_record(record=plan.product, actor=actor)
+
+    assert refused.value.message == "Licenses or plans refer to this product, so it cannot be deleted."
+    assert Product.objects.filter(pk=plan.product.pk).exists()
+    assert not events("product.deleted")
 
 
 @pytest.mark.django_db
