@@ -74,11 +74,13 @@ class HandMadeInputMixin:
         return super().get_search_results(request, queryset, search_term.replace("\x00", ""))
 
     def response_action(self, request, queryset):
-        try:
-            return super().response_action(request, queryset)
-        except ValidationError:  # a selected id that no record could have
+        # Checked before Django filters by them: an id no record could have fails that query, as a
+        # ValidationError for a UUID key and a ValueError for a number.
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
+        if not all(_is_valid(self.model._meta.pk, value) for value in selected):
             self.message_user(request, _("The selection names no record of this list."), messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset)
 
 
 class ServiceErrorsMixin:
@@ -727,7 +729,7 @@ class LiveListFilter(admin.SimpleListFilter):
 
 
 @admin.register(Activation)
-class ActivationAdmin(admin.ModelAdmin):
+class ActivationAdmin(HandMadeInputMixin, admin.ModelAdmin):
     list_display = [
         "__str__",
         "license",
@@ -837,7 +839,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, event.license.masked_key)
 
 
-class MadeByServiceAdmin(NoSecretLookupsMixin, ServiceErrorsMixin, admin.ModelAdmin):
+class MadeByServiceAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
     """Secrets made by a service on *Add* and read-only afterwards: signing, API and RSA keys.
 
     The add form's `save_form` calls the service; the admin must not save the object again. A saved

@@ -543,6 +543,26 @@ def test_an_action_on_an_id_no_license_could_have_says_so(staff_client, issued):
     assert License.objects.get().status == License.Status.ACTIVE
 
 
+def test_deleting_an_id_no_customer_could_have_says_so(staff_client, customer):
+    response = staff_client.post(
+        changelist("customer"), {"action": "delete_selected", "_selected_action": ["abc"], "post": "yes"}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert page_messages(response) == ["The selection names no record of this list."]
+    assert Customer.objects.filter(pk=customer.pk).exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "name"), [("activation", "deactivate"), ("apikey", "revoke"), ("signingkey", "retire")]
+)
+def test_every_list_says_so_of_an_id_none_of_its_records_could_have(staff_client, model, name):
+    response = action(staff_client, model, name, [], _selected_action=["1.5x"])
+
+    assert response.status_code == 200
+    assert page_messages(response) == ["The selection names no record of this list."]
+
+
 @pytest.mark.parametrize(
     ("model", "lookup"),
     [
