@@ -356,6 +356,45 @@ def test_every_answer_is_signed_and_verifies_with_the_published_key(api_client, 
         assert verified(api_client, response, nonce=f"n-{number}")["meta"]["nonce"] == f"n-{number}"
 
 
+def test_every_answer_names_the_call_it_answers_inside_the_signature(api_client, issued):
+    answers = {
+        "activate": call(api_client, "activate", {"key": issued.key, "fingerprint": "d"}),
+        "validate": call(api_client, "validate", {"key": issued.key, "fingerprint": "d"}),
+        "checkout": call(api_client, "checkout", {"key": issued.key, "fingerprint": "d"}),
+        "deactivate": call(api_client, "deactivate", {"key": issued.key, "fingerprint": "d"}),
+    }
+    refused = call(api_client, "validate", {"key": "UNKNOWN"})
+
+    for name, response in answers.items():
+        assert response.status_code in (200, 201)
+        assert verified(api_client, response)["meta"]["call"] == name
+    assert (refused.status_code, verified(api_client, refused)["meta"]["call"]) == (404, "validate")
+
+
+def test_a_deactivate_answer_sent_back_for_a_validate_fails_the_call_check(api_client, issued):
+    """A proxy keeps the app's validate nonce but deactivates the device with it: the signed answer
+    names the device and carries the nonce, and has no `valid` to read; it is no validate answer."""
+    call(api_client, "activate", {"key": issued.key, "fingerprint": "this-device"})
+    issued.license.status = License.Status.SUSPENDED
+    issued.license.save()
+
+    response = call(api_client, "deactivate", {"key": issued.key, "fingerprint": "this-device", "nonce": "n-1"})
+    keys = published_keys(api_client)
+    signature = response["X-License-Signature"]
+
+    assert response.status_code == 200
+    verify_response(response.content, signature, keys, expected_nonce="n-1", fingerprint="this-device")
+    with pytest.raises(VerificationError, match="another call \\('deactivate'\\), not 'validate'"):
+        verify_response(
+            response.content,
+            signature,
+            keys,
+            expected_nonce="n-1",
+            expected_call="validate",
+            fingerprint="this-device",
+        )
+
+
 def test_one_changed_byte_breaks_the_signature(api_client, issued):
     response = call(api_client, "validate", {"key": issued.key})
     tampered = response.content.replace(b'"valid":true', b'"valid":trUe')

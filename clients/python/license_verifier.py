@@ -80,13 +80,16 @@ def verify_response(
     public_keys: PublicKeys,
     *,
     expected_nonce: str | None = None,
+    expected_call: str | None = None,
     fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Check the X-License-Signature of a response body and return the parsed body.
 
-    Pass the `nonce` you sent and this device's `fingerprint`: the signature proves only that the
-    server wrote the answer, and a proxy could send your nonce with another device's fingerprint
-    (or none) and hand you that answer. An answer that lets the app run must name this device.
+    Pass the `nonce` you sent, the call you made (`expected_call`: "activate", "validate",
+    "deactivate" or "checkout") and this device's `fingerprint`: the signature proves only that the
+    server wrote the answer, and a proxy could send your nonce with another call (a deactivate names
+    the device, with no `valid` to read) or with another device's fingerprint (or none) and hand you
+    that answer. An answer that lets the app run must name this device.
     """
     if not isinstance(body, bytes):
         raise TypeError("body must be the raw response bytes, not decoded text.")
@@ -97,12 +100,15 @@ def verify_response(
     signature = _b64decode(params["signature"], "Signature")
     _verify(key, signature, body, "Response signature does not match the body.")
     document = _parse_json_object(body, "Response body")
+    meta = document.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
     if expected_nonce is not None:
-        meta = document.get("meta")
-        nonce = meta.get("nonce") if isinstance(meta, dict) else None
+        nonce = meta.get("nonce")
         # The nonce is the replay guard, so comparing it must not leak how much of a guess matched.
         if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), expected_nonce.encode()):
             raise VerificationError("Response nonce does not match the request nonce (possible replay).")
+    if expected_call is not None and meta.get("call") != expected_call:
+        raise VerificationError(f"Response answers another call ({meta.get('call')!r}), not {expected_call!r}.")
     if fingerprint is not None and _lets_the_app_run(document):
         _check_device(document.get("activation"), fingerprint, "Response is about another device, or none.")
     return document

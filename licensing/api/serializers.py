@@ -236,6 +236,10 @@ class ActivationSerializer(serializers.Serializer):
 class MetaSerializer(serializers.Serializer):
     server_time = serializers.DateTimeField()
     nonce = serializers.CharField(allow_null=True)
+    call = serializers.ChoiceField(
+        choices=["activate", "validate", "deactivate", "checkout"],
+        help_text="The call this answers: a signed answer to one call cannot pass for another's.",
+    )
 
 
 class ActivationAnswerSerializer(serializers.Serializer):

@@ -59,10 +59,12 @@ ERRORS = {
 class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     """An app-facing call: the license key is the credential, and every answer is signed.
 
-    The body gets `meta` (server time, the request's nonce) and an Ed25519 signature over its exact
-    bytes in X-License-Signature, so an app can trust a stored answer and detect a replayed one.
+    The body gets `meta` (server time, the request's nonce, the call it answers) and an Ed25519
+    signature over its exact bytes in X-License-Signature, so an app can trust a stored answer and
+    detect a replayed one, or one the server gave to another call that carried its nonce.
     """
 
+    call_name: str
     authentication_classes: list = []
     permission_classes = [AllowAny]
     license_key_field = "key"
@@ -70,7 +72,11 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if isinstance(response.data, dict):
-            response.data["meta"] = {"server_time": timezone.now(), "nonce": self._nonce(request)}
+            response.data["meta"] = {
+                "server_time": timezone.now(),
+                "nonce": self._nonce(request),
+                "call": self.call_name,
+            }
             # For the request log: which license the call was about (its id, never its key).
             license = response.data.get("license")
             response.license_id = license.get("id") if isinstance(license, dict) else None
@@ -106,6 +112,8 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
 
 
 class ActivateLicenseView(LicenseCallView):
+    call_name = "activate"
+
     @extend_schema(
         summary="Activate a license on a device",
         parameters=[SIGNATURE_HEADER_DOC],
@@ -136,6 +144,8 @@ class ActivateLicenseView(LicenseCallView):
 
 
 class ValidateLicenseView(LicenseCallView):
+    call_name = "validate"
+
     @extend_schema(
         summary="Check whether a license, and a device, may be used now",
         parameters=[SIGNATURE_HEADER_DOC],
@@ -167,6 +177,8 @@ class ValidateLicenseView(LicenseCallView):
 
 
 class DeactivateLicenseView(LicenseCallView):
+    call_name = "deactivate"
+
     @extend_schema(
         summary="Free a device's slot",
         parameters=[SIGNATURE_HEADER_DOC],
@@ -199,6 +211,8 @@ class DeactivateLicenseView(LicenseCallView):
 
 
 class CheckoutLicenseView(LicenseCallView):
+    call_name = "checkout"
+
     @extend_schema(
         summary="Get an offline license file for an activated device",
         parameters=[SIGNATURE_HEADER_DOC],

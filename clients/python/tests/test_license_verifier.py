@@ -176,6 +176,20 @@ def test_nonce_mismatch_fails(signing_key, public_keys, answered_nonce):
         verify_response(body, header, public_keys, expected_nonce="n-123")
 
 
+def test_an_answer_to_the_call_made_passes(signing_key, public_keys):
+    body, header = signed(signing_key, {"valid": True, "meta": {"nonce": "n-1", "call": "validate"}})
+
+    assert verify_response(body, header, public_keys, expected_nonce="n-1", expected_call="validate")["valid"]
+
+
+@pytest.mark.parametrize("meta", [{"nonce": "n-1", "call": "deactivate"}, {"nonce": "n-1"}, None])
+def test_an_answer_to_another_call_or_to_none_named_fails(signing_key, public_keys, meta):
+    body, header = signed(signing_key, {"activation": {"fingerprint": "device-1"}, "meta": meta})
+
+    with pytest.raises(VerificationError, match="another call"):
+        verify_response(body, header, public_keys, expected_call="validate")
+
+
 def signed(key: Ed25519PrivateKey, document: dict[str, Any]) -> tuple[bytes, str]:
     body = json.dumps(document).encode()
     return body, signature_header(key.sign(body))
