@@ -170,6 +170,17 @@ def test_the_link_is_mailed_only_once_the_answer_is_sent(rf, customer):
     assert (sent_with_the_answer, len(mail.outbox)) == (0, 1)
 
 
+def test_expired_links_are_deleted_when_the_next_one_is_asked_for(client, customer):
+    request_link(client, customer.email)
+    request_link(client, "nobody@example.com")
+    SignInLink.objects.update(created_at=timezone.now() - timedelta(minutes=16))
+    request_link(client, "someone@example.com")
+
+    request_link(client, customer.email)
+
+    assert sorted(SignInLink.objects.values_list("email", flat=True)) == [customer.email, "someone@example.com"]
+
+
 def test_an_invalid_address_is_a_form_error(client):
     response = request_link(client, "not an address")
 
