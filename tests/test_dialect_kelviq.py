@@ -131,7 +131,7 @@ def test_activation_answers_201_with_the_new_instance_and_the_license_details(ke
     assert (plan["identifier"], plan["name"], plan["description"]) == ("personal", "Personal", "")
     assert (plan["version"], plan["isLatest"]) == (1, True)
     assert (plan["product"]["identifier"], plan["product"]["name"]) == ("photon", "Photon Editor")
-    assert plan["product"]["taxCode"] is None
+    assert plan["product"]["taxCode"] == ""
     activation = Activation.objects.get(pk=body["instanceId"])
     assert (activation.name, activation.fingerprint, activation.is_live) == ("Geo's Workstation", None, True)
     assert activation.metadata == {"os": "macOS", "version": "14.2"}

@@ -141,7 +141,8 @@ def license_details(license: License) -> dict[str, Any]:
                 "id": product.public_id,
                 "identifier": product.slug,
                 "name": product.name,
-                "taxCode": None,
+                # No tax codes here; Kelviq types the field as a string, and typed clients reject null.
+                "taxCode": "",
                 "createdOn": product.created_at,
                 "modifiedOn": product.updated_at,
             },
