@@ -150,9 +150,11 @@ class LicenseCallThrottle(BaseThrottle):
     guesses hit.
 
     The counters are read, then written back one higher, not incremented in the cache (the database
-    cache's incr is a read and a write too, and one more round trip): a parallel burst from one client
-    can overshoot a limit by a few calls, as DRF's throttles did. Refused calls are not counted, so a
-    client that keeps calling gets through again once the window ends.
+    cache's incr is a read and a write too, and one more round trip), as DRF's throttles do: calls
+    that overlap count once, so a client keeping several calls in flight gets past a limit by up to
+    that factor (140 calls, 8 at a time, were counted as 45). The README says so; a hard limit needs
+    a gateway's. Refused calls are not counted, so a client that keeps calling gets through again
+    once the window ends.
     """
 
     def allow_request(self, request, view):
