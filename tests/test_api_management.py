@@ -884,3 +884,16 @@ def test_a_format_the_api_does_not_offer_is_406_not_a_missing_endpoint(managemen
 
     assert response.status_code == 406
     assert "format" in error(response)["message"]
+
+
+def test_a_body_past_djangos_own_upload_limit_is_a_json_413(management_client, settings):
+    # Django refuses such a body before DRF's parser; its answer was an HTML "Bad Request (400)" page.
+    settings.API_MAX_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 500, 1_000
+
+    response = management_client.post(
+        "/api/v1/customers", {"email": "ada@example.com", "name": "x" * 2_000}, format="json"
+    )
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert not Customer.objects.exists()

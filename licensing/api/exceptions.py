@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from licensing import errors
-from licensing.api.parsers import RequestTooLarge
+from licensing.api.parsers import RequestTooLarge, too_large_body_as_api_error
 from licensing.models import Activation
 
 DRF_ERROR_CODES = [
@@ -76,6 +76,7 @@ def first_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    exc = too_large_body_as_api_error(exc)
     if isinstance(exc, errors.LicensingError):
         body = error_body(exc.code, str(exc.message), exc.field, **licensing_error_facts(exc))
         return Response(body, status=exc.status)

@@ -4,6 +4,7 @@ import codecs
 import json
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from rest_framework import exceptions, parsers, status
 
 
@@ -13,8 +14,20 @@ class RequestTooLarge(exceptions.APIException):
     default_code = "request_too_large"
 
 
+def too_large_body_as_api_error(exc: Exception) -> Exception:
+    """Django's refusal of a body past DATA_UPLOAD_MAX_MEMORY_SIZE, as the parsers' own 413.
+
+    DRF reads a JSON or form body whole (`request.body`) before a parser sees it, so past Django's
+    limit (2.5 MB) Django refuses it first, with an error no face's handler knew: a 500, or Django's
+    HTML 400 page. Every face's exception handler passes its error through this first.
+    """
+    if isinstance(exc, RequestDataTooBig):
+        return RequestTooLarge(f"The request body must be at most {settings.API_MAX_BODY_BYTES} bytes.")
+    return exc
+
+
 class LimitedJSONParser(parsers.JSONParser):
-    """JSON with a size cap: DRF reads the stream directly, past Django's upload limits."""
+    """JSON with a size cap below Django's upload limit, which is sized for the admin's forms."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.API_MAX_BODY_BYTES

@@ -37,7 +37,7 @@ from rest_framework.views import APIView
 from licensing import errors, services, signing
 from licensing.addresses import client_ip
 from licensing.api.negotiation import JSONOnlyNegotiation
-from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.parsers import LimitedJSONParser, RequestTooLarge, too_large_body_as_api_error
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, ApiKey, License, Product
@@ -282,6 +282,7 @@ class GetKeyManagerView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
             return Response(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     def error_answer(self, exc: Exception) -> tuple[tuple[int, str], int]:
+        exc = too_large_body_as_api_error(exc)
         if isinstance(exc, Refused):
             return (exc.code, exc.message), exc.http_status
         if type(exc) in ANSWERS:

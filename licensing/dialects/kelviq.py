@@ -23,7 +23,7 @@ from licensing import errors, lookups, services
 from licensing.addresses import client_ip
 from licensing.api.authentication import ApiKeyAuthentication, ApiKeyPermission
 from licensing.api.negotiation import JSONOnlyNegotiation
-from licensing.api.parsers import LimitedJSONParser
+from licensing.api.parsers import LimitedJSONParser, too_large_body_as_api_error
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.serializers import validated_input
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
@@ -69,6 +69,7 @@ REQUEST_FIELDS = {"key": "licenseKey", "name": "instanceName", "metadata": "meta
 def kelviq_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """Every failure in Kelviq's shape; nothing the client caused becomes a 500."""
     view = context["view"]
+    exc = too_large_body_as_api_error(exc)
     if isinstance(exc, errors.InvalidInput):
         field = REQUEST_FIELDS.get(exc.field or "", "non_field_errors")
         return Response({field: [str(exc.message)]}, status=400)

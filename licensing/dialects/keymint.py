@@ -27,7 +27,7 @@ from rest_framework.views import APIView
 from licensing import errors, services
 from licensing.addresses import client_ip
 from licensing.api.negotiation import JSONOnlyNegotiation
-from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.parsers import LimitedJSONParser, RequestTooLarge, too_large_body_as_api_error
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
 from licensing.models import Customer, License, Product, add_months
@@ -106,6 +106,7 @@ def licensing_error_answer(exc: errors.LicensingError, vendor_fields: dict[str, 
 
 def keymint_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """Answer every failure as Keymint does, `{"message", "code"}`; never a 500 the client caused."""
+    exc = too_large_body_as_api_error(exc)
     if isinstance(exc, KeymintError):
         return error_answer(exc.status, exc.code, exc.message)
     if isinstance(exc, errors.LicensingError):

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from django.urls import re_path
 from rest_framework import exceptions
@@ -30,7 +29,7 @@ from rest_framework.views import APIView
 from licensing import errors, services
 from licensing.addresses import client_ip
 from licensing.api.negotiation import JSONOnlyNegotiation
-from licensing.api.parsers import LimitedJSONParser, RequestTooLarge
+from licensing.api.parsers import LimitedJSONParser, RequestTooLarge, too_large_body_as_api_error
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, Customer, License
@@ -135,6 +134,7 @@ def problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
 def polar_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """Every failure in Polar's shape; nothing the client caused becomes a 500."""
     view = context["view"]
+    exc = too_large_body_as_api_error(exc)
     if isinstance(exc, PolarError):
         return polar_error(exc.answer)
     if isinstance(exc, RequestInvalid):
@@ -151,9 +151,8 @@ def polar_exception_handler(exc: Exception, context: dict[str, Any]) -> Response
         return Response({"error": "RequestValidationError", "detail": detail}, status=422)
     if isinstance(exc, exceptions.UnsupportedMediaType):
         return Response({"error": "RequestValidationError", "detail": [NOT_AN_OBJECT]}, status=422)
-    if isinstance(exc, RequestTooLarge | RequestDataTooBig):
-        detail = str(exc.detail) if isinstance(exc, RequestTooLarge) else "The request body is too large."
-        return Response({"error": "RequestTooLarge", "detail": detail}, status=413)
+    if isinstance(exc, RequestTooLarge):
+        return Response({"error": "RequestTooLarge", "detail": str(exc.detail)}, status=413)
     if isinstance(exc, exceptions.NotFound | Http404):
         return polar_error(NOT_FOUND)
     if isinstance(exc, exceptions.MethodNotAllowed):
