@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from licensing import keys, services
-from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, SigningKey
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -166,13 +166,21 @@ def test_create_and_update_a_product_with_an_imported_id(management_client):
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"name": "Nova"}, "slug"), ({"name": "Nova", "slug": "not a slug"}, "slug"), ({"slug": "nova"}, "name")],
+    [
+        ({"name": "Nova"}, "slug"),
+        ({"name": "Nova", "slug": "not a slug"}, "slug"),
+        ({"slug": "nova"}, "name"),
+        # DRF's UUID field would store false as the nil UUID and 12345 as ...3039.
+        ({"name": "Nova", "slug": "nova", "polar_organization_id": False}, "polar_organization_id"),
+        ({"name": "Nova", "slug": "nova", "polar_organization_id": 12345}, "polar_organization_id"),
+    ],
 )
 def test_bad_product_input_names_the_field(management_client, body, field):
     response = management_client.post("/api/v1/products", body, format="json")
 
     assert response.status_code == 400
     assert error(response)["field"] == field
+    assert not Product.objects.exists()
 
 
 def test_plans_list_and_create(management_client, product):
@@ -656,6 +664,17 @@ def test_schema_documents_the_refusals_every_operation_can_answer(client):
     assert "401" not in paths["/api/v1/licenses/validate"]["post"]["responses"]
 
 
+def test_schema_gives_list_filters_and_page_bounds_to_listing_only(client):
+    """Found by the schema fuzz: issuing a license documented the list's filters, which it ignores,
+    and pages of 0 were in the schema but refused."""
+    licenses = openapi(client)["paths"]["/api/v1/licenses"]
+    listing = {parameter["name"]: parameter["schema"] for parameter in licenses["get"]["parameters"]}
+
+    assert {"product", "customer_email", "status", "expired", "page", "page_size"} <= set(listing)
+    assert (listing["page"]["minimum"], listing["page_size"]["minimum"]) == (1, 1)
+    assert not licenses["post"].get("parameters")
+
+
 def test_an_ownerless_license_and_an_active_device_render_as_the_schema_says(client, management_client, product):
     # Both were fuzz findings: the schema refused null for the owner and "" for who deactivated.
     created = management_client.post("/api/v1/licenses", {"product": product.pk}, format="json").json()
@@ -818,6 +837,7 @@ def test_catalog_input_is_strict(management_client, body, field):
 
     assert response.status_code == 400
     assert error(response)["field"] == field
+    assert not Product.objects.exists()
 
 
 def test_no_license_can_be_issued_for_an_inactive_product(management_client, plan, actor):

@@ -104,6 +104,7 @@ class StrictModelSerializer(RefuseUnknownFieldsMixin, serializers.ModelSerialize
         models.TextField: StrictCharField,
         models.SlugField: StrictSlugField,
         models.EmailField: StrictEmailField,
+        models.UUIDField: StrictUUIDField,
         models.PositiveIntegerField: StrictIntegerField,
         models.BooleanField: StrictBooleanField,
     }

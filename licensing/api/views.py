@@ -322,6 +322,13 @@ class Pagination(PageNumberPagination):
             raise serializers.ValidationError({self.page_size_query_param: [message]})
         return super().get_page_size(request)
 
+    def get_schema_operation_parameters(self, view):
+        # What the two methods above take: whole numbers from 1.
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["minimum"] = 1
+        return parameters
+
 
 def no_record_with_this_id(model) -> exceptions.NotFound:
     return exceptions.NotFound(f"There is no {model._meta.verbose_name} with this id.")
@@ -450,7 +457,7 @@ class LicenseListFilterSerializer(serializers.Serializer):
     expired = serializers.BooleanField(required=False, default=None, allow_null=True)
 
 
-@extend_schema(parameters=[LicenseListFilterSerializer])
+@extend_schema_view(get=extend_schema(parameters=[LicenseListFilterSerializer]))
 class LicenseListView(ManagementView, generics.ListAPIView):
     serializer_class = api.LicenseSerializer
 
