@@ -664,6 +664,21 @@ def test_schema_documents_the_refusals_every_operation_can_answer(client):
     assert "401" not in paths["/api/v1/licenses/validate"]["post"]["responses"]
 
 
+def test_schema_gives_license_call_refusals_their_signed_meta(client):
+    schema = openapi(client)
+    activate = schema["paths"]["/api/v1/licenses/activate"]["post"]["responses"]
+    components = schema["components"]["schemas"]
+
+    def fields(answer) -> set[str]:
+        name = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        return set(components[name]["properties"])
+
+    for status in ("400", "403", "404", "413", "415", "429"):
+        assert fields(activate[status]) == {"error", "meta"}, status
+    assert "call" in components["Meta"]["required"]
+    assert fields(schema["paths"]["/api/v1/plans"]["post"]["responses"]["400"]) == {"error"}
+
+
 def test_schema_gives_list_filters_and_page_bounds_to_listing_only(client):
     """Found by the schema fuzz: issuing a license documented the list's filters, which it ignores,
     and pages of 0 were in the schema but refused."""

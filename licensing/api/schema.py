@@ -23,7 +23,9 @@ class LicensingAutoSchema(AutoSchema):
         responses = super()._get_response_bodies(direction)
         for code, description in self._shared_refusals().items():
             if code not in responses:
-                answer = OpenApiResponse(ErrorSerializer, description=description)
+                answer = OpenApiResponse(
+                    getattr(self.view, "error_serializer", ErrorSerializer), description=description
+                )
                 responses[code] = self._get_response_for_code(answer, code, direction=direction)
         return dict(sorted(responses.items()))
 

@@ -234,11 +234,15 @@ class ActivationSerializer(serializers.Serializer):
     deactivated_at = serializers.DateTimeField(allow_null=True)
 
 
+# The app-facing calls of the native API, each view's `call_name`.
+LICENSE_CALLS = ["activate", "validate", "deactivate", "checkout"]
+
+
 class MetaSerializer(serializers.Serializer):
     server_time = serializers.DateTimeField()
     nonce = serializers.CharField(allow_null=True)
     call = serializers.ChoiceField(
-        choices=["activate", "validate", "deactivate", "checkout"],
+        choices=LICENSE_CALLS,
         help_text="The call this answers: a signed answer to one call cannot pass for another's.",
     )
 
@@ -294,6 +298,12 @@ class ErrorDetailSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
+
+
+class LicenseCallErrorSerializer(ErrorSerializer):
+    """A license call's refusal: signed like its other answers, so it carries `meta` too."""
+
+    meta = MetaSerializer()
 
 
 class SigningKeySerializer(serializers.ModelSerializer):

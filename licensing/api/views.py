@@ -45,11 +45,15 @@ def validated(serializer_class: type[serializers.Serializer], request: Request) 
     return api.validated_input(serializer_class, request.data)
 
 
-ERRORS = {
-    400: OpenApiResponse(api.ErrorSerializer, description="Bad input; `field` names it."),
-    403: OpenApiResponse(api.ErrorSerializer, description="Refused by the license's state or limit."),
-    404: OpenApiResponse(api.ErrorSerializer, description="Unknown key, or no such activation for it."),
-    413: OpenApiResponse(api.ErrorSerializer, description="Request body too large."),
+ERROR_DESCRIPTIONS = {
+    400: "Bad input; `field` names it.",
+    403: "Refused by the license's state or limit.",
+    404: "Unknown key, or no such activation for it.",
+    413: "Request body too large.",
+}
+ERRORS = {code: OpenApiResponse(api.ErrorSerializer, description=text) for code, text in ERROR_DESCRIPTIONS.items()}
+LICENSE_CALL_ERRORS = {
+    code: OpenApiResponse(api.LicenseCallErrorSerializer, description=text) for code, text in ERROR_DESCRIPTIONS.items()
 }
 
 
@@ -65,6 +69,8 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     """
 
     call_name: str
+    # For the schema's refusals shared by every view (licensing.api.schema).
+    error_serializer = api.LicenseCallErrorSerializer
     authentication_classes: list = []
     permission_classes = [AllowAny]
     license_key_field = "key"
@@ -121,7 +127,7 @@ class ActivateLicenseView(LicenseCallView):
         responses={
             201: OpenApiResponse(api.ActivationAnswerSerializer, description="A new activation."),
             200: OpenApiResponse(api.ActivationAnswerSerializer, description="The device was already active."),
-            **ERRORS,
+            **LICENSE_CALL_ERRORS,
         },
     )
     @retry_on_lost_connection
@@ -153,8 +159,8 @@ class ValidateLicenseView(LicenseCallView):
         responses={
             200: OpenApiResponse(api.ValidationAnswerSerializer, description="`valid` says; `code` says why not."),
             404: OpenApiResponse(api.ValidationAnswerSerializer, description="Unknown key: code NOT_FOUND."),
-            400: ERRORS[400],
-            413: ERRORS[413],
+            400: LICENSE_CALL_ERRORS[400],
+            413: LICENSE_CALL_ERRORS[413],
         },
     )
     @retry_on_lost_connection
@@ -185,10 +191,12 @@ class DeactivateLicenseView(LicenseCallView):
         request=api.DeactivateLicenseInputSerializer,
         responses={
             200: api.DeactivationAnswerSerializer,
-            400: ERRORS[400],
-            403: OpenApiResponse(api.ErrorSerializer, description="The plan's device changes are used up for now."),
-            404: ERRORS[404],
-            413: ERRORS[413],
+            400: LICENSE_CALL_ERRORS[400],
+            403: OpenApiResponse(
+                api.LicenseCallErrorSerializer, description="The plan's device changes are used up for now."
+            ),
+            404: LICENSE_CALL_ERRORS[404],
+            413: LICENSE_CALL_ERRORS[413],
         },
     )
     @retry_on_lost_connection
@@ -217,7 +225,7 @@ class CheckoutLicenseView(LicenseCallView):
         summary="Get an offline license file for an activated device",
         parameters=[SIGNATURE_HEADER_DOC],
         request=api.CheckoutLicenseInputSerializer,
-        responses={200: api.CheckoutAnswerSerializer, **ERRORS},
+        responses={200: api.CheckoutAnswerSerializer, **LICENSE_CALL_ERRORS},
     )
     @retry_on_lost_connection
     def post(self, request):
@@ -295,7 +303,7 @@ RECORD_IDS = {
     "customers": ("customer", "whole numbers", IntConverter.regex),
 }
 # A mistyped license call (`validate/`) is no license id.
-LICENSE_CALLS = {"activate", "validate", "deactivate", "checkout"}
+LICENSE_CALLS = set(api.LICENSE_CALLS)
 
 
 # ---------------------------------------------------------------- management API
