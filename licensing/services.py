@@ -1465,10 +1465,11 @@ def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignIn
     email = email.strip()
     client_network = addresses.network_of(ip_address)
     since = timezone.now() - SIGN_IN_LINK_LIFETIME
+    # Past its lifetime a link neither signs anyone in nor counts against a limit: without this the
+    # table would keep every request ever made, unknown addresses' included. Outside the limit's
+    # transaction, whose requests would otherwise queue on these rows' locks and count all at once.
+    SignInLink.objects.filter(created_at__lt=since).delete()
     with transaction.atomic():
-        # Past its lifetime a link neither signs anyone in nor counts against a limit: without this
-        # the table would keep every request ever made, unknown addresses' included.
-        SignInLink.objects.filter(created_at__lt=since).delete()
         recent = SignInLink.objects.filter(created_at__gte=since)
         if recent.filter(email__iexact=email).count() >= SIGN_IN_REQUESTS_PER_EMAIL or (
             client_network and recent.filter(client_network=client_network).count() >= SIGN_IN_REQUESTS_PER_IP

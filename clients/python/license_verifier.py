@@ -108,7 +108,9 @@ def verify_response(
         if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), expected_nonce.encode()):
             raise VerificationError("Response nonce does not match the request nonce (possible replay).")
     if expected_call is not None and meta.get("call") != expected_call:
-        raise VerificationError(f"Response answers another call ({meta.get('call')!r}), not {expected_call!r}.")
+        if meta.get("call") is None:
+            raise VerificationError(f"Response names no call; expected an answer to {expected_call!r}.")
+        raise VerificationError(f"Response answers another call ({meta['call']!r}), not {expected_call!r}.")
     if fingerprint is not None and _lets_the_app_run(document):
         _check_device(document.get("activation"), fingerprint, "Response is about another device, or none.")
     return document

@@ -22,7 +22,8 @@ def too_large_body_as_api_error(exc: Exception) -> Exception:
     HTML 400 page. Every face's exception handler passes its error through this first.
     """
     if isinstance(exc, RequestDataTooBig):
-        return RequestTooLarge(f"The request body must be at most {settings.API_MAX_BODY_BYTES} bytes.")
+        limit = min(settings.API_MAX_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        return RequestTooLarge(f"The request body must be at most {limit} bytes.")
     return exc
 
 

@@ -182,11 +182,18 @@ def test_an_answer_to_the_call_made_passes(signing_key, public_keys):
     assert verify_response(body, header, public_keys, expected_nonce="n-1", expected_call="validate")["valid"]
 
 
-@pytest.mark.parametrize("meta", [{"nonce": "n-1", "call": "deactivate"}, {"nonce": "n-1"}, None])
-def test_an_answer_to_another_call_or_to_none_named_fails(signing_key, public_keys, meta):
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"nonce": "n-1", "call": "deactivate"}, "answers another call \\('deactivate'\\)"),
+        ({"nonce": "n-1"}, "names no call"),
+        (None, "names no call"),
+    ],
+)
+def test_an_answer_to_another_call_or_to_none_named_fails(signing_key, public_keys, meta, message):
     body, header = signed(signing_key, {"activation": {"fingerprint": "device-1"}, "meta": meta})
 
-    with pytest.raises(VerificationError, match="another call"):
+    with pytest.raises(VerificationError, match=message):
         verify_response(body, header, public_keys, expected_call="validate")
 
 
