@@ -1470,12 +1470,15 @@ def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignIn
     # transaction, whose requests would otherwise queue on these rows' locks and count all at once.
     SignInLink.objects.filter(created_at__lt=since).delete()
     with transaction.atomic():
+        # Requests for one customer's address take turns, so each counts the links the one before
+        # stored: counted at once, they all saw room and mailed the customer more than the limit.
+        # An address that is no customer's is mailed nothing and needs no turn.
+        customer = Customer.objects.select_for_update().filter(email__iexact=email).first()
         recent = SignInLink.objects.filter(created_at__gte=since)
         if recent.filter(email__iexact=email).count() >= SIGN_IN_REQUESTS_PER_EMAIL or (
             client_network and recent.filter(client_network=client_network).count() >= SIGN_IN_REQUESTS_PER_IP
         ):
             raise errors.TooManyRequests()
-        customer = Customer.objects.filter(email__iexact=email).first()
         token = keys.generate_sign_in_token()
         SignInLink.objects.create(
             email=email,

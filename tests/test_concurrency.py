@@ -14,7 +14,7 @@ import pytest
 from django.db import connection, transaction
 
 from licensing import errors, services
-from licensing.models import Activation, Customer, License, Plan, SigningKey
+from licensing.models import Activation, Customer, License, Plan, SigningKey, SignInLink
 from tests.factories import SYSTEM, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -271,3 +271,18 @@ def test_a_license_issued_while_its_plan_changes_takes_the_plans_new_defaults():
         wait_until_a_session_waits_for_a_lock()
 
     assert issuing.result(LOCK_WAIT_SECONDS).license.max_activations == 2
+
+
+@postgresql_only
+def test_sign_in_links_asked_for_at_once_stop_at_the_per_address_limit():
+    """Each request counted the recent links, then stored its own: ten at once all counted none
+    stored yet and mailed a customer up to ten links where three are allowed."""
+    customer = make_customer(email="flooded@example.com")
+
+    outcomes = run_at_once(
+        10,
+        lambda n: services.request_sign_in_link(email=customer.email, ip_address=f"198.51.100.{n + 1}"),
+    )
+
+    assert outcome_kinds(outcomes) == {"SignInRequest": services.SIGN_IN_REQUESTS_PER_EMAIL, "TooManyRequests": 7}
+    assert SignInLink.objects.filter(customer=customer).count() == services.SIGN_IN_REQUESTS_PER_EMAIL
