@@ -252,6 +252,15 @@ def test_verify_answers_215_without_an_identifier(client, api_key, issued, ident
     expect(response, global_rsa_key, 215, "Identifier is required")
 
 
+@pytest.mark.parametrize("endpoint", ["verify", "activate", "deactivate", "get-license-key-details"])
+def test_a_215_about_a_known_license_is_signed_with_its_products_key(
+    client, api_key, issued, endpoint, product_rsa_key
+):
+    response = call(client, endpoint, api_key, issued, identifier=None)
+
+    expect(response, product_rsa_key, 215, "Identifier is required", used="product")
+
+
 # ---------------------------------------------------------------- activate
 
 

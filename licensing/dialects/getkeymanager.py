@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import contextlib
 import json
 import logging
 import math
@@ -249,9 +250,17 @@ class GetKeyManagerView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, Mapping) else {}
         api_key = authenticate(request, data, writes=self.writes)
+        license_key = license_key_from(data)
+        try:
+            identifier = identifier_from(data)
+        except Refused:
+            # GetKeyManager signs with the global key only when no product could be resolved.
+            with contextlib.suppress(errors.LicenseNotFound):
+                self.product = services.get_license_by_key(license_key).product
+            raise
         return self.call(
-            license_key=license_key_from(data),
-            identifier=identifier_from(data),
+            license_key=license_key,
+            identifier=identifier,
             actor=services.Actor.api_key(api_key, ip_address=client_ip(request)),
         )
 
