@@ -239,6 +239,8 @@ LOGGING = {
     "loggers": {
         # Django's own console handler would print every line a second time through the root logger.
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # The development server's access lines too, so they pass through the console's redaction.
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # Scanners and health checks by IP address send unknown Host headers all day: one line each.
         "django.security.DisallowedHost": {"filters": ["without_traceback"]},
     },

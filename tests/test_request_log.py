@@ -49,6 +49,37 @@ def test_a_portal_sign_in_link_is_logged_without_its_token(client, customer, cap
     assert token not in caplog.text
 
 
+def console_lines(caplog) -> str:
+    [formatter] = [h.formatter for h in logging.getLogger().handlers if isinstance(h.formatter, ConsoleFormatter)]
+    return "\n".join(formatter.format(record) for record in caplog.records)
+
+
+def test_a_sign_in_link_posted_without_a_csrf_cookie_is_refused_and_logged_without_its_token(customer, caplog):
+    """Django's CSRF refusal logs the path: a mail scanner posting a link put a working link in the log."""
+    token = services.request_sign_in_link(email=customer.email).token
+
+    response = Client(enforce_csrf_checks=True).post(f"/portal/sign-in/{token}/")
+
+    assert response.status_code == 403
+    assert "Forbidden (CSRF cookie not set.): /portal/sign-in/…/" in console_lines(caplog)
+    assert token not in console_lines(caplog)
+
+
+def test_the_development_servers_lines_show_no_query_string_or_sign_in_token():
+    handlers = logging.getLogger("django.server").handlers
+    [formatter] = [h.formatter for h in handlers if isinstance(h.formatter, ConsoleFormatter)]
+    line = '"GET /compat/keymint/key?productId=p&licenseKey=SECRET-KEY HTTP/1.1" 200 312'
+    link = '"GET /portal/sign-in/SECRET-TOKEN/ HTTP/1.1" 200 1024'
+
+    formatted = [
+        formatter.format(logging.LogRecord("django.server", logging.INFO, __file__, 1, text, None, None))
+        for text in (line, link)
+    ]
+
+    assert formatted[0].endswith('"GET /compat/keymint/key?… HTTP/1.1" 200 312')
+    assert formatted[1].endswith('"GET /portal/sign-in/…/ HTTP/1.1" 200 1024')
+
+
 def test_collected_static_files_are_served_by_the_app(settings, tmp_path):
     settings.STATIC_ROOT = tmp_path
     call_command("collectstatic", "--noinput", verbosity=0)
