@@ -40,6 +40,12 @@ if VALIDATION_TALLY_SECONDS < 0:
     raise ImproperlyConfigured("VALIDATION_TALLY_SECONDS must be 0 or more.")
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+# Where customers reach the server, e.g. https://licenses.example.com: portal sign-in links lead
+# there. Without it (development) a link is built from the request's Host header, whose port
+# ALLOWED_HOSTS does not check, so anyone could have a customer mailed links to another port.
+PUBLIC_URL = env.str("PUBLIC_URL", default="").rstrip("/")
+if PUBLIC_URL and not re.fullmatch(r"https?://[^/?#@\s]+", PUBLIC_URL):
+    raise ImproperlyConfigured("PUBLIC_URL must look like https://licenses.example.com, with no path.")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

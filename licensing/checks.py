@@ -65,10 +65,23 @@ def check_hosts_are_named(app_configs, **kwargs):
     return [
         Warning(
             "DJANGO_ALLOWED_HOSTS is *: the server answers to any host name.",
-            hint="Portal sign-in links are built from the request's Host header, so anyone could have a "
-            "customer mailed a link to a server of their own, which would then get the customer's sign-in "
-            "token. Name each host, e.g. DJANGO_ALLOWED_HOSTS=licenses.example.com; load balancers' checks "
-            "of /healthz need no host name.",
+            hint="Name each host, e.g. DJANGO_ALLOWED_HOSTS=licenses.example.com: Django's protection from "
+            "forged Host headers rests on the list. Load balancers' checks of /healthz need no host name.",
             id="licensing.W003",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_public_url_is_set(app_configs, **kwargs):
+    if settings.PUBLIC_URL:
+        return []
+    return [
+        Warning(
+            "PUBLIC_URL is not set: portal sign-in links are built from the request's Host header.",
+            hint="The host check ignores the port, so anyone could have a customer mailed links to a port of "
+            "their choosing, and use up the customer's three links a quarter hour. Set "
+            "PUBLIC_URL=https://licenses.example.com.",
+            id="licensing.W004",
         )
     ]

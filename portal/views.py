@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.core.mail import send_mail
 from django.http import Http404, HttpResponse
@@ -84,7 +85,8 @@ def sign_in(request):
             return render(request, "portal/sign_in.html", {"form": form, "throttled": error.message}, status=429)
         mail = None
         if customer := sign_in_request.customer:
-            link = request.build_absolute_uri(reverse("portal:redeem", args=[sign_in_request.token]))
+            path = reverse("portal:redeem", args=[sign_in_request.token])
+            link = settings.PUBLIC_URL + path if settings.PUBLIC_URL else request.build_absolute_uri(path)
             body = render_to_string("portal/sign_in_email.txt", {"link": link, "customer": customer})
             mail = functools.partial(send_sign_in_link, customer, body)
         # The same answer, as fast, whether or not the address is a customer's, so addresses cannot

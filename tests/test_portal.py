@@ -170,6 +170,22 @@ def test_the_link_is_mailed_only_once_the_answer_is_sent(rf, customer):
     assert (sent_with_the_answer, len(mail.outbox)) == (0, 1)
 
 
+def test_the_mailed_link_leads_to_the_public_url_whatever_port_the_request_named(client, customer, settings):
+    settings.PUBLIC_URL = "https://licenses.example.com"
+
+    request_link(client, customer.email, HTTP_HOST="testserver:6666")
+
+    assert link_from_mail(mail.outbox[0]).startswith("https://licenses.example.com/portal/sign-in/")
+
+
+def test_without_a_public_url_the_link_is_built_from_the_request(client, customer, settings):
+    settings.PUBLIC_URL = ""
+
+    request_link(client, customer.email)
+
+    assert link_from_mail(mail.outbox[0]).startswith("http://testserver/portal/sign-in/")
+
+
 def test_expired_links_are_deleted_when_the_next_one_is_asked_for(client, customer):
     request_link(client, customer.email)
     request_link(client, "nobody@example.com")

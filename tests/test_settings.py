@@ -48,6 +48,14 @@ def test_a_malformed_limit_stops_the_server_from_starting(setting, value):
     assert setting in result.stderr
 
 
+@pytest.mark.parametrize("value", ["licenses.example.com", "https://licenses.example.com/portal", "ftp://x"])
+def test_a_public_url_that_is_no_scheme_and_host_stops_the_server_from_starting(value):
+    result = import_settings(PUBLIC_URL=value)
+
+    assert result.returncode != 0
+    assert "PUBLIC_URL must look like https://licenses.example.com" in result.stderr
+
+
 def test_rates_in_drfs_forms_are_accepted():
     assert import_settings(RATE_LIMIT_PER_IP="5/second", RATE_LIMIT_PER_KEY="100/min").returncode == 0
 
@@ -58,6 +66,7 @@ PRODUCTION = {
     "LICENSE_KEY_SECRET": "another-long-random-secret-Hq4Wz8",
     "DJANGO_ALLOWED_HOSTS": "licenses.example.com",
     "EMAIL_URL": "smtp+tls://user:password@smtp.example.com:587",
+    "PUBLIC_URL": "https://licenses.example.com",
 }
 
 
@@ -86,6 +95,8 @@ def test_deploy_check_is_clean_with_production_settings():
         ({"EMAIL_URL": "consolemail://"}, "licensing.W002"),
         # Sign-in links are built from the Host header: any host would let anyone choose where they lead.
         ({"DJANGO_ALLOWED_HOSTS": "licenses.example.com,*"}, "licensing.W003"),
+        # Without it the links are built from the Host header, whose port the host check ignores.
+        ({"PUBLIC_URL": ""}, "licensing.W004"),
     ],
 )
 def test_deploy_check_refuses_a_short_license_key_secret_unsent_mail_and_any_host(env, warning):
