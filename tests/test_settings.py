@@ -67,6 +67,9 @@ PRODUCTION = {
     "DJANGO_ALLOWED_HOSTS": "licenses.example.com",
     "EMAIL_URL": "smtp+tls://user:password@smtp.example.com:587",
     "PUBLIC_URL": "https://licenses.example.com",
+    # A database of its own, empty: the developer's (after `make run`) holds keys, and a short
+    # LICENSE_KEY_SECRET under stored keys is only noted.
+    "DATABASE_URL": "sqlite://:memory:",
 }
 
 
