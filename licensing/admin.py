@@ -591,11 +591,13 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
 
     def get_search_results(self, request, queryset, search_term):
         # Customers quote more of a key than the list shows ("MX4UT-BVUBQ", "…-BVUBQ"); only its
-        # last characters are stored in clear, so those are what is looked for.
+        # last characters are stored in clear, so those are what is looked for: the last six, or
+        # fewer for a short imported key (keys.license_key_suffix), so each length is tried.
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip().lstrip("…")
-        if len(term) > keys.SUFFIX_LENGTH and " " not in term:
-            results |= queryset.filter(key_suffix=term[-keys.SUFFIX_LENGTH :])
+        if term and " " not in term:
+            endings = {term[-length:] for length in range(1, min(len(term), keys.SUFFIX_LENGTH) + 1)}
+            results |= queryset.filter(key_suffix__in=endings)
         return results, may_have_duplicates
 
     @admin.display(description=_("license key"))

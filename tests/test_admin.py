@@ -262,6 +262,18 @@ def test_search_licenses_by_as_much_of_the_key_as_a_customer_quotes(staff_client
     assert list(response.context["cl"].result_list) == [issued.license]
 
 
+@pytest.mark.parametrize("quoted", ["UNLIMITED", "DEMO-UNLIMITED", "IMITED"])
+def test_search_finds_a_short_imported_key_by_as_much_of_it_as_is_quoted(staff_client, plan, quoted):
+    """A 14-character key keeps only its last 4 characters in clear ("…ITED"), so comparing the
+    last 6 of the search found nothing."""
+    short = make_license(plan=plan, key="DEMO-UNLIMITED").license
+    make_license(plan=plan)
+
+    response = staff_client.get(changelist("license"), {"q": quoted})
+
+    assert list(response.context["cl"].result_list) == [short]
+
+
 def test_the_list_marks_an_active_license_past_its_expiry(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
 
