@@ -13,7 +13,9 @@ run: $(VENV)/.installed .env
 	$(BIN)/python manage.py load_demo
 	@echo
 	@echo "Serving on http://127.0.0.1:$(PORT) - sign in to the admin at http://127.0.0.1:$(PORT)/admin/"
-	@echo "as user 'admin', password 'admin'. API docs: http://127.0.0.1:$(PORT)/api/docs/. Press Ctrl-C to stop."
+	@echo "as user 'admin', password 'admin'. API docs: http://127.0.0.1:$(PORT)/api/docs/."
+	@echo "Customer portal: http://127.0.0.1:$(PORT)/portal/ (try ada@example.com: the sign-in e-mail prints here)."
+	@echo "Press Ctrl-C to stop."
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 # Production: gunicorn, settings from real environment variables (see README), refusing to start
