@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import hashlib
 import json
 import uuid
 from datetime import timedelta
@@ -393,6 +394,31 @@ def test_a_deactivate_answer_sent_back_for_a_validate_fails_the_call_check(api_c
             expected_call="validate",
             fingerprint="this-device",
         )
+
+
+def test_an_answer_with_another_valid_key_fails_the_key_check(api_client, issued, plan):
+    """A proxy keeps the app's nonce and fingerprint but sends another key it holds (a cheaper plan,
+    another product): the signed answer is a VALID one about that other license."""
+    other = make_license(plan=plan)
+    sent = {"fingerprint": "this-device", "nonce": "n-1"}
+    call(api_client, "activate", {"key": other.key, "fingerprint": "this-device"})
+
+    response = call(api_client, "validate", {"key": other.key, **sent})
+    keys = published_keys(api_client)
+    checks = {"expected_nonce": "n-1", "expected_call": "validate", "fingerprint": "this-device"}
+
+    assert response.json()["valid"] is True
+    assert response.json()["meta"]["key_sha256"] == hashlib.sha256(other.key.encode()).hexdigest()
+    with pytest.raises(VerificationError, match="another license key"):
+        verify_response(response.content, response["X-License-Signature"], keys, license_key=issued.key, **checks)
+    verify_response(response.content, response["X-License-Signature"], keys, license_key=other.key, **checks)
+
+
+def test_an_answer_to_a_body_without_a_key_names_none(api_client):
+    response = call(api_client, "validate", {"fingerprint": "d"})
+
+    assert response.status_code == 400
+    assert response.json()["meta"]["key_sha256"] is None
 
 
 def test_one_changed_byte_breaks_the_signature(api_client, issued):

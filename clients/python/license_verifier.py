@@ -6,6 +6,7 @@ Copy this single file into an app; it needs only the standard library and `crypt
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import re
@@ -81,15 +82,17 @@ def verify_response(
     *,
     expected_nonce: str | None = None,
     expected_call: str | None = None,
+    license_key: str | None = None,
     fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Check the X-License-Signature of a response body and return the parsed body.
 
     Pass the `nonce` you sent, the call you made (`expected_call`: "activate", "validate",
-    "deactivate" or "checkout") and this device's `fingerprint`: the signature proves only that the
-    server wrote the answer, and a proxy could send your nonce with another call (a deactivate names
-    the device, with no `valid` to read) or with another device's fingerprint (or none) and hand you
-    that answer. An answer that lets the app run must name this device.
+    "deactivate" or "checkout"), the `license_key` you sent and this device's `fingerprint`: the
+    signature proves only that the server wrote the answer, and a proxy could send your nonce with
+    another call (a deactivate names the device, with no `valid` to read), with another license key
+    it holds, or with another device's fingerprint (or none), and hand you that answer. An answer that
+    lets the app run must name this device.
     """
     if not isinstance(body, bytes):
         raise TypeError("body must be the raw response bytes, not decoded text.")
@@ -111,6 +114,11 @@ def verify_response(
         if meta.get("call") is None:
             raise VerificationError(f"Response names no call; expected an answer to {expected_call!r}.")
         raise VerificationError(f"Response answers another call ({meta['call']!r}), not {expected_call!r}.")
+    if license_key is not None:
+        answered = meta.get("key_sha256")
+        sent = hashlib.sha256(license_key.encode()).hexdigest()
+        if not isinstance(answered, str) or not hmac.compare_digest(answered.encode(), sent.encode()):
+            raise VerificationError("Response is about another license key, or names none.")
     if fingerprint is not None and _lets_the_app_run(document):
         _check_device(document.get("activation"), fingerprint, "Response is about another device, or none.")
     return document

@@ -137,7 +137,8 @@ def key_field(**kwargs: Any) -> StrictCharField:
     return StrictCharField(max_length=keys.MAX_KEY_LENGTH, trim_whitespace=False, **kwargs)
 
 
-NONCE_HELP = "Any string up to 200 characters; echoed in meta.nonce, inside the signature."
+MAX_NONCE_LENGTH = 200
+NONCE_HELP = f"Any string up to {MAX_NONCE_LENGTH} characters; echoed in meta.nonce, inside the signature."
 
 
 # ---------------------------------------------------------------- app-facing license calls
@@ -149,21 +150,21 @@ class ActivateLicenseInputSerializer(StrictInputSerializer):
     name = StrictCharField(max_length=services.MAX_NAME_LENGTH, required=False, allow_blank=True, default="")
     platform = StrictCharField(max_length=services.MAX_PLATFORM_LENGTH, required=False, allow_blank=True, default="")
     metadata = MetadataField(required=False, default=dict)
-    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+    nonce = StrictCharField(max_length=MAX_NONCE_LENGTH, required=False, help_text=NONCE_HELP)
 
 
 class ValidateLicenseInputSerializer(StrictInputSerializer):
     key = key_field()
     fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH, required=False)
     activation_id = StrictUUIDField(required=False)
-    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+    nonce = StrictCharField(max_length=MAX_NONCE_LENGTH, required=False, help_text=NONCE_HELP)
 
 
 class DeactivateLicenseInputSerializer(StrictInputSerializer):
     key = key_field()
     activation_id = StrictUUIDField(required=False)
     fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH, required=False)
-    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+    nonce = StrictCharField(max_length=MAX_NONCE_LENGTH, required=False, help_text=NONCE_HELP)
 
     def validate(self, data):
         if "activation_id" not in data and "fingerprint" not in data:
@@ -180,7 +181,7 @@ class CheckoutLicenseInputSerializer(StrictInputSerializer):
         max_value=int(settings.OFFLINE_LICENSE_MAX_TTL.total_seconds()),
         help_text="Seconds the file stays valid (default 30 days).",
     )
-    nonce = StrictCharField(max_length=200, required=False, help_text=NONCE_HELP)
+    nonce = StrictCharField(max_length=MAX_NONCE_LENGTH, required=False, help_text=NONCE_HELP)
 
 
 # The shapes of the app-facing answers are plain Serializers with declared fields: they render on
@@ -244,6 +245,11 @@ class MetaSerializer(serializers.Serializer):
     call = serializers.ChoiceField(
         choices=LICENSE_CALLS,
         help_text="The call this answers: a signed answer to one call cannot pass for another's.",
+    )
+    key_sha256 = serializers.CharField(
+        allow_null=True,
+        help_text="SHA-256 (hex) of the license key the request sent, so an answer about another key "
+        "cannot pass for one about the app's.",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from datetime import timedelta
@@ -63,9 +64,10 @@ LICENSE_CALL_ERRORS = {
 class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     """An app-facing call: the license key is the credential, and every answer is signed.
 
-    The body gets `meta` (server time, the request's nonce, the call it answers) and an Ed25519
-    signature over its exact bytes in X-License-Signature, so an app can trust a stored answer and
-    detect a replayed one, or one the server gave to another call that carried its nonce.
+    The body gets `meta` (server time, the request's nonce, the call it answers, the SHA-256 of the
+    license key it named) and an Ed25519 signature over its exact bytes in X-License-Signature, so an
+    app can trust a stored answer and detect a replayed one, one the server gave to another call that
+    carried its nonce, or one about another license key.
     """
 
     call_name: str
@@ -78,10 +80,14 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if isinstance(response.data, dict):
+            nonce = self._sent_text(request, "nonce")
+            license_key = self._sent_text(request, self.license_key_field)
             response.data["meta"] = {
                 "server_time": timezone.now(),
-                "nonce": self._nonce(request),
+                "nonce": nonce if nonce is not None and len(nonce) <= api.MAX_NONCE_LENGTH else None,
                 "call": self.call_name,
+                # The key itself never goes back; its hash lets the app check the answer is about it.
+                "key_sha256": hashlib.sha256(license_key.encode()).hexdigest() if license_key else None,
             }
             # For the request log: which license the call was about (its id, never its key).
             license = response.data.get("license")
@@ -97,13 +103,13 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
         return response
 
     @staticmethod
-    def _nonce(request: Request) -> str | None:
+    def _sent_text(request: Request, name: str) -> str | None:
+        """A text the body sent as `name`, or None: none sent, not text, or no body that parsed."""
         try:
-            nonce = request.data.get("nonce") if isinstance(request.data, dict) else None
+            value = request.data.get(name) if isinstance(request.data, dict) else None
         except Exception:  # noqa: BLE001 - the body did not parse; that error is already the answer
             return None
-        valid = isinstance(nonce, str) and len(nonce) <= 200 and services.is_encodable(nonce)
-        return nonce if valid else None
+        return value if isinstance(value, str) and services.is_encodable(value) else None
 
     def handle_exception(self, exc):
         # Even a failure must be a signed JSON answer: an app treats an unsigned one as forged.

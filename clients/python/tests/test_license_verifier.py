@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -195,6 +196,20 @@ def test_an_answer_to_another_call_or_to_none_named_fails(signing_key, public_ke
 
     with pytest.raises(VerificationError, match=message):
         verify_response(body, header, public_keys, expected_call="validate")
+
+
+def test_an_answer_about_the_key_sent_passes_and_one_about_another_or_none_fails(signing_key, public_keys):
+    mine = {"key_sha256": hashlib.sha256(b"MY-KEY").hexdigest()}
+    theirs = {"key_sha256": hashlib.sha256(b"OTHER-KEY").hexdigest()}
+    answers = {
+        name: signed(signing_key, {"valid": True, "meta": meta})
+        for name, meta in [("mine", mine), ("theirs", theirs), ("none", {"key_sha256": None})]
+    }
+
+    assert verify_response(*answers["mine"], public_keys, license_key="MY-KEY")["valid"]
+    for name in ("theirs", "none"):
+        with pytest.raises(VerificationError, match="another license key, or names none"):
+            verify_response(*answers[name], public_keys, license_key="MY-KEY")
 
 
 def signed(key: Ed25519PrivateKey, document: dict[str, Any]) -> tuple[bytes, str]:
