@@ -1513,11 +1513,13 @@ def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Custome
 
 
 def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
+    """A customer's licenses, those they can use now first (what they came for), newest first."""
+    usable = Q(status=License.Status.ACTIVE) & (Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
     return (
         License.objects.filter(customer=customer)
         .select_related("product", "plan")
         .with_live_total()
-        .order_by("-created_at")
+        .order_by(models.Case(models.When(usable, then=0), default=1), "-created_at", "id")
     )
 
 

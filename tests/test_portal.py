@@ -242,6 +242,18 @@ def test_licenses_page_shows_product_status_key_and_slots(signed_in, issued, cus
     assert "Suspended" in page
 
 
+def test_licenses_the_customer_can_use_come_first_newest_first(signed_in, issued, customer, plan, actor):
+    revoked = make_license(plan=plan, customer=customer)
+    services.revoke_license(license=revoked.license, actor=actor)
+    expired = make_license(plan=plan, customer=customer, expires_at=timezone.now() - timedelta(days=1))
+    newest = make_license(plan=plan, customer=customer)
+
+    page = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    order = [page.index(each.license.masked_key) for each in (newest, issued, expired, revoked)]
+    assert order == sorted(order)
+
+
 def test_pages_showing_keys_are_never_kept_by_a_browser_or_proxy(signed_in, issued):
     for url in (reverse("portal:licenses"), reverse("portal:license", args=[issued.license.pk])):
         response = signed_in.get(url)
