@@ -259,9 +259,9 @@ class ExpiryListFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         now = timezone.now()
         if self.value() == "expired":
-            return queryset.filter(expires_at__lte=now)
+            return queryset.exclude(License.unexpired_at(now))
         if self.value() == "current":
-            return queryset.filter(Q(expires_at__gt=now) | Q(expires_at__isnull=True))
+            return queryset.filter(License.unexpired_at(now))
         if self.value() == "never":
             return queryset.filter(expires_at__isnull=True)
         return queryset

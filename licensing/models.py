@@ -290,6 +290,11 @@ class License(models.Model):
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
+    @staticmethod
+    def unexpired_at(now: datetime) -> Q:
+        """The licenses not expired at `now` (`is_expired` as a query): no expiry, or a later one."""
+        return Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+
     @property
     def is_unlimited(self) -> bool:
         return self.max_activations is None

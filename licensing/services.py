@@ -1514,7 +1514,7 @@ def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Custome
 
 def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
     """A customer's licenses, those they can use now first (what they came for), newest first."""
-    usable = Q(status=License.Status.ACTIVE) & (Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+    usable = Q(status=License.Status.ACTIVE) & License.unexpired_at(timezone.now())
     return (
         License.objects.filter(customer=customer)
         .select_related("product", "plan")

@@ -414,6 +414,7 @@ def test_find_by_key_needs_license_permission(client, issued):
 def test_filter_expired_licenses(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
     make_license(plan=plan, expires_at=timezone.now() + timedelta(days=1))
+    make_license(plan=plan, expires_at=None)
 
     response = staff_client.get(changelist("license"), {"expiry": "expired"})
 

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
-from django.db.models import Q
 from django.http import Http404
 from django.urls.converters import IntConverter, UUIDConverter
 from django.utils import timezone
@@ -486,8 +485,8 @@ class LicenseListView(ManagementView, generics.ListAPIView):
         if "status" in filters.validated_data:
             licenses = licenses.filter(status=filters.validated_data["status"])
         if filters.validated_data["expired"] is not None:
-            expired = Q(expires_at__lte=timezone.now())
-            licenses = licenses.filter(expired if filters.validated_data["expired"] else ~expired | Q(expires_at=None))
+            unexpired = License.unexpired_at(timezone.now())
+            licenses = licenses.exclude(unexpired) if filters.validated_data["expired"] else licenses.filter(unexpired)
         return licenses
 
     @extend_schema(
