@@ -46,6 +46,11 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhos
 PUBLIC_URL = env.str("PUBLIC_URL", default="").rstrip("/")
 if PUBLIC_URL and not re.fullmatch(r"https?://[^/?#@\s]+", PUBLIC_URL):
     raise ImproperlyConfigured("PUBLIC_URL must look like https://licenses.example.com, with no path.")
+# Where the portal sends customers for help (a suspended or expired license, a device change refused):
+# a mailto: address or a web page. Empty: the portal shows no contact.
+SUPPORT_URL = env.str("SUPPORT_URL", default="")
+if SUPPORT_URL and not re.fullmatch(r"(https?://|mailto:)\S+", SUPPORT_URL):
+    raise ImproperlyConfigured("SUPPORT_URL must be a mailto: address or an http(s) address.")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -54,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -87,6 +93,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.context_processors.support",
             ],
         },
     },
@@ -119,8 +126,8 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             },
             # Server-side prepared statements after a query's 5th run: planning the license look-up
             # costs more than running it. Django turns them off for PgBouncer in transaction mode;
-            # set DATABASE_PREPARE_THRESHOLD= (empty) behind such a pooler.
-            "prepare_threshold": env.int("DATABASE_PREPARE_THRESHOLD", default=5) or None,
+            # set DATABASE_PREPARE_THRESHOLD= (empty) or 0 behind such a pooler.
+            "prepare_threshold": int(env.str("DATABASE_PREPARE_THRESHOLD", default="5") or 0) or None,
             "server_side_binding": True,
         }
     )

@@ -11,21 +11,25 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.widgets import AutocompleteSelect
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import Group, User
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import path, reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, ngettext_lazy
 
 from licensing import errors, keys, services, signing
 from licensing.addresses import client_ip
@@ -119,6 +123,22 @@ class NoSecretLookupsMixin:
         return super().lookup_allowed(lookup, value, request)
 
 
+def admin_page(
+    model_admin: admin.ModelAdmin, request: HttpRequest, template: str, title: str, **context: Any
+) -> TemplateResponse:
+    """A page of one of these admins beside Django's own (admin/licensing/page.html): a confirmation
+    of a list action that cannot be undone (posted again with confirmed=yes, confirm_action.html),
+    a device to free, the find-by-key form."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": title,
+        "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        **context,
+    }
+    return TemplateResponse(request, template, context)
+
+
 def report_outcome(
     model_admin: admin.ModelAdmin,
     request: HttpRequest,
@@ -147,11 +167,43 @@ def report_freed_devices(model_admin: admin.ModelAdmin, request: HttpRequest, fr
     model_admin.message_user(request, message, messages.SUCCESS)
 
 
+class OpenedVersionForm(forms.ModelForm):
+    """A change page that refuses to save over a change made after it was opened.
+
+    Django builds the form from the row as stored when the page is sent back, so every value the page
+    still showed from before (another agent's change, the billing system's) would count as changed
+    and be put back. The page carries the record's last change time from when it was opened instead.
+    """
+
+    opened_version = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.fields["opened_version"].initial = self.instance.updated_at.isoformat()
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk is not None and cleaned.get("opened_version") != self.fields["opened_version"].initial:
+            raise ValidationError(
+                _(
+                    "This %(record)s was changed by someone else after you opened this page, and saving would "
+                    "undo that change. Open it again to see it, then make your change."
+                )
+                % {"record": self.instance._meta.verbose_name}
+            )
+        return cleaned
+
+
 class CatalogAdmin(HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
     """Products, plans and customers, saved and deleted through the services so each change is audited."""
 
+    form = OpenedVersionForm
+
     def save_model(self, request, obj, form, change):
-        services.save_catalog_record(record=obj, actor=staff_actor(request))
+        services.save_catalog_record(
+            record=obj, actor=staff_actor(request), fields=form.changed_data if change else None
+        )
 
     def delete_model(self, request, obj):
         services.delete_catalog_record(record=obj, actor=staff_actor(request))
@@ -277,6 +329,10 @@ class PlanListFilter(admin.RelatedFieldListFilter):
 MONTHS_PER_UNIT = {"months": 1, "years": 12}
 
 
+# Sent by the license page's actions: once done, back to that page rather than to the list.
+FROM_LICENSE_PAGE = "from_license_page"
+
+
 class LicenseActionForm(ActionForm):
     days = forms.CharField(
         # Plain text: an invalid action form would read "No action selected"; extend explains instead.
@@ -300,10 +356,23 @@ class LicenseAddForm(forms.ModelForm):
         strip=False,
         help_text=_("Leave empty to generate one. Fill it in to import a key your customers already have."),
     )
+    # An empty limit or expiry means the plan's, so "none" needs a box of its own (a lifetime deal).
+    unlimited_devices = forms.BooleanField(label=_("Unlimited devices"), required=False)
+    never_expires = forms.BooleanField(label=_("Never expires"), required=False)
 
     class Meta:
         model = License
-        fields = ["product", "plan", "customer", "key", "max_activations", "expires_at", "metadata"]
+        fields = [
+            "product",
+            "plan",
+            "customer",
+            "key",
+            "max_activations",
+            "unlimited_devices",
+            "expires_at",
+            "never_expires",
+            "metadata",
+        ]
         help_texts = {
             "max_activations": _("Leave empty to use the plan's limit (unlimited without a plan)."),
             "expires_at": _("Leave empty to use the plan's duration (never expires without a plan)."),
@@ -311,6 +380,9 @@ class LicenseAddForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        for box, field in [("unlimited_devices", "max_activations"), ("never_expires", "expires_at")]:
+            if cleaned.get(box) and cleaned.get(field) is not None:
+                self.add_error(box, _("Leave %(field)s empty, or untick this.") % {"field": self[field].label})
         if self.errors or "product" not in cleaned:
             return cleaned
         try:
@@ -326,30 +398,32 @@ class LicenseAddForm(forms.ModelForm):
         return cleaned
 
 
-class LicenseChangeForm(forms.ModelForm):
-    # When the page was opened, the license's last change: a form saved over a newer change (another
-    # agent's, or the billing system's) would put back every value it showed, undoing that change.
-    opened_version = forms.CharField(widget=forms.HiddenInput, required=False)
-
+class LicenseChangeForm(OpenedVersionForm):
     class Meta:
         model = License
-        fields = ["customer", "max_activations", "expires_at", "limit_usage", "metadata"]
+        fields = ["customer", "plan", "max_activations", "expires_at", "limit_usage", "metadata"]
+        help_texts = {
+            "plan": _(
+                "Another plan of the same product (an upgrade): the license takes its device limit, unless you "
+                "change the limit here too. The expiry stays."
+            )
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk is not None:
-            self.fields["opened_version"].initial = self.instance.updated_at.isoformat()
-
-    def clean(self):
-        cleaned = super().clean()
-        if cleaned.get("opened_version") != self.fields["opened_version"].initial:
-            raise ValidationError(
-                _(
-                    "This license was changed by someone else after you opened this page, and saving would undo "
-                    "that change. Open it again to see it, then make your change."
-                )
-            )
-        return cleaned
+        # Not there for staff who may only view the license.
+        if self.instance.pk is not None and "plan" in self.fields:
+            plan = self.fields["plan"]
+            # A product has a handful of plans: a plain list of its own, not a search across every product's.
+            plan.widget = forms.Select()
+            plan.queryset = Plan.objects.filter(product=self.instance.product_id)
+            # A license on a plan moves to another plan, never to none.
+            plan.required = self.instance.plan_id is not None
+            # Django fills in %(value)s afterwards: a "%" in the product's name must reach it escaped.
+            product = str(self.instance.product).replace("%", "%%")
+            plan.error_messages["invalid_choice"] = _("Choose a plan of this license's product, %(product)s.") % {
+                "product": product
+            }
 
     def clean_metadata(self):
         metadata = self.cleaned_data["metadata"]
@@ -424,7 +498,6 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
     readonly_fields = [
         "license_key",
         "product",
-        "plan",
         "status",
         "devices_used",
         "usage",
@@ -474,6 +547,27 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
     def get_inlines(self, request, obj):
         return [] if obj is None else self.inlines
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The list's actions, for this one license: support acts on the license it has open.
+        choices = self.get_action_choices(request)
+        if len(choices) > 1:
+            actions = self.action_form(auto_id=None)
+            actions.fields["action"].choices = choices
+            extra_context = {**(extra_context or {}), "license_actions": actions}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def response_action(self, request, queryset):
+        response = super().response_action(request, queryset)
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
+        if (
+            request.POST.get(FROM_LICENSE_PAGE)
+            and isinstance(response, HttpResponseRedirect)
+            and len(selected) == 1
+            and _is_valid(self.model._meta.pk, selected[0])
+        ):
+            return HttpResponseRedirect(reverse("admin:licensing_license_change", args=[selected[0]]))
+        return response
+
     def has_delete_permission(self, request, obj=None):
         return False
 
@@ -504,14 +598,14 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
             else:
                 report_freed_devices(self, request, 0 if result.already_inactive else 1)
             return HttpResponseRedirect(license_page)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": _("Deactivate a device?"),
-            "activation": activation,
-            "license_page": license_page,
-        }
-        return TemplateResponse(request, "admin/licensing/license/deactivate_device.html", context)
+        return admin_page(
+            self,
+            request,
+            "admin/licensing/license/deactivate_device.html",
+            _("Deactivate a device?"),
+            activation=activation,
+            license_page=license_page,
+        )
 
     def find_by_key_view(self, request):
         """Open a license from its full key, sent by POST so the key stays out of URLs and access logs."""
@@ -533,25 +627,25 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
                     )
                     self.message_user(request, message, messages.WARNING)
                 return HttpResponseRedirect(reverse("admin:licensing_license_change", args=[license.pk]))
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": _("Find a license by its key"),
-            "form": form,
-        }
-        return TemplateResponse(request, "admin/licensing/license/find_by_key.html", context)
+        return admin_page(
+            self, request, "admin/licensing/license/find_by_key.html", _("Find a license by its key"), form=form
+        )
 
     def save_form(self, request, form, change):
         if change:
             return form.save(commit=False)
         data = form.cleaned_data
+        if data.get("unlimited_devices"):
+            max_activations = None
+        else:
+            max_activations = services.UNSET if data.get("max_activations") is None else data["max_activations"]
         issued = services.create_license(
             product=data["product"],
             plan=data.get("plan"),
             customer=data.get("customer"),
             key=data.get("key") or None,
-            max_activations=services.UNSET if data.get("max_activations") is None else data["max_activations"],
-            expires_at=data.get("expires_at") or services.UNSET,
+            max_activations=max_activations,
+            expires_at=None if data.get("never_expires") else data.get("expires_at") or services.UNSET,
             metadata=data.get("metadata") or {},
             actor=staff_actor(request),
         )
@@ -562,8 +656,8 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
         if not change:
             return
         changes = {field: form.cleaned_data[field] for field in form.changed_data}
-        services.update_license(license=obj, actor=staff_actor(request), **changes)
-        if "max_activations" not in changes or obj.max_activations is None:
+        obj = services.update_license(license=obj, actor=staff_actor(request), **changes)
+        if not changes.keys() & {"plan", "max_activations"} or obj.max_activations is None:
             return
         live = obj.live_activation_count()
         if live > obj.max_activations:
@@ -650,8 +744,10 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
             request,
             queryset,
             lambda lic: services.suspend_license(license=lic, actor=actor),
-            _("%(count)d license(s) suspended."),
-            _("%(count)d license(s) were already suspended."),
+            ngettext_lazy("%(count)d license suspended.", "%(count)d licenses suspended.", "count"),
+            ngettext_lazy(
+                "%(count)d license was already suspended.", "%(count)d licenses were already suspended.", "count"
+            ),
         )
 
     @admin.action(description=_("Reinstate selected licenses"), permissions=["change"])
@@ -661,29 +757,30 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
             request,
             queryset,
             lambda lic: services.reinstate_license(license=lic, actor=actor),
-            _("%(count)d license(s) reinstated."),
-            _("%(count)d license(s) were already active."),
+            ngettext_lazy("%(count)d license reinstated.", "%(count)d licenses reinstated.", "count"),
+            ngettext_lazy("%(count)d license was already active.", "%(count)d licenses were already active.", "count"),
         )
 
     @admin.action(description=_("Revoke selected licenses"), permissions=["change"])
     def revoke(self, request, queryset):
         # For good and next to suspend in the same menu: asked again, like Django's own delete.
         if request.POST.get("confirmed") != "yes":
-            context = {
-                **self.admin_site.each_context(request),
-                "opts": self.opts,
-                "title": _("Revoke licenses for good?"),
-                "licenses": queryset.select_related("product", "customer"),
-                "action_checkbox_name": ACTION_CHECKBOX_NAME,
-            }
-            return TemplateResponse(request, "admin/licensing/license/revoke_confirmation.html", context)
+            return admin_page(
+                self,
+                request,
+                "admin/licensing/license/revoke_confirmation.html",
+                _("Revoke licenses for good?"),
+                licenses=queryset.select_related("product", "customer"),
+            )
         actor = staff_actor(request)
         self._apply(
             request,
             queryset,
             lambda lic: services.revoke_license(license=lic, actor=actor),
-            _("%(count)d license(s) revoked."),
-            _("%(count)d license(s) were already revoked."),
+            ngettext_lazy("%(count)d license revoked.", "%(count)d licenses revoked.", "count"),
+            ngettext_lazy(
+                "%(count)d license was already revoked.", "%(count)d licenses were already revoked.", "count"
+            ),
         )
 
     @admin.action(description=_("Extend selected licenses by the days, months or years given"), permissions=["change"])
@@ -705,7 +802,7 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
             request,
             queryset,
             lambda lic: services.extend_license(license=lic, actor=actor, **period),
-            _("%(count)d license(s) extended."),
+            ngettext_lazy("%(count)d license extended.", "%(count)d licenses extended.", "count"),
         )
 
     @admin.action(description=_("Deactivate all devices of selected licenses"), permissions=["change"])
@@ -771,7 +868,16 @@ class ActivationAdmin(HandMadeInputMixin, admin.ModelAdmin):
             not services.deactivate_activation(activation=activation, actor=actor).already_inactive
             for activation in queryset
         )
-        report_freed_devices(self, request, freed)
+        report_outcome(
+            self,
+            request,
+            done=freed,
+            done_message=ngettext_lazy("%(count)d device deactivated.", "%(count)d devices deactivated.", "count"),
+            unchanged=len(queryset) - freed,
+            unchanged_message=ngettext_lazy(
+                "%(count)d device was already inactive.", "%(count)d devices were already inactive.", "count"
+            ),
+        )
 
 
 class OneLicenseFilter(admin.SimpleListFilter):
@@ -895,6 +1001,13 @@ class SigningKeyAddForm(forms.ModelForm):
         return signs_from
 
 
+RETIRING_THE_SIGNER = _(
+    "Within %(seconds)d seconds answers are signed by the key left whose signing time came last, or by a new one "
+    "made for the next answer if no key left signs yet. Apps that hold only the retired public key cannot verify "
+    "answers until they get the new one."
+)
+
+
 @admin.register(SigningKey)
 class SigningKeyAdmin(MadeByServiceAdmin):
     """Key pairs that sign answers. The private half is never shown; adding one rotates the signer."""
@@ -929,6 +1042,17 @@ class SigningKeyAdmin(MadeByServiceAdmin):
     @admin.action(description=_("Retire selected keys (stop signing and publishing them)"), permissions=["change"])
     def retire(self, request, queryset):
         signing_now = services.signing_key_now()
+        # For good, and the key that signs may be among them: asked again, like revoking a license.
+        if request.POST.get("confirmed") != "yes":
+            return admin_page(
+                self,
+                request,
+                "admin/licensing/signingkey/retire_confirmation.html",
+                _("Retire signing keys for good?"),
+                signing_keys=queryset,
+                retires_the_signer=signing_now in queryset,
+                retiring_the_signer=RETIRING_THE_SIGNER % {"seconds": services.SIGNING_KEY_CACHE_SECONDS},
+            )
         retired = []
         for signing_key in queryset:
             after = services.retire_signing_key(signing_key=signing_key, actor=staff_actor(request))
@@ -938,16 +1062,14 @@ class SigningKeyAdmin(MadeByServiceAdmin):
             self,
             request,
             done=len(retired),
-            done_message=_("%(count)d key(s) retired."),
+            done_message=ngettext_lazy("%(count)d key retired.", "%(count)d keys retired.", "count"),
             unchanged=len(queryset) - len(retired),
-            unchanged_message=_("%(count)d key(s) were already retired."),
+            unchanged_message=ngettext_lazy(
+                "%(count)d key was already retired.", "%(count)d keys were already retired.", "count"
+            ),
         )
         if signing_now in retired:
-            message = _(
-                "The key that signed answers is retired: within %(seconds)d seconds answers are signed by the key "
-                "left whose signing time came last, or by a new one made for the next answer if no key left signs "
-                "yet. Apps that hold only the retired public key cannot verify answers until they get the new one."
-            )
+            message = _("The key that signed answers is retired.") + " " + RETIRING_THE_SIGNER
             self.message_user(request, message % {"seconds": services.SIGNING_KEY_CACHE_SECONDS}, messages.WARNING)
 
 
@@ -1005,9 +1127,18 @@ class ApiKeyAdmin(MadeByServiceAdmin):
             key=form.cleaned_data["key"] or None,
             actor=staff_actor(request),
         )
-        if form.cleaned_data["key"]:
+        if form.cleaned_data["key"] and issued.api_key.apps_only:
             # Staff already hold an imported key: showing it again would only spread it further.
             messages.success(request, _("API key imported: the apps that ship with it are let in from now on."))
+        elif form.cleaned_data["key"]:
+            messages.warning(
+                request,
+                _(
+                    "API key imported with full access, not for apps only: anyone who pulls it out of an app "
+                    "that ships it can issue, change and revoke licenses. If apps ship it, restrict it to apps "
+                    "(action “Restrict to apps”)."
+                ),
+            )
         else:
             messages.success(
                 request,
@@ -1026,9 +1157,17 @@ class ApiKeyAdmin(MadeByServiceAdmin):
             self,
             request,
             done=restricted,
-            done_message=_("%(count)d API key(s) restricted to apps' license calls."),
+            done_message=ngettext_lazy(
+                "%(count)d API key restricted to apps' license calls.",
+                "%(count)d API keys restricted to apps' license calls.",
+                "count",
+            ),
             unchanged=len(queryset) - restricted,
-            unchanged_message=_("%(count)d API key(s) were already for apps only."),
+            unchanged_message=ngettext_lazy(
+                "%(count)d API key was already for apps only.",
+                "%(count)d API keys were already for apps only.",
+                "count",
+            ),
         )
 
     @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
@@ -1041,9 +1180,11 @@ class ApiKeyAdmin(MadeByServiceAdmin):
             self,
             request,
             done=revoked,
-            done_message=_("%(count)d API key(s) revoked."),
+            done_message=ngettext_lazy("%(count)d API key revoked.", "%(count)d API keys revoked.", "count"),
             unchanged=len(queryset) - revoked,
-            unchanged_message=_("%(count)d API key(s) were already revoked."),
+            unchanged_message=ngettext_lazy(
+                "%(count)d API key was already revoked.", "%(count)d API keys were already revoked.", "count"
+            ),
         )
 
 
@@ -1058,9 +1199,18 @@ class RsaKeyAddForm(forms.ModelForm):
         ),
     )
 
+    replace = forms.BooleanField(
+        label=_("Replace the key that signs now"),
+        required=False,
+        help_text=_(
+            "Needed when a key signs these answers now: the product's own, or the global key, which signs for "
+            "products with none."
+        ),
+    )
+
     class Meta:
         model = RsaKey
-        fields = ["product", "private_key_pem"]
+        fields = ["product", "private_key_pem", "replace"]
 
     def clean_private_key_pem(self):
         pem = self.cleaned_data["private_key_pem"].strip()
@@ -1071,22 +1221,40 @@ class RsaKeyAddForm(forms.ModelForm):
                 raise ValidationError(str(error)) from None
         return pem
 
+    def clean(self):
+        cleaned = super().clean()
+        if "product" not in self.errors:
+            try:
+                services.check_rsa_key_replacement(product=cleaned.get("product"), replace=cleaned.get("replace"))
+            except errors.InvalidInput as error:
+                self.add_error("replace", str(error.message))
+        return cleaned
+
 
 @admin.register(RsaKey)
 class RsaKeyAdmin(MadeByServiceAdmin):
     """GetKeyManager signing keys. The private half is never shown; the newest key of a product signs."""
 
-    list_display = ["__str__", "product", "created_at"]
+    list_display = ["__str__", "product", "created_at", "signs_now"]
     list_select_related = ["product"]
     list_filter = [("product", admin.EmptyFieldListFilter)]
     fields = ["product", "public_key_pem", "created_at"]
     form = RsaKeyAddForm
 
+    @admin.display(description=_("signs now"), boolean=True)
+    def signs_now(self, rsa_key: RsaKey) -> bool:
+        return rsa_key.signs_now
+
+    def get_queryset(self, request):
+        return services.marking_signing_rsa_keys(super().get_queryset(request))
+
     def save_form(self, request, form, change):
-        product, pem = form.cleaned_data["product"], form.cleaned_data["private_key_pem"]
+        product, pem, replace = (form.cleaned_data[name] for name in ("product", "private_key_pem", "replace"))
         if pem:
-            return services.import_rsa_key(product=product, private_key_pem=pem, actor=staff_actor(request))
-        return services.create_rsa_key(product=product, actor=staff_actor(request))
+            return services.import_rsa_key(
+                product=product, private_key_pem=pem, replace=replace, actor=staff_actor(request)
+            )
+        return services.create_rsa_key(product=product, replace=replace, actor=staff_actor(request))
 
 
 # ---------------------------------------------------------------- staff sign-in
@@ -1124,9 +1292,96 @@ class StaffSignInForm(AdminAuthenticationForm):
 
 
 admin.site.login_form = StaffSignInForm
+admin.site.site_header = _("License server")
+admin.site.site_title = _("License server")
+# "View site" shows staff what customers see; the site's root is this admin.
+admin.site.site_url = reverse_lazy("portal:sign-in")
 
 
 @receiver(user_logged_in)
 def audit_staff_sign_in(sender, request, user, **kwargs):
     actor = services.Actor.staff(user, ip_address=client_ip(request))
     services.record_event(actor=actor, action="staff.signed_in", target=user)
+
+
+# ---------------------------------------------------------------- staff accounts
+
+# Form fields that carry a password: the trail says a password was set, never what it was.
+PASSWORD_FORM_FIELDS = {"password", "password1", "password2", "usable_password"}
+
+
+def _as_audited(value: Any) -> Any:
+    """A form value as the audit trail keeps it: related objects (groups, permissions) by name."""
+    if isinstance(value, QuerySet | list | tuple | set):
+        return sorted(str(each) for each in value)
+    return value
+
+
+def _password_state(user: AbstractBaseUser) -> str:
+    return "set" if user.has_usable_password() else "unusable"
+
+
+class AuditedAccountMixin:
+    """Who may sign in to this admin, and what they may do in it, are the most sensitive changes
+    staff make: each goes to the audit trail like any other change, with who made it."""
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        changes = {
+            name: [_as_audited(form.initial.get(name)) if change else None, _as_audited(form.cleaned_data.get(name))]
+            for name in form.changed_data
+            if name not in PASSWORD_FORM_FIELDS
+        }
+        if not change and isinstance(obj, AbstractBaseUser):
+            changes["password"] = [None, _password_state(obj)]
+        if change and not changes:
+            return
+        action = f"{obj._meta.model_name}.{'changed' if change else 'created'}"
+        services.record_event(actor=staff_actor(request), action=action, target=obj, changes=changes)
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            self._record_deletion(request, obj)
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for obj in queryset:
+                self._record_deletion(request, obj)
+            super().delete_queryset(request, queryset)
+
+    def _record_deletion(self, request, obj) -> None:
+        services.record_event(actor=staff_actor(request), action=f"{obj._meta.model_name}.deleted", target=obj)
+
+
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class StaffUserAdmin(AuditedAccountMixin, UserAdmin):
+    # Facts, not settings: editable, every save rewrote the date joined without its microseconds.
+    readonly_fields = ["last_login", "date_joined"]
+
+    def user_change_password(self, request, id, form_url=""):
+        # Django's view saves the new password itself, with no hook between: compared before and
+        # after, in one transaction with the trail's event.
+        with transaction.atomic():
+            user = self.get_object(request, unquote(id))
+            before = user and (user.password, _password_state(user))
+            response = super().user_change_password(request, id, form_url)
+            if user is not None:
+                user.refresh_from_db(fields=["password"])
+                if user.password != before[0]:
+                    services.record_event(
+                        actor=staff_actor(request),
+                        action="user.password_changed",
+                        target=user,
+                        changes={"password": [before[1], _password_state(user)]},
+                    )
+        return response
+
+
+@admin.register(Group)
+class StaffGroupAdmin(AuditedAccountMixin, GroupAdmin):
+    pass

@@ -124,3 +124,9 @@ class SignInLinkInvalid(LicensingError):
     code = "sign_in_link_invalid"
     status = 400
     message = _("This sign-in link is invalid, already used or expired. Ask for a new one.")
+
+
+class IdempotencyKeyReused(LicensingError):
+    code = "idempotency_key_reused"
+    status = 422
+    message = _("This Idempotency-Key was sent with another request: use a new key for each change.")

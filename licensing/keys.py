@@ -91,3 +91,13 @@ def generate_sign_in_token() -> str:
 def digest_sign_in_token(token: str) -> str:
     secret = _derived_key(settings.LICENSE_KEY_SECRET, b"sign-in-links")
     return hmac.new(secret, token.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def encrypt_stored_answer(answer: str) -> str:
+    """An answer kept for a retry (it may hold a license key in clear), encrypted like the keys."""
+    return _fernet(b"stored-answers").encrypt(answer.encode()).decode()
+
+
+def decrypt_stored_answer(token: str) -> str:
+    """The answer `encrypt_stored_answer` encrypted."""
+    return _fernet(b"stored-answers").decrypt(token.encode()).decode()

@@ -220,7 +220,27 @@ def locked_license(*, key_digest: str) -> License | None:
     with _reading_cursor(db) as cursor:
         cursor.execute(_select(locked=True), [key_digest])
         row = cursor.fetchone()
-    return None if row is None else _license_from(db, list(row))
+        license = None if row is None else _license_from(db, list(row))
+        if license is not None and joined_rows_outdated(license):
+            # The lock is ours now, so this read waits for nothing and joins what the row names.
+            cursor.execute(_select(locked=True), [key_digest])
+            license = _license_from(db, list(cursor.fetchone()))
+    return license
+
+
+def joined_rows_outdated(license: License) -> bool:
+    """Whether a license read with its row lock came with another product, plan or customer than it names.
+
+    After waiting for a row lock, PostgreSQL reads the locked row again but keeps the rows it joined
+    to the row's earlier version: a license whose owner or plan changed meanwhile comes with the old
+    ones, while its own columns name the new ones.
+    """
+    for name in ("product", "plan", "customer"):
+        field = License._meta.get_field(name)
+        joined = field.get_cached_value(license, default=None)
+        if getattr(license, field.attname) != (joined.pk if joined is not None else None):
+            return True
+    return False
 
 
 @functools.cache
@@ -310,25 +330,33 @@ def find_by(model: type[Model], attname: str, value: Any) -> Model | None:
 
 
 @functools.cache
-def _usage_statement() -> str:
+def _usage_statements() -> tuple[str, str]:
     def column(attname: str) -> str:
         return connection.ops.quote_name(License._meta.get_field(attname).column)
 
+    usage, limit, license_id = column("usage"), column("limit_usage"), column("id")
     # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it.
     return (
-        f"UPDATE {_table(License)} SET {column('usage')} = {column('usage')} + %s "
-        f"WHERE {column('id')} = %s "
-        f"AND ({column('limit_usage')} IS NULL OR {column('limit_usage')} >= {column('usage')} + %s)"
+        f"UPDATE {_table(License)} SET {usage} = {usage} + %s "
+        f"WHERE {license_id} = %s AND ({limit} IS NULL OR {limit} >= {usage} + %s)",
+        f"SELECT {usage} FROM {_table(License)} WHERE {license_id} = %s",
     )
 
 
-def count_usage(license: License, increment: int) -> bool:
-    """Count `increment` uses in one atomic UPDATE; False when they would pass the license's usage
-    limit (and then nothing is counted)."""
+def count_usage(license: License, increment: int) -> int | None:
+    """Count `increment` uses in one atomic UPDATE and return the license's usage after it; None when
+    they would pass the license's usage limit (and then nothing is counted)."""
     db = connections[DEFAULT_DB_ALIAS]
-    with db.cursor() as cursor:
-        cursor.execute(_usage_statement(), [increment, License._meta.pk.get_db_prep_value(license.pk, db), increment])
-        return cursor.rowcount == 1
+    license_id = License._meta.pk.get_db_prep_value(license.pk, db)
+    # Read back in the UPDATE's transaction, which holds the row until it ends: read after it, a
+    # parallel use counted in between would show in this call's answer.
+    count, read = _usage_statements()
+    with transaction.atomic(using=db.alias), db.cursor() as cursor:
+        cursor.execute(count, [increment, license_id, increment])
+        if cursor.rowcount != 1:
+            return None
+        cursor.execute(read, [license_id])
+        return cursor.fetchone()[0]
 
 
 @functools.cache

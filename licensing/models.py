@@ -336,7 +336,8 @@ class Activation(models.Model):
     # Polar's activation conditions: validations of this device must send the same ones.
     conditions = models.JSONField(default=dict, blank=True)
     ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # A default, not auto_now_add: a new device is first seen when it is created, to the microsecond.
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_seen_at = models.DateTimeField(default=timezone.now)
     deactivated_at = models.DateTimeField(null=True, blank=True)
     deactivated_by_kind = models.CharField(max_length=10, choices=ActorKind.choices, blank=True)
@@ -501,3 +502,24 @@ class SignInLink(models.Model):
 
     def __str__(self) -> str:
         return f"Sign-in link for {self.email}"
+
+
+class IdempotentRequest(models.Model):
+    """A management API change sent with an Idempotency-Key: while it runs, then the answer it got,
+    so that a retry with the same key is answered again rather than done twice (a second license)."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    # SHA-256 of the method, path and body: the same key with another request is refused.
+    request_digest = models.CharField(max_length=64)
+    # Empty only inside the transaction of the request that claimed the key: no one else sees that.
+    status_code = models.PositiveSmallIntegerField(null=True)
+    # The answer's JSON, encrypted (keys.encrypt_stored_answer): an issued license's answer holds its key.
+    answer_encrypted = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="one_request_per_idempotency_key")]
+
+    def __str__(self) -> str:
+        return f"Idempotency key {self.key!r}"

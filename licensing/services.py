@@ -6,21 +6,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import hashlib
 import hmac
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.translation import ngettext
 
 from licensing import addresses, errors, keys, lookups, signing, tallies
 from licensing.models import (
@@ -29,6 +32,7 @@ from licensing.models import (
     ApiKey,
     AuditEvent,
     Customer,
+    IdempotentRequest,
     License,
     Plan,
     Product,
@@ -118,6 +122,7 @@ class IssuedApiKey:
 class Checkout:
     license: License
     activation: Activation
+    key_sha256: str
     issued_at: datetime
     expires_at: datetime
 
@@ -216,9 +221,15 @@ def _diff(before: models.Model | None, after: models.Model) -> dict[str, list[An
 # ---------------------------------------------------------------- catalog: products, plans, customers
 
 
-def save_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> None:
-    """Validate, then create or update a product, plan or customer, recording the fields that changed."""
-    _check_model_rules(record)
+def save_catalog_record(
+    *, record: Product | Plan | Customer, actor: Actor, fields: Collection[str] | None = None
+) -> None:
+    """Validate, then create or update a product, plan or customer, recording the fields that changed.
+
+    On an update, `fields` names the fields the caller changed: the others keep what the row holds
+    once it is locked, not what the caller read earlier, so two edits of different fields made at
+    once both stay. None writes every field.
+    """
     model = type(record)
     try:
         with transaction.atomic():
@@ -227,6 +238,11 @@ def save_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> N
                 if record._state.adding
                 else model.objects.select_for_update(no_key=True).filter(pk=record.pk).first()
             )
+            if before is not None and fields is not None:
+                for field in model._meta.concrete_fields:
+                    if field.name not in fields:
+                        setattr(record, field.attname, getattr(before, field.attname))
+            _check_model_rules(record)
             if isinstance(before, Plan) and before.product_id != record.product_id and before.licenses.exists():
                 # Its licenses would belong to one product while their plan belongs to another.
                 raise errors.InvalidInput("A plan with licenses cannot move to another product.", field="product")
@@ -236,7 +252,9 @@ def save_catalog_record(*, record: Product | Plan | Customer, actor: Actor) -> N
                 verb = "created" if before is None else "changed"
                 record_event(actor=actor, action=f"{model._meta.model_name}.{verb}", target=record, changes=changes)
     except IntegrityError:
-        # Validation passed, so a concurrent save took the same unique value first.
+        # Validation passed, so a concurrent save took the same unique value first: checked again now
+        # that it is stored, the refusal names the field, as it would have a moment later.
+        _check_model_rules(record)
         raise errors.DuplicateRecord() from None
 
 
@@ -273,9 +291,12 @@ def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) ->
         with transaction.atomic():
             # Locked before Django looks for what refers to it: a license being stored for it holds
             # the row until it is (create_license), so this waits for it, and then finds it.
-            if not type(record).objects.select_for_update().filter(pk=record.pk).exists():
+            locked = type(record).objects.select_for_update().filter(pk=record.pk).first()
+            if locked is None:
                 return  # deleted already, by someone else
-            record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=record)
+            # What was deleted stays readable in the trail, as a change to nothing.
+            gone = {field.name: [getattr(locked, field.attname), None] for field in _audited_fields(locked)}
+            record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=locked, changes=gone)
             record.delete()
     except models.ProtectedError:
         referrers = "Licenses or plans" if isinstance(record, Product) else "Licenses"
@@ -587,6 +608,38 @@ def change_activation_limit(*, license: License, max_activations: int | None, ac
     return locked
 
 
+def change_license_plan(*, license: License, plan: Plan, actor: Actor, max_activations: int | None = UNSET) -> License:
+    """Move a license to another plan of its product (an upgrade, a downgrade).
+
+    It takes the new plan's activation limit, as a license issued on it would, unless
+    `max_activations` is given; its expiry stays (extend it if the move buys time). Devices over a
+    lower limit keep working; only new activations are refused. The plan's device-change rules
+    (anti-churn) apply from now on. A license of an inactive product may move too: it keeps serving
+    the customers who have it.
+    """
+    with transaction.atomic():
+        locked = _lock_license(license.pk)
+        # Held until the license is stored, so the plan cannot move to another product meanwhile.
+        plan = _held(plan, field="plan")
+        if plan.product_id != locked.product_id:
+            raise errors.InvalidInput("This plan belongs to another product.", field="plan")
+        if plan.pk == locked.plan_id:
+            # No move: only a limit given with it changes anything.
+            if max_activations is UNSET:
+                return locked
+            return change_activation_limit(license=locked, max_activations=max_activations, actor=actor)
+        if max_activations is UNSET:
+            max_activations = plan.max_activations
+        _check_activation_limit_value(max_activations)
+        changes = {"plan": [locked.plan_id, plan.pk]}
+        if max_activations != locked.max_activations:
+            changes["max_activations"] = [locked.max_activations, max_activations]
+        locked.plan, locked.max_activations = plan, max_activations
+        locked.save(update_fields=["plan", "max_activations", "updated_at"])
+        record_event(actor=actor, action="license.plan_changed", target=locked, license=locked, changes=changes)
+    return locked
+
+
 def update_license_details(
     *,
     license: License,
@@ -626,22 +679,28 @@ def update_license(
     customer_email: str | None = UNSET,
     metadata: dict[str, Any] = UNSET,
     limit_usage: int | None = UNSET,
+    plan: Plan = UNSET,
     max_activations: int | None = UNSET,
     expires_at: datetime | None = UNSET,
 ) -> License:
     """Apply several changes to a license together: all of them, or none when one is refused.
 
-    A `customer_email` names the new owner (made if there is none); None leaves it without one.
+    A `customer_email` names the new owner (made if there is none); None leaves it without one. A new
+    `plan` brings its activation limit, unless `max_activations` is given too.
     """
     with transaction.atomic():
+        # The owner first: making a customer must not happen while the license is locked.
         if customer_email is not UNSET:
             customer = find_or_create_customer(email=customer_email, actor=actor) if customer_email else None
+        if plan is not UNSET:
+            # One change of the limit, not the plan's and then the one given.
+            license = change_license_plan(license=license, plan=plan, max_activations=max_activations, actor=actor)
+        elif max_activations is not UNSET:
+            license = change_activation_limit(license=license, max_activations=max_activations, actor=actor)
         if customer is not UNSET or metadata is not UNSET or limit_usage is not UNSET:
             license = update_license_details(
                 license=license, actor=actor, customer=customer, metadata=metadata, limit_usage=limit_usage
             )
-        if max_activations is not UNSET:
-            license = change_activation_limit(license=license, max_activations=max_activations, actor=actor)
         if expires_at is not UNSET:
             license = extend_license(license=license, expires_at=expires_at, actor=actor)
     return license
@@ -654,7 +713,12 @@ def _licenses_with_relations() -> models.QuerySet[License]:
 def _lock_license(pk: uuid.UUID) -> License:
     # NO KEY UPDATE: activations referencing the license can still be inserted by other
     # transactions' foreign-key checks; `of` keeps the lock off the joined (nullable) rows.
-    return _licenses_with_relations().select_for_update(no_key=True, of=("self",)).get(pk=pk)
+    locking = _licenses_with_relations().select_for_update(no_key=True, of=("self",))
+    locked = locking.get(pk=pk)
+    if lookups.joined_rows_outdated(locked):
+        # The lock is ours now: read again, joining the owner and plan the license names.
+        locked = locking.get(pk=pk)
+    return locked
 
 
 def _lock_license_by_key(license_key: str) -> License:
@@ -804,8 +868,11 @@ def activate_license(
                     changes={"reason": refusal.code},
                 )
             else:
+                now = timezone.now()
                 activation = Activation(
                     license=license,
+                    created_at=now,
+                    last_seen_at=now,
                     fingerprint=fingerprint,
                     name=name,
                     platform=platform,
@@ -862,6 +929,7 @@ def deactivate_activation(*, activation: Activation, actor: Actor) -> Deactivati
     """Free a device's slot. A repeat changes nothing and says the device was already inactive."""
     with transaction.atomic():
         license = _lock_license(activation.license_id)
+        _refuse_another_customers_license(license, actor)
         locked = Activation.objects.select_for_update(no_key=True).get(pk=activation.pk)
         locked.license = license
         if locked.deactivated_at is not None:
@@ -883,6 +951,7 @@ def deactivate_all_activations(*, license: License, actor: Actor) -> list[Activa
     """Free every live device of a license; return the activations that were live."""
     with transaction.atomic():
         locked_license = _lock_license(license.pk)
+        _refuse_another_customers_license(locked_license, actor)
         live = list(locked_license.activations.live().select_for_update(no_key=True))
         refusal = _churn_refusal(locked_license, actor=actor, count=len(live)) if live else None
         if refusal is not None:
@@ -900,6 +969,13 @@ def deactivate_all_activations(*, license: License, actor: Actor) -> list[Activa
     if refusal is not None:
         raise refusal
     return live
+
+
+def _refuse_another_customers_license(license: License, actor: Actor) -> None:
+    """A customer acts on their own licenses only, checked again under the license's lock: the
+    license may have moved to another customer since the page they acted from was read."""
+    if actor.kind == ActorKind.CUSTOMER and str(license.customer_id) != actor.id:
+        raise errors.LicenseNotFound()
 
 
 # Apps reach the vendor dialects with API keys, so API keys count too; staff in the admin (and the
@@ -926,18 +1002,39 @@ def _churn_refusal(license: License, *, actor: Actor, count: int) -> errors.Lice
     remaining = remaining_device_changes(license)
     if remaining is None or count <= remaining:
         return None
+    # Freeing all at once is all or nothing: "no changes left" would be untrue while some are.
+    message = None
+    if remaining:
+        message = ngettext(
+            "Freeing %(count)d devices takes %(count)d device changes, and %(remaining)d is left for now: free "
+            "the devices no longer used one at a time.",
+            "Freeing %(count)d devices takes %(count)d device changes, and %(remaining)d are left for now: free "
+            "the devices no longer used one at a time.",
+            remaining,
+        ) % {"count": count, "remaining": remaining}
     return errors.DeactivationLimitReached(
-        limit=license.plan.max_deactivations, window_days=license.plan.deactivation_window_days, remaining=remaining
+        message,
+        limit=license.plan.max_deactivations,
+        window_days=license.plan.deactivation_window_days,
+        remaining=remaining,
     )
+
+
+def slot_cooldown(license: License) -> timedelta | None:
+    """How long a slot freed by an app or customer stays taken, or None: the plan's cooldown, which
+    only a limited license has (an unlimited one has no slot to keep)."""
+    plan = license.plan
+    if plan is None or not plan.slot_cooldown_minutes or license.max_activations is None:
+        return None
+    return timedelta(minutes=plan.slot_cooldown_minutes)
 
 
 def _cooldown_refusal(license: License, *, used: int, fingerprint: str | None) -> errors.LicensingError | None:
     """A slot freed by an app or customer stays taken for the plan's cooldown (but the device that
     freed it may come back to it)."""
-    plan = license.plan
-    if plan is None or not plan.slot_cooldown_minutes or license.max_activations is None:
+    cooldown = slot_cooldown(license)
+    if cooldown is None:
         return None
-    cooldown = timedelta(minutes=plan.slot_cooldown_minutes)
     recent = _recent_churn(license, since=timezone.now() - cooldown)
     if fingerprint is not None:
         recent = recent.exclude(fingerprint=fingerprint)
@@ -1024,10 +1121,11 @@ def validate_license(
 
     now = timezone.now()
     if increment_usage:
-        if not lookups.count_usage(license, increment_usage):
+        usage = lookups.count_usage(license, increment_usage)
+        if usage is None:
             return _usage_limit_reached(license, activation)
+        license.usage = usage
         _note_change()
-    license.usage += increment_usage
     _count_validation(license, activation, at=now)
     return ValidationResult(
         valid=True, code="VALID", detail="The license is valid.", license=license, activation=activation
@@ -1129,17 +1227,20 @@ def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: t
             f"The time to live must be between 60 and {int(settings.OFFLINE_LICENSE_MAX_TTL.total_seconds())} seconds.",
             field="ttl",
         )
-    license = get_license_by_key(license_key)
-    if problem := license_problem(license):
-        raise problem
-    activation = _live_activation(license, fingerprint=fingerprint, activation_id=None) if fingerprint else None
-    if activation is None:
-        raise errors.ActivationNotFound("This device is not activated on this license.", field="fingerprint")
-    issued_at = timezone.now()
-    expires_at = issued_at + ttl
-    if license.expires_at is not None:
-        expires_at = min(expires_at, license.expires_at)
+    # The license is locked while the device is checked, so a file is never issued for a device
+    # deactivated, or a license revoked, between the check and the file.
     with transaction.atomic():
+        license = _lock_license_by_key(license_key)
+        _refuse_another_customers_license(license, actor)
+        if problem := license_problem(license):
+            raise problem
+        activation = _live_activation(license, fingerprint=fingerprint, activation_id=None) if fingerprint else None
+        if activation is None:
+            raise errors.ActivationNotFound("This device is not activated on this license.", field="fingerprint")
+        issued_at = timezone.now()
+        expires_at = issued_at + ttl
+        if license.expires_at is not None:
+            expires_at = min(expires_at, license.expires_at)
         record_event(
             actor=actor,
             action="activation.checked_out",
@@ -1147,7 +1248,13 @@ def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: t
             license=license,
             changes={"offline_until": [None, expires_at]},
         )
-    return Checkout(license=license, activation=activation, issued_at=issued_at, expires_at=expires_at)
+    return Checkout(
+        license=license,
+        activation=activation,
+        key_sha256=signing.license_key_sha256(license_key),
+        issued_at=issued_at,
+        expires_at=expires_at,
+    )
 
 
 # ---------------------------------------------------------------- signing keys
@@ -1240,18 +1347,23 @@ def current_signing_key() -> SigningKey:
     return signing_key
 
 
-# Any fixed number: the advisory lock PostgreSQL holds while a process makes the first signing key.
-FIRST_SIGNING_KEY_LOCK = 7_150_001
+def _take_turns(name: str) -> None:
+    """In a transaction: wait for every other open transaction that took a turn under `name` to end.
+
+    For work with no row to lock, such as making the first of something. PostgreSQL takes an
+    advisory lock, held until the transaction ends; SQLite needs none, its transactions holding the
+    database's write lock from BEGIN (IMMEDIATE, in the settings).
+    """
+    if connection.vendor == "postgresql":
+        lock_id = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
 
 
 def signing_key_made_if_none(*, actor: Actor | None = None) -> SigningKey:
     """The key that signs now; if none does, a new one, made once however many processes ask at once."""
     with transaction.atomic():
-        # There is no row to lock before the first key: PostgreSQL takes an advisory lock instead.
-        # SQLite needs none, its transactions holding the database's write lock from the start.
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FIRST_SIGNING_KEY_LOCK])
+        _take_turns("the first signing key")
         signing_key = signing_key_now()
         if signing_key is None:
             signing_key = create_signing_key(actor=actor or Actor.system())
@@ -1385,26 +1497,122 @@ def authenticate_api_key(key: str) -> ApiKey | None:
     return api_key
 
 
+# ---------------------------------------------------------------- idempotency keys
+
+# How long an answer is kept for a retry with the same key (as long as Stripe keeps one).
+IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
+
+
+def claim_idempotency_key(*, api_key: ApiKey, key: str, request_digest: str) -> tuple[IdempotentRequest, bool]:
+    """Claim `key` for a management API change, or find the earlier request that claimed it.
+
+    Call it in the transaction that makes the change and keeps its answer (`finish_idempotent_request`):
+    the claim is seen by others only with both, and a request claiming the same key meanwhile waits
+    for it. Returns the record and whether it holds an earlier answer to send again; raises
+    IdempotencyKeyReused when the key came with another request. Keys belong to an API key and last
+    IDEMPOTENCY_KEY_LIFETIME.
+    """
+    # Every key past its lifetime goes, not only this API key's: no other job clears the table.
+    IdempotentRequest.objects.filter(created_at__lt=timezone.now() - IDEMPOTENCY_KEY_LIFETIME).delete()
+    try:
+        with transaction.atomic():
+            record = IdempotentRequest.objects.create(api_key=api_key, key=key, request_digest=request_digest)
+        return record, False
+    except IntegrityError:
+        earlier = IdempotentRequest.objects.get(api_key=api_key, key=key)
+    if not hmac.compare_digest(earlier.request_digest, request_digest):
+        raise errors.IdempotencyKeyReused(field="Idempotency-Key")
+    return earlier, True
+
+
+def finish_idempotent_request(record: IdempotentRequest, *, status_code: int, answer: Any) -> None:
+    """Keep a change's answer for retries; a refusal lets the key go, so that a retry with the input
+    mended runs: a refused change changed nothing. (A failure rolls the claim back with the change.)"""
+    if 200 <= status_code < 300:
+        record.status_code = status_code
+        record.answer_encrypted = keys.encrypt_stored_answer(json.dumps(answer, cls=DjangoJSONEncoder))
+        record.save(update_fields=["status_code", "answer_encrypted"])
+    else:
+        record.delete()
+
+
+def stored_answer(record: IdempotentRequest) -> Any:
+    """The answer kept by `finish_idempotent_request`."""
+    return json.loads(keys.decrypt_stored_answer(record.answer_encrypted))
+
+
 # ---------------------------------------------------------------- RSA keys (GetKeyManager signatures)
 
 
-def import_rsa_key(*, private_key_pem: str, actor: Actor, product: Product | None = None) -> RsaKey:
-    """Store a vendor's existing RSA private key for a product (or globally); it signs from now on."""
+def import_rsa_key(
+    *, private_key_pem: str, actor: Actor, product: Product | None = None, replace: bool = False
+) -> RsaKey:
+    """Store a vendor's existing RSA private key for a product (or globally); it signs from now on.
+
+    Replacing the key that signs those answers now must be asked for (`check_rsa_key_replacement`).
+    """
     try:
         public_pem, private_encrypted = signing.rsa_key_from_pem(private_key_pem)
     except ValueError as error:
         raise errors.InvalidInput(str(error), field="private_key_pem") from None
-    return _save_rsa_key(product=product, public_pem=public_pem, private_encrypted=private_encrypted, actor=actor)
+    return _save_rsa_key(
+        product=product, public_pem=public_pem, private_encrypted=private_encrypted, actor=actor, replace=replace
+    )
 
 
-def create_rsa_key(*, actor: Actor, product: Product | None = None) -> RsaKey:
-    """Make a new RSA key pair for a product (or globally); it signs from now on."""
+def create_rsa_key(*, actor: Actor, product: Product | None = None, replace: bool = False) -> RsaKey:
+    """Make a new RSA key pair for a product (or globally); it signs from now on (see `import_rsa_key`)."""
     public_pem, private_encrypted = signing.new_rsa_key()
-    return _save_rsa_key(product=product, public_pem=public_pem, private_encrypted=private_encrypted, actor=actor)
+    return _save_rsa_key(
+        product=product, public_pem=public_pem, private_encrypted=private_encrypted, actor=actor, replace=replace
+    )
 
 
-def _save_rsa_key(*, product: Product | None, public_pem: str, private_encrypted: str, actor: Actor) -> RsaKey:
+def signing_rsa_key(product: Product | None) -> RsaKey | None:
+    """The RSA key that signs a product's GetKeyManager answers now: the product's newest own key,
+    else the newest global one (also what signs when no product can be told)."""
+    if product is not None:
+        own = RsaKey.objects.filter(product=product).first()
+        if own is not None:
+            return own
+    return RsaKey.objects.filter(product__isnull=True).first()
+
+
+def marking_signing_rsa_keys(rsa_keys: models.QuerySet[RsaKey]) -> models.QuerySet[RsaKey]:
+    """`rsa_keys`, each with `signs_now`: `signing_rsa_key`'s rule as a query, for a list of them
+    (the newest key of a product, or the newest global key, by RsaKey's ordering)."""
+    newer = Q(created_at__gt=models.OuterRef("created_at")) | Q(
+        created_at=models.OuterRef("created_at"), pk__gt=models.OuterRef("pk")
+    )
+    newer_own = RsaKey.objects.filter(newer, product=models.OuterRef("product"))
+    newer_global = RsaKey.objects.filter(newer, product__isnull=True)
+    newest = models.Case(
+        models.When(product__isnull=True, then=~models.Exists(newer_global)), default=~models.Exists(newer_own)
+    )
+    return rsa_keys.annotate(signs_now=newest)
+
+
+def check_rsa_key_replacement(*, product: Product | None, replace: bool) -> None:
+    """Refuse a new key for answers another key signs now, unless `replace`: apps built for
+    GetKeyManager check them with that key's public half, and a new key breaks them until they
+    ship the new one."""
+    signing_now = signing_rsa_key(product)
+    if signing_now is not None and not replace:
+        raise errors.InvalidInput(
+            f"{signing_now} signs these answers now, and apps built for GetKeyManager check them with its public "
+            "key: a new key breaks them until they ship its public key. Replace it only on purpose (admin: tick "
+            "“Replace the key that signs now”; import_rsa_key: --replace).",
+            field="replace",
+        )
+
+
+def _save_rsa_key(
+    *, product: Product | None, public_pem: str, private_encrypted: str, actor: Actor, replace: bool
+) -> RsaKey:
     with transaction.atomic():
+        # One turn for all RSA keys: a product's first key is checked against the global one.
+        _take_turns("RSA keys")
+        check_rsa_key_replacement(product=product, replace=replace)
         rsa_key = RsaKey.objects.create(
             product=product, public_key_pem=public_pem, private_key_encrypted=private_encrypted
         )
@@ -1433,12 +1641,22 @@ def rsa_key_for(product: Product | None) -> RsaKey:
 
 
 def _stored_rsa_key_for(product: Product | None) -> RsaKey:
-    if product is not None:
-        own = RsaKey.objects.filter(product=product).first()
-        if own is not None:
-            return own
-    global_key = RsaKey.objects.filter(product__isnull=True).first()
-    return global_key or create_rsa_key(actor=Actor.system())
+    signing_now = signing_rsa_key(product)
+    if signing_now is not None:
+        return signing_now
+    # Made before the turn, which holds the database's write lock on SQLite: generating takes a
+    # tenth of a second or more. Processes answering their first GetKeyManager calls at once then
+    # store one key between them (the others' keys are dropped), or each would sign with its own.
+    public_pem, private_encrypted = signing.new_rsa_key()
+    with transaction.atomic():
+        _take_turns("RSA keys")
+        return signing_rsa_key(None) or _save_rsa_key(
+            product=None,
+            public_pem=public_pem,
+            private_encrypted=private_encrypted,
+            actor=Actor.system(),
+            replace=False,
+        )
 
 
 # ---------------------------------------------------------------- customer portal
@@ -1470,9 +1688,11 @@ def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignIn
     # transaction, whose requests would otherwise queue on these rows' locks and count all at once.
     SignInLink.objects.filter(created_at__lt=since).delete()
     with transaction.atomic():
-        # Requests for one customer's address take turns, so each counts the links the one before
-        # stored: counted at once, they all saw room and mailed the customer more than the limit.
-        # An address that is no customer's is mailed nothing and needs no turn.
+        # Requests from one network, and requests for one customer's address, take turns, so each
+        # counts the links the one before stored: counted at once, they all saw room and went past
+        # the limit. An address that is no customer's is mailed nothing and needs no turn of its own.
+        if client_network:
+            _take_turns(f"sign-in requests from {client_network}")
         customer = Customer.objects.select_for_update().filter(email__iexact=email).first()
         recent = SignInLink.objects.filter(created_at__gte=since)
         if recent.filter(email__iexact=email).count() >= SIGN_IN_REQUESTS_PER_EMAIL or (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import secrets
 import textwrap
@@ -50,6 +51,11 @@ def signature_header(body: bytes, *, kid: str, private_key_encrypted: str) -> st
     """Return the X-License-Signature value for an answer's exact body bytes."""
     signature = base64.b64encode(sign(body, kid=kid, private_key_encrypted=private_key_encrypted)).decode()
     return f'keyid="{kid}", algorithm="ed25519", signature="{signature}"'
+
+
+def license_key_sha256(license_key: str) -> str:
+    """What a signed answer or license file says about the key it is for: its hash, never the key."""
+    return hashlib.sha256(license_key.encode()).hexdigest()
 
 
 def license_file(payload: dict[str, Any], *, kid: str, private_key_encrypted: str) -> str:

@@ -21,10 +21,11 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
+from django.utils.text import slugify
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods
 
 from licensing import errors, services
 from licensing.addresses import client_ip
@@ -126,13 +127,20 @@ def redeem(request, token):
         customer = services.redeem_sign_in_link(token=token, ip_address=client_ip(request))
     except errors.SignInLinkInvalid as error:
         return render(request, "portal/link_invalid.html", {"message": error.message}, status=400)
+    # Another customer's link (one forwarded by a colleague) changes whose licenses are shown: say so.
+    signed_in_before = request.session.get(SESSION_KEY)
     request.session.cycle_key()
     request.session[SESSION_KEY] = customer.pk
+    if signed_in_before not in (None, customer.pk):
+        messages.info(request, _("You are now signed in as %(email)s.") % {"email": customer.email})
     return redirect("portal:licenses")
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 def sign_out(request):
+    # An address typed or followed (GET) only asks: signing out is a POST, like every change here.
+    if request.method == "GET":
+        return render(request, "portal/sign_out.html")
     request.session.flush()
     messages.success(request, _("You are signed out."))
     return redirect("portal:sign-in")
@@ -149,17 +157,30 @@ def status_in_words(license: License) -> str:
         return _("Expired on %(date)s") % {"date": date_format(timezone.localtime(license.expires_at), "j F Y")}
     # Calendar days, as a person counts them: a year's license issued today expires in 365 days.
     days = (timezone.localdate(license.expires_at) - timezone.localdate()).days
+    expires_at = timezone.localtime(license.expires_at)
     if days == 0:
-        return _("Active, expires today")
-    return ngettext("Active, expires in %(days)d day", "Active, expires in %(days)d days", days) % {"days": days}
+        return _("Active, expires today at %(time)s") % {"time": date_format(expires_at, "H:i T")}
+    return ngettext(
+        "Active, expires in %(days)d day, on %(date)s", "Active, expires in %(days)d days, on %(date)s", days
+    ) % {"days": days, "date": date_format(expires_at, "j F Y")}
 
 
 def slots_in_words(license: License) -> str:
-    if license.max_activations is None:
-        return ngettext("%(used)d device in use", "%(used)d devices in use", license.live_total) % {
-            "used": license.live_total
-        }
-    return _("%(used)d of %(limit)d slots in use") % {"used": license.live_total, "limit": license.max_activations}
+    used, limit = license.live_total, license.max_activations
+    if limit is None:
+        return ngettext("%(used)d device in use", "%(used)d devices in use", used) % {"used": used}
+    if used > limit:
+        # The limit was lowered under the devices in use: they keep working, and say what it takes.
+        over = used - limit
+        return ngettext(
+            "%(used)d device in use, over the limit of %(limit)d: deactivate %(over)d before another can be activated",
+            "%(used)d devices in use, over the limit of %(limit)d: deactivate %(over)d before another can be activated",
+            used,
+        ) % {"used": used, "limit": limit, "over": over}
+    return ngettext("%(used)d of %(limit)d slot in use", "%(used)d of %(limit)d slots in use", limit) % {
+        "used": used,
+        "limit": limit,
+    }
 
 
 def license_row(license: License) -> dict:
@@ -188,8 +209,17 @@ def license_detail(request, license_id):
         "device_changes_left": services.remaining_device_changes(license),
         "devices": license.activations.live().order_by("created_at"),
         "history": services.device_history(license),
+        "customer_id": str(request.customer.pk),
+        "offline_days": settings.OFFLINE_LICENSE_DEFAULT_TTL.days,
     }
     return render(request, "portal/license_detail.html", context)
+
+
+def _what_deactivating_costs(license: License) -> dict:
+    """What the confirmation says a deactivation uses up: a device change, and a slot's cooldown."""
+    cooldown = services.slot_cooldown(license)
+    minutes = int(cooldown.total_seconds() // 60) if cooldown else 0
+    return {"license": license, "changes_left": services.remaining_device_changes(license), "cooldown": minutes}
 
 
 def _freed_message(license: License, what: str) -> str:
@@ -206,9 +236,8 @@ def deactivate_device(request, license_id, activation_id):
     )
     name = activation.name or activation.fingerprint or _("The device")
     if request.method == "GET":
-        return render(
-            request, "portal/confirm.html", {"activation": activation, "license": activation.license, "name": name}
-        )
+        context = {"activation": activation, "name": name, **_what_deactivating_costs(activation.license)}
+        return render(request, "portal/confirm.html", context)
     try:
         result = services.deactivate_activation(activation=activation, actor=actor(request))
     except errors.DeactivationLimitReached as error:
@@ -228,7 +257,8 @@ def deactivate_all(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
     if request.method == "GET":
         devices = license.activations.live().order_by("created_at")
-        return render(request, "portal/confirm.html", {"license": license, "all_devices": True, "devices": devices})
+        context = {"all_devices": True, "devices": devices, **_what_deactivating_costs(license)}
+        return render(request, "portal/confirm.html", context)
     try:
         freed = services.deactivate_all_activations(license=license, actor=actor(request))
     except errors.DeactivationLimitReached as error:
@@ -244,8 +274,12 @@ def deactivate_all(request, license_id):
 
 @customer_required
 @not_found_for_others
-@require_POST
+@require_http_methods(["GET", "POST"])
 def download_license_file(request, license_id, activation_id):
+    # Files are issued by the license page's button (a POST: each is in the audit trail); an
+    # address followed on its own leads there.
+    if request.method == "GET":
+        return redirect("portal:license", license_id=license_id)
     activation = services.get_activation_for_customer(
         customer=request.customer, license_id=license_id, activation_id=activation_id
     )
@@ -260,5 +294,8 @@ def download_license_file(request, license_id, activation_id):
         return redirect("portal:license", license_id=license_id)
     text, _payload, _signing_key = build_license_file(checkout)
     response = HttpResponse(text, content_type="text/plain; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="license-{activation.pk}.lic"'
+    # Named for what it unlocks, so a customer with several can tell them apart; the id keeps it unique.
+    device = slugify(activation.name or activation.fingerprint or "")[:40] or "device"
+    filename = f"{activation.license.product.slug}-{device}-{str(activation.pk)[:8]}.lic"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -82,6 +82,7 @@ def test_activation_binds_a_device_and_is_audited(issued, app_actor):
     assert activation.metadata == {"os_version": "15.1"}
     assert activation.ip_address == "203.0.113.7"
     assert activation.is_live
+    assert activation.last_seen_at == activation.created_at == result.activation.created_at
     event = AuditEvent.objects.get(action="activation.created")
     assert (event.actor_kind, event.license_id, event.target_id) == ("app", issued.license.pk, str(activation.pk))
 

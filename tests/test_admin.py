@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -75,6 +75,13 @@ def page_messages(response) -> list[str]:
 def test_every_list_and_change_page_renders_for_staff(staff_client, world, model):
     assert staff_client.get(changelist(model)).status_code == 200
     assert staff_client.get(change_url(world[model])).status_code == 200
+
+
+def test_the_admin_names_the_product_and_view_site_opens_the_customer_portal(staff_client):
+    page = staff_client.get(reverse("admin:index")).content.decode()
+
+    assert "<title>Site administration | License server</title>" in page
+    assert f'<a href="{reverse("portal:sign-in")}">View site</a>' in page
 
 
 @pytest.mark.parametrize("model", ["product", "plan", "customer", "license"])
@@ -156,6 +163,25 @@ def test_staff_import_a_license_with_its_existing_key(staff_client, plan):
     assert license.max_activations == 7
 
 
+def test_staff_issue_a_lifetime_license_on_a_plan_with_a_limit_and_a_duration(staff_client, product):
+    yearly = make_plan(product=product, identifier="yearly", duration_unit="year", duration_value=1)
+    form = {"product": product.pk, "plan": yearly.pk, "metadata": "{}", "unlimited_devices": "on"}
+
+    staff_client.post(reverse("admin:licensing_license_add"), {**form, "key": "LIFETIME-1", "never_expires": "on"})
+    staff_client.post(reverse("admin:licensing_license_add"), {**form, "key": "YEARLY-1"})
+    refused = staff_client.post(
+        reverse("admin:licensing_license_add"),
+        {**form, "key": "BOTH-1", "never_expires": "on", "expires_at_0": "2030-01-01", "expires_at_1": "00:00:00"},
+    )
+
+    lifetime, yearly_one = (services.get_license_by_key(key) for key in ("LIFETIME-1", "YEARLY-1"))
+    assert (lifetime.max_activations, lifetime.expires_at) == (None, None)
+    assert yearly_one.max_activations is None
+    assert yearly_one.expires_at is not None
+    assert "Leave Expires at empty, or untick this." in refused.content.decode()
+    assert not License.objects.filter(key_suffix="BOTH-1").exists()
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -184,6 +210,7 @@ def test_editing_a_license_goes_through_the_services(staff_client, issued, other
         change_url(issued.license),
         {
             "customer": other_customer.pk,
+            "plan": issued.license.plan_id,
             "max_activations": "5",
             "expires_at_0": new_expiry.strftime("%Y-%m-%d"),
             "expires_at_1": "12:00:00",
@@ -202,9 +229,9 @@ def test_editing_a_license_goes_through_the_services(staff_client, issued, other
     assert actions == {"license.changed", "license.limit_changed", "license.expiry_shortened"}
 
 
-def opened(license: License) -> dict[str, str]:
-    """What a license page opened now sends back: the license's last change when it was opened."""
-    return {"opened_version": License.objects.get(pk=license.pk).updated_at.isoformat()}
+def opened(record) -> dict[str, str]:
+    """What a page opened now sends back: the record's last change when it was opened."""
+    return {"opened_version": type(record).objects.get(pk=record.pk).updated_at.isoformat()}
 
 
 def test_a_page_opened_before_another_change_cannot_undo_it(staff_client, issued, customer, actor):
@@ -217,6 +244,7 @@ def test_a_page_opened_before_another_change_cannot_undo_it(staff_client, issued
         change_url(issued.license),
         {
             "customer": customer.pk,
+            "plan": issued.license.plan_id,
             "max_activations": "7",
             "metadata": "{}",
             "activations-TOTAL_FORMS": "0",
@@ -231,11 +259,76 @@ def test_a_page_opened_before_another_change_cannot_undo_it(staff_client, issued
     assert (license.metadata, license.max_activations) == ({"seats": 9}, issued.license.max_activations)
 
 
+def test_staff_move_a_license_to_another_plan_and_are_warned_of_devices_over_its_limit(
+    staff_client, issued, customer, product
+):
+    solo = make_plan(product=product, name="Solo", identifier="solo", max_activations=1)
+    elsewhere = make_plan(product=make_product(name="Other", slug="other"))
+    activate(issued, "a")
+    activate(issued, "b")
+    form = {
+        "customer": customer.pk,
+        "max_activations": "3",
+        "metadata": "{}",
+        "activations-TOTAL_FORMS": "0",
+        "activations-INITIAL_FORMS": "0",
+    }
+
+    refused = staff_client.post(change_url(issued.license), {**form, **opened(issued.license), "plan": elsewhere.pk})
+    assert License.objects.get(pk=issued.license.pk).plan == issued.license.plan
+    moved = staff_client.post(
+        change_url(issued.license), {**form, **opened(issued.license), "plan": solo.pk}, follow=True
+    )
+
+    assert "Choose a plan of this license&#x27;s product, Photon Editor." in refused.content.decode()
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.plan, license.max_activations) == (solo, 1)
+    assert "2 devices are in use, more than the new limit of 1." in " ".join(page_messages(moved))
+
+
+def test_a_percent_sign_in_the_product_name_does_not_break_the_plan_refusal(staff_client, customer):
+    product = make_product(name="100% Off Tool", slug="off")
+    issued = make_license(plan=make_plan(product=product), customer=customer)
+    form = {
+        "customer": customer.pk,
+        "plan": make_plan().pk,
+        "max_activations": "3",
+        "metadata": "{}",
+        "activations-TOTAL_FORMS": "0",
+        "activations-INITIAL_FORMS": "0",
+    }
+
+    response = staff_client.post(change_url(issued.license), {**form, **opened(issued.license)})
+
+    assert response.status_code == 200
+    assert "Choose a plan of this license&#x27;s product, 100% Off Tool." in response.content.decode()
+
+
+def test_a_product_page_opened_before_another_change_cannot_undo_it(staff_client, actor):
+    product = make_product(name="Photon")
+    page = staff_client.get(change_url(product)).content.decode()
+    opened_version = re.search(r'name="opened_version" value="([^"]+)"', page).group(1)
+    retiring = Product.objects.get(pk=product.pk)
+    retiring.is_active = False
+    services.save_catalog_record(record=retiring, actor=actor)
+    form = {"name": "Photon 2", "slug": product.slug, "public_id": product.public_id, "is_active": "on"}
+
+    stale = staff_client.post(change_url(product), {**form, "opened_version": opened_version})
+    fresh = staff_client.post(change_url(product), {**form, **opened(product)})
+
+    assert "This product was changed by someone else after you opened this page" in stale.content.decode()
+    assert fresh.status_code == 302
+    product.refresh_from_db()
+    assert (product.name, product.is_active) == ("Photon 2", True)
+    assert AuditEvent.objects.filter(action="product.changed").count() == 2
+
+
 def test_a_limit_below_the_devices_in_use_is_saved_with_a_warning(staff_client, issued, customer):
     activate(issued, "a")
     activate(issued, "b")
     form = {
         "customer": customer.pk,
+        "plan": issued.license.plan_id,
         "max_activations": "1",
         "metadata": "{}",
         "activations-TOTAL_FORMS": "0",
@@ -424,7 +517,7 @@ def test_filter_expired_licenses(staff_client, plan):
 def test_suspend_reinstate_and_revoke_actions(staff_client, issued):
     response = action(staff_client, "license", "suspend", [issued.license])
     assert License.objects.get(pk=issued.license.pk).status == "suspended"
-    assert "1 license(s) suspended." in page_messages(response)
+    assert "1 license suspended." in page_messages(response)
 
     action(staff_client, "license", "reinstate", [issued.license])
     assert License.objects.get(pk=issued.license.pk).status == "active"
@@ -452,6 +545,32 @@ def test_revoking_asks_first_and_names_each_license(staff_client, issued, custom
     assert 'name="confirmed" value="yes"' in page
 
 
+def test_staff_act_on_one_license_from_its_page_and_come_back_to_it(staff_client, plan):
+    issued = make_license(plan=plan, expires_at=timezone.now() + timedelta(days=5))
+    page = staff_client.get(change_url(issued.license)).content.decode()
+    from_page = {"from_license_page": "1"}
+
+    suspended = action(staff_client, "license", "suspend", [issued.license], **from_page)
+    extended = action(staff_client, "license", "extend", [issued.license], days="30", unit="days", **from_page)
+    confirmation = action(staff_client, "license", "revoke", [issued.license], **from_page).content.decode()
+    revoked = action(staff_client, "license", "revoke", [issued.license], confirmed="yes", **from_page)
+
+    assert "Act on this license" in page
+    assert '<option value="revoke">Revoke selected licenses</option>' in page
+    assert suspended.redirect_chain == [(change_url(issued.license), 302)]
+    assert page_messages(suspended) == ["1 license suspended."]
+    assert page_messages(extended) == ["1 license extended."]
+    assert 'name="from_license_page" value="1"' in confirmation
+    assert revoked.redirect_chain == [(change_url(issued.license), 302)]
+    assert License.objects.get(pk=issued.license.pk).status == "revoked"
+
+
+def test_staff_who_may_only_view_a_license_get_no_actions_on_its_page(viewer_client, issued):
+    page = viewer_client.get(change_url(issued.license)).content.decode()
+
+    assert "Act on this license" not in page
+
+
 def test_extend_action_adds_the_days_given(staff_client, plan):
     expires_at = timezone.now() + timedelta(days=5)
     license = make_license(plan=plan, expires_at=expires_at).license
@@ -459,7 +578,7 @@ def test_extend_action_adds_the_days_given(staff_client, plan):
     response = action(staff_client, "license", "extend", [license], days="30")
 
     assert License.objects.get(pk=license.pk).expires_at == expires_at + timedelta(days=30)
-    assert "1 license(s) extended." in page_messages(response)
+    assert "1 license extended." in page_messages(response)
 
 
 @pytest.mark.parametrize(
@@ -492,8 +611,17 @@ def test_repeating_an_action_says_nothing_changed(staff_client, issued):
 
     response = action(staff_client, "license", "suspend", [issued.license])
 
-    assert page_messages(response) == ["1 license(s) were already suspended."]
+    assert page_messages(response) == ["1 license was already suspended."]
     assert AuditEvent.objects.filter(action="license.suspended").count() == 1
+
+
+def test_action_messages_count_in_words_that_agree_with_the_number(staff_client, issued, plan):
+    others = [make_license(plan=plan).license for _ in range(2)]
+    action(staff_client, "license", "suspend", [issued.license])
+
+    response = action(staff_client, "license", "suspend", [issued.license, *others])
+
+    assert page_messages(response) == ["2 licenses suspended.", "1 license was already suspended."]
 
 
 def test_find_licenses_by_the_key_ending_shown_in_the_list(staff_client, issued, plan):
@@ -618,6 +746,7 @@ def test_bad_metadata_on_the_license_page_is_a_form_error(staff_client, issued):
         change_url(issued.license),
         {
             "customer": issued.license.customer.pk,
+            "plan": issued.license.plan_id,
             "max_activations": "3",
             "metadata": "[1, 2]",
             "activations-TOTAL_FORMS": "0",
@@ -662,14 +791,16 @@ def test_deactivate_selected_devices_action(staff_client, issued):
     second = activate(issued, "b").activation
 
     response = action(staff_client, "activation", "deactivate", [first])
-    again = action(staff_client, "activation", "deactivate", [first])
+    again = action(staff_client, "activation", "deactivate", [first, second])
 
     assert "1 device deactivated." in page_messages(response)
-    assert page_messages(again) == ["No live device to deactivate: nothing changed."]
-    assert not Activation.objects.get(pk=first.pk).is_live
-    assert Activation.objects.get(pk=second.pk).is_live
-    event = AuditEvent.objects.get(action="activation.deactivated")
-    assert (event.actor_kind, event.target_id) == ("staff", str(first.pk))
+    assert page_messages(again) == ["1 device deactivated.", "1 device was already inactive."]
+    assert not Activation.objects.filter(pk__in=[first.pk, second.pk], deactivated_at__isnull=True).exists()
+    events = AuditEvent.objects.filter(action="activation.deactivated").order_by("id")
+    assert [(event.actor_kind, event.target_id) for event in events] == [
+        ("staff", str(first.pk)),
+        ("staff", str(second.pk)),
+    ]
 
 
 def test_a_device_page_is_read_only(staff_client, issued):
@@ -854,6 +985,19 @@ def test_staff_create_an_api_key_for_apps(staff_client):
     assert AuditEvent.objects.get(action="api_key.created").changes["apps_only"] == [None, True]
 
 
+def test_importing_an_api_key_with_full_access_is_warned_about(staff_client):
+    add = reverse("admin:licensing_apikey_add")
+    shipped = {"name": "photon app", "key": "kq_live_4f9a2c7e81b34d6f", "apps_only": "on"}
+    backend = {"name": "billing backend", "key": "kq_live_0b8e5d13c9a74f22"}
+
+    for_apps = page_messages(staff_client.post(add, shipped, follow=True))
+    full_access = page_messages(staff_client.post(add, backend, follow=True))
+
+    assert for_apps[0] == "API key imported: the apps that ship with it are let in from now on."
+    assert full_access[0].startswith("API key imported with full access, not for apps only")
+    assert services.authenticate_api_key(backend["key"]).apps_only is False
+
+
 def test_revoking_an_api_key_in_the_admin(staff_client, actor):
     issued = services.create_api_key(name="old", actor=actor)
 
@@ -870,8 +1014,8 @@ def test_a_key_shipped_in_apps_is_restricted_to_license_calls_in_the_admin(staff
     response = action(staff_client, "apikey", "restrict_to_apps", [shipped.api_key, already.api_key])
 
     assert page_messages(response) == [
-        "1 API key(s) restricted to apps' license calls.",
-        "1 API key(s) were already for apps only.",
+        "1 API key restricted to apps' license calls.",
+        "1 API key was already for apps only.",
     ]
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {shipped.key}")
     assert api_client.get("/api/v1/licenses").status_code == 403
@@ -884,7 +1028,7 @@ def test_revoking_an_api_key_again_says_it_was_already_revoked(staff_client, act
 
     response = action(staff_client, "apikey", "revoke", [issued.api_key])
 
-    assert page_messages(response) == ["1 API key(s) were already revoked."]
+    assert page_messages(response) == ["1 API key was already revoked."]
     assert AuditEvent.objects.filter(action="api_key.revoked").count() == 1
 
 
@@ -893,21 +1037,37 @@ def test_retiring_the_key_that_signs_warns_that_apps_need_the_new_one(staff_clie
     already_retired = services.create_signing_key(actor=actor)
     services.retire_signing_key(signing_key=already_retired, actor=actor)
 
-    response = action(staff_client, "signingkey", "retire", [signing_now, already_retired])
+    response = action(staff_client, "signingkey", "retire", [signing_now, already_retired], confirmed="yes")
 
     shown = page_messages(response)
-    assert shown[:2] == ["1 key(s) retired.", "1 key(s) were already retired."]
+    assert shown[:2] == ["1 key retired.", "1 key was already retired."]
     assert "Apps that hold only the retired public key cannot verify answers" in shown[2]
     assert AuditEvent.objects.filter(action="signing_key.retired").count() == 2
+
+
+def test_retiring_signing_keys_asks_first_and_names_the_key_that_signs(staff_client, actor):
+    signing_now = services.current_signing_key()
+    upcoming = services.create_signing_key(actor=actor, signs_from=timezone.now() + timedelta(days=30))
+
+    page = action(staff_client, "signingkey", "retire", [signing_now, upcoming]).content.decode()
+
+    assert "Retiring is for good" in page
+    assert f"<li>{signing_now.kid} · <strong>signs now</strong></li>" in page
+    assert f"<li>{upcoming.kid}</li>" in page
+    assert "The key that signs now is among them." in page
+    assert f'name="_selected_action" value="{signing_now.pk}"' in page
+    assert 'name="action" value="retire"' in page
+    assert not SigningKey.objects.filter(retired_at__isnull=False).exists()
+    assert not AuditEvent.objects.filter(action="signing_key.retired").exists()
 
 
 def test_retiring_a_key_that_no_longer_signs_gives_no_warning(staff_client, actor):
     old = services.current_signing_key()
     services.create_signing_key(actor=actor)
 
-    response = action(staff_client, "signingkey", "retire", [old])
+    response = action(staff_client, "signingkey", "retire", [old], confirmed="yes")
 
-    assert page_messages(response) == ["1 key(s) retired."]
+    assert page_messages(response) == ["1 key retired."]
 
 
 def test_a_signing_key_added_for_a_later_time_is_published_but_does_not_sign_yet(staff_client):
@@ -966,7 +1126,7 @@ def test_adding_a_signing_key_rotates_and_retiring_stops_publishing(staff_client
 
     staff_client.post(reverse("admin:licensing_signingkey_add"), {})
     new = services.current_signing_key()
-    action(staff_client, "signingkey", "retire", [old])
+    action(staff_client, "signingkey", "retire", [old], confirmed="yes")
 
     assert new.pk != old.pk
     assert list(services.published_signing_keys()) == [new]
@@ -974,3 +1134,87 @@ def test_adding_a_signing_key_rotates_and_retiring_stops_publishing(staff_client
     assert "BEGIN PUBLIC KEY" in page
     assert new.private_key_encrypted not in page
     assert "PRIVATE" not in page
+
+
+# ---------------------------------------------------------------- staff accounts
+
+
+def test_making_a_staff_account_and_a_superuser_of_it_is_in_the_audit_trail(staff_client):
+    staff_client.post(
+        reverse("admin:auth_user_add"),
+        {
+            "username": "mallory",
+            "usable_password": "true",
+            "password1": "x-Long-pass-93",
+            "password2": "x-Long-pass-93",
+        },
+    )
+    mallory = get_user_model().objects.get(username="mallory")
+    support = Group.objects.create(name="Support")
+    response = staff_client.post(
+        reverse("admin:auth_user_change", args=[mallory.pk]),
+        {
+            "username": "mallory",
+            "is_active": "on",
+            "is_staff": "on",
+            "is_superuser": "on",
+            "groups": [support.pk],
+        },
+    )
+    assert response.status_code == 302
+
+    created, changed = (
+        AuditEvent.objects.filter(target_type="auth.user").exclude(action="staff.signed_in").order_by("id")
+    )
+    assert (created.action, created.actor_display, created.target_display) == ("user.created", "staff", "mallory")
+    assert created.changes == {"username": [None, "mallory"], "password": [None, "set"]}
+    assert changed.action == "user.changed"
+    assert changed.changes == {
+        "is_staff": [False, True],
+        "is_superuser": [False, True],
+        "groups": [[], ["Support"]],
+    }
+    assert "x-Long-pass-9" not in str(created.changes)
+
+
+def test_a_password_set_and_an_account_deleted_by_staff_are_in_the_audit_trail(staff_client):
+    clerk = get_user_model().objects.create_user("clerk", password="first-Long-pass-1")
+
+    response = staff_client.post(
+        reverse("admin:auth_user_password_change", args=[clerk.pk]),
+        {"usable_password": "true", "password1": "second-Long-pass-2", "password2": "second-Long-pass-2"},
+    )
+    staff_client.post(reverse("admin:auth_user_delete", args=[clerk.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    trail = AuditEvent.objects.filter(target_type="auth.user", target_id=str(clerk.pk)).order_by("id")
+    assert [(event.action, event.changes, event.actor_display) for event in trail] == [
+        ("user.password_changed", {"password": ["set", "set"]}, "staff"),
+        ("user.deleted", {}, "staff"),
+    ]
+    assert not get_user_model().objects.filter(username="clerk").exists()
+
+
+def test_a_password_form_that_does_not_validate_changes_nothing_and_records_nothing(staff_client):
+    clerk = get_user_model().objects.create_user("clerk", password="first-Long-pass-1")
+
+    response = staff_client.post(
+        reverse("admin:auth_user_password_change", args=[clerk.pk]),
+        {"usable_password": "true", "password1": "second-Long-pass-2", "password2": "another"},
+    )
+
+    assert response.status_code == 200
+    assert not AuditEvent.objects.filter(action="user.password_changed").exists()
+
+
+def test_what_a_group_may_do_is_in_the_audit_trail(staff_client):
+    group = Group.objects.create(name="Support")
+    may_change_licenses = Permission.objects.get(codename="change_license")
+
+    staff_client.post(
+        reverse("admin:auth_group_change", args=[group.pk]),
+        {"name": "Support", "permissions": [may_change_licenses.pk]},
+    )
+
+    event = AuditEvent.objects.get(action="group.changed")
+    assert event.changes == {"permissions": [[], [str(may_change_licenses)]]}

@@ -77,9 +77,13 @@ def test_api_keys_count_as_apps(churny, api_key):
 
 
 def test_deactivating_all_needs_enough_changes_left(churny, customer):
-    with pytest.raises(errors.DeactivationLimitReached):
+    with pytest.raises(errors.DeactivationLimitReached) as refused:
         services.deactivate_all_activations(license=churny.license, actor=services.Actor.customer(customer))
 
+    assert refused.value.message == (
+        "Freeing 3 devices takes 3 device changes, and 2 are left for now: free the devices no longer used "
+        "one at a time."
+    )
     assert churny.license.activations.live().count() == 3
     assert AuditEvent.objects.filter(action="activation.deactivation_refused").count() == 1
 

@@ -647,6 +647,21 @@ def test_an_offline_file_names_its_device(api_client, issued):
         verify_license_file(text, published_keys(api_client), fingerprint="device-2")
 
 
+def test_an_offline_file_names_the_key_it_is_for_so_a_file_for_another_key_cannot_pass(api_client, plan, issued):
+    other = make_license(plan=plan)
+    for each in (issued, other):
+        activate(each, "device-1")
+    keys = published_keys(api_client)
+
+    mine = call(api_client, "checkout", {"key": issued.key, "fingerprint": "device-1"}).json()["license_file"]
+    theirs = call(api_client, "checkout", {"key": other.key, "fingerprint": "device-1"}).json()["license_file"]
+
+    payload = verify_license_file(mine, keys, fingerprint="device-1", license_key=issued.key)
+    with pytest.raises(VerificationError, match="another license key"):
+        verify_license_file(theirs, keys, fingerprint="device-1", license_key=issued.key)
+    assert issued.key not in json.dumps(payload)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

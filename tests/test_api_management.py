@@ -504,6 +504,94 @@ def test_a_bad_filter_is_400(management_client):
     assert error(response)["field"] == "status"
 
 
+@pytest.mark.parametrize(
+    ("path", "query", "message"),
+    [
+        (
+            "/api/v1/licenses",
+            "ordering=-created_at",
+            "This list has no such filter; it filters by customer, customer_email, customer_external_id, expired, "
+            "plan, product, status, updated_since.",
+        ),
+        ("/api/v1/licenses", "status=active&status=revoked", "Give this once."),
+        ("/api/v1/licenses", "page_size=5&page_size=500", "Give this once."),
+        ("/api/v1/products", "slug=photon", "This list has no such filter; it filters by nothing."),
+        ("/api/v1/plans", "identifier=personal", "This list has no such filter; it filters by product."),
+        ("/api/v1/customers", "name=Ada", "This list has no such filter; it filters by email, external_id."),
+        (
+            "/api/v1/licenses/{license}/activations",
+            "fingerprint=a",
+            "This list has no such filter; it filters by live.",
+        ),
+    ],
+)
+def test_a_filter_a_list_does_not_have_is_400_not_ignored(management_client, issued, path, query, message):
+    response = management_client.get(f"{path.format(license=issued.license.pk)}?{query}&page=1&page_size=10")
+
+    assert response.status_code == 400
+    assert (error(response)["field"], error(response)["message"]) == (query.split("=")[0], message)
+
+
+def test_support_finds_a_license_by_its_whole_key_with_a_read_only_key(api_client, read_only_api_key, issued):
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only_api_key.key}")
+    find = "/api/v1/licenses/find"
+
+    found = api_client.post(find, {"key": issued.key}, format="json")
+    spaced = api_client.post(find, {"key": f" {issued.key}"}, format="json")
+    missing = api_client.post(find, {}, format="json")
+
+    assert found.status_code == 200
+    assert (found.json()["id"], found.json()["key"]) == (str(issued.license.pk), issued.key)
+    assert (spaced.status_code, error(spaced)["code"]) == (404, "license_not_found")
+    assert (missing.status_code, error(missing)["field"]) == (400, "key")
+    assert api_client.post("/api/v1/licenses", {"product": issued.license.product_id}, format="json").status_code == 403
+
+
+def test_a_key_made_for_apps_cannot_find_licenses_by_key(api_client, issued):
+    apps_key = services.create_api_key(name="photon app", apps_only=True, actor=services.Actor.system()).key
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {apps_key}")
+
+    response = api_client.post("/api/v1/licenses/find", {"key": issued.key}, format="json")
+
+    assert response.status_code == 403
+    assert "key" not in response.json()
+
+
+def test_licenses_filter_by_plan_owner_billing_id_and_last_change(management_client, plan, customer, actor):
+    customer.external_id = "cus_123"
+    services.save_catalog_record(record=customer, actor=actor)
+    other_plan = make_plan(product=plan.product, identifier="team")
+    mine = make_license(plan=plan, customer=customer).license
+    theirs = make_license(plan=other_plan).license
+    since = timezone.now()
+    services.change_activation_limit(license=theirs, max_activations=9, actor=actor)
+
+    def ids(**query):
+        response = management_client.get("/api/v1/licenses", query)
+        assert response.status_code == 200, response.json()
+        return [license["id"] for license in response.json()["results"]]
+
+    assert ids(plan=other_plan.pk) == [str(theirs.pk)]
+    assert ids(customer=customer.pk) == ids(customer_external_id="cus_123") == [str(mine.pk)]
+    assert ids(updated_since=since.isoformat()) == [str(theirs.pk)]
+
+
+def test_lists_still_take_drfs_format_parameter(management_client, issued):
+    assert management_client.get("/api/v1/licenses?format=json").status_code == 200
+
+
+def test_a_licenses_devices_filter_by_live_or_deactivated(management_client, issued):
+    live = activate(issued, "live-device").activation
+    gone = activate(issued, "gone-device").activation
+    services.deactivate_activation(activation=gone, actor=services.Actor.system())
+    devices = f"/api/v1/licenses/{issued.license.pk}/activations"
+
+    def ids(query):
+        return [device["id"] for device in management_client.get(devices + query).json()["results"]]
+
+    assert (ids("?live=true"), ids("?live=false"), len(ids(""))) == ([str(live.pk)], [str(gone.pk)], 2)
+
+
 def test_patch_changes_owner_limit_expiry_and_metadata(management_client, issued):
     new_expiry = (timezone.now() + timedelta(days=90)).replace(microsecond=0)
 
@@ -528,6 +616,22 @@ def test_patch_changes_owner_limit_expiry_and_metadata(management_client, issued
     )
     actions = set(AuditEvent.objects.filter(actor_kind="api_key").values_list("action", flat=True))
     assert {"license.changed", "license.limit_changed", "license.expiry_shortened"} <= actions
+
+
+def test_patch_moves_a_license_to_another_plan_of_its_product(management_client, issued, product):
+    team = make_plan(product=product, name="Team", identifier="team", max_activations=10)
+    elsewhere = make_plan(product=make_product(name="Other", slug="other"))
+    url = f"/api/v1/licenses/{issued.license.pk}"
+
+    moved = management_client.patch(url, {"plan": team.pk}, format="json")
+    refused = management_client.patch(url, {"plan": elsewhere.pk}, format="json")
+    to_none = management_client.patch(url, {"plan": None}, format="json")
+
+    assert moved.status_code == 200
+    assert (moved.json()["plan"], moved.json()["max_activations"]) == (team.pk, 10)
+    assert (refused.status_code, error(refused)["field"]) == (400, "plan")
+    assert (to_none.status_code, error(to_none)["field"]) == (400, "plan")
+    assert License.objects.get(pk=issued.license.pk).plan == team
 
 
 def test_patch_with_one_bad_field_changes_nothing(management_client, issued):
@@ -687,7 +791,7 @@ def test_schema_gives_list_filters_and_page_bounds_to_listing_only(client):
 
     assert {"product", "customer_email", "status", "expired", "page", "page_size"} <= set(listing)
     assert (listing["page"]["minimum"], listing["page_size"]["minimum"]) == (1, 1)
-    assert not licenses["post"].get("parameters")
+    assert [parameter["name"] for parameter in licenses["post"]["parameters"]] == ["Idempotency-Key"]
 
 
 def test_an_ownerless_license_and_an_active_device_render_as_the_schema_says(client, management_client, product):

@@ -12,10 +12,24 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
 
 from licensing import errors, services
-from licensing.models import Activation, Customer, License, Plan, SigningKey, SignInLink
-from tests.factories import SYSTEM, make_customer, make_license, make_plan, make_product
+from licensing.models import (
+    Activation,
+    AuditEvent,
+    Customer,
+    License,
+    Plan,
+    Product,
+    RsaKey,
+    SigningKey,
+    SignInLink,
+)
+from portal.views import SESSION_KEY
+from tests.factories import SYSTEM, activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -134,6 +148,8 @@ def test_concurrent_uses_never_pass_the_usage_limit():
     assert Counter(outcome.code for outcome in outcomes) == {"VALID": 10, "USAGE_LIMIT_REACHED": 15}
     issued.license.refresh_from_db()
     assert issued.license.usage == 10
+    # Each use is answered with the count its own update made, never another call's.
+    assert sorted(outcome.license.usage for outcome in outcomes if outcome.valid) == list(range(1, 11))
 
 
 def test_processes_answering_at_once_on_a_new_server_make_one_signing_key_between_them():
@@ -145,6 +161,17 @@ def test_processes_answering_at_once_on_a_new_server_make_one_signing_key_betwee
 
     assert SigningKey.objects.count() == 1
     assert set(outcomes) == {SigningKey.objects.get().kid}
+
+
+def test_processes_answering_their_first_getkeymanager_calls_at_once_make_one_rsa_key_between_them():
+    def first_answer(_n):
+        services.forget_cached_keys()
+        return services.rsa_key_for(None).pk
+
+    outcomes = run_at_once(8, first_answer)
+
+    assert RsaKey.objects.count() == 1
+    assert set(outcomes) == {RsaKey.objects.get().pk}
 
 
 # Catalog changes racing the licenses that refer to them: one side waits for the other on the
@@ -286,3 +313,140 @@ def test_sign_in_links_asked_for_at_once_stop_at_the_per_address_limit():
 
     assert outcome_kinds(outcomes) == {"SignInRequest": services.SIGN_IN_REQUESTS_PER_EMAIL, "TooManyRequests": 7}
     assert SignInLink.objects.filter(customer=customer).count() == services.SIGN_IN_REQUESTS_PER_EMAIL
+
+
+@postgresql_only
+def test_sign_in_links_asked_for_at_once_from_one_network_stop_at_the_per_ip_limit():
+    customers = [make_customer(email=f"customer-{n}@example.com") for n in range(15)]
+
+    outcomes = run_at_once(
+        15, lambda n: services.request_sign_in_link(email=customers[n].email, ip_address="198.51.100.7")
+    )
+
+    limit = services.SIGN_IN_REQUESTS_PER_IP
+    assert outcome_kinds(outcomes) == {"SignInRequest": limit, "TooManyRequests": 15 - limit}
+    assert SignInLink.objects.count() == limit
+
+
+@postgresql_only
+def test_a_product_change_made_while_another_field_is_patched_stays():
+    product = make_product(name="Photon")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {services.create_api_key(name='billing', actor=SYSTEM).key}")
+
+    def retire() -> None:
+        changing = Product.objects.get(pk=product.pk)
+        changing.is_active = False
+        services.save_catalog_record(record=changing, actor=SYSTEM)
+
+    with left_open(retire):
+        renaming = in_thread(lambda: api.patch(f"/api/v1/products/{product.pk}", {"name": "Photon 2"}, format="json"))
+        wait_until_a_session_waits_for_a_lock()
+
+    response = renaming.result(LOCK_WAIT_SECONDS)
+    assert response.status_code == 200
+    assert (response.json()["name"], response.json()["is_active"]) == ("Photon 2", False)
+    product.refresh_from_db()
+    assert (product.name, product.is_active) == ("Photon 2", False)
+    changes = AuditEvent.objects.filter(action="product.changed").order_by("id").values_list("changes", flat=True)
+    assert list(changes) == [{"is_active": [True, False]}, {"name": ["Photon", "Photon 2"]}]
+
+
+def portal_client(customer: Customer) -> Client:
+    client = Client()
+    session = client.session
+    session[SESSION_KEY] = customer.pk
+    session.save()
+    return client
+
+
+@postgresql_only
+@pytest.mark.parametrize("page", ["deactivate-all", "deactivate-device"])
+def test_a_customer_cannot_free_the_devices_of_a_license_moved_to_another_customer_meanwhile(page):
+    former, new_owner = make_customer(email="former@example.com"), make_customer(email="new@example.com")
+    issued = make_license(plan=make_plan(), customer=former)
+    devices = [activate(issued, f"device-{n}").activation for n in range(2)]
+    args = [issued.license.pk] if page == "deactivate-all" else [issued.license.pk, devices[0].pk]
+    client = portal_client(former)
+
+    with left_open(lambda: services.update_license_details(license=issued.license, customer=new_owner, actor=SYSTEM)):
+        posting = in_thread(lambda: client.post(reverse(f"portal:{page}", args=args)))
+        wait_until_a_session_waits_for_a_lock()
+
+    assert posting.result(LOCK_WAIT_SECONDS).status_code == 404
+    assert issued.license.activations.live().count() == 2
+    assert not AuditEvent.objects.filter(action="activation.deactivated").exists()
+
+
+@postgresql_only
+def test_a_customer_gets_no_offline_file_for_a_license_moved_to_another_customer_meanwhile():
+    former, new_owner = make_customer(email="former@example.com"), make_customer(email="new@example.com")
+    issued = make_license(plan=make_plan(), customer=former)
+    device = activate(issued, "device-1").activation
+    client = portal_client(former)
+
+    with left_open(lambda: services.update_license(license=issued.license, customer=new_owner, actor=SYSTEM)):
+        posting = in_thread(lambda: client.post(reverse("portal:license-file", args=[issued.license.pk, device.pk])))
+        wait_until_a_session_waits_for_a_lock()
+
+    response = posting.result(LOCK_WAIT_SECONDS)
+    assert response.status_code == 302
+    assert "Content-Disposition" not in response
+    assert not AuditEvent.objects.filter(action="activation.checked_out").exists()
+
+
+@postgresql_only
+@pytest.mark.parametrize("change", ["deactivate the device", "revoke the license"])
+def test_no_offline_file_is_issued_for_a_device_deactivated_or_a_license_revoked_meanwhile(change):
+    issued = make_license(plan=make_plan())
+    activation = activate(issued, "device-1").activation
+    changes = {
+        "deactivate the device": lambda: services.deactivate_activation(activation=activation, actor=SYSTEM),
+        "revoke the license": lambda: services.revoke_license(license=issued.license, actor=SYSTEM),
+    }
+
+    with left_open(changes[change]):
+        checking_out = in_thread(
+            lambda: services.checkout_license(license_key=issued.key, fingerprint="device-1", actor=SYSTEM)
+        )
+        wait_until_a_session_waits_for_a_lock()
+
+    with pytest.raises(errors.LicensingError):
+        checking_out.result(LOCK_WAIT_SECONDS)
+    assert not AuditEvent.objects.filter(action="activation.checked_out").exists()
+
+
+@postgresql_only
+def test_a_license_locked_after_its_owner_changed_comes_with_its_new_owner():
+    """PostgreSQL re-reads a locked row after the wait, but not the rows joined to it: the same change
+    made twice at once was recorded twice, the second time as a change from the new owner to itself."""
+    former, new_owner = make_customer(email="former@example.com"), make_customer(email="new@example.com")
+    issued = make_license(plan=make_plan(), customer=former)
+
+    def move():
+        return services.update_license(license=issued.license, customer_email=new_owner.email, actor=SYSTEM)
+
+    with left_open(move):
+        moving_again = in_thread(move)
+        wait_until_a_session_waits_for_a_lock()
+
+    assert moving_again.result(LOCK_WAIT_SECONDS).customer == new_owner
+    changes = AuditEvent.objects.filter(action="license.changed").values_list("changes", flat=True)
+    assert list(changes) == [{"customer": [former.pk, new_owner.pk]}]
+
+
+@postgresql_only
+def test_an_activation_waiting_for_a_plan_change_follows_the_new_plans_rules():
+    issued = make_license(plan=make_plan(max_activations=3))
+    strict = make_plan(product=issued.license.product, identifier="strict", max_activations=3, slot_cooldown_minutes=60)
+    activate(issued, "a")
+    services.deactivate_activation(activation=Activation.objects.get(fingerprint="a"), actor=services.Actor.app())
+    activate(issued, "b")
+    activate(issued, "c")
+
+    with left_open(lambda: services.change_license_plan(license=issued.license, plan=strict, actor=SYSTEM)):
+        activating = in_thread(lambda: activate(issued, "d"))
+        wait_until_a_session_waits_for_a_lock()
+
+    with pytest.raises(errors.SlotCoolingDown):
+        activating.result(LOCK_WAIT_SECONDS)

@@ -46,7 +46,8 @@ def global_rsa_key(db, vendor_pems, actor):
 
 @pytest.fixture
 def product_rsa_key(product, vendor_pems, actor):
-    return services.import_rsa_key(private_key_pem=vendor_pems["product"], product=product, actor=actor)
+    # The global key signed the product's answers until now: its own key replaces it there.
+    return services.import_rsa_key(private_key_pem=vendor_pems["product"], product=product, replace=True, actor=actor)
 
 
 def post(client, endpoint: str, fields: dict, **extra):

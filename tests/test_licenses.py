@@ -265,6 +265,38 @@ def test_saving_a_catalog_record_audits_only_real_changes(actor):
 
 
 @pytest.mark.django_db
+def test_saving_named_fields_keeps_what_others_changed_since_the_record_was_read(actor):
+    product = make_product(name="Old name")
+    read_earlier = Product.objects.get(pk=product.pk)
+    product.is_active = False
+    services.save_catalog_record(record=product, actor=actor)
+
+    read_earlier.name = "New name"
+    services.save_catalog_record(record=read_earlier, actor=actor, fields={"name"})
+
+    product.refresh_from_db()
+    assert (product.name, product.is_active) == ("New name", False)
+    assert read_earlier.is_active is False
+    changes = AuditEvent.objects.filter(action="product.changed").order_by("id").values_list("changes", flat=True)
+    assert list(changes) == [{"is_active": [True, False]}, {"name": ["Old name", "New name"]}]
+
+
+@pytest.mark.django_db
+def test_a_unique_value_taken_between_the_check_and_the_save_is_refused_naming_the_field(actor, monkeypatch):
+    make_product(slug="taken")
+    check = services._check_model_rules
+    # The first check runs as if just before another request stored the same slug.
+    checks = iter([lambda record: None])
+    monkeypatch.setattr(services, "_check_model_rules", lambda record: next(checks, check)(record))
+
+    with pytest.raises(errors.InvalidInput) as refused:
+        services.save_catalog_record(record=Product(name="Second", slug="taken"), actor=actor)
+
+    assert (refused.value.field, refused.value.message) == ("slug", "Product with this Slug already exists.")
+    assert Product.objects.filter(slug="taken").count() == 1
+
+
+@pytest.mark.django_db
 def test_product_public_id_is_generated_and_settable():
     generated = make_product()
     imported = make_product(public_id="prod_8f2KxQw9LmNpRtY7uVzA3b")
@@ -322,7 +354,10 @@ def test_deleting_a_catalog_record_is_audited(actor):
     services.delete_catalog_record(record=customer, actor=actor)
 
     assert not Customer.objects.filter(email="gone@example.com").exists()
-    assert events("customer.deleted")[0].target_display == f"{customer.name} <gone@example.com>"
+    (event,) = events("customer.deleted")
+    assert event.target_display == f"{customer.name} <gone@example.com>"
+    assert event.changes["email"] == ["gone@example.com", None]
+    assert event.changes["name"] == [customer.name, None]
 
 
 @pytest.mark.django_db
@@ -416,3 +451,52 @@ def test_a_malformed_email_for_a_new_customer_is_still_refused(actor):
         services.find_or_create_customer(email="not-an-address", actor=actor)
 
     assert raised.value.field == "email"
+
+
+@pytest.mark.django_db
+def test_moving_a_license_to_another_plan_brings_its_limit_and_keeps_its_expiry(issued, product, actor):
+    team = make_plan(product=product, name="Team", identifier="team", max_activations=10)
+    expires_at = issued.license.expires_at
+
+    license = services.change_license_plan(license=issued.license, plan=team, actor=actor)
+    services.change_license_plan(license=license, plan=team, actor=actor)
+
+    license.refresh_from_db()
+    assert (license.plan, license.max_activations, license.expires_at) == (team, 10, expires_at)
+    (event,) = events("license.plan_changed")
+    assert event.changes == {"plan": [issued.license.plan_id, team.pk], "max_activations": [3, 10]}
+
+
+@pytest.mark.django_db
+def test_a_limit_given_with_the_new_plan_wins_in_one_change(issued, product, actor):
+    team = make_plan(product=product, name="Team", identifier="team", max_activations=10)
+
+    license = services.update_license(license=issued.license, plan=team, max_activations=3, actor=actor)
+
+    assert (license.plan, license.max_activations) == (team, 3)
+    (event,) = events("license.plan_changed")
+    assert event.changes == {"plan": [issued.license.plan_id, team.pk]}
+    assert not events("license.limit_changed")
+
+
+@pytest.mark.django_db
+def test_naming_the_plan_a_license_is_on_moves_nothing_and_keeps_a_limit_given_with_it(issued, actor):
+    services.change_activation_limit(license=issued.license, max_activations=7, actor=actor)
+
+    kept = services.update_license(license=issued.license, plan=issued.license.plan, actor=actor)
+    changed = services.update_license(license=issued.license, plan=issued.license.plan, max_activations=5, actor=actor)
+
+    assert (kept.max_activations, changed.max_activations) == (7, 5)
+    assert not events("license.plan_changed")
+
+
+@pytest.mark.django_db
+def test_a_license_cannot_move_to_another_products_plan(issued, actor):
+    elsewhere = make_plan(product=make_product(name="Other", slug="other"))
+
+    with pytest.raises(errors.InvalidInput) as refused:
+        services.change_license_plan(license=issued.license, plan=elsewhere, actor=actor)
+
+    assert (refused.value.field, refused.value.message) == ("plan", "This plan belongs to another product.")
+    assert License.objects.get(pk=issued.license.pk).plan == issued.license.plan
+    assert not events("license.plan_changed")

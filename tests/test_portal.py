@@ -10,11 +10,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core import mail
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from django.views.defaults import server_error
+from license_verifier import verify_license_file
 
 from licensing import services
-from licensing.models import Activation, SignInLink
+from licensing.models import Activation, AuditEvent, SignInLink
 from portal import views as portal_views
 from tests.factories import activate, make_license, make_plan
 
@@ -212,8 +215,12 @@ def test_sign_out_ends_the_session(signed_in):
     assert signed_in.get(reverse("portal:licenses")).status_code == 302
 
 
-def test_sign_out_needs_a_post(signed_in):
-    assert signed_in.get(reverse("portal:sign-out")).status_code == 405
+def test_sign_out_by_address_asks_first_and_signs_out_only_with_a_post(signed_in):
+    asked = signed_in.get(reverse("portal:sign-out"))
+
+    assert asked.status_code == 200
+    assert '<button type="submit">Sign out</button>' in asked.content.decode()
+    assert signed_in.get(reverse("portal:licenses")).status_code == 200
 
 
 def test_staff_are_not_customers(staff_client):
@@ -342,25 +349,53 @@ def test_deactivate_all_with_no_device_in_use_offers_nothing_to_confirm(signed_i
 @pytest.mark.parametrize(
     ("expires_at", "words"),
     [
-        (lambda now: now + timedelta(days=365), "Active, expires in 365 days"),
-        (lambda now: now + timedelta(days=1), "Active, expires in 1 day"),
-        (lambda now: now.replace(hour=23, minute=59, second=59, microsecond=999999), "Active, expires today"),
+        (lambda now: now + timedelta(days=365), "Active, expires in 365 days, on "),
+        (lambda now: now + timedelta(days=1), "Active, expires in 1 day, on "),
+        (lambda now: now.replace(hour=23, minute=59, second=59, microsecond=999999), "Active, expires today at 23:59"),
     ],
 )
 def test_days_left_are_counted_in_calendar_days(signed_in, customer, plan, expires_at, words):
-    make_license(plan=plan, customer=customer, expires_at=expires_at(timezone.localtime()))
+    expiry = expires_at(timezone.localtime())
+    make_license(plan=plan, customer=customer, expires_at=expiry)
 
-    assert words in signed_in.get(reverse("portal:licenses")).content.decode()
+    page = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    assert words in page
+    assert "today" in words or f"on {expiry.day} {expiry:%B %Y}" in page
+
+
+def test_devices_over_a_lowered_limit_say_what_it_takes_to_activate_another(signed_in, customer, actor):
+    issued = make_license(plan=make_plan(max_activations=3), customer=customer)
+    for name in ("a", "b", "c"):
+        activate(issued, name)
+    solo = make_license(plan=make_plan(max_activations=1), customer=customer)
+    activate(solo, "only")
+    services.change_activation_limit(license=issued.license, max_activations=1, actor=actor)
+
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+    listing = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    assert "3 devices in use, over the limit of 1: deactivate 2 before another can be activated" in page
+    license = issued.license
+    assert f"<title>{license.product.name} · {license.plan.name} · {license.masked_key}</title>" in page
+    assert "1 of 1 slot in use" in listing
 
 
 def test_an_offline_license_file_downloads_for_a_live_device(signed_in, issued):
     activation = activate(issued, "mac", name="MacBook").activation
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+    assert "lets the app on its device run without reaching the license server, for 30 days" in page
+    assert '<td data-label="Last seen">now</td>' in page
+    assert re.search(r"<time [^>]+>\d+ \w+ \d{4}, \d\d:\d\d UTC</time>\s+MacBook activated", page)
 
     response = signed_in.post(reverse("portal:license-file", args=[issued.license.pk, activation.pk]))
 
     assert response.status_code == 200
-    assert response["Content-Disposition"] == f'attachment; filename="license-{activation.pk}.lic"'
-    assert response.content.decode().startswith("-----BEGIN LICENSE FILE-----")
+    filename = f"{issued.license.product.slug}-macbook-{str(activation.pk)[:8]}.lic"
+    assert response["Content-Disposition"] == f'attachment; filename="{filename}"'
+    public_keys = {each.kid: each.public_key_pem for each in services.published_signing_keys()}
+    payload = verify_license_file(response.content.decode(), public_keys, fingerprint="mac", license_key=issued.key)
+    assert payload["activation"]["id"] == str(activation.pk)
 
 
 # ---------------------------------------------------------------- another customer's objects
@@ -416,10 +451,13 @@ def test_changes_need_a_post_with_csrf(issued, customer):
     assert Activation.objects.get(pk=activation.pk).is_live
 
 
-def test_downloading_a_license_file_needs_a_post(signed_in, issued):
+def test_downloading_a_license_file_needs_a_post_and_an_address_followed_leads_to_its_license(signed_in, issued):
     activation = activate(issued, "mac").activation
 
-    assert signed_in.get(reverse("portal:license-file", args=[issued.license.pk, activation.pk])).status_code == 405
+    response = signed_in.get(reverse("portal:license-file", args=[issued.license.pk, activation.pk]))
+
+    assert (response.status_code, response["Location"]) == (302, reverse("portal:license", args=[issued.license.pk]))
+    assert not AuditEvent.objects.filter(action="activation.checked_out").exists()
 
 
 def test_the_sign_in_page_answers_head_for_uptime_checks(client):
@@ -430,3 +468,77 @@ def test_the_sign_in_mail_greets_the_customer_by_name(client, customer):
     request_link(client, customer.email)
 
     assert mail.outbox[0].body.startswith("Hello Ada Lovelace,")
+
+
+def test_the_confirmation_says_what_a_deactivation_uses_up(signed_in, customer):
+    strict = make_plan(max_activations=3, max_deactivations=2, deactivation_window_days=30, slot_cooldown_minutes=60)
+    issued = make_license(plan=strict, customer=customer)
+    device = activate(issued, "mac", name="MacBook").activation
+
+    one = signed_in.get(reverse("portal:deactivate-device", args=[issued.license.pk, device.pk])).content.decode()
+    every = signed_in.get(reverse("portal:deactivate-all", args=[issued.license.pk])).content.decode()
+
+    for page in (one, every):
+        assert "A freed slot can take another device 60 minutes later." in page
+        assert "Each device deactivated uses one of your device changes: 2 are left." in page
+        assert "become free for" not in page
+
+
+def test_the_history_says_which_deactivations_were_the_customers_own(signed_in, customer, other_customer, actor):
+    issued = make_license(plan=make_plan(), customer=other_customer)
+    mine, theirs = (activate(issued, name, name=name).activation for name in ("Mine", "Theirs"))
+    services.deactivate_activation(activation=theirs, actor=services.Actor.customer(other_customer))
+    services.update_license(license=issued.license, customer=customer, actor=actor)
+    signed_in.post(reverse("portal:deactivate-device", args=[issued.license.pk, mine.pk]))
+
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+
+    assert "Mine deactivated (by you)" in page
+    assert "Theirs deactivated (by customer)" in page
+
+
+def test_a_page_that_is_not_there_says_so_with_a_way_back(signed_in):
+    response = signed_in.get("/portal/licenses/00000000-0000-4000-8000-000000000000/")
+
+    assert response.status_code == 404
+    page = response.content.decode()
+    assert "There is nothing here" in page
+    assert f'href="{reverse("portal:licenses")}"' in page
+
+
+def test_a_server_error_page_renders_with_nothing_from_the_request(rf):
+    response = server_error(rf.get("/portal/licenses/"))
+
+    assert response.status_code == 500
+    assert "Something went wrong on our side" in response.content.decode()
+
+
+def test_customers_are_shown_where_to_get_help_when_the_vendor_says_where(signed_in, customer, plan, actor, settings):
+    suspended = make_license(plan=plan, customer=customer)
+    services.suspend_license(license=suspended.license, actor=actor)
+    make_license(plan=plan, customer=customer)
+    help_link = '<a href="mailto:help@example.com">Contact support</a>'
+
+    without = signed_in.get(reverse("portal:licenses")).content.decode()
+    settings.SUPPORT_URL = "mailto:help@example.com"
+    listing = signed_in.get(reverse("portal:licenses")).content.decode()
+    page = signed_in.get(reverse("portal:license", args=[suspended.license.pk])).content.decode()
+
+    assert "mailto:" not in without
+    assert listing.count(help_link) == 1
+    assert help_link in page
+    assert "Questions about a license? Contact support" in listing
+
+
+def test_following_another_customers_link_says_whose_licenses_are_shown_now(signed_in, customer, other_customer):
+    request_link(Client(), other_customer.email)
+    forwarded = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+    request_link(Client(), other_customer.email)
+    own_again = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+
+    switched = signed_in.post(forwarded, follow=True)
+    same = signed_in.post(own_again, follow=True)
+
+    assert "You are now signed in as grace@example.com." in switched.content.decode()
+    assert same.status_code == 200
+    assert "You are now signed in as" not in same.content.decode()

@@ -93,3 +93,23 @@ def test_customer_signs_in_and_frees_a_device(page, live_server):
     assert "Office PC" in devices.first.inner_text()
     assert services.validate_license(license_key=issued.key, fingerprint="mac-serial-0001").code == "NOT_ACTIVATED"
     assert services.validate_license(license_key=issued.key, fingerprint="pc-serial-0002").code == "VALID"
+
+
+def test_a_device_name_with_no_spaces_wraps_instead_of_widening_the_page_on_a_phone(page, live_server):
+    customer = make_customer(email="grace@example.com")
+    issued = make_license(plan=make_plan(max_activations=3), customer=customer)
+    activate(issued, "phone-serial-0001", name="A" * 255)
+    page.set_viewport_size({"width": 390, "height": 844})
+
+    page.goto(f"{live_server.url}/portal/")
+    page.get_by_label("E-mail address").fill("grace@example.com")
+    page.get_by_role("button", name="Send me a sign-in link").click()
+    page.get_by_role("heading", name="Check your e-mail").wait_for()
+    page.goto(re.search(r"https?://\S+", mail.outbox[-1].body).group(0))
+    page.get_by_role("button", name="Continue to your licenses").click()
+    page.goto(f"{live_server.url}/portal/licenses/{issued.license.pk}/")
+    screenshot(page, "long-name-phone")
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    deactivate = page.get_by_role("link", name=re.compile("^Deactivate A+$")).bounding_box()
+    assert deactivate["x"] + deactivate["width"] <= 390

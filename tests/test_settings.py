@@ -56,6 +56,31 @@ def test_a_public_url_that_is_no_scheme_and_host_stops_the_server_from_starting(
     assert "PUBLIC_URL must look like https://licenses.example.com" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["support@example.com", "javascript:alert(1)", "https://"])
+def test_a_support_url_that_is_no_mail_or_web_address_stops_the_server_from_starting(value):
+    result = import_settings(SUPPORT_URL=value)
+
+    assert result.returncode != 0
+    assert "SUPPORT_URL must be a mailto: address or an http(s) address." in result.stderr
+
+
+@pytest.mark.parametrize("threshold", ["", "0"])
+def test_prepared_statements_turn_off_with_an_empty_or_zero_threshold(threshold):
+    """The README's advice behind PgBouncer in transaction mode; empty stopped the settings loading."""
+    result = import_settings(DATABASE_URL="postgres://x@127.0.0.1:1/x", DATABASE_PREPARE_THRESHOLD=threshold)
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_bad_date_for_a_signing_key_is_a_usage_error_on_the_command_line_not_a_traceback():
+    command = [sys.executable, "manage.py", "create_signing_key", "--signs-from", "yesterday"]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False)
+
+    assert result.returncode == 2
+    assert "argument --signs-from: 'yesterday' is not an ISO 8601 date or date-time." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_rates_in_drfs_forms_are_accepted():
     assert import_settings(RATE_LIMIT_PER_IP="5/second", RATE_LIMIT_PER_KEY="100/min").returncode == 0
 

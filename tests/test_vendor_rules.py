@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
 import uuid
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from licensing import errors, services, signing
@@ -149,7 +152,7 @@ def test_without_its_own_key_a_product_uses_the_global_one(actor):
     product = make_product()
 
     made = services.rsa_key_for(product)
-    imported = services.import_rsa_key(private_key_pem=rsa_pem(), actor=actor)
+    imported = services.import_rsa_key(private_key_pem=rsa_pem(), replace=True, actor=actor)
 
     assert made.product is None
     assert services.rsa_key_for(product) == imported
@@ -222,6 +225,60 @@ def test_staff_import_and_generate_rsa_keys_in_the_admin(staff_client):
     assert "This is not an unencrypted PEM private key." in refused.content.decode()
     page = staff_client.get(reverse("admin:licensing_rsakey_change", args=[RsaKey.objects.first().pk]))
     assert "PRIVATE" not in page.content.decode()
+
+
+def test_a_second_rsa_key_for_the_same_answers_needs_staff_to_say_it_replaces_the_first(staff_client):
+    add = reverse("admin:licensing_rsakey_add")
+    staff_client.post(add, {"product": "", "private_key_pem": rsa_pem()})
+    first = RsaKey.objects.get()
+
+    refused = staff_client.post(add, {"product": "", "private_key_pem": ""})
+
+    assert refused.status_code == 200
+    assert "Global RSA key signs these answers now" in refused.content.decode()
+    assert list(RsaKey.objects.all()) == [first]
+
+    staff_client.post(add, {"product": "", "private_key_pem": "", "replace": "on"})
+
+    second = RsaKey.objects.exclude(pk=first.pk).get()
+    assert services.rsa_key_for(None) == second
+    page = staff_client.get(reverse("admin:licensing_rsakey_changelist")).content.decode()
+    newest_first = re.findall(r'<td class="field-signs_now"><img src="[^"]*" alt="(True|False)"', page)
+    assert newest_first == ["True", "False"]
+
+
+def test_a_products_first_rsa_key_replaces_the_global_one_there_only_when_asked(staff_client, actor, tmp_path):
+    product = make_product(name="Photon", slug="photon")
+    global_key = services.import_rsa_key(private_key_pem=rsa_pem(), actor=actor)
+    pem_file = tmp_path / "product.pem"
+    pem_file.write_text(rsa_pem())
+
+    refused = staff_client.post(reverse("admin:licensing_rsakey_add"), {"product": product.pk, "private_key_pem": ""})
+    with pytest.raises(CommandError, match="Global RSA key signs these answers now"):
+        call_command("import_rsa_key", str(pem_file), "--product", "photon", stdout=io.StringIO())
+
+    assert "Global RSA key signs these answers now" in refused.content.decode()
+    assert services.rsa_key_for(product) == global_key
+    call_command("import_rsa_key", str(pem_file), "--product", "photon", "--replace", stdout=io.StringIO())
+    assert services.rsa_key_for(product).product == product
+    assert services.rsa_key_for(None) == global_key
+
+
+def test_the_rsa_key_list_marks_what_signs_in_the_same_number_of_queries_for_any_number_of_keys(staff_client, actor):
+    changelist = reverse("admin:licensing_rsakey_changelist")
+    services.create_rsa_key(actor=actor)
+    with CaptureQueriesContext(connection) as one_key:
+        staff_client.get(changelist)
+    for product in (make_product(), make_product()):
+        services.create_rsa_key(product=product, replace=True, actor=actor)
+    services.create_rsa_key(replace=True, actor=actor)
+
+    with CaptureQueriesContext(connection) as four_keys:
+        page = staff_client.get(changelist).content.decode()
+
+    assert len(four_keys) == len(one_key)
+    newest_first = re.findall(r'<td class="field-signs_now"><img src="[^"]*" alt="(True|False)"', page)
+    assert sorted(newest_first) == ["False", "True", "True", "True"]
 
 
 def test_unlimited_plan_license_with_usage_limit_in_the_api(management_client):

@@ -115,10 +115,7 @@ def verify_response(
             raise VerificationError(f"Response names no call; expected an answer to {expected_call!r}.")
         raise VerificationError(f"Response answers another call ({meta['call']!r}), not {expected_call!r}.")
     if license_key is not None:
-        answered = meta.get("key_sha256")
-        sent = hashlib.sha256(license_key.encode()).hexdigest()
-        if not isinstance(answered, str) or not hmac.compare_digest(answered.encode(), sent.encode()):
-            raise VerificationError("Response is about another license key, or names none.")
+        _check_license_key(meta.get("key_sha256"), license_key, "Response is about another license key, or names none.")
     if fingerprint is not None and _lets_the_app_run(document):
         _check_device(document.get("activation"), fingerprint, "Response is about another device, or none.")
     return document
@@ -127,6 +124,12 @@ def verify_response(
 def _lets_the_app_run(document: Mapping[str, Any]) -> bool:
     """An answer to activate, validate, checkout or deactivate that is not a refusal: it names a device."""
     return "error" not in document and document.get("valid", True) is not False and "activation" in document
+
+
+def _check_license_key(key_sha256: object, license_key: str, message: str) -> None:
+    mine = hashlib.sha256(license_key.encode()).hexdigest()
+    if not isinstance(key_sha256, str) or not hmac.compare_digest(key_sha256.encode(), mine.encode()):
+        raise VerificationError(message)
 
 
 def _check_device(activation: object, fingerprint: str, message: str) -> None:
@@ -139,12 +142,17 @@ def _check_device(activation: object, fingerprint: str, message: str) -> None:
 
 
 def verify_license_file(
-    text: str, public_keys: PublicKeys, *, fingerprint: str | None = None, now: datetime | None = None
+    text: str,
+    public_keys: PublicKeys,
+    *,
+    fingerprint: str | None = None,
+    license_key: str | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Check an offline license file's signature and validity window, and return its payload.
 
-    Pass this device's `fingerprint`: a file is issued to one device, and a copy must not unlock
-    another.
+    Pass this device's `fingerprint` and the app's `license_key`: a file is issued to one device
+    for one key, and a copy must not unlock another device, nor pass for a file of the app's key.
     """
     if now is None:
         now = datetime.now(UTC)
@@ -174,6 +182,10 @@ def verify_license_file(
         raise VerificationError(f"License file is issued in the future ({issued_at.isoformat()}); check the clock.")
     if fingerprint is not None:
         _check_device(payload.get("activation"), fingerprint, "License file was issued to another device.")
+    if license_key is not None:
+        _check_license_key(
+            payload.get("key_sha256"), license_key, "License file is for another license key, or names none."
+        )
     return payload
 
 

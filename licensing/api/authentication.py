@@ -48,9 +48,9 @@ class ApiKeyPermission(permissions.BasePermission):
         if request.auth is None:
             return False
         # DRF makes the permission objects anew for each request: the message is this request's.
-        self.message = services.api_key_refusal(
-            request.auth, changes=request.method not in permissions.SAFE_METHODS, manages=self.manages
-        )
+        # A view that only reads may take a POST (a key in a body, never in a URL): `reads_only`.
+        changes = request.method not in permissions.SAFE_METHODS and not getattr(view, "reads_only", False)
+        self.message = services.api_key_refusal(request.auth, changes=changes, manages=self.manages)
         return self.message is None
 
 

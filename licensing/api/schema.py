@@ -10,7 +10,7 @@ can be rate-limited (429).
 from __future__ import annotations
 
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 
 from licensing.api.authentication import ApiKeyAuthentication
 from licensing.api.serializers import ErrorSerializer, RefuseUnknownFieldsMixin
@@ -29,13 +29,42 @@ class LicensingAutoSchema(AutoSchema):
                 responses[code] = self._get_response_for_code(answer, code, direction=direction)
         return dict(sorted(responses.items()))
 
+    def get_override_parameters(self):
+        parameters = super().get_override_parameters()
+        if self._takes_idempotency_key():
+            parameters.append(
+                OpenApiParameter(
+                    "Idempotency-Key",
+                    str,
+                    OpenApiParameter.HEADER,
+                    description="Any 1-255 printable ASCII characters, new for each change (an order id): a retry "
+                    "with the same key and request gets the first answer again (Idempotent-Replayed: true) "
+                    "for 24 hours, instead of making the change twice.",
+                )
+            )
+        return parameters
+
+    def _takes_idempotency_key(self) -> bool:
+        view = self.view
+        return (
+            self.method in {"POST", "PATCH"}
+            and getattr(view, "takes_idempotency_keys", False)
+            and not getattr(view, "reads_only", False)
+        )
+
     def _shared_refusals(self) -> dict[str, str]:
         refusals = {}
+        if self._takes_idempotency_key():
+            refusals["422"] = "This Idempotency-Key was sent with another request."
         if self.method in BODY_METHODS or self._is_paginated():
             refusals["400"] = "Bad input; `field` names it."
         if ApiKeyAuthentication in self.view.authentication_classes:
             refusals["401"] = "No API key, or one that is unknown or revoked."
-            refusals["403"] = "This API key is read-only."
+            refusals["403"] = (
+                "This API key is made for apps."
+                if getattr(self.view, "reads_only", False)
+                else "This API key is read-only."
+            )
         if "{" in self.path or self._is_paginated():
             refusals["404"] = "No such record, or no such page."
         if self.method in BODY_METHODS:

@@ -282,6 +282,10 @@ class LicenseFilePayloadSerializer(serializers.Serializer):
 
     license = AppLicenseSerializer()
     activation = ActivationSerializer()
+    key_sha256 = serializers.CharField(
+        help_text="SHA-256 (hex) of the license key the file is for, so a file for another key cannot "
+        "pass for one for the app's."
+    )
     issued_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField()
 
@@ -448,12 +452,22 @@ class CreateLicenseInputSerializer(StrictInputSerializer):
 
 class UpdateLicenseInputSerializer(StrictInputSerializer):
     customer_email = StrictEmailField(max_length=254, required=False, allow_null=True)
+    plan = StrictPrimaryKeyRelatedField(
+        queryset=Plan.objects.all(),
+        required=False,
+        help_text="Another plan of the license's product; the license takes its activation limit, unless "
+        "max_activations is sent too. The expiry stays.",
+    )
     max_activations = StrictIntegerField(
         min_value=0, max_value=services.MAX_ACTIVATION_LIMIT, required=False, allow_null=True
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     metadata = MetadataField(required=False)
     limit_usage = StrictIntegerField(min_value=0, required=False, allow_null=True)
+
+
+class FindLicenseInputSerializer(StrictInputSerializer):
+    key = key_field(help_text="The whole license key, exactly as the customer has it.")
 
 
 class EmptyInputSerializer(StrictInputSerializer):

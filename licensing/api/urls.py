@@ -17,6 +17,7 @@ urlpatterns = [
     path("customers", views.CustomerListView.as_view(), name="customers"),
     path("customers/<int:pk>", views.CustomerDetailView.as_view(), name="customer"),
     path("licenses", views.LicenseListView.as_view(), name="licenses"),
+    path("licenses/find", views.LicenseFindView.as_view(), name="license-find"),
     path("licenses/<uuid:pk>", views.LicenseDetailView.as_view(), name="license"),
     path("licenses/<uuid:pk>/suspend", views.LicenseStatusView.as_view(action_name="suspend"), name="license-suspend"),
     path(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
+from django.db import transaction
 from django.http import Http404
 from django.urls.converters import IntConverter, UUIDConverter
 from django.utils import timezone
@@ -18,9 +20,10 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from licensing import services, signing
+from licensing import errors, services, signing
 from licensing.addresses import client_ip
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ManagementPermission
@@ -28,7 +31,7 @@ from licensing.api.exceptions import error_body
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
-from licensing.models import Activation, Customer, License, Plan, Product, SigningKey
+from licensing.models import Activation, Customer, IdempotentRequest, License, Plan, Product, SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
                 "nonce": nonce if nonce is not None and len(nonce) <= api.MAX_NONCE_LENGTH else None,
                 "call": self.call_name,
                 # The key itself never goes back; its hash lets the app check the answer is about it.
-                "key_sha256": hashlib.sha256(license_key.encode()).hexdigest() if license_key else None,
+                "key_sha256": signing.license_key_sha256(license_key) if license_key else None,
             }
             # For the request log: which license the call was about (its id, never its key).
             license = response.data.get("license")
@@ -355,16 +358,81 @@ def record_or_404(records, **lookup):
         raise no_record_with_this_id(records.model) from None
 
 
+class AnswerAgain(Exception):
+    """Raised before a view runs, to send the answer an earlier request with its Idempotency-Key got."""
+
+    def __init__(self, record: IdempotentRequest) -> None:
+        self.record = record
+
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENT_METHODS = {"POST", "PATCH"}
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
 class ManagementView:
     """Authenticated by API key, never one made for apps; read-only keys may only read. Writes are
-    audited as the key."""
+    audited as the key.
+
+    A change (POST, PATCH) sent with an Idempotency-Key header is done once for that key: a retry
+    (a billing system that lost the answer to a timeout) gets the first answer again, with
+    Idempotent-Replayed: true, instead of a second license.
+    """
 
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [ManagementPermission]
     pagination_class = Pagination
+    takes_idempotency_keys = True
+    idempotent_request: IdempotentRequest | None = None
 
     def api_actor(self) -> services.Actor:
         return services.Actor.api_key(self.request.auth, ip_address=client_ip(self.request))
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.method not in IDEMPOTENT_METHODS or IDEMPOTENCY_KEY_HEADER not in request.headers:
+            return super().dispatch(request, *args, **kwargs)
+        # The key's claim, the change and its kept answer are one transaction: a retry sent while the
+        # first runs waits for it (on the claim's unique index; SQLite's write lock) and then gets its
+        # answer, and a change that fails or is cut off takes its claim with it, so a retry runs it.
+        with transaction.atomic():
+            return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+        if key is None or request.method not in IDEMPOTENT_METHODS or getattr(self, "reads_only", False):
+            return
+        if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not key.isascii() or not key.isprintable():
+            raise errors.InvalidInput(
+                f"An Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters.",
+                field=IDEMPOTENCY_KEY_HEADER,
+            )
+        # The body as parsed, not as sent: a retry that spaces or orders its JSON otherwise is the same.
+        body = json.dumps(request.data, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
+        record, answered = services.claim_idempotency_key(api_key=request.auth, key=key, request_digest=digest)
+        if answered:
+            raise AnswerAgain(record)
+        self.idempotent_request = record
+
+    def handle_exception(self, exc):
+        if isinstance(exc, AnswerAgain):
+            headers = {"Idempotent-Replayed": "true"}
+            return Response(services.stored_answer(exc.record), status=exc.record.status_code, headers=headers)
+        return super().handle_exception(exc)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.idempotent_request is not None:
+            if response.status_code >= 500:
+                # Whatever the change did goes with the claim: the retry does it whole.
+                transaction.set_rollback(True)
+            else:
+                services.finish_idempotent_request(
+                    self.idempotent_request, status_code=response.status_code, answer=response.data
+                )
+            self.idempotent_request = None
+        return response
 
     def get_object(self):
         try:
@@ -383,17 +451,7 @@ class CatalogMixin(ManagementView):
         record = serializer.instance
         for name, value in serializer.validated_data.items():
             setattr(record, name, value)
-        services.save_catalog_record(record=record, actor=self.api_actor())
-
-
-class ProductListView(CatalogMixin, generics.ListCreateAPIView):
-    queryset = Product.objects.order_by("id")
-    serializer_class = api.ProductSerializer
-
-
-class ProductDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
-    queryset = Product.objects.all()
-    serializer_class = api.ProductSerializer
+        services.save_catalog_record(record=record, actor=self.api_actor(), fields=serializer.validated_data.keys())
 
 
 class FilteredListMixin:
@@ -402,18 +460,54 @@ class FilteredListMixin:
     filters_class: type[serializers.Serializer]
 
     def get_queryset(self):
-        queryset = super().get_queryset()
+        return self.apply_filters(super().get_queryset())
+
+    def apply_filters(self, queryset):
         if self.request.method != "GET":
             return queryset
-        filters = self.filters_class(data=query_filters(self.request))
+        filters = self.filters_class(data=query_filters(self.request, self.filters_class))
         filters.is_valid(raise_exception=True)
         return self.filtered(queryset, **filters.validated_data)
 
 
-def query_filters(request: Request) -> dict[str, str]:
+# Not filters, but taken by every list: its page, and DRF's choice of format (only JSON is offered).
+LIST_PARAMETERS = {Pagination.page_query_param, Pagination.page_size_query_param, api_settings.URL_FORMAT_OVERRIDE}
+
+
+def query_filters(request: Request, filters_class: type[serializers.Serializer]) -> dict[str, str]:
+    """The query string's filters, for `filters_class` to check like a body.
+
+    A filter the list does not have, or one given twice, is refused: ignored, it would list
+    everything, and a job meant for one plan's licenses would act on all of them.
+    """
+    offered = set(filters_class().fields)
+    for name, values in request.query_params.lists():
+        if name not in offered and name not in LIST_PARAMETERS:
+            filters = ", ".join(sorted(offered)) or "nothing"
+            raise serializers.ValidationError({name: [f"This list has no such filter; it filters by {filters}."]})
+        if len(values) > 1:
+            raise serializers.ValidationError({name: ["Give this once."]})
     # DRF reads a blank value in a query string as no filter at all: `?external_id=` would list
     # every customer. As a plain dict, a blank value is refused like a blank field of a body.
     return request.query_params.dict()
+
+
+class NoFilters(serializers.Serializer):
+    """For a list with no filters: any given is refused rather than ignored."""
+
+
+class ProductListView(FilteredListMixin, CatalogMixin, generics.ListCreateAPIView):
+    queryset = Product.objects.order_by("id")
+    serializer_class = api.ProductSerializer
+    filters_class = NoFilters
+
+    def filtered(self, products):
+        return products
+
+
+class ProductDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
+    queryset = Product.objects.all()
+    serializer_class = api.ProductSerializer
 
 
 class PlanListFilterSerializer(serializers.Serializer):
@@ -465,34 +559,53 @@ def licenses_for_listing():
 
 class LicenseListFilterSerializer(serializers.Serializer):
     product = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    plan = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    customer = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="Its id.")
     customer_email = serializers.EmailField(required=False)
+    customer_external_id = serializers.CharField(required=False, max_length=200, help_text="The billing system's id.")
     status = serializers.ChoiceField(choices=License.Status.choices, required=False)
     expired = serializers.BooleanField(required=False, default=None, allow_null=True)
+    updated_since = serializers.DateTimeField(
+        required=False, help_text="Changed at or after this time (a sync's last run); devices' calls change nothing."
+    )
 
 
 @extend_schema_view(get=extend_schema(parameters=[LicenseListFilterSerializer]))
-class LicenseListView(ManagementView, generics.ListAPIView):
+class LicenseListView(FilteredListMixin, ManagementView, generics.ListAPIView):
     serializer_class = api.LicenseSerializer
+    filters_class = LicenseListFilterSerializer
 
     def get_queryset(self):
-        filters = LicenseListFilterSerializer(data=query_filters(self.request))
-        filters.is_valid(raise_exception=True)
-        licenses = licenses_for_listing().order_by("-created_at", "id")
-        if "product" in filters.validated_data:
-            licenses = licenses.filter(product_id=filters.validated_data["product"])
-        if "customer_email" in filters.validated_data:
-            licenses = licenses.filter(customer__email__iexact=filters.validated_data["customer_email"])
-        if "status" in filters.validated_data:
-            licenses = licenses.filter(status=filters.validated_data["status"])
-        if filters.validated_data["expired"] is not None:
+        return self.apply_filters(licenses_for_listing().order_by("-created_at", "id"))
+
+    filter_lookups = {
+        "product": "product_id",
+        "plan": "plan_id",
+        "customer": "customer_id",
+        "customer_email": "customer__email__iexact",
+        "customer_external_id": "customer__external_id",
+        "status": "status",
+        "updated_since": "updated_at__gte",
+    }
+
+    def filtered(self, licenses, expired=None, **filters):
+        licenses = licenses.filter(**{self.filter_lookups[name]: value for name, value in filters.items()})
+        if expired is not None:
             unexpired = License.unexpired_at(timezone.now())
-            licenses = licenses.exclude(unexpired) if filters.validated_data["expired"] else licenses.filter(unexpired)
+            licenses = licenses.exclude(unexpired) if expired else licenses.filter(unexpired)
         return licenses
 
     @extend_schema(
         summary="Issue a license",
         request=api.CreateLicenseInputSerializer,
-        responses={201: api.LicenseWithKeySerializer, 400: ERRORS[400], 409: OpenApiResponse(api.ErrorSerializer)},
+        responses={
+            201: api.LicenseWithKeySerializer,
+            400: ERRORS[400],
+            403: OpenApiResponse(
+                api.ErrorSerializer, description="A read-only API key, or an inactive product (product_inactive)."
+            ),
+            409: OpenApiResponse(api.ErrorSerializer),
+        },
     )
     def post(self, request):
         data = validated(api.CreateLicenseInputSerializer, request)
@@ -518,7 +631,7 @@ class LicenseDetailView(ManagementView, APIView):
         return Response(api.LicenseWithKeySerializer(record_or_404(licenses_for_listing(), pk=pk)).data)
 
     @extend_schema(
-        summary="Change a license's owner, limit, expiry or metadata",
+        summary="Change a license's owner, plan, device limit, expiry, metadata or usage limit",
         request=api.UpdateLicenseInputSerializer,
         responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
     )
@@ -527,6 +640,21 @@ class LicenseDetailView(ManagementView, APIView):
         data = validated(api.UpdateLicenseInputSerializer, request)
         services.update_license(license=license, actor=self.api_actor(), **data)
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
+
+
+class LicenseFindView(ManagementView, APIView):
+    # The key is sent in a body, never in a URL, where access logs and proxies would keep it.
+    reads_only = True
+
+    @extend_schema(
+        summary="Find a license by its whole key (read-only keys may too)",
+        request=api.FindLicenseInputSerializer,
+        responses={200: api.LicenseWithKeySerializer, 400: ERRORS[400], 404: ERRORS[404]},
+    )
+    def post(self, request):
+        data = validated(api.FindLicenseInputSerializer, request)
+        # Found with its relations and device count, all the answer shows.
+        return Response(api.LicenseWithKeySerializer(services.get_license_by_key(data["key"])).data)
 
 
 LICENSE_ACTIONS = {
@@ -567,12 +695,23 @@ class LicenseExtendView(ManagementView, APIView):
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
 
 
-class LicenseActivationListView(ManagementView, generics.ListAPIView):
+class ActivationListFilterSerializer(serializers.Serializer):
+    live = serializers.BooleanField(
+        required=False, default=None, allow_null=True, help_text="true: devices in use; false: deactivated ones."
+    )
+
+
+@extend_schema_view(get=extend_schema(parameters=[ActivationListFilterSerializer]))
+class LicenseActivationListView(FilteredListMixin, ManagementView, generics.ListAPIView):
     serializer_class = api.ManagedActivationSerializer
+    filters_class = ActivationListFilterSerializer
 
     def get_queryset(self):
         license = record_or_404(License.objects, pk=self.kwargs["pk"])
-        return Activation.objects.filter(license=license).order_by("-created_at", "id")
+        return self.apply_filters(Activation.objects.filter(license=license).order_by("-created_at", "id"))
+
+    def filtered(self, activations, live=None):
+        return activations if live is None else activations.filter(deactivated_at__isnull=live)
 
 
 class ActivationDeactivateView(ManagementView, APIView):

@@ -55,6 +55,7 @@ def license_payload(**overrides: Any) -> dict[str, Any]:
     payload = {
         "license": {"key_suffix": "ABC123", "status": "active"},
         "activation": {"fingerprint": "device-1"},
+        "key_sha256": hashlib.sha256(b"MY-KEY").hexdigest(),
         "issued_at": "2026-11-23T09:00:00Z",
         "expires_at": "2026-12-23T09:00:00+00:00",
         "kid": KID,
@@ -325,6 +326,20 @@ def test_license_file_for_another_device_fails(signing_key, public_keys, activat
 
     with pytest.raises(VerificationError, match="another device"):
         verify_license_file(text, public_keys, fingerprint="device-1", now=NOW)
+
+
+def test_license_file_for_the_app_key_passes(signing_key, public_keys):
+    payload = verify_license_file(license_file(signing_key), public_keys, license_key="MY-KEY", now=NOW)
+
+    assert payload["key_sha256"] == hashlib.sha256(b"MY-KEY").hexdigest()
+
+
+@pytest.mark.parametrize("key_sha256", [hashlib.sha256(b"OTHER-KEY").hexdigest(), None, "MY-KEY", 1])
+def test_license_file_for_another_key_or_naming_none_fails(signing_key, public_keys, key_sha256):
+    text = license_file(signing_key, key_sha256=key_sha256)
+
+    with pytest.raises(VerificationError, match="another license key, or names none"):
+        verify_license_file(text, public_keys, license_key="MY-KEY", now=NOW)
 
 
 def test_crlf_line_endings_and_surrounding_blank_lines_are_tolerated(signing_key, public_keys):

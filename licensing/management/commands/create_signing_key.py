@@ -1,5 +1,6 @@
 """Make a new Ed25519 signing key, published at once; it signs from now, or from --signs-from."""
 
+import argparse
 from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
@@ -12,7 +13,8 @@ def aware_time(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise CommandError(f"--signs-from: {value!r} is not an ISO 8601 date or date-time.") from None
+        # argparse's own refusal: a usage line on the command line, not a traceback.
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 date or date-time.") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -14,6 +14,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("pem_file", type=Path, help="The unencrypted PEM private key file.")
         parser.add_argument("--product", help="The product's slug; leave out for the global key.")
+        parser.add_argument(
+            "--replace",
+            action="store_true",
+            help="Sign with this key instead of the one that signs these answers now (apps holding only "
+            "that key's public half stop trusting them).",
+        )
 
     def handle(self, *args, **options):
         product = None
@@ -24,7 +30,10 @@ class Command(BaseCommand):
         try:
             pem = options["pem_file"].read_text()
             rsa_key = services.import_rsa_key(
-                product=product, private_key_pem=pem, actor=services.Actor.system("import_rsa_key")
+                product=product,
+                private_key_pem=pem,
+                replace=options["replace"],
+                actor=services.Actor.system("import_rsa_key"),
             )
         except OSError as error:
             raise CommandError(f"Cannot read {options['pem_file']}: {error.strerror}.") from None
