@@ -41,13 +41,17 @@ class SignInForm(forms.Form):
     email = forms.EmailField(label=_("E-mail address"), max_length=254)
 
 
+def signed_in_customer(request) -> Customer | None:
+    return Customer.objects.filter(pk=request.session.get(SESSION_KEY)).first()
+
+
 def customer_required(view):
     """Signed-in pages: they show license keys, so no browser or proxy may keep a copy (never_cache)."""
 
     @never_cache
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        customer = Customer.objects.filter(pk=request.session.get(SESSION_KEY)).first()
+        customer = signed_in_customer(request)
         if customer is None:
             return redirect("portal:sign-in")
         request.customer = customer
@@ -75,7 +79,7 @@ def actor(request) -> services.Actor:
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def sign_in(request):
-    if Customer.objects.filter(pk=request.session.get(SESSION_KEY)).exists():
+    if signed_in_customer(request):
         return redirect("portal:licenses")
     form = SignInForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -122,6 +126,8 @@ def send_sign_in_link(customer: Customer, body: str) -> None:
 def redeem(request, token):
     # GET only shows a button: mail scanners that open links must not use up the one-time link.
     if request.method == "GET":
+        # The header says who is signed in, as a forwarded link would switch accounts.
+        request.customer = signed_in_customer(request)
         return render(request, "portal/redeem.html")
     try:
         customer = services.redeem_sign_in_link(token=token, ip_address=client_ip(request))
@@ -140,6 +146,9 @@ def redeem(request, token):
 def sign_out(request):
     # An address typed or followed (GET) only asks: signing out is a POST, like every change here.
     if request.method == "GET":
+        request.customer = signed_in_customer(request)
+        if request.customer is None:
+            return redirect("portal:sign-in")
         return render(request, "portal/sign_out.html")
     request.session.flush()
     messages.success(request, _("You are signed out."))

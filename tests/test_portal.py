@@ -215,12 +215,30 @@ def test_sign_out_ends_the_session(signed_in):
     assert signed_in.get(reverse("portal:licenses")).status_code == 302
 
 
-def test_sign_out_by_address_asks_first_and_signs_out_only_with_a_post(signed_in):
+def test_sign_out_by_address_asks_first_and_signs_out_only_with_a_post(signed_in, customer):
     asked = signed_in.get(reverse("portal:sign-out"))
 
     assert asked.status_code == 200
     assert '<button type="submit">Sign out</button>' in asked.content.decode()
+    assert f'<span class="who">{customer.email}</span>' in asked.content.decode()
     assert signed_in.get(reverse("portal:licenses")).status_code == 200
+
+
+def test_sign_out_by_address_when_signed_out_leads_to_sign_in(client):
+    response = client.get(reverse("portal:sign-out"))
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("portal:sign-in")
+
+
+def test_a_link_opened_while_signed_in_says_who_is_signed_in_now(signed_in, customer, other_customer):
+    request_link(Client(), other_customer.email)
+    forwarded = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+
+    page = signed_in.get(forwarded).content.decode()
+
+    assert f'<span class="who">{customer.email}</span>' in page
+    assert "Continue to your licenses" in page
 
 
 def test_staff_are_not_customers(staff_client):
