@@ -428,9 +428,12 @@ class ApiKey(models.Model):
     )
     key_digest = models.CharField(max_length=64, unique=True, editable=False)
     read_only = models.BooleanField(default=False, help_text=_("A read-only key can list and read, never change."))
+    # The database defaults let a server of the release before a column was added keep inserting
+    # rows while the next release migrates.
     apps_only = models.BooleanField(
         _("for apps only"),
         default=False,
+        db_default=False,
         help_text=_(
             "For a key shipped inside apps: it makes license calls (activate, validate, deactivate, read "
             "a key) on the Kelviq, GetKeyManager and Keymint faces, and nothing else: no management API, "
@@ -496,7 +499,7 @@ class SignInLink(models.Model):
     token_digest = models.CharField(max_length=64, unique=True, editable=False)
     ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
     # What the per-IP limit counts (addresses.network_of): an IPv6 host holds a whole /64.
-    client_network = models.CharField(max_length=43, blank=True, db_index=True, editable=False)
+    client_network = models.CharField(max_length=43, blank=True, db_index=True, editable=False, db_default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     used_at = models.DateTimeField(null=True, blank=True)
 

@@ -1355,9 +1355,13 @@ def _take_turns(name: str) -> None:
     database's write lock from BEGIN (IMMEDIATE, in the settings).
     """
     if connection.vendor == "postgresql":
-        lock_id = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_lock_id(name)])
+
+
+def advisory_lock_id(name: str) -> int:
+    """The number of PostgreSQL's advisory lock called `name` (its locks are numbers)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def signing_key_made_if_none(*, actor: Actor | None = None) -> SigningKey:

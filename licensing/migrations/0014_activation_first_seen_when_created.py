@@ -2,6 +2,13 @@
 
 import django.utils.timezone
 from django.db import migrations, models
+from django.db.models import F
+
+
+def first_seen_when_created(apps, schema_editor):
+    # auto_now_add stamped created_at a few microseconds after last_seen_at's default.
+    Activation = apps.get_model("licensing", "Activation")
+    Activation.objects.filter(created_at__gt=F("last_seen_at")).update(created_at=F("last_seen_at"))
 
 
 class Migration(migrations.Migration):
@@ -11,9 +18,16 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name='activation',
-            name='created_at',
-            field=models.DateTimeField(default=django.utils.timezone.now, editable=False),
+        # A default in Python only: nothing changes in the database (on SQLite, an AlterField would
+        # copy the whole table).
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='activation',
+                    name='created_at',
+                    field=models.DateTimeField(default=django.utils.timezone.now, editable=False),
+                ),
+            ],
         ),
+        migrations.RunPython(first_seen_when_created, migrations.RunPython.noop),
     ]

@@ -1,0 +1,116 @@
+"""Upgrading a running installation: migrate from several hosts, servers of the release before, going back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.db.migrations.recorder import MigrationRecorder
+
+from licensing import services
+from licensing.management.commands.migrate import MIGRATE_LOCK
+from licensing.models import Activation, ApiKey, SignInLink
+from tests.factories import activate, make_license
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def latest_migration() -> str:
+    return MigrationRecorder.Migration.objects.filter(app="licensing").latest("id").name
+
+
+@pytest.fixture
+def migrated_forward_again():
+    """Tests here take the schema back; whatever happens, the next test gets the whole schema."""
+    latest = latest_migration()
+    yield
+    call_command("migrate", "licensing", latest, verbosity=0)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serves one host")
+def test_a_second_migrate_waits_for_the_one_running():
+    settings = connection.settings_dict
+    running = psycopg.connect(
+        dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"], port=settings["PORT"] or 5432
+    )
+    running.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK])
+    outcome = []
+
+    def second_host():
+        try:
+            call_command("migrate", verbosity=0)
+            outcome.append("migrated")
+        except Exception as error:
+            outcome.append(error)
+        finally:
+            connection.close()
+
+    second = threading.Thread(target=second_host)
+    second.start()
+    try:
+        deadline = time.monotonic() + 20
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:
+            waiting = running.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' "
+                "AND datname = current_database()"
+            ).fetchone()[0]
+            time.sleep(0.05)
+        assert waiting == 1
+        assert outcome == []
+    finally:
+        running.close()
+        second.join(60)
+
+    assert outcome == ["migrated"]
+
+
+def as_the_release_before(record, missing_field: str) -> None:
+    """Insert the record as a server of the release before `missing_field` was added would: without it."""
+    fields = [
+        field for field in type(record)._meta.concrete_fields if field.name != missing_field and not field.primary_key
+    ]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    values = [field.get_db_prep_save(field.pre_save(record, add=True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {connection.ops.quote_name(type(record)._meta.db_table)} ({columns}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})",
+            values,
+        )
+
+
+def test_servers_of_the_release_before_keep_working_while_the_next_one_migrates():
+    as_the_release_before(ApiKey(name="made by the old server", prefix="lic_abc", key_digest="a" * 64), "apps_only")
+    as_the_release_before(SignInLink(email="ada@example.com", token_digest="b" * 64), "client_network")
+
+    assert ApiKey.objects.get(name="made by the old server").apps_only is False
+    assert SignInLink.objects.get(email="ada@example.com").client_network == ""
+
+
+def test_going_back_before_apps_only_keys_is_refused_while_one_works(migrated_forward_again):
+    key = services.create_api_key(name="shipped in the app", apps_only=True, actor=services.Actor.system("tests"))
+
+    with pytest.raises(CommandError, match="1 API key\\(s\\) are for apps only.*Revoke them"):
+        call_command("migrate", "licensing", "0011", verbosity=0)
+
+    assert latest_migration() == "0012_api_key_apps_only"
+    assert ApiKey.objects.get(pk=key.api_key.pk).apps_only is True
+
+
+def test_upgrading_makes_every_device_first_seen_when_it_was_activated(migrated_forward_again):
+    activation = activate(make_license(), "device-1").activation
+    stamped_later = activation.last_seen_at + timedelta(microseconds=120)
+    call_command("migrate", "licensing", "0013", verbosity=0)
+    Activation.objects.filter(pk=activation.pk).update(created_at=stamped_later)
+
+    call_command("migrate", "licensing", verbosity=0)
+
+    activation.refresh_from_db()
+    assert activation.created_at == activation.last_seen_at
