@@ -254,6 +254,8 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         # The development server's access lines too, so they pass through the console's redaction.
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Each 4xx would be a second line beside its request line; apps send unknown keys all day.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         # Scanners and health checks by IP address send unknown Host headers all day: one line each.
         "django.security.DisallowedHost": {"filters": ["without_traceback"]},
     },

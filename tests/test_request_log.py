@@ -38,6 +38,16 @@ def test_each_request_is_one_line_with_the_license_id_and_never_the_key(api_clie
     assert issued.key not in caplog.text
 
 
+def test_a_refused_call_is_its_request_line_alone(api_client, client, caplog):
+    caplog.set_level(logging.INFO)
+
+    api_client.post("/api/v1/licenses/validate", {"key": "NO-SUCH-KEY"}, format="json")
+    client.get("/portal/no-such-page/")
+
+    assert [line["status"] for line in request_lines(caplog)] == [404, 404]
+    assert [record.name for record in caplog.records] == ["licensing.requests"] * 2
+
+
 def test_a_portal_sign_in_link_is_logged_without_its_token(client, customer, caplog):
     caplog.set_level(logging.INFO, logger="licensing.requests")
     token = services.request_sign_in_link(email=customer.email).token
