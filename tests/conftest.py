@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import os
+
+import hypothesis
 import pytest
 from django.contrib.auth import get_user_model
 
 from licensing import services
 from tests.factories import make_customer, make_license, make_plan, make_product
+
+# The fuzz tests try the same inputs on every run: a new input failing would turn a change's CI red
+# for a fault it did not make. HYPOTHESIS_PROFILE=explore tries new ones on each run.
+hypothesis.settings.register_profile("suite", derandomize=True)
+hypothesis.settings.register_profile("explore", derandomize=False)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture

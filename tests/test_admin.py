@@ -595,15 +595,16 @@ def test_extend_action_without_a_positive_number_of_days_changes_nothing(staff_c
 
 
 def test_extend_action_adds_calendar_years_leap_day_included(staff_client, plan):
-    expires_at = datetime(2027, 11, 23, 12, tzinfo=UTC)
+    # Far ahead: a lapsed license would be extended from today instead.
+    expires_at = datetime(2095, 11, 23, 12, tzinfo=UTC)
     license = make_license(plan=plan, expires_at=expires_at).license
 
     action(staff_client, "license", "extend", [license], days="1", unit="years")
     action(staff_client, "license", "extend", [license], days="3", unit="months")
 
-    assert License.objects.get(pk=license.pk).expires_at == datetime(2029, 2, 23, 12, tzinfo=UTC)
+    assert License.objects.get(pk=license.pk).expires_at == datetime(2097, 2, 23, 12, tzinfo=UTC)
     event = AuditEvent.objects.filter(action="license.extended").order_by("id").first()
-    assert event.changes["expires_at"][1].startswith("2028-11-23T12:00:00")
+    assert event.changes["expires_at"][1].startswith("2096-11-23T12:00:00")
 
 
 def test_repeating_an_action_says_nothing_changed(staff_client, issued):

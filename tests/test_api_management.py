@@ -662,13 +662,14 @@ def test_suspend_reinstate_revoke_and_extend(management_client, plan):
 
 
 def test_extend_by_calendar_months(management_client, plan):
-    license = make_license(plan=plan, expires_at=datetime(2027, 1, 31, 9, tzinfo=UTC)).license
+    # Far ahead: a lapsed license would be extended from today instead.
+    license = make_license(plan=plan, expires_at=datetime(2095, 1, 31, 9, tzinfo=UTC)).license
 
     response = management_client.post(f"/api/v1/licenses/{license.pk}/extend", {"months": 13}, format="json")
 
     assert response.status_code == 200
     # January 31st and 13 months: February has no 31st, so its last day.
-    assert License.objects.get(pk=license.pk).expires_at == datetime(2028, 2, 29, 9, tzinfo=UTC)
+    assert License.objects.get(pk=license.pk).expires_at == datetime(2096, 2, 29, 9, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("months", [120_000, 10**15])

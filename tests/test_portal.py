@@ -372,7 +372,10 @@ def test_deactivate_all_with_no_device_in_use_offers_nothing_to_confirm(signed_i
         (lambda now: now.replace(hour=23, minute=59, second=59, microsecond=999999), "Active, expires today at 23:59"),
     ],
 )
-def test_days_left_are_counted_in_calendar_days(signed_in, customer, plan, expires_at, words):
+def test_days_left_are_counted_in_calendar_days(signed_in, customer, plan, expires_at, words, monkeypatch):
+    # Held at mid-morning: a midnight between making the license and showing it changes the count.
+    morning = timezone.now().replace(hour=10, minute=0, second=0, microsecond=0)
+    monkeypatch.setattr(timezone, "now", lambda: morning)
     expiry = expires_at(timezone.localtime())
     make_license(plan=plan, customer=customer, expires_at=expiry)
 
