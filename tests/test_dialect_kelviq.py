@@ -595,6 +595,35 @@ def test_unknown_paths_are_drf_404(kelviq, path):
     assert response.json() == {"detail": "Not found."}
 
 
+def test_kelviqs_own_sdks_snake_case_fields_work_as_camel_case_ones(kelviq, issued, customer):
+    """Kelviq's Python and Node SDKs send `license_key`, `instance_name`..., its documentation `licenseKey`."""
+    activated = post(
+        kelviq,
+        "activate",
+        {
+            "license_key": issued.key,
+            "customer_id": customer.reference,
+            "instance_name": "Build agent",
+            "metadata": {"os_version": "14.1"},
+        },
+    )
+    instance_id = activated.json()["instanceId"]
+    validated = post(kelviq, "validate", {"license_key": issued.key, "instance_id": instance_id})
+    deactivated = post(kelviq, "deactivate", {"license_key": issued.key, "instance_id": instance_id})
+
+    assert [activated.status_code, validated.status_code, deactivated.status_code] == [201, 200, 200]
+    activation = Activation.objects.get(pk=instance_id)
+    assert (activation.name, activation.metadata) == ("Build agent", {"os_version": "14.1"})
+    assert activation.deactivated_at is not None
+    assert validated.json()["metadata"] == {"os_version": "14.1"}
+
+
+def test_a_field_sent_in_both_cases_is_taken_in_camel_case(kelviq, issued):
+    response = post(kelviq, "validate", {"license_key": "NO-SUCH-KEY", "licenseKey": issued.key})
+
+    assert (response.status_code, response.json()["valid"]) == (200, True)
+
+
 def test_paths_work_without_the_trailing_slash(kelviq, issued):
     # A POST redirected to add the slash would lose its body; answering both is what apps survive.
     response = kelviq.post(

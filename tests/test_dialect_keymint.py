@@ -113,14 +113,28 @@ def live_count(issued) -> int:
 # ---------------------------------------------------------------- activate (also how apps check a key)
 
 
-def test_activate_answers_license_valid_with_the_licensee(client, paths, generation, issued):
+def test_activate_answers_license_valid_with_the_licensee(client, paths, generation, issued, actor):
+    expires_at = datetime(2095, 12, 31, 23, 59, 59, 123456, tzinfo=UTC)
+    services.extend_license(license=issued.license, expires_at=expires_at, actor=actor)
+    services.update_license_details(license=issued.license, metadata={"max_seats": 5}, actor=actor)
+
     response = call(client, paths["activate"], key_body(issued, hostId=HOST, deviceTag="Dev Workstation"))
 
     assert response.status_code == 200
     body = response.json()
-    name, email = ("licensee_name", "licensee_email") if generation == "legacy" else ("licenseeName", "licenseeEmail")
-    assert body == {"code": 0, "message": "License valid", name: "Ada Lovelace", email: "ada@example.com"}
-    assert types(body) == {"code": int, "message": str, name: str, email: str}
+    name = str if generation == "legacy" else camel
+    assert body == {
+        "code": 0,
+        "message": "License valid",
+        name("licensee_name"): "Ada Lovelace",
+        name("licensee_email"): "ada@example.com",
+        # What Keymint's SDK tells apps to keep, and what it reads beside it.
+        name("expiration_date"): "2095-12-31T23:59:59.123Z",
+        "metadata": {"max_seats": 5},
+        name("version_id"): None,
+        "version": None,
+        name("allowed_hosts"): None,
+    }
     activation = Activation.objects.get(license=issued.license)
     assert (activation.fingerprint, activation.name, activation.ip_address) == (HOST, "Dev Workstation", "127.0.0.1")
 
@@ -179,7 +193,13 @@ def test_a_license_without_customer_has_no_licensee(client, plan):
 
     response = call(client, "activate-key", key_body(issued, hostId=HOST))
 
-    assert response.json() == {"code": 0, "message": "License valid", "licensee_name": None, "licensee_email": None}
+    body = response.json()
+    assert [body[field] for field in ("code", "message", "licensee_name", "licensee_email")] == [
+        0,
+        "License valid",
+        None,
+        None,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -361,27 +381,29 @@ def test_a_read_only_key_cannot_create_or_block(read_only_client, paths, issued,
 # ---------------------------------------------------------------- deactivate (the seed document)
 
 
-def test_deactivate_a_device_frees_its_slot(client, paths, issued):
+def test_deactivate_a_device_frees_its_slot(client, paths, generation, issued):
     activate(issued, HOST)
     activate(issued, "another-unique-device-identifier")
 
     response = call(client, paths["deactivate"], key_body(issued, hostId=HOST))
 
     assert response.status_code == 200
-    assert response.json() == {"message": "Device deactivated", "code": 0}
+    name = str if generation == "legacy" else camel
+    assert response.json() == {"message": "Device deactivated", "code": 0, name("devices_removed"): 1}
     assert list(Activation.objects.filter(license=issued.license).live().values_list("fingerprint", flat=True)) == [
         "another-unique-device-identifier"
     ]
 
 
-def test_deactivate_without_host_id_frees_every_device(client, paths, issued):
+def test_deactivate_without_host_id_frees_every_device(client, paths, generation, issued):
     for host in ("one", "two", HOST):
         activate(issued, host)
 
     response = call(client, paths["deactivate"], key_body(issued))
 
     assert response.status_code == 200
-    assert response.json() == {"message": "All devices deactivated", "code": 0}
+    name = str if generation == "legacy" else camel
+    assert response.json() == {"message": "All devices deactivated", "code": 0, name("devices_removed"): 3}
     assert live_count(issued) == 0
     assert Activation.objects.filter(license=issued.license).count() == 3
 
@@ -465,8 +487,9 @@ def test_a_server_failure_is_server_error(client, paths, issued, monkeypatch):
 
 
 def test_get_key_answers_the_license_its_devices_and_its_customer(client, generation, issued, actor):
-    expires_at = datetime(2030, 12, 31, 23, 59, 59, 123456, tzinfo=UTC)
+    expires_at = datetime(2095, 12, 31, 23, 59, 59, 123456, tzinfo=UTC)
     services.extend_license(license=issued.license, expires_at=expires_at, actor=actor)
+    services.update_license_details(license=issued.license, metadata={"tier": "pro_plus"}, actor=actor)
     activate(issued, HOST, name="Dev Workstation", ip_address="192.168.1.100")
     activate(issued, "another-unique-device-identifier")
     activate(issued, "freed-device")
@@ -488,6 +511,10 @@ def test_get_key_answers_the_license_its_devices_and_its_customer(client, genera
         "devices": [device_shape, {**device_shape, "device_tag": type(None), "ip_address": type(None)}],
         "activated": bool,
         "expiration_date": str,
+        "metadata": {"tier": str},
+        "version_id": type(None),
+        "version": type(None),
+        "allowed_hosts": type(None),
     }
     customer_shape = {"id": str, "name": str, "email": str, "active": bool}
     expected = {"code": int, "data": {"license": license_shape, "customer": customer_shape}}
@@ -507,6 +534,10 @@ def test_get_key_answers_the_license_its_devices_and_its_customer(client, genera
                     ],
                     "activated": bool,
                     "expirationDate": str,
+                    "metadata": {"tier": str},
+                    "versionId": type(None),
+                    "version": type(None),
+                    "allowedHosts": type(None),
                 },
                 "customer": customer_shape,
             },
@@ -529,7 +560,8 @@ def test_get_key_answers_the_license_its_devices_and_its_customer(client, genera
     ]
     assert all(is_iso(device[name("activation_time")]) for device in license["devices"])
     assert license["activated"] is True
-    assert license[name("expiration_date")] == "2030-12-31T23:59:59.123Z"
+    assert license[name("expiration_date")] == "2095-12-31T23:59:59.123Z"
+    assert license["metadata"] == {"tier": "pro_plus"}
     customer = issued.license.customer
     assert body["code"] == 0
     assert body["data"]["customer"] == {
@@ -566,6 +598,15 @@ def test_get_key_unknown_is_invalid_license_key(client, generation, issued, prod
 
     assert response.status_code == 404
     assert response.json() == INVALID_KEY
+
+
+def test_get_key_takes_the_key_from_the_header_keymints_sdk_sends(client, issued):
+    by_header = client.get(f"{BASE}/key", {"productId": PRODUCT_ID}, HTTP_X_LICENSE_KEY=issued.key)
+    by_query = client.get(f"{BASE}/key", {"productId": PRODUCT_ID, "licenseKey": issued.key})
+
+    assert by_header.status_code == 200
+    assert by_header.json() == by_query.json()
+    assert by_header.json()["data"]["license"]["key"] == issued.key
 
 
 def test_get_key_missing_params(client):

@@ -26,6 +26,8 @@ LICENSE_KEY_FIELDS = {
     "organization_id",
     "customer_id",
     "customer",
+    "member_id",
+    "member",
     "benefit_id",
     "key",
     "display_key",
@@ -36,6 +38,10 @@ LICENSE_KEY_FIELDS = {
     "validations",
     "last_validated_at",
     "expires_at",
+    "subscription_id",
+    "subscription",
+    "order_id",
+    "order",
 }
 CUSTOMER_FIELDS = {
     "id",
@@ -45,11 +51,14 @@ CUSTOMER_FIELDS = {
     "external_id",
     "email",
     "email_verified",
+    "type",
     "name",
+    "billing_name",
     "billing_address",
     "tax_id",
     "organization_id",
     "deleted_at",
+    "first_user_event_at",
     "avatar_url",
 }
 ACTIVATION_FIELDS = {"id", "license_key_id", "label", "meta", "created_at", "modified_at"}
@@ -129,9 +138,14 @@ def assert_license_key_object(body: dict, issued: services.IssuedLicense) -> Non
     assert customer["metadata"] == {}
     assert customer["email_verified"] is False
     assert customer["avatar_url"].startswith("https://www.gravatar.com/avatar/")
-    assert (
-        customer["external_id"] is customer["billing_address"] is customer["tax_id"] is customer["deleted_at"] is None
-    )
+    assert customer["type"] == "individual"
+    assert {name: customer[name] for name in customer if customer[name] is None} == {
+        name: None
+        for name in ["external_id", "billing_name", "billing_address", "tax_id", "deleted_at", "first_user_event_at"]
+    }
+    assert [body[name] for name in ["member_id", "member", "subscription_id", "subscription", "order_id", "order"]] == [
+        None
+    ] * 6
 
 
 def assert_activation_object(body: dict, issued: services.IssuedLicense) -> None:

@@ -98,7 +98,7 @@ def activate_on_keymint(client, issued, api_key) -> str | None:
         format="json",
     )
     assert response.status_code == 200
-    assert response.json() == {"code": 0, "message": "License valid", "licenseeName": None, "licenseeEmail": None}
+    assert (response.json()["code"], response.json()["message"]) == (0, "License valid")
     return None
 
 

@@ -66,6 +66,28 @@ VALIDATION_ANSWERS: dict[str, tuple[int, str, str | None]] = {
 REQUEST_FIELDS = {"key": "licenseKey", "name": "instanceName", "metadata": "metadata", "activation_id": "instanceId"}
 
 
+class KelviqJSONParser(LimitedJSONParser):
+    """Kelviq's fields in either case: its documentation sends camelCase (`licenseKey`), its own
+    SDKs (Python and Node) send snake_case (`license_key`). Only the top level is renamed: the keys
+    inside `metadata` are the app's own."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        data = super().parse(stream, media_type, parser_context)
+        if not isinstance(data, dict):
+            return data
+        # A name sent in camelCase wins over the same name in snake_case.
+        return {
+            _camel_case(name): value
+            for name, value in data.items()
+            if name == _camel_case(name) or _camel_case(name) not in data
+        }
+
+
+def _camel_case(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
 def kelviq_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """Every failure in Kelviq's shape; nothing the client caused becomes a 500."""
     view = context["view"]
@@ -90,7 +112,7 @@ class KelviqView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegoti
     license_key_field = "licenseKey"
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [ApiKeyPermission]
-    parser_classes = [LimitedJSONParser]
+    parser_classes = [KelviqJSONParser]
     renderer_classes = [JSONRenderer]
     # Kelviq's own documentation describes these paths; they stay out of the native OpenAPI schema.
     schema = None

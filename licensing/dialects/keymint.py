@@ -252,7 +252,8 @@ def camel(name: str) -> str:
 
 def camelize(value: Any) -> Any:
     if isinstance(value, dict):
-        return {camel(name): camelize(item) for name, item in value.items()}
+        # A license's metadata is the vendor's own, its keys answered as they were stored.
+        return {camel(name): item if name == "metadata" else camelize(item) for name, item in value.items()}
     if isinstance(value, list):
         return [camelize(item) for item in value]
     return value
@@ -263,6 +264,12 @@ def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def license_extras(license: License) -> dict[str, Any]:
+    """What Keymint's SDK reads of a license beside its devices. This server has no product versions
+    and no list of allowed hosts, so those are Keymint's empty values."""
+    return {"metadata": license.metadata, "version_id": None, "version": None, "allowed_hosts": None}
 
 
 def key_details(license: License) -> dict[str, Any]:
@@ -287,6 +294,7 @@ def key_details(license: License) -> dict[str, Any]:
             # Keymint's `activated` is the key's own on/off switch (block/unblock), not "has devices".
             "activated": license.status == License.Status.ACTIVE,
             "expiration_date": iso(license.expires_at),
+            **license_extras(license),
         },
         # This server has no disabled customers, so every customer is active.
         "customer": (
@@ -354,6 +362,8 @@ class ActivateKeyView(KeymintView):
                 "message": "License valid",
                 "licensee_name": (customer.name or None) if customer else None,
                 "licensee_email": customer.email if customer else None,
+                "expiration_date": iso(license.expires_at),
+                **license_extras(license),
             }
         )
 
@@ -374,9 +384,10 @@ class DeactivateKeyView(KeymintView):
         host_id = text(data, "hostId", required=False, max_length=MAX_HOST_ID_LENGTH)
         actor = self.actor(request)
         if host_id is None:
-            if not services.deactivate_all_activations(license=license, actor=actor):
+            freed = services.deactivate_all_activations(license=license, actor=actor)
+            if not freed:
                 raise KeymintError(403, 2, "License not activated")
-            return self.answer({"message": "All devices deactivated", "code": 0})
+            return self.answer({"message": "All devices deactivated", "code": 0, "devices_removed": len(freed)})
         try:
             activation = services.find_activation(license_key=license_key, fingerprint=host_id)
         except errors.ActivationNotFound:
@@ -388,7 +399,7 @@ class DeactivateKeyView(KeymintView):
             if license.live_activation_count() == 0:
                 raise KeymintError(403, 2, "License not activated")
             raise KeymintError(404, 1, "Device not found")
-        return self.answer({"message": "Device deactivated", "code": 0})
+        return self.answer({"message": "Device deactivated", "code": 0, "devices_removed": 1})
 
 
 class GetKeyView(KeymintView):
@@ -460,6 +471,15 @@ class KeyView(KeymintView):
     write_methods = manage_methods = frozenset({"POST"})
     vendor_fields = CREATE_FIELDS
     camel_case = True
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Keymint's SDK sends the key of a read in an x-license-key header (out of URLs and their
+        # logs), its documentation in the query: the header counts where the query has none, for the
+        # rate limits as for the read.
+        if request.method == "GET" and "licenseKey" not in request.GET and "x-license-key" in request.headers:
+            request.GET = request.GET.copy()
+            request.GET["licenseKey"] = request.headers["x-license-key"]
+        return super().initialize_request(request, *args, **kwargs)
 
     @retry_on_lost_connection
     def get(self, request):

@@ -395,11 +395,15 @@ def customer_object(customer: Customer, organization_id: uuid.UUID | None) -> di
         "external_id": customer.external_id or None,
         "email": customer.email,
         "email_verified": False,
+        # Polar's customers are people or teams; every customer here is a person.
+        "type": "individual",
         "name": customer.name or None,
+        "billing_name": None,
         "billing_address": None,
         "tax_id": None,
         "organization_id": organization_id,
         "deleted_at": None,
+        "first_user_event_at": None,
         # The URL Polar derives from the e-mail.
         "avatar_url": f"https://www.gravatar.com/avatar/{email_digest}?d=404",
     }
@@ -417,6 +421,9 @@ def license_key_object(license: License, *, key: str) -> dict[str, Any]:
         # A license issued here without an owner has no customer to show.
         "customer_id": customer.public_id if customer else None,
         "customer": customer_object(customer, organization_id) if customer else None,
+        # No seats, subscriptions or orders here: a key is the customer's own, granted by no sale.
+        "member_id": None,
+        "member": None,
         "benefit_id": NO_BENEFIT,
         "key": key,
         "display_key": "****-" + key[-6:],
@@ -428,6 +435,10 @@ def license_key_object(license: License, *, key: str) -> dict[str, Any]:
         "validations": license.validation_count,
         "last_validated_at": license.last_validated_at,
         "expires_at": license.expires_at,
+        "subscription_id": None,
+        "subscription": None,
+        "order_id": None,
+        "order": None,
     }
 
 
