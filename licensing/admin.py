@@ -344,7 +344,11 @@ class LicenseActionForm(ActionForm):
     unit = forms.CharField(
         label="",
         required=False,
-        widget=forms.Select(choices=[("days", _("days")), ("months", _("months")), ("years", _("years"))]),
+        widget=forms.Select(
+            # No visible label: it reads on from "Extend by: [n]", and screen readers need a name.
+            attrs={"aria-label": _("Unit")},
+            choices=[("days", _("days")), ("months", _("months")), ("years", _("years"))],
+        ),
     )
 
 
@@ -473,7 +477,9 @@ class ActivationInline(admin.TabularInline):
         if not activation.is_live:
             return "-"
         url = reverse("admin:licensing_license_deactivate_device", args=[activation.license_id, activation.pk])
-        return format_html('<a href="{}">{}</a>', url, _("Deactivate…"))
+        device = activation.name or activation.fingerprint or _("an unnamed device")
+        # Each row's link says which device, for screen readers listing a page's links.
+        return format_html('<a href="{}" aria-label="{}">{}</a>', url, _("Deactivate %s") % device, _("Deactivate…"))
 
 
 def audit_trail_url(license_id) -> str:

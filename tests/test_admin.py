@@ -387,6 +387,8 @@ def test_a_device_is_freed_from_the_license_page_after_a_confirmation(staff_clie
     again = staff_client.post(deactivate_url, follow=True)
 
     assert "Dead laptop stops using license" in confirmation
+    # A 255-character name with no spaces widened the page to 2,338 px.
+    assert "#content p, #content li { overflow-wrap: anywhere; }" in confirmation
     assert response.redirect_chain == [(change_url(issued.license), 302)]
     assert page_messages(response) == ["1 device deactivated."]
     assert page_messages(again) == ["No live device to deactivate: nothing changed."]
@@ -563,6 +565,18 @@ def test_staff_act_on_one_license_from_its_page_and_come_back_to_it(staff_client
     assert 'name="from_license_page" value="1"' in confirmation
     assert revoked.redirect_chain == [(change_url(issued.license), 302)]
     assert License.objects.get(pk=issued.license.pk).status == "revoked"
+
+
+def test_the_license_pages_controls_are_named_for_screen_readers(staff_client, issued):
+    activate(issued, "mac-serial", name="MacBook")
+    activate(issued, "pc-serial")
+
+    page = staff_client.get(change_url(issued.license)).content.decode()
+
+    # The unit of "Extend by: [n] [days]" has no visible label of its own.
+    assert '<select name="unit" aria-label="Unit"' in page
+    assert 'aria-label="Deactivate MacBook">Deactivate…</a>' in page
+    assert 'aria-label="Deactivate pc-serial">Deactivate…</a>' in page
 
 
 def test_staff_who_may_only_view_a_license_get_no_actions_on_its_page(viewer_client, issued):

@@ -204,7 +204,11 @@ def test_an_invalid_address_is_a_form_error(client):
     response = request_link(client, "not an address")
 
     assert response.status_code == 200
-    assert "Enter a valid email address." in response.content.decode()
+    page = response.content.decode()
+    assert "Enter a valid email address." in page
+    # Announced: the title says so and the field, which names the error, takes the focus.
+    assert "<title>Error: Sign in</title>" in page
+    assert 'aria-invalid="true" aria-describedby="email-errors" autofocus>' in page
     assert not SignInLink.objects.exists()
 
 
@@ -316,11 +320,15 @@ def test_deactivating_a_device_frees_its_slot(signed_in, issued):
     activation = activate(issued, "mac", name="MacBook").activation
     activate(issued, "pc", name="PC")
     url = reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk])
-    assert "Deactivate MacBook?" in signed_in.get(url).content.decode()
+    assert "<title>Deactivate MacBook?</title>" in signed_in.get(url).content.decode()
 
     response = signed_in.post(url, follow=True)
 
-    assert "MacBook deactivated. 1 of 3 slots in use." in response.content.decode()
+    # The message is a status region, focused when the page loads (base.html), so it is read out.
+    assert (
+        '<div class="messages" id="messages" role="status" tabindex="-1">\n'
+        '        <ul><li class="success">MacBook deactivated. 1 of 3 slots in use.</li></ul>'
+    ) in response.content.decode()
     assert not Activation.objects.get(pk=activation.pk).is_live
     assert services.validate_license(license_key=issued.key, fingerprint="mac").code == "NOT_ACTIVATED"
     row = Activation.objects.get(pk=activation.pk)

@@ -88,6 +88,8 @@ def test_customer_signs_in_and_frees_a_device(page, live_server):
 
     page.get_by_text("MacBook deactivated. 1 of 3 slots in use.").wait_for()
     screenshot(page, "6-deactivated")
+    # Focus on the message is what makes a screen reader read it out after the redirect.
+    assert page.evaluate("document.activeElement.id") == "messages"
     devices = page.locator("table tbody tr")
     assert devices.count() == 1
     assert "Office PC" in devices.first.inner_text()
@@ -113,3 +115,33 @@ def test_a_device_name_with_no_spaces_wraps_instead_of_widening_the_page_on_a_ph
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     deactivate = page.get_by_role("link", name=re.compile("^Deactivate A+$")).bounding_box()
     assert deactivate["x"] + deactivate["width"] <= 390
+    # The narrowest screens that must not scroll sideways (WCAG's reflow at 320 CSS pixels).
+    page.set_viewport_size({"width": 320, "height": 700})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 320
+
+
+def sign_in(page, live_server, email: str) -> None:
+    page.goto(f"{live_server.url}/portal/")
+    page.get_by_label("E-mail address").fill(email)
+    page.get_by_role("button", name="Send me a sign-in link").click()
+    page.get_by_role("heading", name="Check your e-mail").wait_for()
+    page.goto(re.search(r"https?://\S+", mail.outbox[-1].body).group(0))
+    page.get_by_role("button", name="Continue to your licenses").click()
+    page.get_by_role("heading", name="Your licenses").wait_for()
+
+
+def test_without_a_clipboard_copy_selects_the_key_and_says_how_to_copy_it(page, live_server):
+    customer = make_customer(email="linus@example.com")
+    issued = make_license(plan=make_plan(product=make_product(name="Atlas Sync")), customer=customer)
+    # As on plain HTTP, where browsers give pages no clipboard.
+    page.add_init_script("Object.defineProperty(navigator, 'clipboard', {value: undefined})")
+    sign_in(page, live_server, "linus@example.com")
+
+    page.get_by_text("Show key").click()
+    page.get_by_role("button", name="Copy the Atlas Sync key").click()
+
+    status = page.locator(f"#key-{issued.license.pk}-status")
+    assert status.get_attribute("role") == "status"
+    page.wait_for_function(f"document.getElementById('key-{issued.license.pk}-status').textContent !== ''")
+    assert status.text_content() == "Selected: press Ctrl+C (⌘C on a Mac) to copy it"
+    assert page.evaluate("window.getSelection().toString()") == issued.key
