@@ -28,7 +28,7 @@ serve: $(VENV)/.installed
 	$(BIN)/python manage.py create_signing_key --if-none
 	exec $(BIN)/gunicorn config.wsgi:application --bind $${BIND:-0.0.0.0:8000} --workers $${WEB_CONCURRENCY:-2} \
 		--worker-class gthread --threads $${WEB_THREADS:-8} --forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
-		--no-control-socket
+		--no-control-socket --pid $${PIDFILE:-gunicorn.pid}
 
 test: $(VENV)/.installed .env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -479,7 +479,8 @@ class ActivationInline(admin.TabularInline):
         url = reverse("admin:licensing_license_deactivate_device", args=[activation.license_id, activation.pk])
         device = activation.name or activation.fingerprint or _("an unnamed device")
         # Each row's link says which device, for screen readers listing a page's links.
-        return format_html('<a href="{}" aria-label="{}">{}</a>', url, _("Deactivate %s") % device, _("Deactivate…"))
+        label = _("Deactivate %(device)s") % {"device": device}
+        return format_html('<a href="{}" aria-label="{}">{}</a>', url, label, _("Deactivate…"))
 
 
 def audit_trail_url(license_id) -> str:

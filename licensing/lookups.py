@@ -22,7 +22,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Field, Model
 from django.db.models.base import ModelState
-from django.db.models.expressions import Col
+from django.db.models.expressions import Col, DatabaseDefault
 from django.db.models.signals import post_init, post_save, pre_init, pre_save
 from psycopg.types.datetime import TimestamptzLoader
 
@@ -401,9 +401,13 @@ def add_tallies(validations: dict[uuid.UUID, tuple[int, datetime]], devices_seen
 @functools.cache
 def _insert_statement(model: type[Model]) -> tuple[str, tuple[Field, ...], tuple[Field, ...]]:
     """The INSERT of a new `model` row, the fields whose values it sends, and the fields the
-    database fills in and returns (an auto-incremented id)."""
-    returning = tuple(model._meta.db_returning_fields)
-    fields = tuple(field for field in model._meta.concrete_fields if field not in returning)
+    database fills in and returns (an auto-incremented id, a default only the database has)."""
+    # A field with a database default is sent like any other (Django counts it among the fields the
+    # database returns): left out, the database default would replace the value the row was given.
+    fields = tuple(
+        field for field in model._meta.concrete_fields if field is not model._meta.auto_field and not field.generated
+    )
+    returning = tuple(field for field in model._meta.db_returning_fields if field not in fields)
     statement = (
         f"INSERT INTO {_table(model)} ({', '.join(connection.ops.quote_name(field.column) for field in fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))})"
@@ -425,7 +429,12 @@ def insert(instance: Model) -> None:
     if (returning and not db.features.can_return_columns_from_insert) or _has_save_receivers(model):
         instance.save(force_insert=True, using=db.alias)
         return
-    params = [field.get_db_prep_save(field.pre_save(instance, True), db) for field in fields]
+    values = [field.pre_save(instance, True) for field in fields]
+    if any(isinstance(value, DatabaseDefault) for value in values):
+        # A field left to its database default: the statement built once sends every field.
+        instance.save(force_insert=True, using=db.alias)
+        return
+    params = [field.get_db_prep_save(value, db) for field, value in zip(fields, values, strict=True)]
     with db.cursor() as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone() if returning else ()

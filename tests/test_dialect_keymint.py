@@ -489,7 +489,7 @@ def test_a_server_failure_is_server_error(client, paths, issued, monkeypatch):
 def test_get_key_answers_the_license_its_devices_and_its_customer(client, generation, issued, actor):
     expires_at = datetime(2095, 12, 31, 23, 59, 59, 123456, tzinfo=UTC)
     services.extend_license(license=issued.license, expires_at=expires_at, actor=actor)
-    services.update_license_details(license=issued.license, metadata={"tier": "pro_plus"}, actor=actor)
+    services.update_license_details(license=issued.license, metadata={"seat_tier": "pro_plus"}, actor=actor)
     activate(issued, HOST, name="Dev Workstation", ip_address="192.168.1.100")
     activate(issued, "another-unique-device-identifier")
     activate(issued, "freed-device")
@@ -511,7 +511,7 @@ def test_get_key_answers_the_license_its_devices_and_its_customer(client, genera
         "devices": [device_shape, {**device_shape, "device_tag": type(None), "ip_address": type(None)}],
         "activated": bool,
         "expiration_date": str,
-        "metadata": {"tier": str},
+        "metadata": {"seat_tier": str},
         "version_id": type(None),
         "version": type(None),
         "allowed_hosts": type(None),
@@ -534,7 +534,7 @@ def test_get_key_answers_the_license_its_devices_and_its_customer(client, genera
                     ],
                     "activated": bool,
                     "expirationDate": str,
-                    "metadata": {"tier": str},
+                    "metadata": {"seat_tier": str},
                     "versionId": type(None),
                     "version": type(None),
                     "allowedHosts": type(None),
@@ -561,7 +561,7 @@ def test_get_key_answers_the_license_its_devices_and_its_customer(client, genera
     assert all(is_iso(device[name("activation_time")]) for device in license["devices"])
     assert license["activated"] is True
     assert license[name("expiration_date")] == "2095-12-31T23:59:59.123Z"
-    assert license["metadata"] == {"tier": "pro_plus"}
+    assert license["metadata"] == {"seat_tier": "pro_plus"}
     customer = issued.license.customer
     assert body["code"] == 0
     assert body["data"]["customer"] == {

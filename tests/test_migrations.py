@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 
-from licensing import services
+from licensing import lookups, services
 from licensing.management.commands.migrate import MIGRATE_LOCK
 from licensing.models import Activation, ApiKey, SignInLink
 from tests.factories import activate, make_license
@@ -33,26 +33,41 @@ def migrated_forward_again():
     call_command("migrate", "licensing", latest, verbosity=0)
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serves one host")
-def test_a_second_migrate_waits_for_the_one_running():
-    settings = connection.settings_dict
+@pytest.fixture
+def migrate_running():
+    """Another host's migrate, holding the lock (a connection of its own)."""
+    params = connection.get_connection_params()
     running = psycopg.connect(
-        dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"], port=settings["PORT"] or 5432
+        **{name: params[name] for name in ("dbname", "user", "password", "host", "port") if name in params}
     )
     running.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK])
-    outcome = []
+    yield running
+    running.close()
 
-    def second_host():
+
+def migrate_in_a_thread(outcome: list, **options) -> threading.Thread:
+    def another_host():
         try:
-            call_command("migrate", verbosity=0)
+            call_command("migrate", verbosity=0, **options)
             outcome.append("migrated")
         except Exception as error:
             outcome.append(error)
         finally:
             connection.close()
 
-    second = threading.Thread(target=second_host)
-    second.start()
+    thread = threading.Thread(target=another_host)
+    thread.start()
+    return thread
+
+
+postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serves one host")
+
+
+@postgresql_only
+def test_a_second_migrate_waits_for_the_one_running(migrate_running):
+    running = migrate_running
+    outcome = []
+    second = migrate_in_a_thread(outcome)
     try:
         deadline = time.monotonic() + 20
         waiting = 0
@@ -67,6 +82,17 @@ def test_a_second_migrate_waits_for_the_one_running():
     finally:
         running.close()
         second.join(60)
+
+    assert outcome == ["migrated"]
+
+
+@postgresql_only
+@pytest.mark.parametrize("option", ["check_unapplied", "plan"])
+def test_migrate_check_and_plan_do_not_wait_for_a_running_migrate(migrate_running, option):
+    outcome = []
+
+    reader = migrate_in_a_thread(outcome, **{option: True})
+    reader.join(20)
 
     assert outcome == ["migrated"]
 
@@ -94,6 +120,18 @@ def test_servers_of_the_release_before_keep_working_while_the_next_one_migrates(
     assert SignInLink.objects.get(email="ada@example.com").client_network == ""
 
 
+def test_the_insert_built_once_keeps_a_value_whose_column_has_a_database_default():
+    # lookups.insert writes activations and audit events; the next column they gain gets a database
+    # default, as these did.
+    lookups.insert(ApiKey(name="shipped in the app", prefix="lic_abc", key_digest="c" * 64, apps_only=True))
+    lookups.insert(SignInLink(email="ada@example.com", token_digest="d" * 64, client_network="203.0.113.0"))
+    lookups.insert(SignInLink(email="grace@example.com", token_digest="e" * 64))
+
+    assert ApiKey.objects.get(name="shipped in the app").apps_only is True
+    assert SignInLink.objects.get(email="ada@example.com").client_network == "203.0.113.0"
+    assert SignInLink.objects.get(email="grace@example.com").client_network == ""
+
+
 def test_going_back_before_apps_only_keys_is_refused_while_one_works(migrated_forward_again):
     key = services.create_api_key(name="shipped in the app", apps_only=True, actor=services.Actor.system("tests"))
 
@@ -102,6 +140,15 @@ def test_going_back_before_apps_only_keys_is_refused_while_one_works(migrated_fo
 
     assert latest_migration() == "0012_api_key_apps_only"
     assert ApiKey.objects.get(pk=key.api_key.pk).apps_only is True
+
+
+def test_going_back_before_apps_only_keys_is_allowed_once_they_are_revoked(migrated_forward_again):
+    key = services.create_api_key(name="shipped in the app", apps_only=True, actor=services.Actor.system("tests"))
+    services.revoke_api_key(api_key=key.api_key, actor=services.Actor.system("tests"))
+
+    call_command("migrate", "licensing", "0011", verbosity=0)
+
+    assert latest_migration() == "0011_sign_in_client_network"
 
 
 def test_upgrading_makes_every_device_first_seen_when_it_was_activated(migrated_forward_again):

@@ -66,26 +66,25 @@ VALIDATION_ANSWERS: dict[str, tuple[int, str, str | None]] = {
 REQUEST_FIELDS = {"key": "licenseKey", "name": "instanceName", "metadata": "metadata", "activation_id": "instanceId"}
 
 
+# Kelviq's documentation sends camelCase fields, its own SDKs (Python and Node) snake_case.
+SNAKE_CASE_FIELDS = {
+    "license_key": "licenseKey",
+    "instance_id": "instanceId",
+    "instance_name": "instanceName",
+    "customer_id": "customerId",
+}
+
+
 class KelviqJSONParser(LimitedJSONParser):
-    """Kelviq's fields in either case: its documentation sends camelCase (`licenseKey`), its own
-    SDKs (Python and Node) send snake_case (`license_key`). Only the top level is renamed: the keys
-    inside `metadata` are the app's own."""
+    """Kelviq's fields in either case. A name sent in camelCase wins over the same in snake_case;
+    the keys inside `metadata` are the app's own and stay as sent."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         data = super().parse(stream, media_type, parser_context)
         if not isinstance(data, dict):
             return data
-        # A name sent in camelCase wins over the same name in snake_case.
-        return {
-            _camel_case(name): value
-            for name, value in data.items()
-            if name == _camel_case(name) or _camel_case(name) not in data
-        }
-
-
-def _camel_case(name: str) -> str:
-    first, *rest = name.split("_")
-    return first + "".join(word.capitalize() for word in rest)
+        renamed = {SNAKE_CASE_FIELDS[name]: value for name, value in data.items() if name in SNAKE_CASE_FIELDS}
+        return {**renamed, **{name: value for name, value in data.items() if name not in SNAKE_CASE_FIELDS}}
 
 
 def kelviq_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:

@@ -476,7 +476,7 @@ class KeyView(KeymintView):
         # Keymint's SDK sends the key of a read in an x-license-key header (out of URLs and their
         # logs), its documentation in the query: the header counts where the query has none, for the
         # rate limits as for the read.
-        if request.method == "GET" and "licenseKey" not in request.GET and "x-license-key" in request.headers:
+        if request.method in ("GET", "HEAD") and "licenseKey" not in request.GET and "x-license-key" in request.headers:
             request.GET = request.GET.copy()
             request.GET["licenseKey"] = request.headers["x-license-key"]
         return super().initialize_request(request, *args, **kwargs)

@@ -1,7 +1,9 @@
 """Django's migrate, run by one host at a time: `make serve` migrates on every host it starts on."""
 
+from contextlib import suppress
+
 from django.core.management.commands import migrate
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from licensing import services
 
@@ -13,16 +15,19 @@ class Command(migrate.Command):
 
     def handle(self, *args, **options):
         connection = connections[options["database"]]
-        if connection.vendor != "postgresql":
-            # SQLite serves one host, and its migrations take the database's write lock.
+        # SQLite serves one host, and its migrations take the database's write lock; --plan and
+        # --check only read, and readiness probes call them.
+        if connection.vendor != "postgresql" or options["plan"] or options["check_unapplied"]:
             return super().handle(*args, **options)
         # Held by the session, as each migration commits on its own: two hosts starting together
         # would otherwise both apply the first migration missing, and one would fail on the
-        # constraint or table the other had just made.
+        # constraint or table the other had just made. A session lock needs the session: through
+        # PgBouncer's transaction pooling, migrate must use a direct connection (README).
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK])
         try:
             return super().handle(*args, **options)
         finally:
-            with connection.cursor() as cursor:
+            # A lost connection took the lock with its session.
+            with suppress(DatabaseError), connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK])
