@@ -201,6 +201,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # OpenAPI 3.1 says "an object or null" as oneOf [object, null]; 3.0's nullable beside a $ref does
+    # not allow null, so strict validators refused answers without an owner, plan or device.
+    "OAS_VERSION": "3.1.0",
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -119,7 +119,12 @@ class Plan(ConstraintErrorsNameFieldsMixin, models.Model):
     )
     duration_unit = models.CharField(max_length=10, choices=DurationUnit.choices, default=DurationUnit.PERPETUAL)
     duration_value = models.PositiveIntegerField(
-        null=True, blank=True, help_text=_("How many days, months or years. Empty for perpetual.")
+        null=True,
+        blank=True,
+        # The column's range on PostgreSQL, stated so that every database gives the API one schema
+        # (the check constraint below is what keeps plans within 100 years).
+        validators=[MaxValueValidator(2_147_483_647)],
+        help_text=_("How many days, months or years. Empty for perpetual."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -338,6 +338,13 @@ class Pagination(PageNumberPagination):
             raise serializers.ValidationError({self.page_size_query_param: [message]})
         return super().get_page_size(request)
 
+    def get_paginated_response_schema(self, schema):
+        # DRF writes "no next page" in OpenAPI 3.0's words (nullable), which 3.1 no longer reads.
+        paginated = super().get_paginated_response_schema(schema)
+        for link in ("next", "previous"):
+            paginated["properties"][link] = {"type": ["string", "null"], "format": "uri"}
+        return paginated
+
     def get_schema_operation_parameters(self, view):
         # What the two methods above take: whole numbers from 1.
         parameters = super().get_schema_operation_parameters(view)
