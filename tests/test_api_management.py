@@ -830,6 +830,23 @@ def test_an_ownerless_license_and_an_active_device_render_as_the_schema_says(cli
     assert schema_errors(schema, "/api/v1/licenses/validate", "post", validated) == []
 
 
+def test_refusals_carry_the_facts_the_schema_documents(client):
+    schema = openapi(client)
+    issued = make_license(plan=make_plan(max_activations=1))
+    activate(issued, "laptop", name="Laptop")
+
+    refused = client.post(
+        "/api/v1/licenses/activate", {"key": issued.key, "fingerprint": "phone"}, content_type="application/json"
+    )
+
+    assert refused.status_code == 403
+    facts = refused.json()["error"]
+    assert (facts["limit"], facts["used"], [device["name"] for device in facts["devices"]]) == (1, 1, ["Laptop"])
+    documented = schema["components"]["schemas"]["ErrorDetail"]["properties"]
+    assert {"limit", "used", "devices", "errors", "retry_after", "available_at"} <= set(documented)
+    assert schema_errors(schema, "/api/v1/licenses/activate", "post", refused) == []
+
+
 def test_schema_refuses_unknown_fields_as_the_api_does(client, management_client):
     request = openapi(client)["components"]["schemas"]["ProductRequest"]
 

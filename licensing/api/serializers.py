@@ -300,10 +300,42 @@ class CheckoutAnswerSerializer(serializers.Serializer):
     meta = MetaSerializer()
 
 
+class ErrorDeviceSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    platform = serializers.CharField()
+    fingerprint = serializers.CharField(allow_null=True, help_text="Masked: its last four characters.")
+    created_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField()
+
+
 class ErrorDetailSerializer(serializers.Serializer):
+    """A refusal: `code` says which, `message` says it in words, and some codes carry their facts."""
+
     code = serializers.CharField()
     message = serializers.CharField()
-    field = serializers.CharField(required=False)
+    field = serializers.CharField(required=False, help_text="The input field at fault, where one is.")
+    errors = serializers.JSONField(required=False, help_text="invalid_input: every field's errors.")
+    limit = serializers.IntegerField(
+        required=False,
+        help_text="activation_limit_reached: the license's device limit; deactivation_limit_reached: the "
+        "device changes a window allows.",
+    )
+    used = serializers.IntegerField(required=False, help_text="activation_limit_reached: devices in use.")
+    devices = ErrorDeviceSerializer(
+        many=True, required=False, help_text="activation_limit_reached: the devices in use, to free one."
+    )
+    remaining = serializers.IntegerField(
+        required=False, help_text="deactivation_limit_reached: device changes left; usage_limit_reached: uses left."
+    )
+    window_days = serializers.IntegerField(
+        required=False, help_text="deactivation_limit_reached: the days over which device changes are counted."
+    )
+    available_at = serializers.DateTimeField(required=False, help_text="slot_cooling_down: when the slot frees.")
+    expired_at = serializers.DateTimeField(required=False, help_text="license_expired: when it expired.")
+    retry_after = serializers.IntegerField(
+        required=False, help_text="rate_limited: seconds to wait, as the Retry-After header says."
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
