@@ -80,9 +80,9 @@ class MetadataField(serializers.JSONField):
         return super().to_internal_value(data)
 
 
+# A field the serializer does not take is an error, so a typo is not silently ignored. (A comment:
+# OpenAPI would show a docstring as the description of every request body.)
 class RefuseUnknownFieldsMixin:
-    """A field the serializer does not take is an error, so a typo is not silently ignored."""
-
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
             writable = {field.field_name for field in self._writable_fields}

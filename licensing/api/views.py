@@ -377,15 +377,12 @@ IDEMPOTENT_METHODS = {"POST", "PATCH"}
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
+# Authenticated by API key, never one made for apps; read-only keys may only read. Writes are
+# audited as the key. A change (POST, PATCH) sent with an Idempotency-Key header is done once for
+# that key: a retry (a billing system that lost the answer to a timeout) gets the first answer
+# again, with Idempotent-Replayed: true, instead of a second license. (A comment, not a docstring:
+# OpenAPI shows a view's docstring, an inherited one too, as each of its operations' description.)
 class ManagementView:
-    """Authenticated by API key, never one made for apps; read-only keys may only read. Writes are
-    audited as the key.
-
-    A change (POST, PATCH) sent with an Idempotency-Key header is done once for that key: a retry
-    (a billing system that lost the answer to a timeout) gets the first answer again, with
-    Idempotent-Replayed: true, instead of a second license.
-    """
-
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [ManagementPermission]
     pagination_class = Pagination
@@ -461,9 +458,8 @@ class CatalogMixin(ManagementView):
         services.save_catalog_record(record=record, actor=self.api_actor(), fields=serializer.validated_data.keys())
 
 
+# A list whose query-string filters are checked like a body: a bad one is a 400 naming it.
 class FilteredListMixin:
-    """A list whose query-string filters are checked like a body: a bad one is a 400 naming it."""
-
     filters_class: type[serializers.Serializer]
 
     def get_queryset(self):
