@@ -417,6 +417,11 @@ def _insert_statement(model: type[Model]) -> tuple[str, tuple[Field, ...], tuple
     return statement, fields, returning
 
 
+@functools.cache
+def _has_database_defaults(model: type[Model]) -> bool:
+    return any(field.has_db_default() for field in model._meta.concrete_fields)
+
+
 def insert(instance: Model) -> None:
     """`instance.save(force_insert=True)` of a model without save signals, from a statement built once.
 
@@ -430,7 +435,7 @@ def insert(instance: Model) -> None:
         instance.save(force_insert=True, using=db.alias)
         return
     values = [field.pre_save(instance, True) for field in fields]
-    if any(isinstance(value, DatabaseDefault) for value in values):
+    if _has_database_defaults(model) and any(isinstance(value, DatabaseDefault) for value in values):
         # A field left to its database default: the statement built once sends every field.
         instance.save(force_insert=True, using=db.alias)
         return

@@ -267,9 +267,15 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def license_extras(license: License) -> dict[str, Any]:
-    """What Keymint's SDK reads of a license beside its devices. This server has no product versions
-    and no list of allowed hosts, so those are Keymint's empty values."""
-    return {"metadata": license.metadata, "version_id": None, "version": None, "allowed_hosts": None}
+    """What Keymint's SDK reads of a license on activate and get beside its devices. This server has
+    no product versions and no list of allowed hosts, so those are Keymint's empty values."""
+    return {
+        "expiration_date": iso(license.expires_at),
+        "metadata": license.metadata,
+        "version_id": None,
+        "version": None,
+        "allowed_hosts": None,
+    }
 
 
 def key_details(license: License) -> dict[str, Any]:
@@ -293,7 +299,6 @@ def key_details(license: License) -> dict[str, Any]:
             ],
             # Keymint's `activated` is the key's own on/off switch (block/unblock), not "has devices".
             "activated": license.status == License.Status.ACTIVE,
-            "expiration_date": iso(license.expires_at),
             **license_extras(license),
         },
         # This server has no disabled customers, so every customer is active.
@@ -362,7 +367,6 @@ class ActivateKeyView(KeymintView):
                 "message": "License valid",
                 "licensee_name": (customer.name or None) if customer else None,
                 "licensee_email": customer.email if customer else None,
-                "expiration_date": iso(license.expires_at),
                 **license_extras(license),
             }
         )
