@@ -549,7 +549,11 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
         return super().get_fieldsets(request, obj)
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else self.readonly_fields
+        if obj is None:
+            return []
+        if obj.status == License.Status.REVOKED:
+            return [*self.readonly_fields, *services.LICENSE_TERMS]
+        return self.readonly_fields
 
     def get_inlines(self, request, obj):
         return [] if obj is None else self.inlines

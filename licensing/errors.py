@@ -108,6 +108,12 @@ class SlotCoolingDown(LicensingError):
     message = _("A device was freed too recently; its slot can be used again soon.")
 
 
+class RevokedLicenseChange(LicensingError):
+    code = "license_revoked"
+    status = 409
+    message = _("A revoked license cannot be changed: issue a new license instead.")
+
+
 class InvalidStatusChange(LicensingError):
     code = "invalid_status_change"
     status = 409

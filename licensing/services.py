@@ -568,10 +568,12 @@ def extend_license(
     for name, count in (("days", days), ("months", months)):
         if count is not None and not _is_whole_number(count, 1):
             raise errors.InvalidInput(f"The number of {name} must be a whole number of 1 or more.", field=name)
+    field = "days" if days is not None else "months" if months is not None else "expires_at"
     with transaction.atomic():
         locked = _lock_license(license.pk)
-        if days is not None or months is not None:
-            field = "days" if days is not None else "months"
+        if expires_at is UNSET or expires_at != locked.expires_at:
+            _check_terms_may_change(locked, field=field)
+        if expires_at is UNSET:
             if locked.expires_at is None:
                 raise errors.InvalidInput("This license never expires.", field=field)
             start = max(locked.expires_at, timezone.now())
@@ -601,6 +603,7 @@ def change_activation_limit(*, license: License, max_activations: int | None, ac
         locked = _lock_license(license.pk)
         if locked.max_activations == max_activations:
             return locked
+        _check_terms_may_change(locked, field="max_activations")
         changes = {"max_activations": [locked.max_activations, max_activations]}
         locked.max_activations = max_activations
         locked.save(update_fields=["max_activations", "updated_at"])
@@ -628,6 +631,7 @@ def change_license_plan(*, license: License, plan: Plan, actor: Actor, max_activ
             if max_activations is UNSET:
                 return locked
             return change_activation_limit(license=locked, max_activations=max_activations, actor=actor)
+        _check_terms_may_change(locked, field="plan")
         if max_activations is UNSET:
             max_activations = plan.max_activations
         _check_activation_limit_value(max_activations)
@@ -663,6 +667,7 @@ def update_license_details(
             changes["metadata"] = [locked.metadata, metadata]
             locked.metadata = metadata
         if limit_usage is not UNSET and limit_usage != locked.limit_usage:
+            _check_terms_may_change(locked, field="limit_usage")
             changes["limit_usage"] = [locked.limit_usage, limit_usage]
             locked.limit_usage = limit_usage
         if changes:
@@ -704,6 +709,20 @@ def update_license(
         if expires_at is not UNSET:
             license = extend_license(license=license, expires_at=expires_at, actor=actor)
     return license
+
+
+# What a revoked license keeps as it was when revoked.
+LICENSE_TERMS = ("plan", "max_activations", "expires_at", "limit_usage")
+
+
+def _check_terms_may_change(license: License, *, field: str) -> None:
+    """Refuse new terms (LICENSE_TERMS) for a revoked license; its owner and metadata may still change.
+
+    Revoking ends a license for good, so a later extension would only read as a renewal in the
+    trail and in reports while the license stays unusable.
+    """
+    if license.status == License.Status.REVOKED:
+        raise errors.RevokedLicenseChange(field=field)
 
 
 def _licenses_with_relations() -> models.QuerySet[License]:

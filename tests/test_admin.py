@@ -229,6 +229,49 @@ def test_editing_a_license_goes_through_the_services(staff_client, issued, other
     assert actions == {"license.changed", "license.limit_changed", "license.expiry_shortened"}
 
 
+def test_a_revoked_licenses_page_changes_its_owner_and_metadata_not_its_terms(staff_client, issued, actor):
+    license = services.revoke_license(license=issued.license, actor=actor)
+    page = staff_client.get(change_url(license)).content.decode()
+
+    response = staff_client.post(
+        change_url(license),
+        {
+            "customer": "",
+            "plan": license.plan_id,
+            "max_activations": "50",
+            "expires_at_0": "2095-01-31",
+            "expires_at_1": "12:00:00",
+            "metadata": '{"refund": "R-1"}',
+            "activations-TOTAL_FORMS": "0",
+            "activations-INITIAL_FORMS": "0",
+            **opened(license),
+        },
+    )
+
+    for term in ["plan", "max_activations", "expires_at_0", "limit_usage"]:
+        assert f'name="{term}"' not in page
+    assert 'name="metadata"' in page
+    assert response.status_code == 302
+    stored = License.objects.get(pk=license.pk)
+    assert (stored.customer, stored.metadata) == (None, {"refund": "R-1"})
+    assert (stored.max_activations, stored.expires_at) == (license.max_activations, license.expires_at)
+
+
+def test_extending_a_revoked_license_is_refused_and_said(staff_client, plan, actor):
+    expires_at = timezone.now() + timedelta(days=5)
+    active, revoked = (make_license(plan=plan, expires_at=expires_at).license for _ in range(2))
+    services.revoke_license(license=revoked, actor=actor)
+
+    response = action(staff_client, "license", "extend", [active, revoked], days="30")
+
+    assert License.objects.get(pk=active.pk).expires_at == expires_at + timedelta(days=30)
+    assert License.objects.get(pk=revoked.pk).expires_at == expires_at
+    assert page_messages(response) == [
+        f"{revoked.masked_key}: A revoked license cannot be changed: issue a new license instead.",
+        "1 license extended.",
+    ]
+
+
 def opened(record) -> dict[str, str]:
     """What a page opened now sends back: the record's last change when it was opened."""
     return {"opened_version": type(record).objects.get(pk=record.pk).updated_at.isoformat()}

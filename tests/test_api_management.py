@@ -662,6 +662,57 @@ def test_suspend_reinstate_revoke_and_extend(management_client, plan):
     assert error(refused)["code"] == "invalid_status_change"
 
 
+@pytest.mark.parametrize(
+    ("path", "method", "body", "field"),
+    [
+        ("/extend", "post", {"days": 30}, "days"),
+        ("", "patch", {"expires_at": "2095-01-31T09:00:00Z"}, "expires_at"),
+        ("", "patch", {"max_activations": 10}, "max_activations"),
+        ("", "patch", {"limit_usage": 100}, "limit_usage"),
+        ("", "patch", {"plan": "team"}, "plan"),
+        ("", "patch", {"metadata": {"refund": "R-1"}, "max_activations": 10}, "max_activations"),
+    ],
+)
+def test_a_revoked_licenses_terms_do_not_change(management_client, issued, product, actor, path, method, body, field):
+    if body.get("plan") == "team":
+        body = {"plan": make_plan(product=product, name="Team", identifier="team", max_activations=10).pk}
+    license = services.revoke_license(license=issued.license, actor=actor)
+    events = AuditEvent.objects.count()
+
+    response = getattr(management_client, method)(f"/api/v1/licenses/{license.pk}{path}", body, format="json")
+
+    assert response.status_code == 409
+    assert (error(response)["code"], error(response)["field"]) == ("license_revoked", field)
+    stored = License.objects.get(pk=license.pk)
+    assert (stored.expires_at, stored.max_activations, stored.limit_usage, stored.plan_id, stored.metadata) == (
+        license.expires_at,
+        license.max_activations,
+        license.limit_usage,
+        license.plan_id,
+        license.metadata,
+    )
+    assert AuditEvent.objects.count() == events
+
+
+def test_a_revoked_licenses_owner_and_metadata_still_change(management_client, issued, actor):
+    license = services.revoke_license(license=issued.license, actor=actor)
+
+    response = management_client.patch(
+        f"/api/v1/licenses/{license.pk}",
+        # Sending its terms back as they are is no change.
+        {"metadata": {"refund": "R-1"}, "customer_email": "grace@example.com", "max_activations": 3},
+        format="json",
+    )
+
+    assert response.status_code == 200
+    stored = License.objects.get(pk=license.pk)
+    assert (stored.metadata, stored.customer.email, stored.status) == (
+        {"refund": "R-1"},
+        "grace@example.com",
+        "revoked",
+    )
+
+
 def test_extend_by_calendar_months(management_client, plan):
     # Far ahead: a lapsed license would be extended from today instead.
     license = make_license(plan=plan, expires_at=datetime(2095, 1, 31, 9, tzinfo=UTC)).license

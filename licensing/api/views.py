@@ -55,6 +55,9 @@ ERROR_DESCRIPTIONS = {
     413: "Request body too large.",
 }
 ERRORS = {code: OpenApiResponse(api.ErrorSerializer, description=text) for code, text in ERROR_DESCRIPTIONS.items()}
+REVOKED_LICENSE_CHANGE = OpenApiResponse(
+    api.ErrorSerializer, description="A revoked license's expiry, plan or limits (license_revoked)."
+)
 LICENSE_CALL_ERRORS = {
     code: OpenApiResponse(api.LicenseCallErrorSerializer, description=text) for code, text in ERROR_DESCRIPTIONS.items()
 }
@@ -636,7 +639,7 @@ class LicenseDetailView(ManagementView, APIView):
     @extend_schema(
         summary="Change a license's owner, plan, device limit, expiry, metadata or usage limit",
         request=api.UpdateLicenseInputSerializer,
-        responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
+        responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404], 409: REVOKED_LICENSE_CHANGE},
     )
     def patch(self, request, pk):
         license = record_or_404(License.objects, pk=pk)
@@ -689,7 +692,7 @@ class LicenseExtendView(ManagementView, APIView):
     @extend_schema(
         summary="Give a license a new expiry, or more days or months",
         request=api.ExtendLicenseInputSerializer,
-        responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404]},
+        responses={200: api.LicenseSerializer, 400: ERRORS[400], 404: ERRORS[404], 409: REVOKED_LICENSE_CHANGE},
     )
     def post(self, request, pk):
         license = record_or_404(License.objects, pk=pk)
