@@ -577,6 +577,20 @@ def test_licenses_filter_by_plan_owner_billing_id_and_last_change(management_cli
     assert ids(updated_since=since.isoformat()) == [str(theirs.pk)]
 
 
+def test_licenses_changed_since_include_those_whose_owner_changed(management_client, plan, customer, actor):
+    owned = make_license(plan=plan, customer=customer).license
+    make_license(plan=plan, customer=make_customer(email="other@example.com"))
+    since = timezone.now()
+    customer.email = "ada.new@example.com"
+    services.save_catalog_record(record=customer, actor=actor, fields=["email"])
+
+    response = management_client.get("/api/v1/licenses", {"updated_since": since.isoformat()})
+
+    assert [(item["id"], item["customer"]["email"]) for item in response.json()["results"]] == [
+        (str(owned.pk), "ada.new@example.com")
+    ]
+
+
 def test_lists_still_take_drfs_format_parameter(management_client, issued):
     assert management_client.get("/api/v1/licenses?format=json").status_code == 200
 

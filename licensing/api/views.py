@@ -11,6 +11,7 @@ from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
+from django.db.models import Q
 from django.http import Http404
 from django.urls.converters import IntConverter, UUIDConverter
 from django.utils import timezone
@@ -572,7 +573,9 @@ class LicenseListFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=License.Status.choices, required=False)
     expired = serializers.BooleanField(required=False, default=None, allow_null=True)
     updated_since = serializers.DateTimeField(
-        required=False, help_text="Changed at or after this time (a sync's last run); devices' calls change nothing."
+        required=False,
+        help_text="The license or its owner changed at or after this time (a sync's last run); devices' calls "
+        "change nothing.",
     )
 
 
@@ -591,11 +594,13 @@ class LicenseListView(FilteredListMixin, ManagementView, generics.ListAPIView):
         "customer_email": "customer__email__iexact",
         "customer_external_id": "customer__external_id",
         "status": "status",
-        "updated_since": "updated_at__gte",
     }
 
-    def filtered(self, licenses, expired=None, **filters):
+    def filtered(self, licenses, expired=None, updated_since=None, **filters):
         licenses = licenses.filter(**{self.filter_lookups[name]: value for name, value in filters.items()})
+        if updated_since is not None:
+            # A license's answer carries its owner, so a change to the owner changes the answer too.
+            licenses = licenses.filter(Q(updated_at__gte=updated_since) | Q(customer__updated_at__gte=updated_since))
         if expired is not None:
             unexpired = License.unexpired_at(timezone.now())
             licenses = licenses.exclude(unexpired) if expired else licenses.filter(unexpired)
