@@ -841,7 +841,7 @@ def activate_license(
     none), every call takes a new slot. A `customer_id` the app names must name the license's owner
     (`license_belongs_to`): another customer's key is answered as an unknown one.
     """
-    fingerprint = fingerprint or None
+    fingerprint = _trimmed_fingerprint(fingerprint) or None
     _check_text(fingerprint or "", MAX_FINGERPRINT_LENGTH, field="fingerprint")
     _check_text(name, MAX_NAME_LENGTH, field="name")
     _check_text(platform, MAX_PLATFORM_LENGTH, field="platform")
@@ -924,6 +924,13 @@ def activate_license(
     return ActivationResult(activation=activation, created=True)
 
 
+def _trimmed_fingerprint(fingerprint: Any) -> Any:
+    """A fingerprint without the spaces and line ends around it, as every face stores and finds it: a
+    machine id read from a file ends with a line end, and the same device must not take a second slot
+    by calling through another face."""
+    return fingerprint.strip() if isinstance(fingerprint, str) else fingerprint
+
+
 def _check_owner(license: License, customer_id: str | None) -> None:
     if customer_id and not license_belongs_to(license, customer_id):
         raise errors.LicenseNotFound(field="key")
@@ -933,6 +940,7 @@ def find_activation(
     *, license_key: str, activation_id: str | None = None, fingerprint: str | None = None
 ) -> Activation:
     """Return the activation of this key named by id and/or fingerprint, a live one before past ones."""
+    fingerprint = _trimmed_fingerprint(fingerprint)
     if not activation_id and not fingerprint:
         raise errors.InvalidInput("Name the activation by its id or its fingerprint.", field="activation_id")
     license = get_license_by_key(license_key)
@@ -1007,9 +1015,12 @@ def _recent_churn(license: License, *, since: datetime) -> models.QuerySet[Activ
 
 
 def remaining_device_changes(license: License) -> int | None:
-    """How many more devices apps, customers and API keys may deactivate now (None: no limit)."""
+    """How many more devices apps, customers and API keys may deactivate now (None: no limit).
+
+    An unlimited license has no limit of changes either: it has no slot that a change would move.
+    """
     plan = license.plan
-    if plan is None or plan.max_deactivations is None:
+    if plan is None or plan.max_deactivations is None or license.max_activations is None:
         return None
     since = timezone.now() - timedelta(days=plan.deactivation_window_days)
     return max(plan.max_deactivations - _recent_churn(license, since=since).count(), 0)
@@ -1054,10 +1065,15 @@ def _cooldown_refusal(license: License, *, used: int, fingerprint: str | None) -
     cooldown = slot_cooldown(license)
     if cooldown is None:
         return None
-    recent = _recent_churn(license, since=timezone.now() - cooldown)
+    # A device that came back holds its live slot again, and one that left twice holds one slot.
+    back = license.activations.live().filter(fingerprint__isnull=False).values("fingerprint")
+    recent = _recent_churn(license, since=timezone.now() - cooldown).exclude(fingerprint__in=back)
     if fingerprint is not None:
         recent = recent.exclude(fingerprint=fingerprint)
-    cooling = list(recent.order_by("deactivated_at").values_list("deactivated_at", flat=True))
+    freed_at: dict[str | uuid.UUID, datetime] = {}
+    for activation_id, device, at in recent.values_list("id", "fingerprint", "deactivated_at"):
+        freed_at[device or activation_id] = max(at, freed_at.get(device or activation_id, at))
+    cooling = sorted(freed_at.values())
     if used + len(cooling) < license.max_activations:
         return None
     # The slot frees when enough of the cooling ones have cooled: the earliest that brings use under the limit.
@@ -1118,6 +1134,7 @@ def validate_license(
         raise errors.InvalidInput(
             f"The usage increment must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}.", field="increment_usage"
         )
+    fingerprint = _trimmed_fingerprint(fingerprint)
     device_named = bool(fingerprint or activation_id)
     activation_uuid = _as_uuid(activation_id)
     # An id that is no UUID names no device; the license is still looked up, to say why not.
@@ -1241,6 +1258,7 @@ def _named_activations(
 def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: timedelta | None = None) -> Checkout:
     """Allow a live device to run offline until the returned expiry (never past the license's own)."""
     ttl = settings.OFFLINE_LICENSE_DEFAULT_TTL if ttl is None else ttl
+    fingerprint = _trimmed_fingerprint(fingerprint)
     if not timedelta(minutes=1) <= ttl <= settings.OFFLINE_LICENSE_MAX_TTL:
         raise errors.InvalidInput(
             f"The time to live must be between 60 and {int(settings.OFFLINE_LICENSE_MAX_TTL.total_seconds())} seconds.",

@@ -155,6 +155,47 @@ def test_the_device_that_freed_a_slot_may_come_back_to_it(customer, app_actor):
         activate(issued, "b")
 
 
+def test_a_device_that_came_back_holds_one_slot_not_a_cooling_one_too(customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    activate(issued, "b")
+    deactivate(issued, "a", app_actor)
+    activate(issued, "a")
+    deactivate(issued, "a", app_actor)
+    activate(issued, "a")
+    deactivate(issued, "b", app_actor)
+
+    # b freed its own slot; a's two departures are behind it, since a is live again.
+    assert activate(issued, "b").created
+    deactivate(issued, "b", app_actor)
+    with pytest.raises(errors.SlotCoolingDown):
+        activate(issued, "c")
+
+
+def test_a_device_that_left_twice_cools_one_slot(customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    deactivate(issued, "a", app_actor)
+    activate(issued, "a")
+    deactivate(issued, "a", app_actor)
+
+    assert activate(issued, "b").created
+    with pytest.raises(errors.SlotCoolingDown):
+        activate(issued, "c")
+
+
+def test_an_unlimited_license_has_no_limit_of_device_changes(customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=None, max_deactivations=1), customer=customer)
+    for name in ["a", "b"]:
+        activate(issued, name)
+
+    deactivate(issued, "a", app_actor)
+    deactivate(issued, "b", app_actor)
+
+    assert services.remaining_device_changes(issued.license) is None
+    assert not Activation.objects.filter(license=issued.license, deactivated_at=None).exists()
+
+
 def test_refusals_stay_out_of_the_device_history(churny, app_actor):
     deactivate(churny, "a", app_actor)
     deactivate(churny, "b", app_actor)

@@ -99,6 +99,30 @@ def test_every_face_sees_the_same_slots(setup):
     assert Activation.objects.filter(license=issued.license).live().count() == 5
 
 
+def test_one_machine_is_one_device_whichever_face_names_it_with_spaces_or_a_line_end(setup):
+    issued, api_key = setup
+    client = Client()
+    faces = activators(issued.key, api_key)
+
+    native = faces["native"](client, "machine-1")
+    getkeymanager = client.post(
+        "/compat/getkeymanager/api/v1/activate",
+        {"api_key": api_key, "license_key": issued.key, "identifier": "machine-1\n"},
+    ).json()["response"]
+    keymint = faces["keymint"](client, " machine-1")
+    checked_out = client.post(
+        "/api/v1/licenses/checkout",
+        json.dumps({"key": issued.key, "fingerprint": "machine-1\n"}),
+        content_type="application/json",
+    )
+
+    assert (native, getkeymanager["code"], keymint) == (201, 301, 200)
+    assert list(Activation.objects.filter(license=issued.license).live().values_list("fingerprint", flat=True)) == [
+        "machine-1"
+    ]
+    assert checked_out.status_code == 200
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_limit_holds_when_activations_arrive_through_every_face_at_once():
     actor = services.Actor.system("tests")

@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
+from django.utils import timezone
 
 from licensing import lookups, services
 from licensing.management.commands.migrate import MIGRATE_LOCK
@@ -161,3 +162,16 @@ def test_upgrading_makes_every_device_first_seen_when_it_was_activated(migrated_
 
     activation.refresh_from_db()
     assert activation.created_at == activation.last_seen_at
+
+
+def test_upgrading_trims_the_fingerprints_the_dialects_stored_as_sent(migrated_forward_again):
+    issued = make_license(max_activations=5)
+    alone, gone, _, twin = (activate(issued, name).activation for name in ["a", "b", "c", "d"])
+    call_command("migrate", "licensing", "0017", verbosity=0)
+    Activation.objects.filter(pk=alone.pk).update(fingerprint=" a\n")
+    Activation.objects.filter(pk=gone.pk).update(fingerprint="b\t", deactivated_at=timezone.now())
+    Activation.objects.filter(pk=twin.pk).update(fingerprint="c ")
+
+    call_command("migrate", "licensing", verbosity=0)
+
+    assert [Activation.objects.get(pk=record.pk).fingerprint for record in (alone, gone, twin)] == ["a", "b", "c "]
