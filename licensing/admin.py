@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
+from django.apps import apps
 from django.contrib import admin, messages
+from django.contrib.admin import AdminSite
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.contrib.admin.utils import unquote
@@ -18,16 +22,17 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group, User
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.dispatch import receiver
-from django.http import Http404, HttpRequest, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
 
@@ -195,7 +200,22 @@ class OpenedVersionForm(forms.ModelForm):
         return cleaned
 
 
-class CatalogAdmin(HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
+class RecordTrailMixin:
+    """History opens the record's audit trail: Django's history knows only saves made through this
+    admin's forms, and the trail has every change, from the API, the apps and the portal too."""
+
+    def history_view(self, request, object_id, extra_context=None):
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        return HttpResponseRedirect(record_trail_url(self.model, object_id))
+
+
+def record_trail_url(model: type[models.Model], object_id: Any) -> str:
+    query = urlencode({OneRecordFilter.parameter_name: f"{model._meta.label_lower}:{object_id}"})
+    return f"{reverse('admin:licensing_auditevent_changelist')}?{query}"
+
+
+class CatalogAdmin(RecordTrailMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
     """Products, plans and customers, saved and deleted through the services so each change is audited."""
 
     form = OpenedVersionForm
@@ -839,7 +859,7 @@ class LiveListFilter(admin.SimpleListFilter):
 
 
 @admin.register(Activation)
-class ActivationAdmin(HandMadeInputMixin, admin.ModelAdmin):
+class ActivationAdmin(RecordTrailMixin, HandMadeInputMixin, admin.ModelAdmin):
     list_display = [
         "__str__",
         "license",
@@ -923,13 +943,52 @@ class OneLicenseFilter(admin.SimpleListFilter):
             return queryset.none()
 
 
+class OneRecordFilter(admin.SimpleListFilter):
+    """The record a trail was opened for (its History button), as `<type>:<id>`: shown while it
+    filters, by the name its latest event gave it, so a deleted record's trail still says whose it is."""
+
+    title = _("record")
+    parameter_name = "record"
+
+    def lookups(self, request, model_admin):
+        if not self.value():
+            return []
+        latest = AuditEvent.objects.filter(self._record()).order_by("-created_at", "-id").first()
+        return [(self.value(), latest.target_display if latest else _("no such record"))]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(self._record()) if self.value() else queryset
+
+    def _record(self) -> Q:
+        target_type, separator, target_id = self.value().partition(":")
+        return Q(target_type=target_type, target_id=target_id) if separator else Q(pk__in=[])
+
+
+class RecordTypeFilter(admin.SimpleListFilter):
+    title = _("record type")
+    parameter_name = "target_type"
+
+    def lookups(self, request, model_admin):
+        # The models staff change, named as the admin names them; not read from the trail, whose
+        # every row a DISTINCT would scan.
+        audited = [*apps.get_app_config("licensing").get_models(), User, Group]
+        return sorted(
+            ((model._meta.label_lower, capfirst(model._meta.verbose_name)) for model in audited if model != AuditEvent),
+            key=lambda choice: str(choice[1]),
+        )
+
+    def queryset(self, request, queryset):
+        return queryset.filter(target_type=self.value()) if self.value() else queryset
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "action", "actor", "target_display", "license_link", "ip_address"]
-    list_filter = [OneLicenseFilter, "action", "actor_kind", "created_at"]
+    list_display = ["created_at", "action", "actor", "record_type", "target_display", "license_link", "ip_address"]
+    list_filter = [OneLicenseFilter, OneRecordFilter, RecordTypeFilter, "action", "actor_kind", "created_at"]
     list_select_related = ["license"]
-    search_fields = ["actor_display", "actor_id", "target_display", "target_id"]
-    search_help_text = _("An actor or a target.")
+    # Ids match whole, not inside others: customer 1 is not every id holding a 1.
+    search_fields = ["actor_display", "=actor_id", "target_display", "=target_id"]
+    search_help_text = _("An actor or a target: a name or e-mail, or a whole id.")
     date_hierarchy = "created_at"
     readonly_fields = [field.name for field in AuditEvent._meta.fields]
 
@@ -950,6 +1009,13 @@ class AuditEventAdmin(admin.ModelAdmin):
             else event.get_actor_kind_display()
         )
 
+    @admin.display(description=_("record type"), ordering="target_type")
+    def record_type(self, event: AuditEvent) -> str:
+        try:
+            return capfirst(apps.get_model(event.target_type)._meta.verbose_name)
+        except LookupError:
+            return event.target_type
+
     @admin.display(description=_("license"))
     def license_link(self, event: AuditEvent) -> Any:
         if event.license_id is None:
@@ -958,7 +1024,9 @@ class AuditEventAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, event.license.masked_key)
 
 
-class MadeByServiceAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
+class MadeByServiceAdmin(
+    RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin
+):
     """Secrets made by a service on *Add* and read-only afterwards: signing, API and RSA keys.
 
     The add form's `save_form` calls the service; the admin must not save the object again. A saved
@@ -1332,7 +1400,35 @@ def _password_state(user: AbstractBaseUser) -> str:
     return "set" if user.has_usable_password() else "unusable"
 
 
-class AuditedAccountMixin:
+def audited_password_change(request: HttpRequest, user: User, change: Callable[[], HttpResponse]) -> HttpResponse:
+    """Run one of Django's password views, which save the new password themselves with no hook
+    between: compared before and after, in one transaction with the trail's event."""
+    with transaction.atomic():
+        before = (user.password, _password_state(user))
+        response = change()
+        user.refresh_from_db(fields=["password"])
+        if user.password != before[0]:
+            services.record_event(
+                actor=staff_actor(request),
+                action="user.password_changed",
+                target=user,
+                changes={"password": [before[1], _password_state(user)]},
+            )
+    return response
+
+
+def _own_password_change(request, extra_context=None):
+    return audited_password_change(
+        request, request.user, lambda: AdminSite.password_change(admin.site, request, extra_context)
+    )
+
+
+# A staff member changing their own password (the top bar's link) is audited as when another
+# member sets it on the user's page.
+admin.site.password_change = _own_password_change
+
+
+class AuditedAccountMixin(RecordTrailMixin):
     """Who may sign in to this admin, and what they may do in it, are the most sensitive changes
     staff make: each goes to the audit trail like any other change, with who made it."""
 
@@ -1362,7 +1458,20 @@ class AuditedAccountMixin:
             super().delete_queryset(request, queryset)
 
     def _record_deletion(self, request, obj) -> None:
-        services.record_event(actor=staff_actor(request), action=f"{obj._meta.model_name}.deleted", target=obj)
+        # What was deleted stays readable in the trail, as a change to nothing: an account's
+        # details and rights, a group's permissions and who had them through it.
+        gone = {
+            field.name: [_as_audited(getattr(obj, field.attname)), None]
+            for field in obj._meta.concrete_fields
+            if not field.primary_key and field.name not in PASSWORD_FORM_FIELDS
+        }
+        for field in obj._meta.many_to_many:
+            gone[field.name] = [_as_audited(getattr(obj, field.name).all()), None]
+        if isinstance(obj, Group):
+            gone["members"] = [_as_audited(obj.user_set.all()), None]
+        services.record_event(
+            actor=staff_actor(request), action=f"{obj._meta.model_name}.deleted", target=obj, changes=gone
+        )
 
 
 admin.site.unregister(User)
@@ -1375,22 +1484,11 @@ class StaffUserAdmin(AuditedAccountMixin, UserAdmin):
     readonly_fields = ["last_login", "date_joined"]
 
     def user_change_password(self, request, id, form_url=""):
-        # Django's view saves the new password itself, with no hook between: compared before and
-        # after, in one transaction with the trail's event.
-        with transaction.atomic():
-            user = self.get_object(request, unquote(id))
-            before = user and (user.password, _password_state(user))
-            response = super().user_change_password(request, id, form_url)
-            if user is not None:
-                user.refresh_from_db(fields=["password"])
-                if user.password != before[0]:
-                    services.record_event(
-                        actor=staff_actor(request),
-                        action="user.password_changed",
-                        target=user,
-                        changes={"password": [before[1], _password_state(user)]},
-                    )
-        return response
+        user = self.get_object(request, unquote(id))
+        change = super().user_change_password
+        if user is None:
+            return change(request, id, form_url)
+        return audited_password_change(request, user, lambda: change(request, id, form_url))
 
 
 @admin.register(Group)

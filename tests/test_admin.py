@@ -12,6 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 
 from licensing import services
 from licensing.admin import CustomerAdmin
@@ -530,6 +531,42 @@ def test_the_history_button_opens_the_licenses_audit_trail(staff_client, issued,
     page = response.content.decode()
     assert f"{issued.license.masked_key} · {issued.license.customer.email}" in page
     assert 'href="?"' in page
+
+
+@pytest.mark.parametrize(
+    ("model", "record"), [("customer", "customer"), ("product", "product"), ("apikey", "api_key"), ("user", "user")]
+)
+def test_every_records_history_button_opens_its_audit_trail(staff_client, issued, actor, model, record):
+    records = {
+        "customer": issued.license.customer,
+        "product": issued.license.product,
+        "api_key": services.create_api_key(name="billing", actor=actor).api_key,
+        "user": get_user_model().objects.get(username="staff"),
+    }
+    target = records[record]
+    app = "auth" if model == "user" else "licensing"
+
+    response = staff_client.get(reverse(f"admin:{app}_{model}_history", args=[target.pk]), follow=True)
+
+    events = response.context["cl"].result_list
+    assert events and {(event.target_type, event.target_id) for event in events} == {
+        (target._meta.label_lower, str(target.pk))
+    }
+    # The page says whose trail it is.
+    assert escape(str(target)) in response.content.decode()
+
+
+def test_an_audit_trail_search_finds_an_id_whole_not_inside_others(staff_client, plan, actor):
+    customers = [make_customer(email=f"{letter}@example.com", name=letter) for letter in "abcdefghijkl"]
+    for customer in customers:
+        make_license(plan=plan, customer=customer)
+    wanted = customers[0]
+
+    response = staff_client.get(changelist("auditevent"), {"q": str(wanted.pk)})
+
+    targets = {(event.target_type, event.target_id) for event in response.context["cl"].result_list}
+    assert ("licensing.customer", str(wanted.pk)) in targets
+    assert all(target_id == str(wanted.pk) for _, target_id in targets if _ == "licensing.customer")
 
 
 @pytest.mark.parametrize("value", ["not-a-license-id", str(uuid.uuid4())])
@@ -1246,11 +1283,65 @@ def test_a_password_set_and_an_account_deleted_by_staff_are_in_the_audit_trail(s
 
     assert response.status_code == 302
     trail = AuditEvent.objects.filter(target_type="auth.user", target_id=str(clerk.pk)).order_by("id")
-    assert [(event.action, event.changes, event.actor_display) for event in trail] == [
-        ("user.password_changed", {"password": ["set", "set"]}, "staff"),
-        ("user.deleted", {}, "staff"),
-    ]
+    changed, deleted = trail
+    assert (changed.action, changed.changes, changed.actor_display) == (
+        "user.password_changed",
+        {"password": ["set", "set"]},
+        "staff",
+    )
+    assert (deleted.action, deleted.actor_display) == ("user.deleted", "staff")
+    assert {name: deleted.changes[name] for name in ["username", "is_staff", "groups"]} == {
+        "username": ["clerk", None],
+        "is_staff": [False, None],
+        "groups": [[], None],
+    }
+    assert "password" not in deleted.changes
     assert not get_user_model().objects.filter(username="clerk").exists()
+
+
+def test_a_staff_member_changing_their_own_password_is_in_the_audit_trail(staff_client, staff_user):
+    response = staff_client.post(
+        reverse("admin:password_change"),
+        {
+            "old_password": "a-long-test-password",
+            "new_password1": "second-Long-pass-2",
+            "new_password2": "second-Long-pass-2",
+        },
+    )
+
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(action="user.password_changed")
+    assert (event.target_id, event.actor_id, event.changes) == (
+        str(staff_user.pk),
+        str(staff_user.pk),
+        {"password": ["set", "set"]},
+    )
+
+
+def test_a_wrong_old_password_changes_nothing_and_records_nothing(staff_client):
+    response = staff_client.post(
+        reverse("admin:password_change"),
+        {"old_password": "a-guess", "new_password1": "second-Long-pass-2", "new_password2": "second-Long-pass-2"},
+    )
+
+    assert response.status_code == 200
+    assert not AuditEvent.objects.filter(action="user.password_changed").exists()
+
+
+def test_a_deleted_group_leaves_its_permissions_and_members_in_the_audit_trail(staff_client):
+    group = Group.objects.create(name="Support")
+    may_change_licenses = Permission.objects.get(codename="change_license")
+    group.permissions.add(may_change_licenses)
+    get_user_model().objects.create_user("clerk").groups.add(group)
+
+    staff_client.post(reverse("admin:auth_group_delete", args=[group.pk]), {"post": "yes"})
+
+    event = AuditEvent.objects.get(action="group.deleted")
+    assert event.changes == {
+        "name": ["Support", None],
+        "permissions": [[str(may_change_licenses)], None],
+        "members": [["clerk"], None],
+    }
 
 
 def test_a_password_form_that_does_not_validate_changes_nothing_and_records_nothing(staff_client):
