@@ -709,9 +709,11 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
 
     @admin.display(description=_("status"), ordering="status")
     def state(self, license: License) -> str:
-        # The status is what staff set; an active license past its expiry must not read as usable.
+        # The status is what staff set; an active license that cannot be used must not read as usable.
         if license.status == License.Status.ACTIVE and license.is_expired:
             return _("active, expired")
+        if license.status == License.Status.ACTIVE and not license.product.is_active:
+            return _("active, product inactive")
         return license.get_status_display()
 
     def get_search_results(self, request, queryset, search_term):

@@ -617,8 +617,8 @@ def change_license_plan(*, license: License, plan: Plan, actor: Actor, max_activ
     It takes the new plan's activation limit, as a license issued on it would, unless
     `max_activations` is given; its expiry stays (extend it if the move buys time). Devices over a
     lower limit keep working; only new activations are refused. The plan's device-change rules
-    (anti-churn) apply from now on. A license of an inactive product may move too: it keeps serving
-    the customers who have it.
+    (anti-churn) apply from now on. A license of an inactive product may move too, ready for when
+    the product is active again.
     """
     with transaction.atomic():
         locked = _lock_license(license.pk)
@@ -1775,7 +1775,7 @@ def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Custome
 
 def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
     """A customer's licenses, those they can use now first (what they came for), newest first."""
-    usable = Q(status=License.Status.ACTIVE) & License.unexpired_at(timezone.now())
+    usable = Q(status=License.Status.ACTIVE, product__is_active=True) & License.unexpired_at(timezone.now())
     return (
         License.objects.filter(customer=customer)
         .select_related("product", "plan")

@@ -160,6 +160,8 @@ def status_in_words(license: License) -> str:
         return _("Revoked")
     if license.status == License.Status.SUSPENDED:
         return _("Suspended")
+    if not license.product.is_active:
+        return _("No longer available: the product was withdrawn")
     if license.expires_at is None:
         return _("Active, never expires")
     if license.is_expired:

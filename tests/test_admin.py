@@ -420,6 +420,17 @@ def test_the_list_marks_an_active_license_past_its_expiry(staff_client, plan):
     assert '<td class="field-state">active, expired</td>' in rows
 
 
+def test_the_list_marks_an_active_license_of_an_inactive_product(staff_client, plan, actor):
+    license = make_license(plan=plan).license
+    plan.product.is_active = False
+    services.save_catalog_record(record=plan.product, actor=actor, fields=["is_active"])
+
+    rows = staff_client.get(changelist("license")).content.decode()
+
+    assert f"{license.masked_key}</a></th>" in rows
+    assert '<td class="field-state">active, product inactive</td>' in rows
+
+
 def test_a_device_is_freed_from_the_license_page_after_a_confirmation(staff_client, issued):
     activation = activate(issued, "dead-laptop", name="Dead laptop").activation
     deactivate_url = reverse("admin:licensing_license_deactivate_device", args=[issued.license.pk, activation.pk])

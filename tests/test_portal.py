@@ -283,6 +283,19 @@ def test_licenses_the_customer_can_use_come_first_newest_first(signed_in, issued
     assert order == sorted(order)
 
 
+def test_a_license_of_a_withdrawn_product_says_so_and_comes_after_usable_ones(signed_in, issued, customer, actor):
+    withdrawn = make_license(plan=make_plan(), customer=customer)
+    withdrawn.license.product.is_active = False
+    services.save_catalog_record(record=withdrawn.license.product, actor=actor, fields=["is_active"])
+
+    page = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    assert page.index(issued.license.masked_key) < page.index(withdrawn.license.masked_key)
+    assert page.count("No longer available: the product was withdrawn") == 1
+    # Only the usable license reads as active.
+    assert page.count("Active, never expires") == 1
+
+
 def test_pages_showing_keys_are_never_kept_by_a_browser_or_proxy(signed_in, issued):
     for url in (reverse("portal:licenses"), reverse("portal:license", args=[issued.license.pk])):
         response = signed_in.get(url)
