@@ -1654,10 +1654,13 @@ def _save_rsa_key(
         # One turn for all RSA keys: a product's first key is checked against the global one.
         _take_turns("RSA keys")
         check_rsa_key_replacement(product=product, replace=replace)
+        replaced = signing_rsa_key(product)
         rsa_key = RsaKey.objects.create(
             product=product, public_key_pem=public_pem, private_key_encrypted=private_encrypted
         )
-        record_event(actor=actor, action="rsa_key.created", target=rsa_key)
+        # Which key stopped signing these answers: apps holding its public key refuse them from now.
+        changes = {"product": [None, product.pk if product else None], "replaces": [None, replaced and replaced.pk]}
+        record_event(actor=actor, action="rsa_key.created", target=rsa_key, changes=changes)
     forget_cached_keys()
     return rsa_key
 

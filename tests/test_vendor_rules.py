@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from licensing import errors, services, signing
-from licensing.models import ApiKey, License, RsaKey
+from licensing.models import ApiKey, AuditEvent, License, RsaKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -242,6 +242,11 @@ def test_a_second_rsa_key_for_the_same_answers_needs_staff_to_say_it_replaces_th
 
     second = RsaKey.objects.exclude(pk=first.pk).get()
     assert services.rsa_key_for(None) == second
+    events = AuditEvent.objects.filter(action="rsa_key.created").order_by("id")
+    assert [event.changes for event in events] == [
+        {"product": [None, None], "replaces": [None, None]},
+        {"product": [None, None], "replaces": [None, first.pk]},
+    ]
     page = staff_client.get(reverse("admin:licensing_rsakey_changelist")).content.decode()
     newest_first = re.findall(r'<td class="field-signs_now"><img src="[^"]*" alt="(True|False)"', page)
     assert newest_first == ["True", "False"]
