@@ -1058,8 +1058,9 @@ class SigningKeyAddForm(forms.ModelForm):
     signs_from = forms.DateTimeField(
         label=_("Signs from"),
         required=False,
-        # A date picker and year-first formats only: "01/03/2027" means January to some and March to others.
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        # Typed, year first: "01/03/2027" means January to some and March to others, and a browser's
+        # date picker reads as local time, where this time is UTC.
+        widget=forms.DateTimeInput(attrs={"placeholder": "2027-03-01 09:00"}, format="%Y-%m-%d %H:%M"),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
         help_text=_(
             "In UTC, as 2027-03-01 or 2027-03-01 09:00. Leave empty to sign from now. A later time publishes the "
@@ -1068,18 +1069,27 @@ class SigningKeyAddForm(forms.ModelForm):
         ),
     )
 
+    replace = forms.BooleanField(
+        label=_("Replace the key that signs now"),
+        required=False,
+        help_text=_(
+            "Needed to sign from now while another key signs: apps that have not got the new public key then refuse "
+            "every answer. For a key that leaked; otherwise give a later time."
+        ),
+    )
+
     class Meta:
         model = SigningKey
-        fields = ["signs_from"]
+        fields = ["signs_from", "replace"]
 
-    def clean_signs_from(self):
-        signs_from = self.cleaned_data["signs_from"]
-        if signs_from is not None:
+    def clean(self):
+        cleaned = super().clean()
+        if "signs_from" not in self.errors:
             try:
-                services.check_signs_from(signs_from)
+                services.check_signs_from(cleaned.get("signs_from"), replace=cleaned.get("replace", False))
             except errors.InvalidInput as error:
-                raise ValidationError(str(error.message)) from None
-        return signs_from
+                self.add_error(error.field, str(error.message))
+        return cleaned
 
 
 RETIRING_THE_SIGNER = _(
@@ -1100,7 +1110,9 @@ class SigningKeyAdmin(MadeByServiceAdmin):
 
     def save_form(self, request, form, change):
         signing_key = services.create_signing_key(
-            actor=staff_actor(request), signs_from=form.cleaned_data.get("signs_from")
+            actor=staff_actor(request),
+            signs_from=form.cleaned_data.get("signs_from"),
+            replace=form.cleaned_data.get("replace", False),
         )
         if signing_key.signs_from > timezone.now():
             message = _("Signing key %(kid)s created and published; it signs from %(time)s.") % {

@@ -1301,29 +1301,43 @@ def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: t
 SIGNS_FROM_LEEWAY = timedelta(minutes=5)
 
 
-def check_signs_from(signs_from: datetime) -> None:
-    """Raise InvalidInput unless a new signing key can start signing at this time."""
+def check_signs_from(signs_from: datetime | None, *, replace: bool = False) -> None:
+    """Raise InvalidInput unless a new signing key can start signing at this time (None: now).
+
+    A key that signs from now while another signs breaks every app that has not got its public key,
+    so it must be asked for (`replace`): for a key that leaked, say.
+    """
     now = timezone.now()
-    if signs_from < now - SIGNS_FROM_LEEWAY:
+    if signs_from is not None and signs_from < now - SIGNS_FROM_LEEWAY:
         raise errors.InvalidInput("A new key cannot sign from a time already past.", field="signs_from")
-    if signs_from > now and signing_key_now() is None:
-        # Until then answers would need a key made on the spot, which no shipped app holds.
+    signing_now = signing_key_now()
+    if signs_from is not None and signs_from > now:
+        if signing_now is None:
+            # Until then answers would need a key made on the spot, which no shipped app holds.
+            raise errors.InvalidInput(
+                "No key signs now: first make one that signs from now, then schedule the next.", field="signs_from"
+            )
+    elif signing_now is not None and not replace:
         raise errors.InvalidInput(
-            "No key signs now: first make one that signs from now, then schedule the next.", field="signs_from"
+            f"Key {signing_now.kid} signs answers now, and apps verify them with its public key: a key that signs "
+            "from now breaks every app that has not got the new public key. Give a later time to publish it first, "
+            "or replace the key on purpose (admin: tick “Replace the key that signs now”; create_signing_key: "
+            "--replace).",
+            field="replace",
         )
 
 
-def create_signing_key(*, actor: Actor, signs_from: datetime | None = None) -> SigningKey:
+def create_signing_key(*, actor: Actor, signs_from: datetime | None = None, replace: bool = False) -> SigningKey:
     """Make a new Ed25519 key pair, published at once, that signs from `signs_from` (now if not given).
 
     A later `signs_from` is how a rotation keeps shipped apps working: they get the new public key
     in an update while the old key still signs, and verify both once the new one takes over.
-    Older keys stay published.
+    Older keys stay published. Signing from now while another key signs needs `replace`.
     """
+    check_signs_from(signs_from, replace=replace)
     now = timezone.now()
     if signs_from is None:
         signs_from = now
-    check_signs_from(signs_from)
     kid, public_pem, private_encrypted = signing.new_key_pair()
     with transaction.atomic():
         signing_key = SigningKey.objects.create(

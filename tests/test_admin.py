@@ -118,7 +118,7 @@ def test_list_pages_make_the_same_number_of_queries_however_many_rows(staff_clie
 
     few = count_queries()
     for n in range(6):
-        services.create_signing_key(actor=actor)
+        services.create_signing_key(actor=actor, replace=True)
         services.create_api_key(name=f"key {n}", actor=actor)
         plan = make_plan(max_activations=None)
         issued = make_license(plan=plan, customer=make_customer())
@@ -1140,7 +1140,7 @@ def test_revoking_an_api_key_again_says_it_was_already_revoked(staff_client, act
 
 def test_retiring_the_key_that_signs_warns_that_apps_need_the_new_one(staff_client, actor):
     signing_now = services.current_signing_key()
-    already_retired = services.create_signing_key(actor=actor)
+    already_retired = services.create_signing_key(actor=actor, replace=True)
     services.retire_signing_key(signing_key=already_retired, actor=actor)
 
     response = action(staff_client, "signingkey", "retire", [signing_now, already_retired], confirmed="yes")
@@ -1169,7 +1169,7 @@ def test_retiring_signing_keys_asks_first_and_names_the_key_that_signs(staff_cli
 
 def test_retiring_a_key_that_no_longer_signs_gives_no_warning(staff_client, actor):
     old = services.current_signing_key()
-    services.create_signing_key(actor=actor)
+    services.create_signing_key(actor=actor, replace=True)
 
     response = action(staff_client, "signingkey", "retire", [old], confirmed="yes")
 
@@ -1192,10 +1192,11 @@ def test_a_signing_key_added_for_a_later_time_is_published_but_does_not_sign_yet
     assert listing.count('alt="True"') == 1
 
 
-def test_the_signs_from_field_is_a_date_picker_saying_utc(staff_client):
+def test_the_signs_from_field_is_typed_year_first_saying_utc(staff_client):
     page = staff_client.get(reverse("admin:licensing_signingkey_add")).content.decode()
 
-    assert 'type="datetime-local" name="signs_from"' in page
+    # Not a browser's date picker: it shows the visitor's own order and reads as local time.
+    assert 'type="text" name="signs_from" placeholder="2027-03-01 09:00"' in page
     assert "In UTC, as 2027-03-01 or 2027-03-01 09:00." in page
 
 
@@ -1227,10 +1228,20 @@ def test_a_signing_key_cannot_be_added_to_sign_from_the_past(staff_client):
     assert not SigningKey.objects.exists()
 
 
+def test_a_signing_key_that_would_sign_from_now_beside_another_must_be_asked_for(staff_client):
+    signing_now = services.current_signing_key()
+
+    response = staff_client.post(reverse("admin:licensing_signingkey_add"), {})
+
+    assert response.status_code == 200
+    assert f"Key {signing_now.kid} signs answers now" in response.content.decode()
+    assert list(SigningKey.objects.all()) == [signing_now]
+
+
 def test_adding_a_signing_key_rotates_and_retiring_stops_publishing(staff_client, actor):
     old = services.current_signing_key()
 
-    staff_client.post(reverse("admin:licensing_signingkey_add"), {})
+    staff_client.post(reverse("admin:licensing_signingkey_add"), {"replace": "on"})
     new = services.current_signing_key()
     action(staff_client, "signingkey", "retire", [old], confirmed="yes")
 

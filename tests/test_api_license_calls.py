@@ -519,7 +519,7 @@ def test_meta_carries_the_server_time(api_client, issued):
 def test_rotation_signs_with_the_new_key_and_keeps_the_old_one_published(api_client, issued, actor):
     old_answer = call(api_client, "validate", {"key": issued.key})
     old_kid = services.current_signing_key().kid
-    new_key = services.create_signing_key(actor=actor)
+    new_key = services.create_signing_key(actor=actor, replace=True)
 
     new_answer = call(api_client, "validate", {"key": issued.key})
     listing = api_client.get("/api/v1/signing-keys").json()["keys"]

@@ -112,6 +112,18 @@ def test_create_signing_key_command_prints_the_public_key():
     assert services.current_signing_key().kid in out.getvalue()
 
 
+def test_create_signing_key_command_replaces_the_key_that_signs_only_when_asked():
+    signing_now = services.current_signing_key()
+
+    with pytest.raises(CommandError, match=f"--replace: Key {signing_now.kid} signs answers now"):
+        call_command("create_signing_key", stdout=io.StringIO())
+    call_command("create_signing_key", "--replace", stdout=io.StringIO())
+
+    services.forget_cached_keys()
+    assert services.current_signing_key() != signing_now
+    assert SigningKey.objects.count() == 2
+
+
 def test_create_signing_key_command_schedules_a_key_for_a_later_date():
     signing_now = services.current_signing_key()
     out = io.StringIO()

@@ -34,8 +34,13 @@ class Command(BaseCommand):
             help="When the key starts signing (ISO 8601, UTC unless it says otherwise), e.g. 2027-01-15. "
             "Until then it is only published, so apps can ship its public key before it signs.",
         )
+        parser.add_argument(
+            "--replace",
+            action="store_true",
+            help="Sign from now although another key signs: apps without the new public key refuse every answer.",
+        )
 
-    def handle(self, *args, signs_from=None, if_none=False, **options):
+    def handle(self, *args, signs_from=None, if_none=False, replace=False, **options):
         actor = services.Actor.system("create_signing_key")
         if if_none:
             signed_before = services.signing_key_now()
@@ -45,9 +50,9 @@ class Command(BaseCommand):
                 return
         else:
             try:
-                signing_key = services.create_signing_key(actor=actor, signs_from=signs_from)
+                signing_key = services.create_signing_key(actor=actor, signs_from=signs_from, replace=replace)
             except errors.InvalidInput as error:
-                raise CommandError(f"--signs-from: {error.message}") from None
+                raise CommandError(f"--{error.field.replace('_', '-')}: {error.message}") from None
         if signs_from is None:
             self.stdout.write(f"Created signing key {signing_key.kid}. It signs from now on. Public key:")
         else:
