@@ -924,6 +924,10 @@ def activate_license(
     return ActivationResult(activation=activation, created=True)
 
 
+# Said to the person at a device that was never activated, or was freed (from the portal, say).
+DEVICE_NOT_ACTIVATED = "This device is not activated on this license, or was deactivated: activate it again to use it."
+
+
 def _trimmed_fingerprint(fingerprint: Any) -> Any:
     """A fingerprint without the spaces and line ends around it, as every face stores and finds it: a
     machine id read from a file ends with a line end, and the same device must not take a second slot
@@ -1151,7 +1155,7 @@ def validate_license(
     if problem := license_problem(license):
         return _invalid(problem, license=license, activation=activation)
     if device_named and activation is None:
-        return _invalid(errors.ActivationNotFound(), license=license, activation=None)
+        return _invalid(errors.ActivationNotFound(DEVICE_NOT_ACTIVATED), license=license, activation=None)
     if activation is not None and activation.conditions and conditions != activation.conditions:
         return _invalid(errors.ConditionsMismatch(), license=license, activation=activation)
 
@@ -1273,7 +1277,7 @@ def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: t
             raise problem
         activation = _live_activation(license, fingerprint=fingerprint, activation_id=None) if fingerprint else None
         if activation is None:
-            raise errors.ActivationNotFound("This device is not activated on this license.", field="fingerprint")
+            raise errors.ActivationNotFound(DEVICE_NOT_ACTIVATED, field="fingerprint")
         issued_at = timezone.now()
         expires_at = issued_at + ttl
         if license.expires_at is not None:

@@ -90,6 +90,18 @@ def test_at_the_limit_the_answer_lists_the_devices_with_masked_fingerprints(api_
     assert set(body["devices"][0]) == {"id", "name", "platform", "fingerprint", "created_at", "last_seen_at"}
     assert "serial-AAAA" not in response.content.decode()
     assert issued.license.activations.live().count() == 3
+    assert body["portal_url"] is None
+
+
+def test_at_the_limit_the_answer_says_where_the_customer_frees_a_device(api_client, issued, settings):
+    settings.PUBLIC_URL = "https://licenses.example.com"
+    activate(issued, "a")
+    activate(issued, "b")
+    activate(issued, "c")
+
+    response = call(api_client, "activate", {"key": issued.key, "fingerprint": "d"})
+
+    assert error(response)["portal_url"] == "https://licenses.example.com/portal/"
 
 
 @pytest.mark.parametrize(
@@ -307,8 +319,10 @@ def test_deactivating_by_id_then_again(api_client, issued):
     assert again.json()["already_inactive"] is True
     assert again.json()["detail"] == "This device was already inactive."
     assert again.json()["activation"]["deactivated_at"] == first.json()["activation"]["deactivated_at"]
-    assert call(api_client, "validate", {"key": issued.key, "fingerprint": "device-1"}).json()["code"] == (
-        "NOT_ACTIVATED"
+    validated = call(api_client, "validate", {"key": issued.key, "fingerprint": "device-1"}).json()
+    assert (validated["code"], validated["detail"]) == (
+        "NOT_ACTIVATED",
+        "This device is not activated on this license, or was deactivated: activate it again to use it.",
     )
 
 

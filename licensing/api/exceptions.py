@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
+from django.urls import reverse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -60,6 +62,9 @@ def licensing_error_facts(error: errors.LicensingError) -> dict[str, Any]:
     facts = {name: value for name, value in error.facts.items() if name != "license"}
     if isinstance(error, errors.ActivationLimitReached):
         facts["devices"] = live_devices(error.facts["license"])
+        # Where the person at the new device can free one of them; only a configured address, as
+        # a request's Host header is the caller's to choose.
+        facts["portal_url"] = settings.PUBLIC_URL + reverse("portal:sign-in") if settings.PUBLIC_URL else None
     return facts
 
 

@@ -325,6 +325,12 @@ class ErrorDetailSerializer(serializers.Serializer):
     devices = ErrorDeviceSerializer(
         many=True, required=False, help_text="activation_limit_reached: the devices in use, to free one."
     )
+    portal_url = serializers.URLField(
+        required=False,
+        allow_null=True,
+        help_text="activation_limit_reached: the customer portal, where the customer can free a device (null: "
+        "the server has no PUBLIC_URL set).",
+    )
     remaining = serializers.IntegerField(
         required=False, help_text="deactivation_limit_reached: device changes left; usage_limit_reached: uses left."
     )
