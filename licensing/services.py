@@ -1772,18 +1772,27 @@ def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignIn
     return SignInRequest(customer=customer, token=token if customer else None)
 
 
+def _sign_in_links(token: str) -> models.QuerySet[SignInLink]:
+    return SignInLink.objects.filter(token_digest=keys.digest_sign_in_token(token), customer__isnull=False)
+
+
+def _is_usable(link: SignInLink | None) -> bool:
+    return link is not None and link.used_at is None and link.created_at >= timezone.now() - SIGN_IN_LINK_LIFETIME
+
+
+def check_sign_in_link(token: str) -> None:
+    """Raise SignInLinkInvalid unless the link can still be used, without using it."""
+    if not _is_usable(_sign_in_links(token).first()):
+        raise errors.SignInLinkInvalid()
+
+
 def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Customer:
     """Use a sign-in link, once, within 15 minutes of sending; return whose it is."""
     with transaction.atomic():
-        link = (
-            SignInLink.objects.select_for_update()
-            .select_related("customer")
-            .filter(token_digest=keys.digest_sign_in_token(token), customer__isnull=False)
-            .first()
-        )
-        now = timezone.now()
-        if link is None or link.used_at is not None or link.created_at < now - SIGN_IN_LINK_LIFETIME:
+        link = _sign_in_links(token).select_for_update().select_related("customer").first()
+        if not _is_usable(link):
             raise errors.SignInLinkInvalid()
+        now = timezone.now()
         link.used_at = now
         link.save(update_fields=["used_at"])
         record_event(

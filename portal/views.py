@@ -125,11 +125,13 @@ def send_sign_in_link(customer: Customer, body: str) -> None:
 @require_http_methods(["GET", "POST"])
 def redeem(request, token):
     # GET only shows a button: mail scanners that open links must not use up the one-time link.
-    if request.method == "GET":
-        # The header says who is signed in, as a forwarded link would switch accounts.
-        request.customer = signed_in_customer(request)
-        return render(request, "portal/redeem.html")
     try:
+        if request.method == "GET":
+            # Said now, not after the button: a used or expired link offers nothing to continue to.
+            services.check_sign_in_link(token)
+            # The header says who is signed in, as a forwarded link would switch accounts.
+            request.customer = signed_in_customer(request)
+            return render(request, "portal/redeem.html")
         customer = services.redeem_sign_in_link(token=token, ip_address=client_ip(request))
     except errors.SignInLinkInvalid as error:
         return render(request, "portal/link_invalid.html", {"message": error.message}, status=400)

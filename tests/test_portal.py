@@ -77,10 +77,15 @@ def test_a_link_works_once(client, customer):
     client.post(reverse("portal:sign-out"))
 
     again = client.post(path)
+    opened_again = client.get(path)
 
     assert again.status_code == 400
     assert "already used or expired" in again.content.decode()
     assert client.get(reverse("portal:licenses")).status_code == 302
+    # Opened again, it says so at once rather than offering a button that fails.
+    assert opened_again.status_code == 400
+    assert "already used or expired" in opened_again.content.decode()
+    assert "Continue" not in opened_again.content.decode()
 
 
 def test_a_link_expires_after_15_minutes(client, customer):
@@ -89,6 +94,7 @@ def test_a_link_expires_after_15_minutes(client, customer):
     path = link_from_mail(mail.outbox[0]).split("testserver", 1)[1]
 
     assert client.post(path).status_code == 400
+    assert client.get(path).status_code == 400
 
 
 @pytest.mark.parametrize("token", ["tampered", "x" * 43])
