@@ -13,5 +13,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     re_path(r"^api/", UnknownEndpointView.as_view()),
+    # The bare prefixes too, as JSON: Django would redirect them to their slash, which a POST cannot follow.
+    re_path(r"^(api|compat)$", UnknownEndpointView.as_view()),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]

@@ -845,6 +845,9 @@ def test_schema_documents_the_refusals_every_operation_can_answer(client):
     # Found by the schema fuzz: the anti-churn refusal answered a 403 the schema did not list.
     assert {"400", "403", "404", "413", "415", "429"} <= set(paths["/api/v1/licenses/deactivate"]["post"]["responses"])
     assert "401" not in paths["/api/v1/licenses/validate"]["post"]["responses"]
+    assert all("406" in operation["responses"] for path in paths.values() for operation in path.values())
+    issue = next(each for each in paths["/api/v1/licenses"]["post"]["parameters"] if each["name"] == "Idempotency-Key")
+    assert issue["schema"] == {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"}
 
 
 def test_schema_gives_license_call_refusals_their_signed_meta(client):
@@ -983,6 +986,29 @@ def test_unknown_paths_answer_json_404(management_client, path, message):
 
     assert response.status_code == 404
     assert error(response) == {"code": "not_found", "message": message}
+
+
+@pytest.mark.parametrize("path", ["/api", "/compat"])
+def test_a_post_to_a_bare_prefix_is_json_404_not_a_redirect(client, settings, path):
+    settings.DEBUG = True  # Django's slash redirect then fails on a POST, rather than answering 301
+
+    response = client.post(path, "{}", content_type="application/json")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("value", "status"), [(5.0, 200), (5.5, 400), (True, 400), ("5", 400)])
+def test_a_whole_number_may_be_written_with_a_decimal_point_as_json_schema_allows(
+    management_client, issued, value, status
+):
+    response = management_client.patch(
+        f"/api/v1/licenses/{issued.license.pk}", {"max_activations": value}, format="json"
+    )
+
+    assert response.status_code == status
+    expected = 5 if status == 200 else issued.license.max_activations
+    assert License.objects.get(pk=issued.license.pk).max_activations == expected
 
 
 @pytest.mark.parametrize("days", [3_000_000, 99_999_999])

@@ -103,6 +103,17 @@ def test_a_key_that_is_no_key_is_refused_naming_the_header(management_client, pl
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("key", ["", "order-1"])
+def test_a_method_the_path_does_not_take_is_405_whatever_its_key(management_client, plan, key):
+    license = services.create_license(product=plan.product, plan=plan, actor=services.Actor.system("tests")).license
+
+    response = management_client.patch(f"{LICENSES}/{license.pk}/suspend", HTTP_IDEMPOTENCY_KEY=key)
+
+    assert response.status_code == 405
+    assert not IdempotentRequest.objects.exists()
+
+
+@pytest.mark.django_db
 def test_a_change_whose_answer_failed_is_undone_with_its_key_so_the_retry_makes_it_once(api_key, plan, monkeypatch):
     client = APIClient(raise_request_exception=False)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key.key}")

@@ -35,7 +35,7 @@ class LicensingAutoSchema(AutoSchema):
             parameters.append(
                 OpenApiParameter(
                     "Idempotency-Key",
-                    str,
+                    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"},
                     OpenApiParameter.HEADER,
                     description="Any 1-255 printable ASCII characters, new for each change (an order id): a retry "
                     "with the same key and request gets the first answer again (Idempotent-Replayed: true) "
@@ -70,6 +70,7 @@ class LicensingAutoSchema(AutoSchema):
         if self.method in BODY_METHODS:
             refusals["413"] = "Request body too large."
             refusals["415"] = "The request body is not JSON."
+        refusals["406"] = "The client takes no JSON (its Accept header)."
         if self.view.throttle_classes:
             refusals["429"] = "Too many calls from this address or for this key; see Retry-After."
         return refusals

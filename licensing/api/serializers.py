@@ -52,22 +52,36 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+def whole_number(data: Any) -> int | None:
+    """A JSON number that is whole, as JSON Schema counts one (3 and 3.0, not 3.5), or None.
+
+    Not true or "3", which DRF would take as 1 and 3.
+    """
+    if isinstance(data, int) and not isinstance(data, bool):
+        return data
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    return None
+
+
 class StrictIntegerField(serializers.IntegerField):
-    """Whole JSON numbers only: DRF would accept "3", 3.0 and true."""
+    """Whole JSON numbers only (whole_number)."""
 
     def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
+        number = whole_number(data)
+        if number is None:
             self.fail("invalid")
-        return super().to_internal_value(data)
+        return super().to_internal_value(number)
 
 
 class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
-    """A record's id as a whole JSON number: DRF would take 1.5 as record 1, and "1" too."""
+    """A record's id as a whole JSON number (whole_number): DRF would take 1.5 as record 1."""
 
     def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
+        number = whole_number(data)
+        if number is None:
             self.fail("incorrect_type", data_type=type(data).__name__)
-        return super().to_internal_value(data)
+        return super().to_internal_value(number)
 
 
 @extend_schema_field({"type": "object", "additionalProperties": True})
@@ -479,7 +493,11 @@ class CreateLicenseInputSerializer(StrictInputSerializer):
     )
     metadata = MetadataField(required=False, default=dict)
     limit_usage = StrictIntegerField(
-        min_value=0, required=False, allow_null=True, help_text="Most uses apps may count; null is unlimited."
+        min_value=0,
+        max_value=services.MAX_USAGE_LIMIT,
+        required=False,
+        allow_null=True,
+        help_text="Most uses apps may count; null is unlimited.",
     )
 
     def validate(self, data):
@@ -501,7 +519,7 @@ class UpdateLicenseInputSerializer(StrictInputSerializer):
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     metadata = MetadataField(required=False)
-    limit_usage = StrictIntegerField(min_value=0, required=False, allow_null=True)
+    limit_usage = StrictIntegerField(min_value=0, max_value=services.MAX_USAGE_LIMIT, required=False, allow_null=True)
 
 
 class FindLicenseInputSerializer(StrictInputSerializer):

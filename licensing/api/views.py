@@ -410,6 +410,8 @@ class ManagementView:
         key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
         if key is None or request.method not in IDEMPOTENT_METHODS or getattr(self, "reads_only", False):
             return
+        if getattr(self, request.method.lower(), None) is None:
+            return  # answered 405 by the dispatch: no change to claim a key for
         if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not key.isascii() or not key.isprintable():
             raise errors.InvalidInput(
                 f"An Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters.",

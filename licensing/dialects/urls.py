@@ -9,6 +9,6 @@ urlpatterns = [
     path("getkeymanager/api/v1/", include("licensing.dialects.getkeymanager")),
     path("polar/", include("licensing.dialects.polar")),
     path("keymint/", include("licensing.dialects.keymint")),
-    # Anything else under /compat/ (a bare prefix without its slash included): JSON, never HTML.
+    # Anything else under /compat/: JSON, never HTML.
     re_path(r"", UnknownEndpointView.as_view()),
 ]
