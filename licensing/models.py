@@ -96,14 +96,14 @@ class Plan(ConstraintErrorsNameFieldsMixin, models.Model):
         validators=[MaxValueValidator(2_147_483_647)],
         help_text=_("Devices a new license may activate. Empty means unlimited."),
     )
-    # Anti-churn: how often apps, customers and API keys may move a license between devices. Staff
+    # Anti-churn: how often apps and customers may move a license between devices. Staff
     # and the system are never limited, so support can always help.
     max_deactivations = models.PositiveIntegerField(
         _("device changes allowed"),
         null=True,
         blank=True,
         validators=[MaxValueValidator(2_147_483_647)],
-        help_text=_("Deactivations by apps, customers and API keys allowed per window. Empty means no limit."),
+        help_text=_("Deactivations by apps and customers allowed per window. Empty means no limit."),
     )
     deactivation_window_days = models.PositiveIntegerField(
         _("window (days)"),

@@ -86,6 +86,11 @@ class Actor:
         return cls(ActorKind.APP, "", "app", ip_address)
 
     @classmethod
+    def app_with_key(cls, api_key: ApiKey, *, ip_address: str | None = None) -> Actor:
+        """An app calling a vendor dialect with the API key built into it: an app, named by its key."""
+        return cls(ActorKind.APP, str(api_key.pk), f"app with API key {api_key}", ip_address)
+
+    @classmethod
     def system(cls, display: str = "system") -> Actor:
         return cls(ActorKind.SYSTEM, "", display)
 
@@ -1009,9 +1014,10 @@ def _refuse_another_customers_license(license: License, actor: Actor) -> None:
         raise errors.LicenseNotFound()
 
 
-# Apps reach the vendor dialects with API keys, so API keys count too; staff in the admin (and the
-# system) are never limited, so support can always move a license.
-CHURN_LIMITED_ACTORS = {ActorKind.APP, ActorKind.CUSTOMER, ActorKind.API_KEY}
+# Apps (on every face, the dialects' API keys included) and customers. The vendor is never limited,
+# so support can always move a license: staff in the admin, its own systems through the
+# management API (an API key's kind), and the system.
+CHURN_LIMITED_ACTORS = {ActorKind.APP, ActorKind.CUSTOMER}
 
 
 def _recent_churn(license: License, *, since: datetime) -> models.QuerySet[Activation]:
@@ -1019,7 +1025,7 @@ def _recent_churn(license: License, *, since: datetime) -> models.QuerySet[Activ
 
 
 def remaining_device_changes(license: License) -> int | None:
-    """How many more devices apps, customers and API keys may deactivate now (None: no limit).
+    """How many more devices apps and customers may deactivate now (None: no limit).
 
     An unlimited license has no limit of changes either: it has no slot that a change would move.
     """

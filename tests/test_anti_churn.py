@@ -67,13 +67,26 @@ def test_staff_are_never_limited(churny, app_actor, staff_user):
     assert not deactivate(churny, "c", services.Actor.staff(staff_user)).already_inactive
 
 
-def test_api_keys_count_as_apps(churny, api_key):
-    actor = services.Actor.api_key(api_key.api_key)
-    deactivate(churny, "a", actor)
-    deactivate(churny, "b", actor)
+def test_apps_calling_a_dialect_with_an_api_key_count_as_apps(api_client, churny):
+    key = services.create_api_key(name="shipped in the app", apps_only=True, actor=services.Actor.system()).key
 
-    with pytest.raises(errors.DeactivationLimitReached):
-        deactivate(churny, "c", actor)
+    def deactivate_through_getkeymanager(identifier):
+        body = {"api_key": key, "license_key": churny.key, "identifier": identifier}
+        return api_client.post("/compat/getkeymanager/api/v1/deactivate", body).json()["response"]["code"]
+
+    assert [deactivate_through_getkeymanager(name) for name in ["a", "b", "c"]] == [400, 400, 150]
+    freed = Activation.objects.filter(license=churny.license, deactivated_at__isnull=False)
+    assert set(freed.values_list("deactivated_by_kind", flat=True)) == {"app"}
+
+
+def test_the_vendors_own_systems_are_never_limited(management_client, churny):
+    devices = Activation.objects.filter(license=churny.license).order_by("fingerprint")
+    base = f"/api/v1/licenses/{churny.license.pk}/activations"
+
+    statuses = [management_client.post(f"{base}/{device.pk}/deactivate").status_code for device in devices]
+
+    assert statuses == [200, 200, 200]
+    assert services.remaining_device_changes(churny.license) == 2
 
 
 def test_deactivating_all_needs_enough_changes_left(churny, customer):

@@ -274,7 +274,8 @@ def test_activate_answers_300_and_binds_the_identifier(client, api_key, issued, 
     activation = Activation.objects.get(license=issued.license)
     assert (activation.fingerprint, activation.ip_address, activation.is_live) == ("domain.ltd", "198.51.100.4", True)
     event = AuditEvent.objects.get(action="activation.created")
-    assert (event.actor_kind, event.actor_id, event.ip_address) == ("api_key", str(api_key.api_key.pk), "198.51.100.4")
+    assert (event.actor_kind, event.actor_id, event.ip_address) == ("app", str(api_key.api_key.pk), "198.51.100.4")
+    assert event.actor_display == f"app with API key {api_key.api_key}"
 
 
 def test_activate_answers_301_for_the_same_identifier_and_takes_no_slot(client, api_key, issued, global_rsa_key):
@@ -358,7 +359,7 @@ def test_deactivate_answers_400_and_frees_the_slot(client, api_key, issued, glob
     expect(response, global_rsa_key, 400, "License key deactivated", used="global")
     activation.refresh_from_db()
     assert activation.deactivated_at is not None
-    assert activation.deactivated_by_kind == "api_key"
+    assert activation.deactivated_by_kind == "app"
     assert issued.license.activations.live().count() == 0
 
 

@@ -137,7 +137,7 @@ def test_activation_answers_201_with_the_new_instance_and_the_license_details(ke
     assert activation.metadata == {"os": "macOS", "version": "14.2"}
     assert activation.ip_address == "127.0.0.1"
     event = AuditEvent.objects.get(action="activation.created", target_id=str(activation.pk))
-    assert (event.actor_kind, event.actor_id, event.ip_address) == ("api_key", str(api_key.api_key.pk), "127.0.0.1")
+    assert (event.actor_kind, event.actor_id, event.ip_address) == ("app", str(api_key.api_key.pk), "127.0.0.1")
 
 
 def test_every_activation_is_a_new_instance(kelviq, issued):
@@ -479,7 +479,7 @@ def test_deactivation_answers_200_and_frees_the_slot(kelviq, issued, instance):
     assert is_datetime(body["deactivatedAt"])
     instance.refresh_from_db()
     assert datetime.fromisoformat(body["deactivatedAt"]) == instance.deactivated_at
-    assert instance.deactivated_by_kind == "api_key"
+    assert instance.deactivated_by_kind == "app"
     assert issued.license.live_activation_count() == 0
 
 

@@ -139,11 +139,15 @@ def test_activate_answers_license_valid_with_the_licensee(client, paths, generat
     assert (activation.fingerprint, activation.name, activation.ip_address) == (HOST, "Dev Workstation", "127.0.0.1")
 
 
-def test_activation_is_audited_as_the_api_key(client, issued, api_key):
+def test_activation_is_audited_as_the_app_naming_its_api_key(client, issued, api_key):
     call(client, "activate-key", key_body(issued, hostId=HOST))
+    call(client, "block-key", key_body(issued))
 
-    event = AuditEvent.objects.get(action="activation.created")
-    assert (event.actor_kind, event.actor_id) == ("api_key", str(api_key.api_key.pk))
+    activated = AuditEvent.objects.get(action="activation.created")
+    blocked = AuditEvent.objects.get(action="license.suspended")
+    assert (activated.actor_kind, activated.actor_id) == ("app", str(api_key.api_key.pk))
+    # Blocking a key is the vendor's own system acting, as through the management API.
+    assert (blocked.actor_kind, blocked.actor_id) == ("api_key", str(api_key.api_key.pk))
 
 
 def test_reactivating_the_same_host_takes_no_new_slot_and_counts_a_check(client, paths, issued):

@@ -261,7 +261,7 @@ class GetKeyManagerView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
         return self.call(
             license_key=license_key,
             identifier=identifier,
-            actor=services.Actor.api_key(api_key, ip_address=client_ip(request)),
+            actor=services.Actor.app_with_key(api_key, ip_address=client_ip(request)),
         )
 
     def call(self, *, license_key: str, identifier: str, actor: services.Actor) -> Response:

@@ -123,7 +123,7 @@ class KelviqView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegoti
         return kelviq_exception_handler
 
     def actor(self, request: Request) -> services.Actor:
-        return services.Actor.api_key(request.auth, ip_address=client_ip(request))
+        return services.Actor.app_with_key(request.auth, ip_address=client_ip(request))
 
 
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:

@@ -336,7 +336,11 @@ class KeymintView(LicenseCallLimits, ThrottleBeforeAuthentication, JSONOnlyNegot
         return keymint_exception_handler
 
     def actor(self, request: Request) -> services.Actor:
-        return services.Actor.api_key(request.auth, ip_address=client_ip(request))
+        """Who a call acts as: the vendor's own systems for a key's management calls (create, block,
+        unblock), else the app the key is built into."""
+        if request.method in self.manage_methods:
+            return services.Actor.api_key(request.auth, ip_address=client_ip(request))
+        return services.Actor.app_with_key(request.auth, ip_address=client_ip(request))
 
     def answer(self, body: dict[str, Any]) -> Response:
         return Response(camelize(body) if self.camel_case else body)
