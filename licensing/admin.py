@@ -207,7 +207,13 @@ class RecordTrailMixin:
     def history_view(self, request, object_id, extra_context=None):
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
-        return HttpResponseRedirect(record_trail_url(self.model, object_id))
+        if not request.user.has_perm("licensing.view_auditevent"):
+            # Staff who may not read the trail keep Django's history rather than a refusal.
+            return super().history_view(request, object_id, extra_context)
+        return HttpResponseRedirect(self.trail_url(object_id))
+
+    def trail_url(self, object_id) -> str:
+        return record_trail_url(self.model, object_id)
 
 
 def record_trail_url(model: type[models.Model], object_id: Any) -> str:
@@ -508,7 +514,7 @@ def audit_trail_url(license_id) -> str:
 
 
 @admin.register(License)
-class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
+class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
     list_display = ["masked_key", "product", "plan", "customer", "state", "devices_used", "expiry"]
     list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
     list_select_related = ["product", "plan__product", "customer"]
@@ -744,12 +750,9 @@ class LicenseAdmin(NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin,
     def audit_trail(self, license: License) -> str:
         return format_html('<a href="{}">{}</a>', audit_trail_url(license.pk), _("Every change to this license"))
 
-    def history_view(self, request, object_id, extra_context=None):
-        # Django's history knows only saves made through this admin's forms; the audit trail has every
-        # change, from the actions, the API, the apps and the portal too.
-        if not self.has_view_or_change_permission(request):
-            raise PermissionDenied
-        return HttpResponseRedirect(audit_trail_url(object_id))
+    def trail_url(self, object_id) -> str:
+        # The license's own trail holds its devices' events too.
+        return audit_trail_url(object_id)
 
     def _apply(self, request, queryset, change, done_message: str, unchanged_message: str = "") -> None:
         done = unchanged = 0
@@ -1073,8 +1076,8 @@ class SigningKeyAddForm(forms.ModelForm):
         label=_("Replace the key that signs now"),
         required=False,
         help_text=_(
-            "Needed to sign from now while another key signs: apps that have not got the new public key then refuse "
-            "every answer. For a key that leaked; otherwise give a later time."
+            "Needed to sign from now, or within a day, while another key signs: apps that have not got the new "
+            "public key then refuse every answer. For a key that leaked; otherwise give a time at least a day ahead."
         ),
     )
 

@@ -936,8 +936,9 @@ DEVICE_NOT_ACTIVATED = "This device is not activated on this license, or was dea
 def _trimmed_fingerprint(fingerprint: Any) -> Any:
     """A fingerprint without the spaces and line ends around it, as every face stores and finds it: a
     machine id read from a file ends with a line end, and the same device must not take a second slot
-    by calling through another face."""
-    return fingerprint.strip() if isinstance(fingerprint, str) else fingerprint
+    by calling through another face. One of spaces only stays as sent: trimmed to nothing, it would
+    name no device, and each call would take a new slot."""
+    return (fingerprint.strip() or fingerprint) if isinstance(fingerprint, str) else fingerprint
 
 
 def _check_owner(license: License, customer_id: str | None) -> None:
@@ -1309,30 +1310,32 @@ def checkout_license(*, license_key: str, fingerprint: str, actor: Actor, ttl: t
 
 # A time typed into a form ("now", to the minute) is already a little past when it arrives.
 SIGNS_FROM_LEEWAY = timedelta(minutes=5)
+# The least time apps are given to get a new key's public half before it takes over from another.
+SIGNING_KEY_LEAD = timedelta(days=1)
 
 
 def check_signs_from(signs_from: datetime | None, *, replace: bool = False) -> None:
     """Raise InvalidInput unless a new signing key can start signing at this time (None: now).
 
-    A key that signs from now while another signs breaks every app that has not got its public key,
-    so it must be asked for (`replace`): for a key that leaked, say.
+    A key that takes over from another sooner than SIGNING_KEY_LEAD breaks every app that has not
+    got its public key, so it must be asked for (`replace`): for a key that leaked, say.
     """
     now = timezone.now()
     if signs_from is not None and signs_from < now - SIGNS_FROM_LEEWAY:
         raise errors.InvalidInput("A new key cannot sign from a time already past.", field="signs_from")
     signing_now = signing_key_now()
-    if signs_from is not None and signs_from > now:
-        if signing_now is None:
-            # Until then answers would need a key made on the spot, which no shipped app holds.
-            raise errors.InvalidInput(
-                "No key signs now: first make one that signs from now, then schedule the next.", field="signs_from"
-            )
-    elif signing_now is not None and not replace:
+    if signs_from is not None and signs_from > now and signing_now is None:
+        # Until then answers would need a key made on the spot, which no shipped app holds.
+        raise errors.InvalidInput(
+            "No key signs now: first make one that signs from now, then schedule the next.", field="signs_from"
+        )
+    soon = signs_from is None or signs_from < now + SIGNING_KEY_LEAD
+    if signing_now is not None and soon and not replace:
         raise errors.InvalidInput(
             f"Key {signing_now.kid} signs answers now, and apps verify them with its public key: a key that signs "
-            "from now breaks every app that has not got the new public key. Give a later time to publish it first, "
-            "or replace the key on purpose (admin: tick “Replace the key that signs now”; create_signing_key: "
-            "--replace).",
+            "from now, or within a day, breaks every app that has not got the new public key. Give a time at least "
+            "a day ahead to publish it first, or replace the key on purpose (admin: tick “Replace the key that "
+            "signs now”; create_signing_key: --replace).",
             field="replace",
         )
 
@@ -1342,14 +1345,17 @@ def create_signing_key(*, actor: Actor, signs_from: datetime | None = None, repl
 
     A later `signs_from` is how a rotation keeps shipped apps working: they get the new public key
     in an update while the old key still signs, and verify both once the new one takes over.
-    Older keys stay published. Signing from now while another key signs needs `replace`.
+    Older keys stay published. Taking over sooner than SIGNING_KEY_LEAD while another key signs needs
+    `replace`.
     """
-    check_signs_from(signs_from, replace=replace)
-    now = timezone.now()
-    if signs_from is None:
-        signs_from = now
     kid, public_pem, private_encrypted = signing.new_key_pair()
     with transaction.atomic():
+        # One at a time, so two keys made at once cannot both pass the check against the key that signs.
+        _take_turns("signing keys")
+        check_signs_from(signs_from, replace=replace)
+        now = timezone.now()
+        if signs_from is None:
+            signs_from = now
         signing_key = SigningKey.objects.create(
             kid=kid,
             public_key_pem=public_pem,
@@ -1657,10 +1663,10 @@ def marking_signing_rsa_keys(rsa_keys: models.QuerySet[RsaKey]) -> models.QueryS
     return rsa_keys.annotate(signs_now=newest)
 
 
-def check_rsa_key_replacement(*, product: Product | None, replace: bool) -> None:
+def check_rsa_key_replacement(*, product: Product | None, replace: bool) -> RsaKey | None:
     """Refuse a new key for answers another key signs now, unless `replace`: apps built for
     GetKeyManager check them with that key's public half, and a new key breaks them until they
-    ship the new one."""
+    ship the new one. Return the key that signs them now, if one does."""
     signing_now = signing_rsa_key(product)
     if signing_now is not None and not replace:
         raise errors.InvalidInput(
@@ -1669,6 +1675,7 @@ def check_rsa_key_replacement(*, product: Product | None, replace: bool) -> None
             "“Replace the key that signs now”; import_rsa_key: --replace).",
             field="replace",
         )
+    return signing_now
 
 
 def _save_rsa_key(
@@ -1677,8 +1684,7 @@ def _save_rsa_key(
     with transaction.atomic():
         # One turn for all RSA keys: a product's first key is checked against the global one.
         _take_turns("RSA keys")
-        check_rsa_key_replacement(product=product, replace=replace)
-        replaced = signing_rsa_key(product)
+        replaced = check_rsa_key_replacement(product=product, replace=replace)
         rsa_key = RsaKey.objects.create(
             product=product, public_key_pem=public_pem, private_key_encrypted=private_encrypted
         )
@@ -1786,7 +1792,7 @@ def _is_usable(link: SignInLink | None) -> bool:
     return link is not None and link.used_at is None and link.created_at >= timezone.now() - SIGN_IN_LINK_LIFETIME
 
 
-def check_sign_in_link(token: str) -> None:
+def check_sign_in_link(*, token: str) -> None:
     """Raise SignInLinkInvalid unless the link can still be used, without using it."""
     if not _is_usable(_sign_in_links(token).first()):
         raise errors.SignInLinkInvalid()

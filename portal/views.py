@@ -128,7 +128,7 @@ def redeem(request, token):
     try:
         if request.method == "GET":
             # Said now, not after the button: a used or expired link offers nothing to continue to.
-            services.check_sign_in_link(token)
+            services.check_sign_in_link(token=token)
             # The header says who is signed in, as a forwarded link would switch accounts.
             request.customer = signed_in_customer(request)
             return render(request, "portal/redeem.html")

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from licensing import keys, services
+from licensing import errors, keys, services
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
@@ -122,6 +122,17 @@ def test_create_signing_key_command_replaces_the_key_that_signs_only_when_asked(
     services.forget_cached_keys()
     assert services.current_signing_key() != signing_now
     assert SigningKey.objects.count() == 2
+
+
+def test_a_signing_key_taking_over_within_a_day_must_be_asked_for_too(actor):
+    signing_now = services.current_signing_key()
+    in_an_hour = timezone.now() + timedelta(hours=1)
+
+    with pytest.raises(errors.InvalidInput, match="or within a day"):
+        services.create_signing_key(actor=actor, signs_from=in_an_hour)
+    scheduled = services.create_signing_key(actor=actor, signs_from=in_an_hour, replace=True)
+
+    assert list(SigningKey.objects.order_by("created_at")) == [signing_now, scheduled]
 
 
 def test_create_signing_key_command_schedules_a_key_for_a_later_date():

@@ -123,6 +123,18 @@ def test_one_machine_is_one_device_whichever_face_names_it_with_spaces_or_a_line
     assert checked_out.status_code == 200
 
 
+def test_a_fingerprint_of_spaces_only_is_one_device_as_sent(setup):
+    issued, api_key = setup
+    keymint = activators(issued.key, api_key)["keymint"]
+
+    statuses = [keymint(Client(), "  ") for _ in range(3)]
+
+    assert statuses == [200, 200, 200]
+    assert list(Activation.objects.filter(license=issued.license).live().values_list("fingerprint", flat=True)) == [
+        "  "
+    ]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_limit_holds_when_activations_arrive_through_every_face_at_once():
     actor = services.Actor.system("tests")

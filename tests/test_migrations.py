@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from licensing import lookups, services
 from licensing.management.commands.migrate import MIGRATE_LOCK
-from licensing.models import Activation, ApiKey, SignInLink
+from licensing.models import Activation, ApiKey, AuditEvent, SignInLink
 from tests.factories import activate, make_license
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -166,12 +166,18 @@ def test_upgrading_makes_every_device_first_seen_when_it_was_activated(migrated_
 
 def test_upgrading_trims_the_fingerprints_the_dialects_stored_as_sent(migrated_forward_again):
     issued = make_license(max_activations=5)
-    alone, gone, _, twin = (activate(issued, name).activation for name in ["a", "b", "c", "d"])
+    alone, gone, kept, twin, spaces = (activate(issued, name).activation for name in ["a", "b", "c", "d", "e"])
     call_command("migrate", "licensing", "0017", verbosity=0)
     Activation.objects.filter(pk=alone.pk).update(fingerprint=" a\n")
     Activation.objects.filter(pk=gone.pk).update(fingerprint="b\t", deactivated_at=timezone.now())
     Activation.objects.filter(pk=twin.pk).update(fingerprint="c ")
+    Activation.objects.filter(pk=spaces.pk).update(fingerprint="   ")
 
     call_command("migrate", "licensing", verbosity=0)
 
-    assert [Activation.objects.get(pk=record.pk).fingerprint for record in (alone, gone, twin)] == ["a", "b", "c "]
+    stored = {record.pk: Activation.objects.get(pk=record.pk) for record in (alone, gone, kept, twin, spaces)}
+    assert [stored[record.pk].fingerprint for record in (alone, gone, spaces)] == ["a", "b", "   "]
+    # The same device live twice keeps one slot; the other is freed, in the audit trail.
+    assert (stored[kept.pk].is_live, stored[twin.pk].is_live) == (True, False)
+    event = AuditEvent.objects.get(action="activation.deactivated", target_id=str(twin.pk))
+    assert (event.actor_display, event.license_id) == ("migration 0018", issued.license.pk)
