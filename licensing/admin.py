@@ -22,7 +22,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group, User
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.dispatch import receiver
@@ -213,11 +213,12 @@ class RecordTrailMixin:
         return HttpResponseRedirect(self.trail_url(object_id))
 
     def trail_url(self, object_id) -> str:
-        return record_trail_url(self.model, object_id)
+        return record_trail_url(self.model._meta.label_lower, object_id)
 
 
-def record_trail_url(model: type[models.Model], object_id: Any) -> str:
-    query = urlencode({OneRecordFilter.parameter_name: f"{model._meta.label_lower}:{object_id}"})
+def record_trail_url(target_type: str, target_id: Any) -> str:
+    """The audit trail of one record: `target_type` is its model's label ("licensing.customer")."""
+    query = urlencode({OneRecordFilter.parameter_name: f"{target_type}:{target_id}"})
     return f"{reverse('admin:licensing_auditevent_changelist')}?{query}"
 
 
@@ -275,6 +276,19 @@ class ProductAdmin(CatalogAdmin):
             .get_queryset(request)
             .annotate(plan_total=Count("plans", distinct=True), license_total=Count("licenses", distinct=True))
         )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            withdrawn = obj.licenses.filter(status=License.Status.ACTIVE).count()
+            message = ngettext(
+                "%(count)d active license of this product stops activating and validating until the product is "
+                "active again.",
+                "%(count)d active licenses of this product stop activating and validating until the product is "
+                "active again.",
+                withdrawn,
+            )
+            self.message_user(request, message % {"count": withdrawn}, messages.WARNING)
 
     @admin.display(description=_("plans"), ordering="plan_total")
     def plan_count(self, product: Product) -> int:
@@ -974,11 +988,11 @@ class RecordTypeFilter(admin.SimpleListFilter):
     parameter_name = "target_type"
 
     def lookups(self, request, model_admin):
-        # The models staff change, named as the admin names them; not read from the trail, whose
-        # every row a DISTINCT would scan.
-        audited = [*apps.get_app_config("licensing").get_models(), User, Group]
+        # The records events are about, named as the admin names them; not read from the trail,
+        # whose every row a DISTINCT would scan.
+        audited = [Product, Plan, Customer, License, Activation, ApiKey, SigningKey, RsaKey, User, Group]
         return sorted(
-            ((model._meta.label_lower, capfirst(model._meta.verbose_name)) for model in audited if model != AuditEvent),
+            ((model._meta.label_lower, capfirst(model._meta.verbose_name)) for model in audited),
             key=lambda choice: str(choice[1]),
         )
 
@@ -988,7 +1002,7 @@ class RecordTypeFilter(admin.SimpleListFilter):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "action", "actor", "record_type", "target_display", "license_link", "ip_address"]
+    list_display = ["created_at", "action", "actor", "record_type", "record", "license_link", "ip_address"]
     list_filter = [OneLicenseFilter, OneRecordFilter, RecordTypeFilter, "action", "actor_kind", "created_at"]
     list_select_related = ["license"]
     # Ids match whole, not inside others: customer 1 is not every id holding a 1.
@@ -1008,11 +1022,20 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("actor"), ordering="actor_display")
     def actor(self, event: AuditEvent) -> str:
-        return (
-            f"{event.get_actor_kind_display()}: {event.actor_display}"
-            if event.actor_display
-            else event.get_actor_kind_display()
-        )
+        kind = event.get_actor_kind_display()
+        # An app without a key says only that ("app: app" said nothing more).
+        return f"{kind}: {event.actor_display}" if event.actor_display not in ("", event.actor_kind) else kind
+
+    @admin.display(description=_("record"), ordering="target_display")
+    def record(self, event: AuditEvent) -> str:
+        return event.target_display
+
+    def history_view(self, request, object_id, extra_context=None):
+        # An event has no history of its own: its record's trail is what History would look for.
+        event = self.get_object(request, unquote(object_id))
+        if event is None:
+            raise Http404
+        return HttpResponseRedirect(record_trail_url(event.target_type, event.target_id))
 
     @admin.display(description=_("record type"), ordering="target_type")
     def record_type(self, event: AuditEvent) -> str:

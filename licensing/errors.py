@@ -111,7 +111,7 @@ class SlotCoolingDown(LicensingError):
 class RevokedLicenseChange(LicensingError):
     code = "license_revoked"
     status = 409
-    message = _("A revoked license cannot be changed: issue a new license instead.")
+    message = _("A revoked license's terms (plan, limits, expiry) cannot change: issue a new license instead.")
 
 
 class InvalidStatusChange(LicensingError):

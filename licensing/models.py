@@ -60,7 +60,14 @@ class Product(models.Model):
         default=new_public_id,
         help_text=_("The product id apps send. Set it to the id your previous vendor gave the product."),
     )
-    is_active = models.BooleanField(_("active"), default=True)
+    is_active = models.BooleanField(
+        _("active"),
+        default=True,
+        help_text=_(
+            "Untick to withdraw the product: no new licenses, and the licenses already sold stop activating and "
+            "validating until it is ticked again."
+        ),
+    )
     polar_organization_id = models.UUIDField(
         _("Polar organization id"),
         null=True,

@@ -268,7 +268,8 @@ def test_extending_a_revoked_license_is_refused_and_said(staff_client, plan, act
     assert License.objects.get(pk=active.pk).expires_at == expires_at + timedelta(days=30)
     assert License.objects.get(pk=revoked.pk).expires_at == expires_at
     assert page_messages(response) == [
-        f"{revoked.masked_key}: A revoked license cannot be changed: issue a new license instead.",
+        f"{revoked.masked_key}: A revoked license's terms (plan, limits, expiry) cannot change: issue a new "
+        "license instead.",
         "1 license extended.",
     ]
 
@@ -365,6 +366,19 @@ def test_a_product_page_opened_before_another_change_cannot_undo_it(staff_client
     product.refresh_from_db()
     assert (product.name, product.is_active) == ("Photon 2", True)
     assert AuditEvent.objects.filter(action="product.changed").count() == 2
+
+
+def test_withdrawing_a_product_says_how_many_licenses_stop_working(staff_client, plan, actor):
+    make_license(plan=plan)
+    make_license(plan=plan)
+    services.revoke_license(license=make_license(plan=plan).license, actor=actor)
+    product = plan.product
+    form = {"name": product.name, "slug": product.slug, "public_id": product.public_id, **opened(product)}
+
+    response = staff_client.post(change_url(product), form, follow=True)
+
+    assert Product.objects.get(pk=product.pk).is_active is False
+    assert "2 active licenses of this product stop activating and validating" in " ".join(page_messages(response))
 
 
 def test_a_limit_below_the_devices_in_use_is_saved_with_a_warning(staff_client, issued, customer):
@@ -565,6 +579,19 @@ def test_every_records_history_button_opens_its_audit_trail(staff_client, issued
     }
     # The page says whose trail it is.
     assert escape(str(target)) in response.content.decode()
+
+
+def test_an_events_history_opens_its_records_trail_and_names_its_actor_plainly(staff_client, issued):
+    activate(issued, "laptop")
+    event = AuditEvent.objects.get(action="activation.created")
+
+    response = staff_client.get(reverse("admin:licensing_auditevent_history", args=[event.pk]), follow=True)
+
+    assert [(each.target_type, each.target_id) for each in response.context["cl"].result_list] == [
+        ("licensing.activation", event.target_id)
+    ]
+    assert '<td class="field-actor">app</td>' in response.content.decode()
+    assert '<td class="field-record">laptop</td>' in response.content.decode()
 
 
 def test_staff_who_may_not_read_the_trail_get_djangos_history_not_a_refusal(viewer_client, issued):

@@ -530,6 +530,10 @@ def test_the_confirmation_says_what_a_deactivation_uses_up(signed_in, customer):
         assert "A freed slot can take another device 60 minutes later." in page
         assert "Each device deactivated uses one of your device changes: 2 are left." in page
         assert "become free for" not in page
+    assert (
+        "The app on MacBook stops working at its next online check, or, if an offline license file was downloaded "
+        "for it, when that file expires."
+    ) in one
 
 
 def test_the_history_says_which_deactivations_were_the_customers_own(signed_in, customer, other_customer, actor):
