@@ -1788,22 +1788,26 @@ def _sign_in_links(token: str) -> models.QuerySet[SignInLink]:
     return SignInLink.objects.filter(token_digest=keys.digest_sign_in_token(token), customer__isnull=False)
 
 
-def _is_usable(link: SignInLink | None) -> bool:
-    return link is not None and link.used_at is None and link.created_at >= timezone.now() - SIGN_IN_LINK_LIFETIME
+def _refuse_unusable(link: SignInLink | None) -> None:
+    # Which of the three it is helps the person holding the link, and tells nobody else anything.
+    if link is None:
+        raise errors.SignInLinkInvalid()
+    if link.used_at is not None:
+        raise errors.SignInLinkInvalid("This sign-in link was already used. Ask for a new one.")
+    if link.created_at < timezone.now() - SIGN_IN_LINK_LIFETIME:
+        raise errors.SignInLinkInvalid("This sign-in link has expired: links last 15 minutes. Ask for a new one.")
 
 
 def check_sign_in_link(*, token: str) -> None:
     """Raise SignInLinkInvalid unless the link can still be used, without using it."""
-    if not _is_usable(_sign_in_links(token).first()):
-        raise errors.SignInLinkInvalid()
+    _refuse_unusable(_sign_in_links(token).first())
 
 
 def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Customer:
     """Use a sign-in link, once, within 15 minutes of sending; return whose it is."""
     with transaction.atomic():
         link = _sign_in_links(token).select_for_update().select_related("customer").first()
-        if not _is_usable(link):
-            raise errors.SignInLinkInvalid()
+        _refuse_unusable(link)
         now = timezone.now()
         link.used_at = now
         link.save(update_fields=["used_at"])

@@ -134,6 +134,8 @@ def redeem(request, token):
             return render(request, "portal/redeem.html")
         customer = services.redeem_sign_in_link(token=token, ip_address=client_ip(request))
     except errors.SignInLinkInvalid as error:
+        # Signed in already (the link was used in this browser), the way on is their licenses.
+        request.customer = signed_in_customer(request)
         return render(request, "portal/link_invalid.html", {"message": error.message}, status=400)
     # Another customer's link (one forwarded by a colleague) changes whose licenses are shown: say so.
     signed_in_before = request.session.get(SESSION_KEY)

@@ -251,6 +251,7 @@ def test_a_revoked_licenses_page_changes_its_owner_and_metadata_not_its_terms(st
 
     for term in ["plan", "max_activations", "expires_at_0", "limit_usage"]:
         assert f'name="{term}"' not in page
+    assert "Revoked for good: its plan, device limit, expiry and usage limit no longer change." in page
     assert 'name="metadata"' in page
     assert response.status_code == 302
     stored = License.objects.get(pk=license.pk)

@@ -117,6 +117,8 @@ def test_create_signing_key_command_replaces_the_key_that_signs_only_when_asked(
 
     with pytest.raises(CommandError, match=f"--replace: Key {signing_now.kid} signs answers now"):
         call_command("create_signing_key", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="give one"):
+        call_command("create_signing_key", "--replace", "--if-none", stdout=io.StringIO())
     call_command("create_signing_key", "--replace", stdout=io.StringIO())
 
     services.forget_cached_keys()

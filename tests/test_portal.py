@@ -80,12 +80,22 @@ def test_a_link_works_once(client, customer):
     opened_again = client.get(path)
 
     assert again.status_code == 400
-    assert "already used or expired" in again.content.decode()
+    assert "This sign-in link was already used." in again.content.decode()
     assert client.get(reverse("portal:licenses")).status_code == 302
     # Opened again, it says so at once rather than offering a button that fails.
     assert opened_again.status_code == 400
-    assert "already used or expired" in opened_again.content.decode()
+    assert "This sign-in link was already used." in opened_again.content.decode()
     assert "Continue" not in opened_again.content.decode()
+
+
+def test_a_used_link_opened_again_while_signed_in_leads_to_the_licenses(client, customer):
+    request_link(client, customer.email)
+    path = link_from_mail(mail.outbox[0]).split("testserver", 1)[1]
+    client.post(path)
+
+    page = client.get(path).content.decode()
+
+    assert f'href="{reverse("portal:licenses")}">Go to your licenses ({customer.email})' in page
 
 
 def test_a_link_expires_after_15_minutes(client, customer):
@@ -94,7 +104,7 @@ def test_a_link_expires_after_15_minutes(client, customer):
     path = link_from_mail(mail.outbox[0]).split("testserver", 1)[1]
 
     assert client.post(path).status_code == 400
-    assert client.get(path).status_code == 400
+    assert "This sign-in link has expired: links last 15 minutes." in client.get(path).content.decode()
 
 
 @pytest.mark.parametrize("token", ["tampered", "x" * 43])

@@ -41,6 +41,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, signs_from=None, if_none=False, replace=False, **options):
+        if if_none and replace:
+            raise CommandError("--if-none makes a key only if none signs, --replace one that replaces it: give one.")
         actor = services.Actor.system("create_signing_key")
         if if_none:
             signed_before = services.signing_key_now()
