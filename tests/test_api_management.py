@@ -863,6 +863,20 @@ def test_schema_documents_the_refusals_every_operation_can_answer(client):
     assert issue["schema"] == {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"}
 
 
+def test_schema_documents_the_headers_and_error_codes_a_client_acts_on(client):
+    document = openapi(client)
+    issue = document["paths"]["/api/v1/licenses"]["post"]["responses"]
+    deactivate = document["paths"]["/api/v1/licenses/deactivate"]["post"]["responses"]
+    codes = document["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"]
+
+    assert "Idempotent-Replayed" in issue["201"]["headers"]
+    assert "Retry-After" in deactivate["429"]["headers"]
+    assert "Retry-After" not in deactivate["200"].get("headers", {})
+    for code in ["activation_limit_reached", "rate_limited", "idempotency_key_reused", "invalid_input", "not_found"]:
+        assert code in codes
+    assert "sign_in_link_invalid" not in codes
+
+
 def test_schema_gives_license_call_refusals_their_signed_meta(client):
     schema = openapi(client)
     activate = schema["paths"]["/api/v1/licenses/activate"]["post"]["responses"]

@@ -30,6 +30,23 @@ DRF_ERROR_CODES = [
 ]
 
 
+SERVER_ERROR = "server_error"
+# Refusals of the portal's sign-in, never an API answer.
+PORTAL_ONLY_ERRORS = {errors.SignInLinkInvalid, errors.TooManyRequests}
+
+
+def error_codes() -> list[str]:
+    """Every code an API error body can carry, for the schema."""
+    licensing_codes = {
+        kind.code
+        for kind in vars(errors).values()
+        if isinstance(kind, type)
+        and issubclass(kind, errors.LicensingError)
+        and kind not in {errors.LicensingError, *PORTAL_ONLY_ERRORS}
+    }
+    return sorted(licensing_codes | {code for _, code in DRF_ERROR_CODES} | {"invalid_input", SERVER_ERROR})
+
+
 def error_body(code: str, message: str, field: str | None = None, **facts: Any) -> dict[str, Any]:
     error = {"code": code, "message": message}
     if field:

@@ -42,6 +42,25 @@ class LicensingAutoSchema(AutoSchema):
                     "for 24 hours, instead of making the change twice.",
                 )
             )
+            parameters.append(
+                OpenApiParameter(
+                    "Idempotent-Replayed",
+                    {"type": "string", "enum": ["true"]},
+                    OpenApiParameter.HEADER,
+                    response=True,
+                    description="Sent when this is the first answer again, for a retry with the same Idempotency-Key.",
+                )
+            )
+        if self.view.throttle_classes:
+            parameters.append(
+                OpenApiParameter(
+                    "Retry-After",
+                    int,
+                    OpenApiParameter.HEADER,
+                    response=["429"],
+                    description="Seconds to wait before calling again.",
+                )
+            )
         return parameters
 
     def _takes_idempotency_key(self) -> bool:

@@ -13,6 +13,7 @@ from rest_framework import serializers
 from rest_framework.settings import api_settings
 
 from licensing import keys, services
+from licensing.api.exceptions import error_codes
 from licensing.models import Activation, ActorKind, Customer, License, Plan, Product, SigningKey
 
 
@@ -326,7 +327,7 @@ class ErrorDeviceSerializer(serializers.Serializer):
 class ErrorDetailSerializer(serializers.Serializer):
     """A refusal: `code` says which, `message` says it in words, and some codes carry their facts."""
 
-    code = serializers.CharField()
+    code = serializers.CharField(help_text=f"Which refusal, for code to act on: one of {', '.join(error_codes())}.")
     message = serializers.CharField()
     field = serializers.CharField(required=False, help_text="The input field at fault, where one is.")
     errors = serializers.JSONField(required=False, help_text="invalid_input: every field's errors.")
