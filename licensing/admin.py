@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -21,7 +22,7 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group, User
 from django.contrib.auth.signals import user_logged_in
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
@@ -31,7 +32,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
@@ -1009,7 +1010,17 @@ class AuditEventAdmin(admin.ModelAdmin):
     search_fields = ["actor_display", "=actor_id", "target_display", "=target_id"]
     search_help_text = _("An actor or a target: a name or e-mail, or a whole id.")
     date_hierarchy = "created_at"
-    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+    fields = readonly_fields = [
+        "created_at",
+        "action",
+        "actor",
+        "ip_address",
+        "record_type",
+        "record",
+        "target_id",
+        "license_link",
+        "what_changed",
+    ]
 
     def has_add_permission(self, request):
         return False
@@ -1019,6 +1030,39 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description=_("changes"))
+    def what_changed(self, event: AuditEvent) -> Any:
+        """The fields before and after, as a table: records they refer to by name, not id."""
+        rows = []
+        for name, change in event.changes.items():
+            before, after = change if isinstance(change, list) and len(change) == 2 else (None, change)
+            if before != after:
+                rows.append((name, self._value(event, name, before), self._value(event, name, after)))
+        if not rows:
+            return "-"
+        return format_html(
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+            _("field"),
+            _("before"),
+            _("after"),
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @staticmethod
+    def _value(event: AuditEvent, name: str, value: Any) -> str:
+        if value is None or value == "":
+            return "—"
+        if isinstance(value, dict | list):
+            return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        try:
+            field = apps.get_model(event.target_type)._meta.get_field(name)
+        except (LookupError, FieldDoesNotExist):
+            return str(value)
+        if field.many_to_one:
+            referred = field.related_model.objects.filter(pk=value).first()
+            return str(referred) if referred else _("#%(id)s (deleted)") % {"id": value}
+        return str(value)
 
     @admin.display(description=_("actor"), ordering="actor_display")
     def actor(self, event: AuditEvent) -> str:

@@ -595,6 +595,19 @@ def test_an_events_history_opens_its_records_trail_and_names_its_actor_plainly(s
     assert '<td class="field-record">laptop</td>' in response.content.decode()
 
 
+def test_an_events_page_shows_what_changed_with_records_by_name(staff_client, issued, other_customer, actor):
+    services.update_license(license=issued.license, customer=other_customer, metadata={"seats": 5}, actor=actor)
+    event = AuditEvent.objects.get(action="license.changed")
+
+    page = staff_client.get(change_url(event)).content.decode()
+
+    assert (
+        f"<tr><td>customer</td><td>{escape(str(issued.license.customer))}</td><td>{escape(str(other_customer))}</td></tr>"
+        in page
+    )
+    assert "<tr><td>metadata</td><td>{}</td><td>{&quot;seats&quot;: 5}</td></tr>" in page
+
+
 def test_staff_who_may_not_read_the_trail_get_djangos_history_not_a_refusal(viewer_client, issued):
     response = viewer_client.get(reverse("admin:licensing_license_history", args=[issued.license.pk]))
 
