@@ -275,8 +275,15 @@ def _check_model_rules(record: models.Model) -> None:
 
 
 def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Customer:
-    """Return the customer with this e-mail (any case), creating it when there is none."""
+    """Return the customer with this e-mail (any case), creating it when there is none.
+
+    A customer found without a name takes the one given (the billing name of a later order); one
+    who has a name keeps it, whatever a later order says.
+    """
     customer = Customer.objects.filter(email__iexact=email.strip()).first()
+    if customer is not None and name and not customer.name:
+        customer.name = name
+        save_catalog_record(record=customer, actor=actor, fields=["name"])
     if customer is None:
         customer = Customer(email=email.strip(), name=name)
         try:

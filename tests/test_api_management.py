@@ -433,6 +433,19 @@ def test_issuing_reuses_an_existing_customer_ignoring_case(management_client, pl
     assert Customer.objects.count() == 1
 
 
+def test_a_customer_found_without_a_name_takes_the_one_given_and_keeps_a_name_it_has(management_client, plan):
+    nameless = make_customer(email="nameless@example.com", name="")
+    named = make_customer(email="named@example.com", name="Ada")
+
+    for email in ("nameless@example.com", "named@example.com"):
+        body = {"product": plan.product.pk, "customer_email": email, "customer_name": "From the order"}
+        assert management_client.post("/api/v1/licenses", body, format="json").status_code == 201
+
+    assert Customer.objects.get(pk=nameless.pk).name == "From the order"
+    assert Customer.objects.get(pk=named.pk).name == "Ada"
+    assert AuditEvent.objects.filter(action="customer.changed", target_id=str(nameless.pk)).count() == 1
+
+
 def test_issue_with_an_imported_key_no_limit_and_no_expiry(management_client, plan):
     response = management_client.post(
         "/api/v1/licenses",
