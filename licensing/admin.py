@@ -1137,6 +1137,7 @@ class SigningKeyAddForm(forms.ModelForm):
         # date picker reads as local time, where this time is UTC.
         widget=forms.DateTimeInput(attrs={"placeholder": "2027-03-01 09:00"}, format="%Y-%m-%d %H:%M"),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+        error_messages={"invalid": _("Write the time year first, in UTC: 2027-03-01 or 2027-03-01 09:00.")},
         help_text=_(
             "In UTC, as 2027-03-01 or 2027-03-01 09:00. Leave empty to sign from now. A later time publishes the "
             "key first, so your apps can ship its public key before it signs, and the apps already out there keep "

@@ -1264,7 +1264,7 @@ def test_a_day_first_or_month_first_date_is_refused_rather_than_guessed(staff_cl
     response = staff_client.post(reverse("admin:licensing_signingkey_add"), {"signs_from": "01/03/2099"})
 
     assert response.status_code == 200
-    assert "Enter a valid date/time." in response.content.decode()
+    assert "Write the time year first, in UTC: 2027-03-01 or 2027-03-01 09:00." in response.content.decode()
     assert list(SigningKey.objects.all()) == [signing_now]
 
 
