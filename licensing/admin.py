@@ -731,9 +731,10 @@ class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, S
     @admin.display(description=_("status"), ordering="status")
     def state(self, license: License) -> str:
         # The status is what staff set; an active license that cannot be used must not read as usable.
-        if license.status == License.Status.ACTIVE and license.is_expired:
+        problem = services.license_problem(license)
+        if isinstance(problem, errors.LicenseExpired):
             return _("active, expired")
-        if license.status == License.Status.ACTIVE and not license.product.is_active:
+        if isinstance(problem, errors.ProductInactive):
             return _("active, product inactive")
         return license.get_status_display()
 

@@ -1077,12 +1077,9 @@ def slot_cooldown(license: License) -> timedelta | None:
     return timedelta(minutes=plan.slot_cooldown_minutes)
 
 
-def _cooldown_refusal(license: License, *, used: int, fingerprint: str | None) -> errors.LicensingError | None:
-    """A slot freed by an app or customer stays taken for the plan's cooldown (but the device that
-    freed it may come back to it)."""
-    cooldown = slot_cooldown(license)
-    if cooldown is None:
-        return None
+def _cooling_slots(license: License, cooldown: timedelta, *, fingerprint: str | None = None) -> list[datetime]:
+    """When each slot still cooling down was freed, oldest first; the device `fingerprint` names
+    may come back to its own."""
     # A device that came back holds its live slot again, and one that left twice holds one slot.
     back = license.activations.live().filter(fingerprint__isnull=False).values("fingerprint")
     recent = _recent_churn(license, since=timezone.now() - cooldown).exclude(fingerprint__in=back)
@@ -1091,7 +1088,28 @@ def _cooldown_refusal(license: License, *, used: int, fingerprint: str | None) -
     freed_at: dict[str | uuid.UUID, datetime] = {}
     for activation_id, device, at in recent.values_list("id", "fingerprint", "deactivated_at"):
         freed_at[device or activation_id] = max(at, freed_at.get(device or activation_id, at))
-    cooling = sorted(freed_at.values())
+    return sorted(freed_at.values())
+
+
+def activations_remaining(license: License) -> int | None:
+    """How many more devices the license takes now (None: no limit): its free slots, less those
+    cooling down, so an app that shows the figure is not refused below it."""
+    if license.max_activations is None:
+        return None
+    free = license.max_activations - license.devices_in_use()
+    cooldown = slot_cooldown(license)
+    if cooldown is not None and free > 0:
+        free -= len(_cooling_slots(license, cooldown))
+    return max(free, 0)
+
+
+def _cooldown_refusal(license: License, *, used: int, fingerprint: str | None) -> errors.LicensingError | None:
+    """A slot freed by an app or customer stays taken for the plan's cooldown (but the device that
+    freed it may come back to it)."""
+    cooldown = slot_cooldown(license)
+    if cooldown is None:
+        return None
+    cooling = _cooling_slots(license, cooldown, fingerprint=fingerprint)
     if used + len(cooling) < license.max_activations:
         return None
     # The slot frees when enough of the cooling ones have cooled: the earliest that brings use under the limit.
@@ -1828,6 +1846,7 @@ def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Custome
 
 def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
     """A customer's licenses, those they can use now first (what they came for), newest first."""
+    # license_problem's rule, in SQL for the ordering: keep the two in step.
     usable = Q(status=License.Status.ACTIVE, product__is_active=True) & License.unexpired_at(timezone.now())
     return (
         License.objects.filter(customer=customer)

@@ -160,16 +160,18 @@ def sign_out(request):
 
 
 def status_in_words(license: License) -> str:
-    if license.status == License.Status.REVOKED:
+    # Why it cannot be used is what an app would be told (services.license_problem), in a person's words.
+    problem = services.license_problem(license)
+    if isinstance(problem, errors.LicenseRevoked):
         return _("Revoked")
-    if license.status == License.Status.SUSPENDED:
+    if isinstance(problem, errors.LicenseSuspended):
         return _("Suspended")
-    if not license.product.is_active:
+    if isinstance(problem, errors.LicenseExpired):
+        return _("Expired on %(date)s") % {"date": date_format(timezone.localtime(license.expires_at), "j F Y")}
+    if isinstance(problem, errors.ProductInactive):
         return _("No longer available: the product was withdrawn")
     if license.expires_at is None:
         return _("Active, never expires")
-    if license.is_expired:
-        return _("Expired on %(date)s") % {"date": date_format(timezone.localtime(license.expires_at), "j F Y")}
     # Calendar days, as a person counts them: a year's license issued today expires in 365 days.
     days = (timezone.localdate(license.expires_at) - timezone.localdate()).days
     expires_at = timezone.localtime(license.expires_at)

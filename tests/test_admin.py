@@ -446,6 +446,19 @@ def test_the_list_marks_an_active_license_of_an_inactive_product(staff_client, p
     assert '<td class="field-state">active, product inactive</td>' in rows
 
 
+def test_the_list_marks_an_expired_license_of_an_inactive_product_as_expired_as_its_apps_are_told(
+    staff_client, plan, actor
+):
+    license = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
+    plan.product.is_active = False
+    services.save_catalog_record(record=plan.product, actor=actor, fields=["is_active"])
+
+    rows = staff_client.get(changelist("license")).content.decode()
+
+    assert services.license_problem(license).code == "license_expired"
+    assert '<td class="field-state">active, expired</td>' in rows
+
+
 def test_a_device_is_freed_from_the_license_page_after_a_confirmation(staff_client, issued):
     activation = activate(issued, "dead-laptop", name="Dead laptop").activation
     deactivate_url = reverse("admin:licensing_license_deactivate_device", args=[issued.license.pk, activation.pk])

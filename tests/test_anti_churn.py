@@ -116,6 +116,23 @@ def test_a_freed_slot_cools_down_before_reuse(customer, app_actor):
     assert activate(issued, "new").created
 
 
+def test_validate_counts_a_cooling_slot_as_not_remaining_until_it_cools(api_client, customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=3, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    activate(issued, "b")
+    deactivate(issued, "a", app_actor)
+
+    def remaining():
+        response = api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+        return response.json()["license"]["activations_remaining"]
+
+    assert remaining() == 1
+    assert activate(issued, "c").created
+    assert remaining() == 0
+    Activation.objects.filter(fingerprint="a").update(deactivated_at=timezone.now() - timedelta(minutes=61))
+    assert remaining() == 1
+
+
 def test_the_native_api_refuses_with_its_code(api_client, churny):
     for fingerprint in ["a", "b"]:
         api_client.post("/api/v1/licenses/deactivate", {"key": churny.key, "fingerprint": fingerprint}, format="json")

@@ -312,6 +312,18 @@ def test_a_license_of_a_withdrawn_product_says_so_and_comes_after_usable_ones(si
     assert page.count("Active, never expires") == 1
 
 
+def test_an_expired_license_of_a_withdrawn_product_reads_as_expired_as_its_apps_are_told(signed_in, customer, actor):
+    expired = make_license(plan=make_plan(), customer=customer, expires_at=timezone.now() - timedelta(days=1))
+    expired.license.product.is_active = False
+    services.save_catalog_record(record=expired.license.product, actor=actor, fields=["is_active"])
+
+    page = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    assert services.validate_license(license_key=expired.key).code == "EXPIRED"
+    assert "Expired on " in page
+    assert "No longer available" not in page
+
+
 def test_pages_showing_keys_are_never_kept_by_a_browser_or_proxy(signed_in, issued):
     for url in (reverse("portal:licenses"), reverse("portal:license", args=[issued.license.pk])):
         response = signed_in.get(url)

@@ -227,16 +227,16 @@ class AppLicenseSerializer(serializers.Serializer):
     expired = serializers.BooleanField(source="is_expired", help_text="Past its expiry, whatever its status.")
     max_activations = serializers.IntegerField(allow_null=True, help_text="null: unlimited.")
     activations_used = serializers.SerializerMethodField()
-    activations_remaining = serializers.SerializerMethodField()
+    activations_remaining = serializers.SerializerMethodField(
+        help_text="null: unlimited. Free slots, less those cooling down after a deactivation (plan's slot cooldown)."
+    )
     metadata = serializers.JSONField()
 
     def get_activations_used(self, license: License) -> int:
         return license.devices_in_use()
 
     def get_activations_remaining(self, license: License) -> int | None:
-        if license.max_activations is None:
-            return None
-        return max(license.max_activations - self.get_activations_used(license), 0)
+        return services.activations_remaining(license)
 
 
 class ActivationSerializer(serializers.Serializer):
