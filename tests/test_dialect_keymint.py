@@ -299,6 +299,13 @@ def test_activate_bad_input_is_code_1(client, issued, extra, message):
     assert live_count(issued) == 0
 
 
+def test_an_empty_device_tag_names_no_tag(client, issued):
+    response = call(client, "key/activate", key_body(issued, hostId=HOST, deviceTag=""))
+
+    assert response.status_code == 200
+    assert issued.license.activations.live().get().name == ""
+
+
 @pytest.mark.parametrize("body", [[1, 2], "text", 5])
 def test_a_body_that_is_no_json_object_is_code_1(client, paths, body):
     response = call(client, paths["activate"], body)

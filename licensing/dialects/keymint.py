@@ -182,12 +182,18 @@ def json_body(request: Request) -> dict[str, Any]:
 
 
 def text(
-    data: Any, name: str, *, required: bool = True, max_length: int = MAX_ID_LENGTH, label: str | None = None
+    data: Any,
+    name: str,
+    *,
+    required: bool = True,
+    max_length: int = MAX_ID_LENGTH,
+    label: str | None = None,
+    blank_is_absent: bool = False,
 ) -> str | None:
     """Return a string field; absent or null is None (or Missing required params when required)."""
     value = data.get(name)
     name = label or name
-    if value is None or (required and value == ""):
+    if value is None or ((required or blank_is_absent) and value == ""):
         if required:
             raise missing_params()
         return None
@@ -357,7 +363,9 @@ class ActivateKeyView(KeymintView):
         data = json_body(request)
         license, license_key = find_key(data)
         host_id = text(data, "hostId", required=False, max_length=MAX_HOST_ID_LENGTH)
-        device_tag = text(data, "deviceTag", required=False, max_length=services.MAX_NAME_LENGTH)
+        # Keymint sets no minimum length for the tag: an app that fills it from an empty host name
+        # sends "", which names no tag (a 400 would stop the app from starting at all).
+        device_tag = text(data, "deviceTag", required=False, max_length=services.MAX_NAME_LENGTH, blank_is_absent=True)
         result = services.activate_license(
             license_key=license_key, fingerprint=host_id, name=device_tag or "", actor=self.actor(request)
         )
