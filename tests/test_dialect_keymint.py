@@ -653,6 +653,22 @@ def test_create_a_simple_key(client, paths, product):
     assert activated.json()["licenseeName"] is None
 
 
+def test_create_retried_with_its_idempotency_key_gives_the_same_key_once(client, paths, product):
+    body = {"productId": PRODUCT_ID, "maxActivations": "3"}
+
+    first = call(client, paths["create"], body, HTTP_IDEMPOTENCY_KEY="order-1042")
+    retry = call(client, paths["create"], body, HTTP_IDEMPOTENCY_KEY="order-1042")
+    other = call(client, paths["create"], {**body, "maxActivations": "5"}, HTTP_IDEMPOTENCY_KEY="order-1042")
+
+    assert (first.status_code, retry.status_code) == (200, 200)
+    assert retry.json() == first.json()
+    assert retry["Idempotent-Replayed"] == "true"
+    assert License.objects.filter(product=product).count() == 1
+    assert AuditEvent.objects.filter(action="license.created").count() == 1
+    assert other.status_code == 422
+    assert types(other.json()) == {"message": str, "code": int}
+
+
 def test_create_without_limit_or_expiry_is_unlimited_for_one_month(client, paths, product):
     before = timezone.now()
     response = call(client, paths["create"], {"productId": PRODUCT_ID})

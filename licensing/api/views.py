@@ -381,20 +381,14 @@ IDEMPOTENT_METHODS = {"POST", "PATCH"}
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
-# Authenticated by API key, never one made for apps; read-only keys may only read. Writes are
-# audited as the key. A change (POST, PATCH) sent with an Idempotency-Key header is done once for
-# that key: a retry (a billing system that lost the answer to a timeout) gets the first answer
-# again, with Idempotent-Replayed: true, instead of a second license. (A comment, not a docstring:
-# OpenAPI shows a view's docstring, an inherited one too, as each of its operations' description.)
-class ManagementView:
-    authentication_classes = [ApiKeyAuthentication]
-    permission_classes = [ManagementPermission]
-    pagination_class = Pagination
+# A change (POST, PATCH) sent with an Idempotency-Key header is done once for the API key that
+# sent it: a retry (a billing system that lost the answer to a timeout) gets the first answer again,
+# with Idempotent-Replayed: true, instead of a second license. Views that take API keys mix it in.
+# (Comments, not docstrings: OpenAPI shows a view's docstring, an inherited one too, as each of its
+# operations' description.)
+class IdempotentChanges:
     takes_idempotency_keys = True
     idempotent_request: IdempotentRequest | None = None
-
-    def api_actor(self) -> services.Actor:
-        return services.Actor.api_key(self.request.auth, ip_address=client_ip(self.request))
 
     def dispatch(self, request, *args, **kwargs):
         if request.method not in IDEMPOTENT_METHODS or IDEMPOTENCY_KEY_HEADER not in request.headers:
@@ -443,6 +437,17 @@ class ManagementView:
                 )
             self.idempotent_request = None
         return response
+
+
+# Authenticated by API key, never one made for apps; read-only keys may only read. Writes are
+# audited as the key, and take Idempotency-Keys.
+class ManagementView(IdempotentChanges):
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [ManagementPermission]
+    pagination_class = Pagination
+
+    def api_actor(self) -> services.Actor:
+        return services.Actor.api_key(self.request.auth, ip_address=client_ip(self.request))
 
     def get_object(self):
         try:

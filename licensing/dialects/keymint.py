@@ -30,6 +30,7 @@ from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.parsers import LimitedJSONParser, RequestTooLarge, too_large_body_as_api_error
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits, ThrottleBeforeAuthentication
+from licensing.api.views import IdempotentChanges
 from licensing.models import Customer, License, Product, add_months
 
 logger = logging.getLogger(__name__)
@@ -471,8 +472,9 @@ def create_key(view: KeymintView, request: Request) -> Response:
     return Response({"code": 0, "key": issued.key})
 
 
-class CreateKeyView(KeymintView):
-    """Legacy `POST /create-key`."""
+class CreateKeyView(IdempotentChanges, KeymintView):
+    """Legacy `POST /create-key`. Keymint's SDKs send an Idempotency-Key with it: a retry gets the
+    first answer (the same key) again, as on the management API."""
 
     write_methods = manage_methods = frozenset({"POST"})
     vendor_fields = CREATE_FIELDS
@@ -481,8 +483,9 @@ class CreateKeyView(KeymintView):
         return create_key(self, request)
 
 
-class KeyView(KeymintView):
-    """Current `/key`: GET reads a key (productId and licenseKey in the query), POST creates one."""
+class KeyView(IdempotentChanges, KeymintView):
+    """Current `/key`: GET reads a key (productId and licenseKey in the query), POST creates one
+    (an Idempotency-Key as on `/create-key`)."""
 
     write_methods = manage_methods = frozenset({"POST"})
     vendor_fields = CREATE_FIELDS
