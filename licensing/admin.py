@@ -7,6 +7,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -190,15 +191,24 @@ class OpenedVersionForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        if self.instance.pk is not None and cleaned.get("opened_version") != self.fields["opened_version"].initial:
-            raise ValidationError(
-                _(
-                    "This %(record)s was changed by someone else after you opened this page, and saving would "
-                    "undo that change. Open it again to see it, then make your change."
-                )
-                % {"record": self.instance._meta.verbose_name}
-            )
+        if self.instance.pk is not None:
+            # Refused here, in the form that keeps what was typed; the service checks again with the
+            # row locked, for a change that commits while this one is on its way.
+            try:
+                services.check_unchanged_since(self.instance, self.opened_at())
+            except errors.ChangedMeanwhile as refusal:
+                raise ValidationError(str(refusal.message)) from None
         return cleaned
+
+    def opened_at(self) -> datetime | None:
+        """When the page was opened, as the record's last change then; None on an add page."""
+        if self.instance.pk is None:
+            return None
+        try:
+            return datetime.fromisoformat(self.cleaned_data.get("opened_version") or "")
+        except ValueError:
+            # A page sent without it (a script's POST) counts as opened before any change.
+            return datetime.min.replace(tzinfo=UTC)
 
 
 class RecordTrailMixin:
@@ -230,7 +240,10 @@ class CatalogAdmin(RecordTrailMixin, HandMadeInputMixin, ServiceErrorsMixin, adm
 
     def save_model(self, request, obj, form, change):
         services.save_catalog_record(
-            record=obj, actor=staff_actor(request), fields=form.changed_data if change else None
+            record=obj,
+            actor=staff_actor(request),
+            fields=form.changed_data if change else None,
+            unchanged_since=form.opened_at(),
         )
 
     def delete_model(self, request, obj):
@@ -708,7 +721,9 @@ class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, S
         if not change:
             return
         changes = {field: form.cleaned_data[field] for field in form.changed_data}
-        obj = services.update_license(license=obj, actor=staff_actor(request), **changes)
+        obj = services.update_license(
+            license=obj, actor=staff_actor(request), unchanged_since=form.opened_at(), **changes
+        )
         if not changes.keys() & {"plan", "max_activations"} or obj.max_activations is None:
             return
         live = obj.live_activation_count()

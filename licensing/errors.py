@@ -132,6 +132,12 @@ class SignInLinkInvalid(LicensingError):
     message = _("This sign-in link is invalid, already used or expired. Ask for a new one.")
 
 
+class ChangedMeanwhile(LicensingError):
+    code = "changed_meanwhile"
+    status = 409
+    message = _("This record was changed by someone else meanwhile: open it again to see the change, then make yours.")
+
+
 class IdempotencyKeyReused(LicensingError):
     code = "idempotency_key_reused"
     status = 422

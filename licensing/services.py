@@ -23,7 +23,7 @@ from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from django.utils.translation import ngettext
+from django.utils.translation import gettext, ngettext
 
 from licensing import addresses, errors, keys, lookups, signing, tallies
 from licensing.models import (
@@ -227,13 +227,17 @@ def _diff(before: models.Model | None, after: models.Model) -> dict[str, list[An
 
 
 def save_catalog_record(
-    *, record: Product | Plan | Customer, actor: Actor, fields: Collection[str] | None = None
+    *,
+    record: Product | Plan | Customer,
+    actor: Actor,
+    fields: Collection[str] | None = None,
+    unchanged_since: datetime | None = None,
 ) -> None:
     """Validate, then create or update a product, plan or customer, recording the fields that changed.
 
     On an update, `fields` names the fields the caller changed: the others keep what the row holds
     once it is locked, not what the caller read earlier, so two edits of different fields made at
-    once both stay. None writes every field.
+    once both stay. None writes every field. See `check_unchanged_since` for `unchanged_since`.
     """
     model = type(record)
     try:
@@ -243,6 +247,8 @@ def save_catalog_record(
                 if record._state.adding
                 else model.objects.select_for_update(no_key=True).filter(pk=record.pk).first()
             )
+            if before is not None:
+                check_unchanged_since(before, unchanged_since)
             if before is not None and fields is not None:
                 for field in model._meta.concrete_fields:
                     if field.name not in fields:
@@ -261,6 +267,21 @@ def save_catalog_record(
         # that it is stored, the refusal names the field, as it would have a moment later.
         _check_model_rules(record)
         raise errors.DuplicateRecord() from None
+
+
+def check_unchanged_since(record: Product | Plan | Customer | License, unchanged_since: datetime | None) -> None:
+    """Refuse a change made from a copy of the record read at `unchanged_since` (an admin page opened
+    then) when the record changed after it: saving would put back what the copy still showed.
+
+    Call it with the row locked, so that no change can commit between the check and the save."""
+    if unchanged_since is not None and record.updated_at != unchanged_since:
+        raise errors.ChangedMeanwhile(
+            gettext(
+                "This %(record)s was changed by someone else after you opened this page, and saving would undo "
+                "that change. Open it again to see it, then make your change."
+            )
+            % {"record": record._meta.verbose_name}
+        )
 
 
 def _check_model_rules(record: models.Model) -> None:
@@ -282,8 +303,12 @@ def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Cust
     """
     customer = Customer.objects.filter(email__iexact=email.strip()).first()
     if customer is not None and name and not customer.name:
-        customer.name = name
-        save_catalog_record(record=customer, actor=actor, fields=["name"])
+        with transaction.atomic():
+            # Asked again under the row's lock: orders arriving at once name the customer once.
+            customer = Customer.objects.select_for_update(no_key=True).get(pk=customer.pk)
+            if not customer.name:
+                customer.name = name
+                save_catalog_record(record=customer, actor=actor, fields=["name"])
     if customer is None:
         customer = Customer(email=email.strip(), name=name)
         try:
@@ -699,16 +724,20 @@ def update_license(
     plan: Plan = UNSET,
     max_activations: int | None = UNSET,
     expires_at: datetime | None = UNSET,
+    unchanged_since: datetime | None = None,
 ) -> License:
     """Apply several changes to a license together: all of them, or none when one is refused.
 
     A `customer_email` names the new owner (made if there is none); None leaves it without one. A new
-    `plan` brings its activation limit, unless `max_activations` is given too.
+    `plan` brings its activation limit, unless `max_activations` is given too. See
+    `check_unchanged_since` for `unchanged_since`.
     """
     with transaction.atomic():
         # The owner first: making a customer must not happen while the license is locked.
         if customer_email is not UNSET:
             customer = find_or_create_customer(email=customer_email, actor=actor) if customer_email else None
+        if unchanged_since is not None:
+            check_unchanged_since(_lock_license(license.pk), unchanged_since)
         if plan is not UNSET:
             # One change of the limit, not the plan's and then the one given.
             license = change_license_plan(license=license, plan=plan, max_activations=max_activations, actor=actor)

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
 
-from licensing import services
+from licensing import errors, services
 from licensing.admin import CustomerAdmin
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product, nested
@@ -367,6 +367,20 @@ def test_a_product_page_opened_before_another_change_cannot_undo_it(staff_client
     product.refresh_from_db()
     assert (product.name, product.is_active) == ("Photon 2", True)
     assert AuditEvent.objects.filter(action="product.changed").count() == 2
+
+
+def test_the_service_refuses_a_save_from_a_page_opened_before_a_change_committed_since(actor):
+    """The page's own check runs before the save; the service checks again with the row locked."""
+    product = make_product(name="Photon")
+    opened_at = product.updated_at
+    Product.objects.filter(pk=product.pk).update(updated_at=opened_at + timedelta(seconds=1))
+    renamed = Product.objects.get(pk=product.pk)
+    renamed.name = "Photon 2"
+
+    with pytest.raises(errors.ChangedMeanwhile, match="This product was changed by someone else"):
+        services.save_catalog_record(record=renamed, actor=actor, fields=["name"], unchanged_since=opened_at)
+
+    assert Product.objects.get(pk=product.pk).name == "Photon"
 
 
 def test_withdrawing_a_product_says_how_many_licenses_stop_working(staff_client, plan, actor):

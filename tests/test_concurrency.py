@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -270,6 +271,24 @@ def test_a_license_issued_for_an_e_mail_whose_customer_is_being_deleted_gets_a_n
     assert list(Customer.objects.filter(email="leaving@example.com")) == [license.customer]
 
 
+def test_orders_arriving_at_once_for_a_nameless_customer_name_it_once():
+    plan = make_plan()
+    customer = make_customer(email="nameless@example.com", name="")
+
+    outcomes = run_at_once(
+        12,
+        lambda n: services.create_license(
+            product=plan.product, plan=plan, customer_email=customer.email, customer_name=f"Name {n}", actor=SYSTEM
+        ),
+    )
+
+    assert outcome_kinds(outcomes) == {"IssuedLicense": 12}
+    customer.refresh_from_db()
+    assert customer.name.startswith("Name ")
+    renamed = AuditEvent.objects.filter(action="customer.changed", target_id=str(customer.pk))
+    assert [event.changes["name"] for event in renamed] == [["", customer.name]]
+
+
 @postgresql_only
 def test_deleting_a_customer_while_a_license_is_issued_to_them_is_refused():
     plan = make_plan()
@@ -326,6 +345,37 @@ def test_sign_in_links_asked_for_at_once_from_one_network_stop_at_the_per_ip_lim
     limit = services.SIGN_IN_REQUESTS_PER_IP
     assert outcome_kinds(outcomes) == {"SignInRequest": limit, "TooManyRequests": 15 - limit}
     assert SignInLink.objects.count() == limit
+
+
+@postgresql_only
+def test_an_admin_save_that_waited_for_another_change_does_not_undo_it(staff_user):
+    issued = make_license(plan=make_plan(max_activations=3))
+    staff = Client()
+    staff.force_login(staff_user)
+    url = reverse("admin:licensing_license_change", args=[issued.license.pk])
+    opened_version = re.search(r'name="opened_version" value="([^"]+)"', staff.get(url).content.decode()).group(1)
+    form = {
+        "plan": issued.license.plan_id,
+        "max_activations": "4",
+        "metadata": "{}",
+        "activations-TOTAL_FORMS": "0",
+        "activations-INITIAL_FORMS": "0",
+        "opened_version": opened_version,
+    }
+
+    # The billing system's change is under way when staff save: their page passed its check.
+    with left_open(
+        lambda: services.update_license(
+            license=License.objects.get(pk=issued.license.pk), max_activations=5, actor=SYSTEM
+        )
+    ):
+        saving = in_thread(lambda: staff.post(url, form))
+        wait_until_a_session_waits_for_a_lock()
+
+    assert saving.result(LOCK_WAIT_SECONDS).status_code == 302
+    assert License.objects.get(pk=issued.license.pk).max_activations == 5
+    assert "was changed by someone else after you opened this page" in staff.get(url).content.decode()
+    assert not AuditEvent.objects.filter(action="license.changed", actor_kind="staff").exists()
 
 
 @postgresql_only

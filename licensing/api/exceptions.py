@@ -32,7 +32,8 @@ DRF_ERROR_CODES = [
 
 SERVER_ERROR = "server_error"
 # Refusals of the portal's sign-in, never an API answer.
-PORTAL_ONLY_ERRORS = {errors.SignInLinkInvalid, errors.TooManyRequests}
+# Refusals only the portal's or the admin's pages give.
+PAGE_ONLY_ERRORS = {errors.SignInLinkInvalid, errors.TooManyRequests, errors.ChangedMeanwhile}
 
 
 def error_codes() -> list[str]:
@@ -42,7 +43,7 @@ def error_codes() -> list[str]:
         for kind in vars(errors).values()
         if isinstance(kind, type)
         and issubclass(kind, errors.LicensingError)
-        and kind not in {errors.LicensingError, *PORTAL_ONLY_ERRORS}
+        and kind not in {errors.LicensingError, *PAGE_ONLY_ERRORS}
     }
     return sorted(licensing_codes | {code for _, code in DRF_ERROR_CODES} | {"invalid_input", SERVER_ERROR})
 
