@@ -292,9 +292,11 @@ class ProductAdmin(CatalogAdmin):
         )
 
     def save_model(self, request, obj, form, change):
+        withdrawing = change and "is_active" in form.changed_data and not obj.is_active
+        # Counted while the product is still active: the licenses that work until this save.
+        withdrawn = obj.licenses.filter(services.usable_now()).count() if withdrawing else 0
         super().save_model(request, obj, form, change)
-        if change and "is_active" in form.changed_data and not obj.is_active:
-            withdrawn = obj.licenses.filter(status=License.Status.ACTIVE).count()
+        if withdrawing:
             message = ngettext(
                 "%(count)d active license of this product stops activating and validating until the product is "
                 "active again.",

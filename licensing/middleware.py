@@ -50,7 +50,7 @@ class RequestLogMiddleware:
     """Log method, path, status and duration of every request as one JSON line.
 
     The query string is left out on purpose: some vendor APIs (Keymint's GET /key) put the license
-    key there; secrets in the path itself are masked. License calls add the license's id, never its key.
+    key there; secrets in the path itself are masked. The native license calls add the license's id, never its key.
     """
 
     def __init__(self, get_response):

@@ -229,14 +229,14 @@ class Customer(ConstraintErrorsNameFieldsMixin, models.Model):
         return self.external_id or self.public_id.hex
 
 
-def live_device_count(license_field: str = "pk") -> Coalesce:
-    """A subquery counting the live devices of the license whose id is in `license_field`.
+def live_device_count() -> Coalesce:
+    """A subquery counting the live devices of the license in the outer query.
 
     A subquery rather than a JOIN and GROUP BY, so it combines with select_related and filters.
     """
     live = (
         Activation.objects.live()
-        .filter(license=OuterRef(license_field))
+        .filter(license=OuterRef("pk"))
         .order_by()
         .values("license")
         .annotate(total=models.Count("pk"))
@@ -306,10 +306,6 @@ class License(models.Model):
     def unexpired_at(now: datetime) -> Q:
         """The licenses not expired at `now` (`is_expired` as a query): no expiry, or a later one."""
         return Q(expires_at__isnull=True) | Q(expires_at__gt=now)
-
-    @property
-    def is_unlimited(self) -> bool:
-        return self.max_activations is None
 
     def live_activation_count(self) -> int:
         return self.activations.live().count()
@@ -424,10 +420,6 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return self.kid
-
-    @property
-    def is_retired(self) -> bool:
-        return self.retired_at is not None
 
 
 class ApiKey(models.Model):

@@ -831,7 +831,7 @@ def check_metadata(metadata: Any, *, field: str = "metadata") -> None:
     # PostgreSQL's jsonb cannot store the NUL character; SQLite would, so refuse it everywhere.
     if "\\u0000" in encoded:
         raise errors.InvalidInput("Metadata must not contain NUL characters.", field=field)
-    if len(encoded) > MAX_METADATA_BYTES:
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise errors.InvalidInput(f"Metadata must be at most {MAX_METADATA_BYTES} bytes of JSON.", field=field)
     if _nesting(metadata) > MAX_METADATA_NESTING:
         raise errors.InvalidInput(
@@ -1521,21 +1521,26 @@ def create_api_key(
         key = keys.generate_api_key()
     else:
         check_imported_api_key(key)
-    with transaction.atomic():
-        api_key = ApiKey.objects.create(
-            name=name.strip(),
-            prefix=key[:visible],
-            key_digest=keys.digest_api_key(key),
-            read_only=read_only,
-            apps_only=apps_only,
-            created_by=actor.display[:255],
-        )
-        record_event(
-            actor=actor,
-            action="api_key.created",
-            target=api_key,
-            changes={"read_only": [None, read_only], "apps_only": [None, apps_only]},
-        )
+    try:
+        with transaction.atomic():
+            api_key = ApiKey.objects.create(
+                name=name.strip(),
+                prefix=key[:visible],
+                key_digest=keys.digest_api_key(key),
+                read_only=read_only,
+                apps_only=apps_only,
+                created_by=actor.display[:255],
+            )
+            record_event(
+                actor=actor,
+                action="api_key.created",
+                target=api_key,
+                changes={"read_only": [None, read_only], "apps_only": [None, apps_only]},
+            )
+    except IntegrityError:
+        # The same key imported at the same moment by someone else: the check, made again, says so.
+        check_imported_api_key(key)
+        raise
     return IssuedApiKey(api_key=api_key, key=key)
 
 
@@ -1873,15 +1878,18 @@ def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Custome
     return link.customer
 
 
+def usable_now() -> Q:
+    """The licenses that can be used now: `license_problem`'s rule as a query (keep the two in step)."""
+    return Q(status=License.Status.ACTIVE, product__is_active=True) & License.unexpired_at(timezone.now())
+
+
 def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
     """A customer's licenses, those they can use now first (what they came for), newest first."""
-    # license_problem's rule, in SQL for the ordering: keep the two in step.
-    usable = Q(status=License.Status.ACTIVE, product__is_active=True) & License.unexpired_at(timezone.now())
     return (
         License.objects.filter(customer=customer)
         .select_related("product", "plan")
         .with_live_total()
-        .order_by(models.Case(models.When(usable, then=0), default=1), "-created_at", "id")
+        .order_by(models.Case(models.When(usable_now(), then=0), default=1), "-created_at", "id")
     )
 
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
@@ -38,7 +38,8 @@ SESSION_KEY = "portal_customer_id"
 
 
 class SignInForm(forms.Form):
-    email = forms.EmailField(label=_("E-mail address"), max_length=254)
+    # Lazy: the label is read when a page is drawn, in that visitor's language, not once at import.
+    email = forms.EmailField(label=gettext_lazy("E-mail address"), max_length=254)
 
 
 def signed_in_customer(request) -> Customer | None:

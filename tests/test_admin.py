@@ -387,6 +387,7 @@ def test_withdrawing_a_product_says_how_many_licenses_stop_working(staff_client,
     make_license(plan=plan)
     make_license(plan=plan)
     services.revoke_license(license=make_license(plan=plan).license, actor=actor)
+    make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1))
     product = plan.product
     form = {"name": product.name, "slug": product.slug, "public_id": product.public_id, **opened(product)}
 

@@ -289,6 +289,16 @@ def test_orders_arriving_at_once_for_a_nameless_customer_name_it_once():
     assert [event.changes["name"] for event in renamed] == [["", customer.name]]
 
 
+def test_the_same_api_key_imported_at_once_is_stored_once_and_refused_by_name():
+    shipped = "gkm_live_5f2b8c1d9e7a4036b1c2d3e4f5a6b7c8"
+
+    outcomes = run_at_once(8, lambda n: services.create_api_key(name=f"app {n}", actor=SYSTEM, key=shipped))
+
+    assert outcome_kinds(outcomes) == {"IssuedApiKey": 1, "InvalidInput": 7}
+    assert {outcome.field for outcome in outcomes if isinstance(outcome, errors.InvalidInput)} == {"key"}
+    assert AuditEvent.objects.filter(action="api_key.created").count() == 1
+
+
 @postgresql_only
 def test_deleting_a_customer_while_a_license_is_issued_to_them_is_refused():
     plan = make_plan()

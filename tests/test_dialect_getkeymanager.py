@@ -278,6 +278,15 @@ def test_activate_answers_300_and_binds_the_identifier(client, api_key, issued, 
     assert event.actor_display == f"app with API key {api_key.api_key}"
 
 
+def test_an_identifier_read_with_its_line_end_is_measured_without_it(client, api_key, issued, global_rsa_key):
+    longest = "x" * services.MAX_FINGERPRINT_LENGTH
+
+    response = call(client, "activate", api_key, issued, identifier=longest + "\n")
+
+    expect(response, global_rsa_key, 300, "License key activated")
+    assert Activation.objects.get(license=issued.license).fingerprint == longest
+
+
 def test_activate_answers_301_for_the_same_identifier_and_takes_no_slot(client, api_key, issued, global_rsa_key):
     call(client, "activate", api_key, issued)
 

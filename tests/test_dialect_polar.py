@@ -10,8 +10,7 @@ import pytest
 from django.utils import timezone
 
 from licensing import services
-from licensing.dialects import polar
-from licensing.models import Activation, License
+from licensing.models import Activation
 from tests.factories import activate, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -745,14 +744,6 @@ def test_a_license_without_an_owner_answers_a_null_customer(api_client, org, pla
     body = validate_call(api_client, issued).json()
 
     assert (body["customer_id"], body["customer"]) == (None, None)
-
-
-def test_statuses_are_named_as_polar_names_them():
-    assert polar.STATUSES == {
-        License.Status.ACTIVE: "granted",
-        License.Status.SUSPENDED: "disabled",
-        License.Status.REVOKED: "revoked",
-    }
 
 
 def test_keys_of_another_product_of_the_same_organization_are_found(api_client, org, actor, customer):

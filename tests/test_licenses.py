@@ -110,6 +110,17 @@ def test_metadata_must_be_an_object(plan):
 
 
 @pytest.mark.django_db
+def test_metadata_is_measured_in_bytes_of_utf_8(plan):
+    ascii_note = {"note": "x" * 16_000}
+    assert make_license(plan=plan, metadata=ascii_note).license.metadata == ascii_note
+
+    with pytest.raises(errors.InvalidInput, match=f"at most {services.MAX_METADATA_BYTES} bytes") as raised:
+        make_license(plan=plan, metadata={"note": "€" * 6_000})  # 6,000 characters, 18,000 bytes
+
+    assert raised.value.field == "metadata"
+
+
+@pytest.mark.django_db
 def test_suspend_and_reinstate(issued, actor):
     services.suspend_license(license=issued.license, actor=actor)
     assert License.objects.get(pk=issued.license.pk).status == "suspended"

@@ -147,7 +147,8 @@ def identifier_from(data: Mapping) -> str:
     identifier = _text(data, "identifier")
     if identifier is None or not identifier.strip():
         raise Refused(IDENTIFIER_REQUIRED)
-    if len(identifier) > services.MAX_FINGERPRINT_LENGTH:
+    # Measured as stored: without the spaces and line end around it, as every face trims a device id.
+    if len(identifier.strip()) > services.MAX_FINGERPRINT_LENGTH:
         raise Refused(
             IDENTIFIER_REQUIRED,
             message=f"The identifier must be at most {services.MAX_FINGERPRINT_LENGTH} characters.",
@@ -376,9 +377,9 @@ class UnknownEndpointView(GetKeyManagerView):
 
 
 urlpatterns = [
-    path("verify", VerifyView.as_view(), name="getkeymanager-verify"),
-    path("activate", ActivateView.as_view(), name="getkeymanager-activate"),
-    path("deactivate", DeactivateView.as_view(), name="getkeymanager-deactivate"),
-    path("get-license-key-details", LicenseKeyDetailsView.as_view(), name="getkeymanager-details"),
+    path("verify", VerifyView.as_view()),
+    path("activate", ActivateView.as_view()),
+    path("deactivate", DeactivateView.as_view()),
+    path("get-license-key-details", LicenseKeyDetailsView.as_view()),
     re_path(r"", UnknownEndpointView.as_view()),
 ]

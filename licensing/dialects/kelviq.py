@@ -146,15 +146,17 @@ def license_details(license: License) -> dict[str, Any]:
         "expiresOn": license.expires_at,
         "activationUsage": license.devices_in_use(),
         "activationLimit": UNLIMITED_ACTIVATION_LIMIT if license.max_activations is None else license.max_activations,
+        # Kelviq's switch staff turn off (suspended, revoked here); an expired license stays enabled.
         "enabled": license.status == License.Status.ACTIVE,
         # A license issued here without an owner has no customer to show.
         "customer": (
             {"customerId": customer.reference, "name": customer.name, "email": customer.email} if customer else None
         ),
         # Plans here have no versions: each is its own only, latest version. A license without a
-        # plan keeps the plan object with empty plan fields, so license.plan.product still reads.
+        # plan keeps the plan object with empty plan fields, so license.plan.product still reads;
+        # its identifier is "", as Kelviq's SDK requires a string there (null failed every answer).
         "plan": {
-            "identifier": plan.identifier if plan else None,
+            "identifier": plan.identifier if plan else "",
             "name": plan.name if plan else None,
             "description": plan.description if plan else None,
             "version": 1 if plan else None,
@@ -178,6 +180,8 @@ def license_details(license: License) -> dict[str, Any]:
 
 
 class KelviqActivateInputSerializer(serializers.Serializer):
+    # Trimmed, unlike the other faces' keys: Kelviq's own server is Django REST framework (its field
+    # errors are), whose text fields trim, so an app sending a key with a line end works there.
     licenseKey = serializers.CharField()
     # Blank or null means "not given": apps without a customer id send either.
     customerId = serializers.CharField(required=False, allow_blank=True, allow_null=True)

@@ -90,7 +90,6 @@ POLAR_ANSWERS: dict[str, dict[str, PolarAnswer]] = {
     },
 }
 
-# Validation codes of the service → the error they stand for, answered through POLAR_ANSWERS.
 # Names the services give input fields → Polar's request fields.
 REQUEST_FIELDS = {"name": "label", "metadata": "meta"}
 
