@@ -1120,6 +1120,14 @@ def _cooling_slots(license: License, cooldown: timedelta, *, fingerprint: str | 
     return sorted(freed_at.values())
 
 
+def slots_reopening(license: License) -> list[datetime]:
+    """When each slot still cooling down takes a new device again, earliest first."""
+    cooldown = slot_cooldown(license)
+    if cooldown is None:
+        return []
+    return [freed_at + cooldown for freed_at in _cooling_slots(license, cooldown)]
+
+
 def activations_remaining(license: License) -> int | None:
     """How many more devices the license takes now (None: no limit): its free slots, less those
     cooling down, so an app that shows the figure is not refused below it."""
@@ -1811,7 +1819,7 @@ def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignIn
     """Record a request for a portal sign-in link, the same way whether or not the address is a customer's.
 
     Raises TooManyRequests when this address, or this IP (an IPv6 address's /64), asked too often
-    in the last 15 minutes.
+    within SIGN_IN_LINK_LIFETIME.
     """
     email = email.strip()
     client_network = addresses.network_of(ip_address)
@@ -1854,7 +1862,10 @@ def _refuse_unusable(link: SignInLink | None) -> None:
     if link.used_at is not None:
         raise errors.SignInLinkInvalid("This sign-in link was already used. Ask for a new one.")
     if link.created_at < timezone.now() - SIGN_IN_LINK_LIFETIME:
-        raise errors.SignInLinkInvalid("This sign-in link has expired: links last 15 minutes. Ask for a new one.")
+        minutes = int(SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
+        raise errors.SignInLinkInvalid(
+            f"This sign-in link has expired: links last {minutes} minutes. Ask for a new one."
+        )
 
 
 def check_sign_in_link(*, token: str) -> None:
@@ -1863,7 +1874,7 @@ def check_sign_in_link(*, token: str) -> None:
 
 
 def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Customer:
-    """Use a sign-in link, once, within 15 minutes of sending; return whose it is."""
+    """Use a sign-in link, once, within SIGN_IN_LINK_LIFETIME of sending; return whose it is."""
     with transaction.atomic():
         link = _sign_in_links(token).select_for_update().select_related("customer").first()
         _refuse_unusable(link)

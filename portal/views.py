@@ -97,7 +97,8 @@ def sign_in(request):
             mail = functools.partial(send_sign_in_link, customer, body)
         # The same answer, as fast, whether or not the address is a customer's, so addresses cannot
         # be probed: the mail goes once the answer is sent.
-        page = render_to_string("portal/check_email.html", {"email": email}, request)
+        minutes = int(services.SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
+        page = render_to_string("portal/check_email.html", {"email": email, "minutes": minutes}, request)
         return AnswerThen(page, then=mail)
     return render(request, "portal/sign_in.html", {"form": form})
 
@@ -225,6 +226,7 @@ def license_detail(request, license_id):
         "license": license,
         "row": license_row(license),
         "device_changes_left": services.remaining_device_changes(license),
+        "slots_reopening": services.slots_reopening(license),
         "devices": license.activations.live().order_by("created_at"),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),

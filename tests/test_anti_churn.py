@@ -8,6 +8,7 @@ import pytest
 from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 
 from licensing import errors, services
 from licensing.models import Activation, AuditEvent
@@ -172,6 +173,20 @@ def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, custo
     assert response.status_code == 200
     assert "no device changes left for now" in response.content.decode()
     assert Activation.objects.get(pk=activation.pk).is_live
+
+
+def test_the_portal_says_when_a_freed_slot_takes_a_new_device(client, customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    deactivate(issued, "a", app_actor)
+    freed_at = Activation.objects.get(fingerprint="a").deactivated_at
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+
+    page = client.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+
+    reopens = timezone.localtime(freed_at + timedelta(minutes=60))
+    assert f"1 is cooling down: it takes a new device from {date_format(reopens, 'j F Y, H:i T')}" in page
 
 
 def test_the_device_that_freed_a_slot_may_come_back_to_it(customer, app_actor):

@@ -172,6 +172,7 @@ def test_a_mail_server_failure_answers_like_any_address_and_is_logged(client, cu
 
     assert (for_a_customer.status_code, for_a_stranger.status_code) == (200, 200)
     assert "Check your e-mail" in for_a_customer.content.decode()
+    assert "It works once, for 15 minutes." in for_a_customer.content.decode()
     assert f"Could not send a portal sign-in link (customer {customer.pk})" in caplog.text
     assert customer.email not in caplog.text
 
