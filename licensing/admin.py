@@ -489,6 +489,9 @@ class LicenseChangeForm(OpenedVersionForm):
         metadata = self.cleaned_data["metadata"]
         if metadata is None:
             return {}
+        if "metadata" not in self.changed_data:
+            # Kept as stored: metadata that met an earlier rule must not stop the page saving the rest.
+            return metadata
         try:
             services.check_metadata(metadata)
         except errors.LicensingError as error:

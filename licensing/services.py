@@ -61,6 +61,8 @@ MAX_METADATA_NESTING = 32
 # The largest value PostgreSQL's integer column (and so every database) holds.
 MAX_ACTIVATION_LIMIT = 2_147_483_647
 MAX_USAGE_LIMIT = 2**63 - 1
+# Uses counted in one call: 32 bits, as apps' SDKs type the field (Polar's, a plain int).
+MAX_USAGE_INCREMENT = 2**31 - 1
 LAST_SEEN_PRECISION = timedelta(minutes=1)
 
 
@@ -304,9 +306,10 @@ def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Cust
     customer = Customer.objects.filter(email__iexact=email.strip()).first()
     if customer is not None and name and not customer.name:
         with transaction.atomic():
-            # Asked again under the row's lock: orders arriving at once name the customer once.
-            customer = Customer.objects.select_for_update(no_key=True).get(pk=customer.pk)
-            if not customer.name:
+            # Asked again under the row's lock: orders arriving at once name the customer once. One
+            # deleted meanwhile is made again below.
+            customer = Customer.objects.select_for_update(no_key=True).filter(pk=customer.pk).first()
+            if customer is not None and not customer.name:
                 customer.name = name
                 save_catalog_record(record=customer, actor=actor, fields=["name"])
     if customer is None:
@@ -1203,9 +1206,9 @@ def validate_license(
     second (licensing.tallies); uses, which a limit caps, are counted in one atomic UPDATE that only
     waits, for milliseconds, while an activation of the same license holds that row.
     """
-    if not _is_whole_number(increment_usage, 0, MAX_ACTIVATION_LIMIT):
+    if not _is_whole_number(increment_usage, 0, MAX_USAGE_INCREMENT):
         raise errors.InvalidInput(
-            f"The usage increment must be a whole number from 0 to {MAX_ACTIVATION_LIMIT}.", field="increment_usage"
+            f"The usage increment must be a whole number from 0 to {MAX_USAGE_INCREMENT}.", field="increment_usage"
         )
     fingerprint = _trimmed_fingerprint(fingerprint)
     device_named = bool(fingerprint or activation_id)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -418,6 +419,29 @@ def test_a_limit_below_the_devices_in_use_is_saved_with_a_warning(staff_client, 
         "until enough of them are deactivated."
     ) in page_messages(response)
     assert issued.license.activations.live().count() == 2
+
+
+def test_metadata_stored_under_an_earlier_rule_does_not_stop_the_page_saving_the_rest(staff_client, issued, customer):
+    # 6,000 characters, 18,000 bytes: within the limit when it was counted in characters.
+    metadata = {"note": "€" * 6_000}
+    License.objects.filter(pk=issued.license.pk).update(metadata=metadata)
+    form = {
+        "customer": customer.pk,
+        "plan": issued.license.plan_id,
+        "max_activations": "4",
+        "metadata": json.dumps(metadata),
+        # The page sends the value it showed too (Django's hidden initial, for a field with a default).
+        "initial-metadata": json.dumps(metadata),
+        "activations-TOTAL_FORMS": "0",
+        "activations-INITIAL_FORMS": "0",
+        **opened(issued.license),
+    }
+
+    response = staff_client.post(change_url(issued.license), form)
+
+    assert response.status_code == 302
+    assert License.objects.get(pk=issued.license.pk).max_activations == 4
+    assert License.objects.get(pk=issued.license.pk).metadata == metadata
 
 
 @pytest.mark.parametrize("quoted", [lambda key: key[-6:], lambda key: key[-11:], lambda key: "…" + key[-8:]])

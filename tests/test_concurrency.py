@@ -300,6 +300,24 @@ def test_the_same_api_key_imported_at_once_is_stored_once_and_refused_by_name():
 
 
 @postgresql_only
+def test_a_license_naming_a_nameless_customer_being_deleted_gets_a_new_named_customer():
+    plan = make_plan()
+    customer = make_customer(email="leaving@example.com", name="")
+
+    with left_open(lambda: services.delete_catalog_record(record=customer, actor=SYSTEM)):
+        issuing = in_thread(
+            lambda: services.create_license(
+                product=plan.product, plan=plan, customer_email=customer.email, customer_name="Ada", actor=SYSTEM
+            )
+        )
+        wait_until_a_session_waits_for_a_lock()
+
+    owner = issuing.result(LOCK_WAIT_SECONDS).license.customer
+    assert (owner.email, owner.name) == ("leaving@example.com", "Ada")
+    assert owner.pk != customer.pk
+
+
+@postgresql_only
 def test_deleting_a_customer_while_a_license_is_issued_to_them_is_refused():
     plan = make_plan()
     customer = make_customer(email="staying@example.com")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
 from licensing import services
@@ -40,6 +41,29 @@ def test_a_retry_with_the_same_key_gets_the_first_answer_and_makes_nothing_more(
     assert "Idempotent-Replayed" not in first
     assert License.objects.count() == 1
     assert AuditEvent.objects.filter(action="license.created").count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", [LICENSES, "/compat/keymint/key"])
+def test_a_caller_is_authenticated_before_the_changes_transaction_begins(api_client, path, monkeypatch):
+    """A refused caller (one the brute-force guard holds back, say) must not hold a transaction open:
+    on SQLite it would be the whole database's write lock."""
+    open_blocks = []
+    authenticate = services.authenticate_api_key
+
+    def noting_open_blocks(key):
+        open_blocks.append(len(connection.atomic_blocks))
+        return authenticate(key)
+
+    monkeypatch.setattr(services, "authenticate_api_key", noting_open_blocks)
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer not-a-key-of-this-server")
+
+    plain = api_client.post(path, {}, format="json")
+    keyed = api_client.post(path, {}, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+
+    assert (plain.status_code, keyed.status_code) == (401, 401)
+    assert open_blocks[0] == open_blocks[1]
+    assert not IdempotentRequest.objects.exists()
 
 
 @pytest.mark.django_db

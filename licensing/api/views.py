@@ -389,15 +389,26 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 class IdempotentChanges:
     takes_idempotency_keys = True
     idempotent_request: IdempotentRequest | None = None
+    # The key's claim, the change and its kept answer are one transaction: a retry sent while the
+    # first runs waits for it (on the claim's unique index; SQLite's write lock) and then gets its
+    # answer, and a change that fails or is cut off takes its claim with it, so a retry runs it. It
+    # begins once the caller is authenticated and let through, so no refused caller (held by the
+    # brute-force guard's delay, say) keeps it open; dispatch ends it, however the request ends.
+    claim_transaction: transaction.Atomic | None = None
 
     def dispatch(self, request, *args, **kwargs):
-        if request.method not in IDEMPOTENT_METHODS or IDEMPOTENCY_KEY_HEADER not in request.headers:
-            return super().dispatch(request, *args, **kwargs)
-        # The key's claim, the change and its kept answer are one transaction: a retry sent while the
-        # first runs waits for it (on the claim's unique index; SQLite's write lock) and then gets its
-        # answer, and a change that fails or is cut off takes its claim with it, so a retry runs it.
-        with transaction.atomic():
-            return super().dispatch(request, *args, **kwargs)
+        try:
+            response = super().dispatch(request, *args, **kwargs)
+        except BaseException as error:
+            self._end_claim_transaction(error)
+            raise
+        self._end_claim_transaction(None)
+        return response
+
+    def _end_claim_transaction(self, error: BaseException | None) -> None:
+        block, self.claim_transaction = self.claim_transaction, None
+        if block is not None:
+            block.__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -414,6 +425,8 @@ class IdempotentChanges:
         # The body as parsed, not as sent: a retry that spaces or orders its JSON otherwise is the same.
         body = json.dumps(request.data, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
+        self.claim_transaction = transaction.atomic()
+        self.claim_transaction.__enter__()
         record, answered = services.claim_idempotency_key(api_key=request.auth, key=key, request_digest=digest)
         if answered:
             raise AnswerAgain(record)

@@ -70,6 +70,8 @@ LICENSING_ERRORS: dict[type[errors.LicensingError], tuple[int, int, str | None]]
     errors.InvalidStatusChange: (409, 2, None),
     errors.DuplicateRecord: (409, 2, None),
     errors.DuplicateLicenseKey: (409, 2, None),
+    # A conflict, in Keymint's codes (its statuses have no 422).
+    errors.IdempotencyKeyReused: (409, 2, None),
 }
 
 DRF_ERRORS: list[tuple[type[exceptions.APIException], int, int, str | None]] = [

@@ -107,9 +107,6 @@ NO_BENEFIT = ""
 MAX_PAIRS = 50
 KEY_LENGTHS = (1, 40)
 TEXT_VALUE_LENGTHS = (1, 500)
-# Polar types increment_usage as a plain int. Negative uses would give usage back, and an increment
-# past 32 bits could overflow the usage counter; neither is something an app asks for.
-MAX_INCREMENT_USAGE = 2**31 - 1
 
 
 class PolarError(Exception):
@@ -254,7 +251,8 @@ INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 def usage_count(value: Any, loc: list[Any]) -> int:
-    """A whole number as pydantic reads one (1, 1.0, "1", true), from 0 to MAX_INCREMENT_USAGE."""
+    """A whole number as pydantic reads one (1, 1.0, "1", true), from 0 to the service's bound, refused
+    in pydantic's words (a negative number would give uses back)."""
     if isinstance(value, bool | int):
         number = int(value)
     elif isinstance(value, float):
@@ -276,9 +274,9 @@ def usage_count(value: Any, loc: list[Any]) -> int:
         raise FieldInvalid([problem(loc, "Input should be a valid integer", "int_type")])
     if number < 0:
         raise FieldInvalid([problem(loc, "Input should be greater than or equal to 0", "greater_than_equal")])
-    if number > MAX_INCREMENT_USAGE:
+    if number > services.MAX_USAGE_INCREMENT:
         raise FieldInvalid(
-            [problem(loc, f"Input should be less than or equal to {MAX_INCREMENT_USAGE}", "less_than_equal")]
+            [problem(loc, f"Input should be less than or equal to {services.MAX_USAGE_INCREMENT}", "less_than_equal")]
         )
     return number
 
