@@ -564,7 +564,7 @@ class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, S
     readonly_fields = [
         "license_key",
         "product",
-        "status",
+        "state",
         "devices_used",
         "usage",
         "validation_count",
@@ -579,7 +579,7 @@ class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, S
         "product",
         "plan",
         "customer",
-        "status",
+        "state",
         "devices_used",
         "max_activations",
         "expires_at",

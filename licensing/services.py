@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Collection, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -1153,7 +1153,18 @@ def _cooldown_refusal(license: License, *, used: int, fingerprint: str | None) -
     if used + len(cooling) < license.max_activations:
         return None
     # The slot frees when enough of the cooling ones have cooled: the earliest that brings use under the limit.
-    return errors.SlotCoolingDown(available_at=cooling[used + len(cooling) - license.max_activations] + cooldown)
+    available_at = cooling[used + len(cooling) - license.max_activations] + cooldown
+    return errors.SlotCoolingDown(
+        f"A device was freed too recently: its slot takes a new device from "
+        f"{minute_after(available_at):%Y-%m-%d %H:%M} UTC.",
+        available_at=available_at,
+    )
+
+
+def minute_after(moment: datetime) -> datetime:
+    """`moment` rounded up to the minute, in UTC: a time told to a person, who acts on the minute."""
+    rounded = moment.astimezone(UTC).replace(second=0, microsecond=0)
+    return rounded if rounded == moment else rounded + timedelta(minutes=1)
 
 
 def _mark_deactivated(activation: Activation, *, actor: Actor, at: datetime) -> None:
@@ -1842,7 +1853,9 @@ def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignIn
         if recent.filter(email__iexact=email).count() >= SIGN_IN_REQUESTS_PER_EMAIL or (
             client_network and recent.filter(client_network=client_network).count() >= SIGN_IN_REQUESTS_PER_IP
         ):
-            raise errors.TooManyRequests()
+            minutes = int(SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
+            # The oldest request counted stops counting within a link's lifetime.
+            raise errors.TooManyRequests(f"Too many requests. Please wait up to {minutes} minutes and try again.")
         token = keys.generate_sign_in_token()
         SignInLink.objects.create(
             email=email,

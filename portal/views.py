@@ -226,7 +226,7 @@ def license_detail(request, license_id):
         "license": license,
         "row": license_row(license),
         "device_changes_left": services.remaining_device_changes(license),
-        "slots_reopening": services.slots_reopening(license),
+        "slots_reopening": [services.minute_after(at) for at in services.slots_reopening(license)],
         "devices": license.activations.live().order_by("created_at"),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),
@@ -244,7 +244,12 @@ def _what_deactivating_costs(license: License) -> dict:
 
 def _freed_message(license: License, what: str) -> str:
     license = services.get_license_for_customer(customer=license.customer, license_id=license.pk)
-    return _("%(what)s deactivated. %(slots)s.") % {"what": what, "slots": slots_in_words(license)}
+    message = _("%(what)s deactivated. %(slots)s.") % {"what": what, "slots": slots_in_words(license)}
+    if reopening := services.slots_reopening(license):
+        # Said at once: "1 of 2 slots in use" alone reads as a free slot, which the cooldown keeps.
+        at = date_format(timezone.localtime(services.minute_after(reopening[-1])), "j F Y, H:i T")
+        message += " " + _("The freed slot takes a new device from %(at)s.") % {"at": at}
+    return message
 
 
 @customer_required

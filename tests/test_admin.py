@@ -474,6 +474,14 @@ def test_the_list_marks_an_active_license_past_its_expiry(staff_client, plan):
     assert '<td class="field-state">active, expired</td>' in rows
 
 
+def test_the_page_of_an_active_license_past_its_expiry_says_so(staff_client, plan):
+    expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
+
+    page = staff_client.get(change_url(expired)).content.decode()
+
+    assert re.search(r'<div class="readonly">active, expired</div>', page)
+
+
 def test_the_list_marks_an_active_license_of_an_inactive_product(staff_client, plan, actor):
     license = make_license(plan=plan).license
     plan.product.is_active = False

@@ -112,6 +112,8 @@ def test_a_freed_slot_cools_down_before_reuse(customer, app_actor):
         activate(issued, "new")
 
     assert raised.value.facts["available_at"] > timezone.now() + timedelta(minutes=59)
+    opens = services.minute_after(raised.value.facts["available_at"])
+    assert f"its slot takes a new device from {opens:%Y-%m-%d %H:%M} UTC" in raised.value.message
     assert AuditEvent.objects.filter(action="activation.refused").count() == 1
     Activation.objects.filter(fingerprint="a").update(deactivated_at=timezone.now() - timedelta(minutes=61))
     assert activate(issued, "new").created
@@ -185,8 +187,25 @@ def test_the_portal_says_when_a_freed_slot_takes_a_new_device(client, customer, 
 
     page = client.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
 
-    reopens = timezone.localtime(freed_at + timedelta(minutes=60))
-    assert f"1 is cooling down: it takes a new device from {date_format(reopens, 'j F Y, H:i T')}" in page
+    # Rounded up to the minute: a person trying at the minute shown is let in.
+    reopens = timezone.localtime(freed_at.replace(second=0, microsecond=0) + timedelta(minutes=61))
+    assert f"1 freed slot is cooling down: it takes a new device from {date_format(reopens, 'j F Y, H:i T')}" in page
+
+
+def test_a_device_freed_in_the_portal_says_when_its_slot_takes_a_new_one(client, customer):
+    issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
+    activation = activate(issued, "a", name="Old laptop").activation
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+
+    response = client.post(reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk]), follow=True)
+
+    freed_at = Activation.objects.get(pk=activation.pk).deactivated_at
+    reopens = timezone.localtime(services.minute_after(freed_at + timedelta(minutes=60)))
+    assert (
+        f"Old laptop deactivated. 0 of 2 slots in use. The freed slot takes a new device from "
+        f"{date_format(reopens, 'j F Y, H:i T')}."
+    ) in response.content.decode()
 
 
 def test_the_device_that_freed_a_slot_may_come_back_to_it(customer, app_actor):
