@@ -96,6 +96,8 @@ def test_a_used_link_opened_again_while_signed_in_leads_to_the_licenses(client, 
     page = client.get(path).content.decode()
 
     assert f'href="{reverse("portal:licenses")}">Go to your licenses ({customer.email})' in page
+    assert "You are signed in already: this link is no longer needed." in page
+    assert "Ask for a new one" not in page
 
 
 def test_a_link_expires_after_15_minutes(client, customer):

@@ -38,6 +38,18 @@ def test_each_request_is_one_line_with_the_license_id_and_never_the_key(api_clie
     assert issued.key not in caplog.text
 
 
+def test_an_offline_file_checkout_is_logged_with_its_license_id(api_client, issued, caplog):
+    caplog.set_level(logging.INFO, logger="licensing.requests")
+    activate(issued, "device-1")
+
+    response = api_client.post(
+        "/api/v1/licenses/checkout", {"key": issued.key, "fingerprint": "device-1"}, format="json"
+    )
+
+    assert response.status_code == 200
+    assert request_lines(caplog)[0]["license_id"] == str(issued.license.pk)
+
+
 def test_a_refused_call_is_its_request_line_alone(api_client, client, caplog):
     caplog.set_level(logging.INFO)
 

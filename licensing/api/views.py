@@ -97,7 +97,8 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
             }
             # For the request log: which license the call was about (its id, never its key).
             license = response.data.get("license")
-            response.license_id = license.get("id") if isinstance(license, dict) else None
+            if isinstance(license, dict):
+                response.license_id = license.get("id")
         signing_key = services.current_signing_key()
 
         def sign(rendered):
@@ -257,7 +258,10 @@ class CheckoutLicenseView(LicenseCallView):
             "algorithm": signing_key.algorithm,
             "activation": api.render(api.ActivationSerializer, checkout.activation),
         }
-        return Response(body)
+        response = Response(body)
+        # Its answer shows no license: the request log gets the id here.
+        response.license_id = str(checkout.activation.license_id)
+        return response
 
 
 def build_license_file(checkout: services.Checkout) -> tuple[str, dict[str, Any], SigningKey]:
