@@ -458,6 +458,16 @@ class LicenseAddForm(forms.ModelForm):
         return cleaned
 
 
+# The list's actions as a license's own page names them: the list's words are for a selection.
+ONE_LICENSE_ACTIONS = {
+    "suspend": _("Suspend this license"),
+    "reinstate": _("Reinstate this license"),
+    "revoke": _("Revoke this license"),
+    "extend": _("Extend this license by the days, months or years given"),
+    "deactivate_all_devices": _("Deactivate all devices of this license"),
+}
+
+
 class LicenseChangeForm(OpenedVersionForm):
     class Meta:
         model = License
@@ -619,7 +629,7 @@ class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, S
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         # The list's actions, for this one license: support acts on the license it has open.
-        choices = self.get_action_choices(request)
+        choices = [(name, ONE_LICENSE_ACTIONS.get(name, label)) for name, label in self.get_action_choices(request)]
         if len(choices) > 1:
             actions = self.action_form(auto_id=None)
             actions.fields["action"].choices = choices
