@@ -245,10 +245,11 @@ def _what_deactivating_costs(license: License) -> dict:
 def _freed_message(license: License, what: str) -> str:
     license = services.get_license_for_customer(customer=license.customer, license_id=license.pk)
     message = _("%(what)s deactivated. %(slots)s.") % {"what": what, "slots": slots_in_words(license)}
-    if reopening := services.slots_reopening(license):
+    reopening = services.slots_reopening(license)
+    if reopening and services.activations_remaining(license) == 0:
         # Said at once: "1 of 2 slots in use" alone reads as a free slot, which the cooldown keeps.
-        at = date_format(timezone.localtime(services.minute_after(reopening[-1])), "j F Y, H:i T")
-        message += " " + _("The freed slot takes a new device from %(at)s.") % {"at": at}
+        at = date_format(timezone.localtime(services.minute_after(reopening[0])), "j F Y, H:i T")
+        message += " " + _("A freed slot takes a new device from %(at)s.") % {"at": at}
     return message
 
 

@@ -195,6 +195,7 @@ def test_the_portal_says_when_a_freed_slot_takes_a_new_device(client, customer, 
 def test_a_device_freed_in_the_portal_says_when_its_slot_takes_a_new_one(client, customer):
     issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
     activation = activate(issued, "a", name="Old laptop").activation
+    activate(issued, "b")
     client.post(reverse("portal:sign-in"), {"email": customer.email})
     client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
 
@@ -203,9 +204,21 @@ def test_a_device_freed_in_the_portal_says_when_its_slot_takes_a_new_one(client,
     freed_at = Activation.objects.get(pk=activation.pk).deactivated_at
     reopens = timezone.localtime(services.minute_after(freed_at + timedelta(minutes=60)))
     assert (
-        f"Old laptop deactivated. 0 of 2 slots in use. The freed slot takes a new device from "
+        f"Old laptop deactivated. 1 of 2 slots in use. A freed slot takes a new device from "
         f"{date_format(reopens, 'j F Y, H:i T')}."
     ) in response.content.decode()
+
+
+def test_a_device_freed_in_the_portal_beside_a_free_slot_tells_of_no_wait(client, customer):
+    issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
+    activation = activate(issued, "a", name="Old laptop").activation
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+
+    response = client.post(reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk]), follow=True)
+
+    assert "Old laptop deactivated. 0 of 2 slots in use." in response.content.decode()
+    assert "A freed slot takes a new device" not in response.content.decode()
 
 
 def test_the_device_that_freed_a_slot_may_come_back_to_it(customer, app_actor):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from rest_framework.test import APIClient
 
 from licensing import services
@@ -64,6 +64,21 @@ def test_a_caller_is_authenticated_before_the_changes_transaction_begins(api_cli
     assert (plain.status_code, keyed.status_code) == (401, 401)
     assert open_blocks[0] == open_blocks[1]
     assert not IdempotentRequest.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_claim_whose_transaction_cannot_begin_leaves_the_enclosing_one_whole(management_client, plan, monkeypatch):
+    enclosing = list(connection.atomic_blocks)
+
+    def locked(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(connection, "savepoint", locked)
+    with pytest.raises(OperationalError):
+        issue(management_client, plan, "order-42")
+    monkeypatch.undo()
+
+    assert connection.atomic_blocks == enclosing
 
 
 @pytest.mark.django_db

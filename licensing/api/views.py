@@ -429,8 +429,10 @@ class IdempotentChanges:
         # The body as parsed, not as sent: a retry that spaces or orders its JSON otherwise is the same.
         body = json.dumps(request.data, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
-        self.claim_transaction = transaction.atomic()
-        self.claim_transaction.__enter__()
+        block = transaction.atomic()
+        block.__enter__()
+        # Kept once entered: a BEGIN that failed has nothing for dispatch to end.
+        self.claim_transaction = block
         record, answered = services.claim_idempotency_key(api_key=request.auth, key=key, request_digest=digest)
         if answered:
             raise AnswerAgain(record)
