@@ -175,35 +175,85 @@ def report_freed_devices(model_admin: admin.ModelAdmin, request: HttpRequest, fr
 
 
 class OpenedVersionForm(forms.ModelForm):
-    """A change page that refuses to save over a change made after it was opened.
+    """A change page that does not save over a change made after it was opened.
 
     Django builds the form from the row as stored when the page is sent back, so every value the page
     still showed from before (another agent's change, the billing system's) would count as changed
-    and be put back. The page carries the record's last change time from when it was opened instead.
+    and be put back. So the page carries the record's last change time from when it was opened, and
+    each field the value it showed (Django's hidden initial): after someone else's change, what this
+    page changed is saved when that change touched none of it, and refused, naming the fields, when
+    it did. A page sent without the values it showed (a script's POST) is refused whole.
     """
 
     opened_version = forms.CharField(widget=forms.HiddenInput, required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk is not None:
-            self.fields["opened_version"].initial = self.instance.updated_at.isoformat()
+        self.saved_over_others = False
+        if self.instance.pk is None:
+            return
+        self.fields["opened_version"].initial = self.instance.updated_at.isoformat()
+        for name, field in self.fields.items():
+            if name != "opened_version" and (not self.is_bound or self._shown_value(name) is not None):
+                field.show_hidden_initial = True
+
+    @property
+    def changed_data(self) -> list[str]:
+        # The page's version is how it was opened, not something it changes.
+        return [name for name in super().changed_data if name != "opened_version"]
+
+    def _shown_value(self, name: str) -> Any:
+        """What the page showed in the field when it was opened, as sent back; None if not sent."""
+        field = self.fields[name]
+        value = field.hidden_widget().value_from_datadict(self.data, self.files, self.add_initial_prefix(name))
+        if isinstance(value, list | tuple) and all(part is None for part in value):
+            return None
+        return value
 
     def clean(self):
         cleaned = super().clean()
-        if self.instance.pk is not None:
-            # Refused here, in the form that keeps what was typed; the service checks again with the
-            # row locked, for a change that commits while this one is on its way.
-            try:
-                services.check_unchanged_since(self.instance, self.opened_at())
-            except errors.ChangedMeanwhile as refusal:
+        if self.instance.pk is None:
+            return cleaned
+        # Refused here, in the form that keeps what was typed; the service checks again with the
+        # row locked, for a change that commits while this one is on its way.
+        try:
+            services.check_unchanged_since(self.instance, self.opened_at())
+        except errors.ChangedMeanwhile as refusal:
+            changed_by_both = self._changed_by_both()
+            if changed_by_both is None:
                 raise ValidationError(str(refusal.message)) from None
+            if changed_by_both:
+                raise ValidationError(
+                    _(
+                        "Someone else changed %(fields)s of this %(record)s after you opened this page. Open it "
+                        "again to see their change, then make yours."
+                    )
+                    % {
+                        "fields": ", ".join(str(self[name].label).lower() for name in changed_by_both),
+                        "record": self.instance._meta.verbose_name,
+                    }
+                ) from None
+            self.saved_over_others = True
         return cleaned
 
+    def _changed_by_both(self) -> list[str] | None:
+        """The fields this page changed that someone else changed since it was opened; None when the
+        page did not send what it showed."""
+        names = [name for name in self.fields if name != "opened_version"]
+        if not all(self.fields[name].show_hidden_initial for name in names):
+            return None
+        changed_since = {
+            name for name in names if self.fields[name].has_changed(self[name].initial, self._shown_value(name))
+        }
+        return [name for name in self.changed_data if name in changed_since]
+
     def opened_at(self) -> datetime | None:
-        """When the page was opened, as the record's last change then; None on an add page."""
+        """The record's last change as this page knew it; None on an add page. Once the page's
+        changes are found clear of someone else's, that is the change it was checked against."""
         if self.instance.pk is None:
             return None
+        if self.saved_over_others:
+            return self.instance.updated_at
         try:
             return datetime.fromisoformat(self.cleaned_data.get("opened_version") or "")
         except ValueError:

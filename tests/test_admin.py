@@ -4,6 +4,7 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
@@ -68,6 +69,52 @@ def action(client, model: str, name: str, objects, **extra):
 
 def page_messages(response) -> list[str]:
     return [str(message) for message in response.context["messages"]]
+
+
+class _FormFields(HTMLParser):
+    """The fields a browser would send from one form of a page, as they stand when it is opened."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id, self.inside, self.fields = form_id, False, {}
+        self.textarea: str | None = None
+        self.select: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self.inside = attrs.get("id") == self.form_id
+        if not self.inside or "name" not in attrs and tag != "option":
+            return
+        if tag == "input" and attrs.get("type") not in ("submit", "button", "file"):
+            if attrs.get("type") not in ("checkbox", "radio") or "checked" in attrs:
+                self.fields[attrs["name"]] = attrs.get("value", "on" if attrs.get("type") == "checkbox" else "")
+        elif tag == "textarea":
+            self.textarea = attrs["name"]
+            self.fields[self.textarea] = ""
+        elif tag == "select":
+            self.select = attrs["name"]
+        elif tag == "option" and self.select and ("selected" in attrs or self.select not in self.fields):
+            self.fields[self.select] = attrs.get("value", "")
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self.inside = False
+        elif tag == "textarea":
+            self.textarea = None
+        elif tag == "select":
+            self.select = None
+
+    def handle_data(self, data):
+        if self.textarea:
+            self.fields[self.textarea] += data.removeprefix("\n") if not self.fields[self.textarea] else data
+
+
+def opened_page(client, record) -> dict[str, str]:
+    """What the record's change page sends back when saved as it was opened."""
+    reader = _FormFields(f"{record._meta.model_name}_form")
+    reader.feed(client.get(change_url(record)).content.decode())
+    return reader.fields
 
 
 # ---------------------------------------------------------------- pages and access
@@ -368,6 +415,54 @@ def test_a_product_page_opened_before_another_change_cannot_undo_it(staff_client
     product.refresh_from_db()
     assert (product.name, product.is_active) == ("Photon 2", True)
     assert AuditEvent.objects.filter(action="product.changed").count() == 2
+
+
+def test_two_pages_open_at_once_changing_different_fields_both_save(staff_client, issued, actor):
+    first, second = opened_page(staff_client, issued.license), opened_page(staff_client, issued.license)
+
+    saved_first = staff_client.post(change_url(issued.license), {**first, "max_activations": "7"})
+    saved_second = staff_client.post(change_url(issued.license), {**second, "limit_usage": "100"})
+
+    assert (saved_first.status_code, saved_second.status_code) == (302, 302)
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.max_activations, license.limit_usage) == (7, 100)
+
+
+def test_a_page_changing_a_field_someone_changed_since_is_refused_naming_it(staff_client, issued, actor):
+    page = opened_page(staff_client, issued.license)
+    services.update_license(license=License.objects.get(pk=issued.license.pk), max_activations=9, actor=actor)
+
+    response = staff_client.post(change_url(issued.license), {**page, "max_activations": "7", "limit_usage": "5"})
+
+    assert response.status_code == 200
+    assert "Someone else changed activation limit of this license after you opened this page" in (
+        response.content.decode()
+    )
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.max_activations, license.limit_usage) == (9, None)
+
+
+def test_saving_an_unchanged_page_after_someone_elses_change_keeps_it(staff_client, issued, actor):
+    page = opened_page(staff_client, issued.license)
+    services.suspend_license(license=issued.license, actor=actor)
+    services.update_license(license=License.objects.get(pk=issued.license.pk), metadata={"seats": 3}, actor=actor)
+
+    response = staff_client.post(change_url(issued.license), page)
+
+    assert response.status_code == 302
+    license = License.objects.get(pk=issued.license.pk)
+    assert (license.status, license.metadata) == ("suspended", {"seats": 3})
+
+
+def test_two_customer_pages_open_at_once_changing_different_fields_both_save(staff_client, customer):
+    first, second = opened_page(staff_client, customer), opened_page(staff_client, customer)
+
+    staff_client.post(change_url(customer), {**first, "name": "Ada King"})
+    response = staff_client.post(change_url(customer), {**second, "external_id": "cus_42"})
+
+    assert response.status_code == 302
+    customer.refresh_from_db()
+    assert (customer.name, customer.external_id) == ("Ada King", "cus_42")
 
 
 def test_the_service_refuses_a_save_from_a_page_opened_before_a_change_committed_since(actor):
