@@ -245,7 +245,12 @@ class OpenedVersionForm(forms.ModelForm):
         changed_since = {
             name for name in names if self.fields[name].has_changed(self[name].initial, self._shown_value(name))
         }
-        return [name for name in self.changed_data if name in changed_since]
+        # Both setting the same value is no clash: the record already holds what this page wants.
+        return [
+            name
+            for name in self.changed_data
+            if name in changed_since and self.fields[name].has_changed(self[name].initial, self[name].data)
+        ]
 
     def opened_at(self) -> datetime | None:
         """The record's last change as this page knew it; None on an add page. Once the page's

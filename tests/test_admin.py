@@ -442,6 +442,16 @@ def test_a_page_changing_a_field_someone_changed_since_is_refused_naming_it(staf
     assert (license.max_activations, license.limit_usage) == (9, None)
 
 
+def test_two_pages_setting_the_same_value_both_save(staff_client, issued):
+    first, second = opened_page(staff_client, issued.license), opened_page(staff_client, issued.license)
+
+    staff_client.post(change_url(issued.license), {**first, "max_activations": "7"})
+    response = staff_client.post(change_url(issued.license), {**second, "max_activations": "7"})
+
+    assert response.status_code == 302
+    assert License.objects.get(pk=issued.license.pk).max_activations == 7
+
+
 def test_saving_an_unchanged_page_after_someone_elses_change_keeps_it(staff_client, issued, actor):
     page = opened_page(staff_client, issued.license)
     services.suspend_license(license=issued.license, actor=actor)
