@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, timedelta
 
@@ -44,7 +45,12 @@ def post(client, name: str, body, **extra):
 
 
 def is_datetime(value) -> bool:
-    return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+    """Kelviq's documented form: UTC to the second with a Z, which every ISO 8601 decoder reads."""
+    return isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", value) is not None
+
+
+def to_the_second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
 
 
 def is_uuid(value) -> bool:
@@ -157,7 +163,7 @@ def test_activation_expiry_is_the_licenses(kelviq, plan, customer):
 
     body = post(kelviq, "activate", {"licenseKey": issued.key}).json()
 
-    assert datetime.fromisoformat(body["expiresOn"]) == expires_at
+    assert datetime.fromisoformat(body["expiresOn"]) == to_the_second(expires_at)
     assert body["license"]["expiresOn"] == body["expiresOn"]
 
 
@@ -358,7 +364,7 @@ def test_validation_shows_the_first_activation_and_reads_it_with_the_license(kel
         response = post(kelviq, "validate", {"licenseKey": issued.key})
 
     assert response.status_code == 200
-    assert datetime.fromisoformat(response.json()["license"]["activatedOn"]) == first_activated_at
+    assert datetime.fromisoformat(response.json()["license"]["activatedOn"]) == to_the_second(first_activated_at)
     reads = [query["sql"] for query in queries.captured_queries if query["sql"].startswith("SELECT")]
     assert len(reads) == 2  # the API key, then the license with everything the answer shows
 
@@ -479,7 +485,7 @@ def test_deactivation_answers_200_and_frees_the_slot(kelviq, issued, instance):
     assert body["message"] == "License instance deactivated successfully."
     assert is_datetime(body["deactivatedAt"])
     instance.refresh_from_db()
-    assert datetime.fromisoformat(body["deactivatedAt"]) == instance.deactivated_at
+    assert datetime.fromisoformat(body["deactivatedAt"]) == to_the_second(instance.deactivated_at)
     assert instance.deactivated_by_kind == "app"
     assert issued.license.live_activation_count() == 0
 

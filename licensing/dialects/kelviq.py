@@ -8,6 +8,7 @@ refusals as `{"error": "..."}`. Apps authenticate with a server API key (`Author
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from django.urls import re_path
@@ -133,6 +134,14 @@ def validated(serializer_class: type[serializers.Serializer], request: Request) 
 # ---------------------------------------------------------------- answers
 
 
+def kelviq_time(moment: datetime | None) -> str | None:
+    """Kelviq's date-times, as its documents give them: UTC to the second with a Z
+    (2026-01-27T10:33:00Z). Swift's default ISO 8601 decoding refuses fractions of a second."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def license_details(license: License) -> dict[str, Any]:
     """Kelviq's LicenseDetails. The caller holds a server API key, which may read full keys."""
     first_activated = lookups.first_activated_at(license)
@@ -142,8 +151,8 @@ def license_details(license: License) -> dict[str, Any]:
     return {
         "id": str(license.pk),
         "licenseKey": services.reveal_license_key(license),
-        "activatedOn": first_activated,
-        "expiresOn": license.expires_at,
+        "activatedOn": kelviq_time(first_activated),
+        "expiresOn": kelviq_time(license.expires_at),
         "activationUsage": license.devices_in_use(),
         "activationLimit": UNLIMITED_ACTIVATION_LIMIT if license.max_activations is None else license.max_activations,
         # Kelviq's switch staff turn off (suspended, revoked here); an expired license stays enabled.
@@ -167,8 +176,8 @@ def license_details(license: License) -> dict[str, Any]:
                 "name": product.name,
                 # No tax codes here; Kelviq types the field as a string, and typed clients reject null.
                 "taxCode": "",
-                "createdOn": product.created_at,
-                "modifiedOn": product.updated_at,
+                "createdOn": kelviq_time(product.created_at),
+                "modifiedOn": kelviq_time(product.updated_at),
             },
         },
         # Subscriptions are billing, which this server does not do.
@@ -211,9 +220,9 @@ class ActivateView(KelviqView):
         activation = result.activation
         body = {
             "instanceId": str(activation.pk),
-            "activatedAt": activation.created_at,
+            "activatedAt": kelviq_time(activation.created_at),
             # Instances here do not expire on their own: an instance lasts as long as its license.
-            "expiresOn": activation.license.expires_at,
+            "expiresOn": kelviq_time(activation.license.expires_at),
             "license": license_details(activation.license),
         }
         return Response(body, status=201)
@@ -277,7 +286,7 @@ class DeactivateView(KelviqView):
             raise errors.ActivationNotFound(field="activation_id")
         body = {
             "message": "License instance deactivated successfully.",
-            "deactivatedAt": result.activation.deactivated_at,
+            "deactivatedAt": kelviq_time(result.activation.deactivated_at),
         }
         return Response(body)
 
