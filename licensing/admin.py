@@ -590,10 +590,17 @@ class ActivationInline(admin.TabularInline):
         return super().get_queryset(request).order_by(F("deactivated_at").desc(nulls_first=True), "-created_at")
 
     def get_fields(self, request, obj=None):
-        # Staff who may only view licenses get no button they could not use.
-        return [*self.fields, "free_slot"] if self.has_change_permission(request, obj) else self.fields
+        # The button leads to the license's own deactivation page, which asks to change the license:
+        # staff who may only view licenses get no button they could not use.
+        may_free_slots = request.user.has_perm(f"{License._meta.app_label}.change_{License._meta.model_name}")
+        return [*self.fields, "free_slot"] if may_free_slots else self.fields
 
     def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # Rows are read-only (a device changes through the services: the button above), so each
+        # row's link to the device's page reads "View", as that page is for reading.
         return False
 
     @admin.display(description=_("free its slot"))

@@ -884,6 +884,33 @@ def test_the_license_pages_controls_are_named_for_screen_readers(staff_client, i
     assert 'aria-label="Deactivate pc-serial">Deactivate…</a>' in page
 
 
+def test_a_device_rows_link_reads_view_as_the_devices_page_is_read_only(staff_client, issued):
+    device = activate(issued, "mac-serial", name="MacBook").activation
+
+    page = staff_client.get(change_url(issued.license)).content.decode()
+
+    assert f'<a href="{change_url(device)}" class="inlineviewlink">View</a>' in page
+    assert "inlinechangelink" not in page
+
+
+@pytest.mark.parametrize(
+    ("permissions", "offered"),
+    [
+        (["view_license", "view_activation", "change_license"], True),
+        (["view_license", "view_activation", "change_activation"], False),
+    ],
+)
+def test_a_device_row_offers_deactivate_to_staff_who_may_change_the_license(client, issued, permissions, offered):
+    activate(issued, "mac-serial", name="MacBook")
+    member = get_user_model().objects.create_user("member", password="a-long-test-password", is_staff=True)
+    member.user_permissions.add(*Permission.objects.filter(codename__in=permissions))
+    client.force_login(member)
+
+    page = client.get(change_url(issued.license)).content.decode()
+
+    assert ('aria-label="Deactivate MacBook">Deactivate…</a>' in page) is offered
+
+
 def test_staff_who_may_only_view_a_license_get_no_actions_on_its_page(viewer_client, issued):
     page = viewer_client.get(change_url(issued.license)).content.decode()
 
