@@ -908,6 +908,7 @@ def activate_license(
         if problem := license_problem(license):
             raise problem
         if existing is not None:
+            _note_seen(existing)
             return ActivationResult(activation=existing, created=False)
     try:
         with transaction.atomic():
@@ -918,6 +919,7 @@ def activate_license(
             used, existing = lookups.live_devices(license, fingerprint=fingerprint)
             license.live_total = used
             if existing is not None:
+                _note_seen(existing)
                 return ActivationResult(activation=existing, created=False)
             if license.max_activations is not None and used >= license.max_activations:
                 raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
@@ -1280,6 +1282,15 @@ def _count_validation(license: License, activation: Activation | None, *, at: da
     license.validation_count += 1
     license.last_validated_at = at
     if device_seen:
+        activation.last_seen_at = at
+
+
+def _note_seen(activation: Activation) -> None:
+    """A live device activating again (many apps do at every start) is seen, as by a validation:
+    customers choose which device to free by when each was last seen."""
+    at = timezone.now()
+    if at - activation.last_seen_at >= LAST_SEEN_PRECISION:
+        tallies.note_device_seen(activation.pk, at=at)
         activation.last_seen_at = at
 
 

@@ -39,15 +39,20 @@ _writer: tuple[int, threading.Thread, threading.Event] | None = None
 
 def count_validation(license_id: uuid.UUID, *, at: datetime, device_seen: uuid.UUID | None = None) -> None:
     """Add one validation of a license at `at`, and mark the device `device_seen` as seen then."""
+    _add({license_id: (1, at)}, {device_seen: at} if device_seen else {})
+
+
+def note_device_seen(device_id: uuid.UUID, *, at: datetime) -> None:
+    """Mark a device as seen at `at` without counting a validation (it activated again)."""
+    _add({}, {device_id: at})
+
+
+def _add(validations: dict[uuid.UUID, tuple[int, datetime]], devices_seen: dict[uuid.UUID, datetime]) -> None:
     interval = settings.VALIDATION_TALLY_SECONDS
     if not interval:
-        lookups.add_tallies({license_id: (1, at)}, {device_seen: at} if device_seen else {})
+        lookups.add_tallies(validations, devices_seen)
         return
-    with _lock:
-        count, last_at = _validations.get(license_id, (0, at))
-        _validations[license_id] = (count + 1, max(at, last_at))
-        if device_seen is not None:
-            _devices_seen[device_seen] = max(at, _devices_seen.get(device_seen, at))
+    _keep(validations, devices_seen)
     if _writer is None or _writer[0] != os.getpid():
         _start_writer(interval)
 

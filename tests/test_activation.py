@@ -128,6 +128,17 @@ def test_activation_at_the_limit_is_refused_with_the_limit_and_count(issued):
     assert live_count(issued) == 3
 
 
+def test_a_live_device_activating_again_is_seen_without_counting_a_validation(issued):
+    device = activate(issued, "device-1").activation
+    Activation.objects.filter(pk=device.pk).update(last_seen_at=timezone.now() - timedelta(days=3))
+
+    again = activate(issued, "device-1")
+
+    assert timezone.now() - again.activation.last_seen_at < timedelta(minutes=1)
+    assert timezone.now() - Activation.objects.get(pk=device.pk).last_seen_at < timedelta(minutes=1)
+    assert License.objects.get(pk=issued.license.pk).validation_count == 0
+
+
 def test_a_live_device_can_still_reactivate_at_the_limit(issued):
     for fingerprint in ["a", "b", "c"]:
         activate(issued, fingerprint)
