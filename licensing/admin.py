@@ -620,9 +620,9 @@ def audit_trail_url(license_id) -> str:
 
 @admin.register(License)
 class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
-    list_display = ["masked_key", "product", "plan", "customer", "state", "devices_used", "expiry"]
+    list_display = ["masked_key", "state", "product_name", "plan_name", "customer_email", "devices_used", "expiry"]
     list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
-    list_select_related = ["product", "plan__product", "customer"]
+    list_select_related = ["product", "plan", "customer"]
     search_fields = ["customer__email", "customer__name", "key_suffix"]
     search_help_text = _(
         "A customer's e-mail or name, or the last characters of a key. To find a license by its whole key, "
@@ -847,9 +847,24 @@ class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, S
 
     @admin.display(description=_("expires"), ordering=F("expires_at").asc(nulls_last=True))
     def expiry(self, license: License) -> Any:
-        return license.expires_at or _("never")
+        # The day is enough in the list; the license's page has the time.
+        return date_format(timezone.localdate(license.expires_at)) if license.expires_at else _("never")
 
-    @admin.display(description=_("devices used / limit"), ordering="live_total")
+    # The list's columns are plain text, which wraps (Django keeps a relation's or a date-time's
+    # column on one line), so the list fits a laptop's window beside the filters.
+    @admin.display(description=_("product"), ordering="product__name")
+    def product_name(self, license: License) -> str:
+        return license.product.name
+
+    @admin.display(description=_("plan"), ordering="plan__name")
+    def plan_name(self, license: License) -> str | None:
+        return license.plan.name if license.plan else None
+
+    @admin.display(description=_("customer"), ordering="customer__email")
+    def customer_email(self, license: License) -> str | None:
+        return license.customer.email if license.customer else None
+
+    @admin.display(description=_("devices"), ordering="live_total")
     def devices_used(self, license: License) -> str:
         live = license.devices_in_use()
         return f"{live} / {limit_display(license.max_activations)}"

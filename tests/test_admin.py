@@ -579,6 +579,26 @@ def test_the_list_marks_an_active_license_past_its_expiry(staff_client, plan):
     assert '<td class="field-state">active, expired</td>' in rows
 
 
+def test_the_lists_row_reads_the_state_first_in_columns_that_wrap(staff_client, plan, customer):
+    expires_at = datetime(2031, 5, 17, 23, 30, tzinfo=UTC)
+    license = make_license(plan=plan, customer=customer, expires_at=expires_at).license
+
+    rows = staff_client.get(changelist("license")).content.decode()
+
+    # Django keeps a relation's or a date-time's column on one line ("nowrap"): with the customer as
+    # "name <e-mail>" and plan as "product · plan", the state was off-screen at 1280 px.
+    assert (
+        f"{license.masked_key}</a></th>"
+        '<td class="field-state">active</td>'
+        '<td class="field-product_name">Photon Editor</td>'
+        '<td class="field-plan_name">Personal</td>'
+        '<td class="field-customer_email">ada@example.com</td>'
+        '<td class="field-devices_used">0 / 3</td>'
+        '<td class="field-expiry">May 17, 2031</td>'
+    ) in rows
+    assert "nowrap" not in rows
+
+
 def test_the_page_of_an_active_license_past_its_expiry_says_so(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
 
