@@ -433,6 +433,11 @@ class ExpiryListFilter(admin.SimpleListFilter):
 class PlanListFilter(admin.RelatedFieldListFilter):
     """Plans are named with their product: fetch both in one query rather than one per plan."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Django names the choice of licenses without a plan by the list's empty cell, "-".
+        self.empty_value_display = _("No plan")
+
     def field_choices(self, field, request, model_admin):
         return [(plan.pk, str(plan)) for plan in Plan.objects.select_related("product")]
 

@@ -599,6 +599,17 @@ def test_the_lists_row_reads_the_state_first_in_columns_that_wrap(staff_client, 
     assert "nowrap" not in rows
 
 
+def test_the_plan_filter_names_its_choice_of_licenses_without_a_plan(staff_client, plan, product):
+    with_plan = make_license(plan=plan).license
+    planless = make_license(plan=None, product=product, max_activations=2).license
+
+    page = staff_client.get(changelist("license")).content.decode()
+    listed = staff_client.get(changelist("license"), {"plan__isnull": "True"}).context["cl"].result_list
+
+    assert '<a href="?plan__isnull=True">No plan</a>' in page
+    assert list(listed) == [planless] and with_plan not in listed
+
+
 def test_the_page_of_an_active_license_past_its_expiry_says_so(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
 
