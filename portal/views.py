@@ -209,6 +209,8 @@ def license_row(license: License) -> dict:
         "status": status_in_words(license),
         "usable": services.license_problem(license) is None,
         "slots": slots_in_words(license),
+        # "0 of 2 slots in use" alone would promise a slot an app is refused while it cools down.
+        "slots_reopening": [services.minute_after(at) for at in services.slots_reopening(license)],
     }
 
 
@@ -226,7 +228,6 @@ def license_detail(request, license_id):
         "license": license,
         "row": license_row(license),
         "device_changes_left": services.remaining_device_changes(license),
-        "slots_reopening": [services.minute_after(at) for at in services.slots_reopening(license)],
         "devices": license.activations.live().order_by("created_at"),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),

@@ -192,6 +192,21 @@ def test_the_portal_says_when_a_freed_slot_takes_a_new_device(client, customer, 
     assert f"1 freed slot is cooling down: it takes a new device from {date_format(reopens, 'j F Y, H:i T')}" in page
 
 
+def test_the_portals_list_says_a_freed_slot_is_cooling_down_beside_the_slots_in_use(client, customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    deactivate(issued, "a", app_actor)
+    freed_at = Activation.objects.get(fingerprint="a").deactivated_at
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+
+    page = client.get(reverse("portal:licenses")).content.decode()
+
+    reopens = timezone.localtime(services.minute_after(freed_at + timedelta(minutes=60)))
+    assert "0 of 1 slot in use" in page
+    assert f"1 freed slot is cooling down: it takes a new device from {date_format(reopens, 'j F Y, H:i T')}" in page
+
+
 def test_a_device_freed_in_the_portal_says_when_its_slot_takes_a_new_one(client, customer):
     issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
     activation = activate(issued, "a", name="Old laptop").activation
