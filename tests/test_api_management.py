@@ -310,10 +310,13 @@ def test_a_plans_anti_churn_policy_is_set_and_read_through_the_api(management_cl
         ("/api/v1/customers?external_id=", "external_id"),
         ("/api/v1/licenses?customer_email=", "customer_email"),
         ("/api/v1/licenses?status=", "status"),
+        ("/api/v1/licenses?expired=", "expired"),
+        ("/api/v1/licenses?expired=null", "expired"),
+        ("/api/v1/licenses/{license}/activations?live=", "live"),
     ],
 )
 def test_a_blank_filter_is_400_not_every_record(management_client, issued, path, field):
-    response = management_client.get(path)
+    response = management_client.get(path.format(license=issued.license.pk))
 
     assert response.status_code == 400
     assert error(response)["field"] == field
@@ -534,6 +537,21 @@ def test_list_licenses_filters_and_pages(management_client, plan, customer, acto
     first_page = management_client.get("/api/v1/licenses", {"page_size": 2}).json()
     assert (first_page["count"], len(first_page["results"])) == (3, 2)
     assert first_page["next"]
+
+
+def test_a_refusal_by_the_services_lists_its_field_in_errors_as_a_serializers_does(management_client, plan):
+    other_product = make_product(name="Other", slug="other")
+
+    response = management_client.post("/api/v1/licenses", {"product": other_product.pk, "plan": plan.pk}, format="json")
+
+    assert response.status_code == 400
+    assert error(response) == {
+        "code": "invalid_input",
+        "message": "This plan belongs to another product.",
+        "field": "plan",
+        "errors": {"plan": ["This plan belongs to another product."]},
+    }
+    assert not License.objects.exists()
 
 
 def test_a_bad_filter_is_400(management_client):

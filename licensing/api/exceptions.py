@@ -10,6 +10,7 @@ from django.http import Http404
 from django.urls import reverse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from licensing import errors
@@ -101,7 +102,12 @@ def first_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     exc = too_large_body_as_api_error(exc)
     if isinstance(exc, errors.LicensingError):
-        body = error_body(exc.code, str(exc.message), exc.field, **licensing_error_facts(exc))
+        facts = licensing_error_facts(exc)
+        if isinstance(exc, errors.InvalidInput):
+            # Shaped as the serializers' refusals are, whichever check refused: code reading `errors`
+            # finds every invalid_input's fields there.
+            facts.setdefault("errors", {exc.field or api_settings.NON_FIELD_ERRORS_KEY: [str(exc.message)]})
+        body = error_body(exc.code, str(exc.message), exc.field, **facts)
         return Response(body, status=exc.status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -597,7 +597,8 @@ class LicenseListFilterSerializer(serializers.Serializer):
     customer_email = serializers.EmailField(required=False)
     customer_external_id = serializers.CharField(required=False, max_length=200, help_text="The billing system's id.")
     status = serializers.ChoiceField(choices=License.Status.choices, required=False)
-    expired = serializers.BooleanField(required=False, default=None, allow_null=True)
+    # Not nullable: DRF would read `?expired=` or `?expired=null` as no filter and list everything.
+    expired = serializers.BooleanField(required=False, default=None)
     updated_since = serializers.DateTimeField(
         required=False,
         help_text="The license or its owner changed at or after this time (a sync's last run); devices' calls "
@@ -733,8 +734,8 @@ class LicenseExtendView(ManagementView, APIView):
 
 
 class ActivationListFilterSerializer(serializers.Serializer):
-    live = serializers.BooleanField(
-        required=False, default=None, allow_null=True, help_text="true: devices in use; false: deactivated ones."
+    live = serializers.BooleanField(  # not nullable, as `expired` above
+        required=False, default=None, help_text="true: devices in use; false: deactivated ones."
     )
 
 
