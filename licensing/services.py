@@ -731,7 +731,8 @@ def update_license(
 ) -> License:
     """Apply several changes to a license together: all of them, or none when one is refused.
 
-    A `customer_email` names the new owner (made if there is none); None leaves it without one. A new
+    A `customer`, or a `customer_email` (made if there is none), names the new owner; None leaves the
+    license without one. A new
     `plan` brings its activation limit, unless `max_activations` is given too. See
     `check_unchanged_since` for `unchanged_since`.
     """

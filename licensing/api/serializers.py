@@ -78,6 +78,13 @@ class StrictIntegerField(serializers.IntegerField):
 class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
     """A record's id as a whole JSON number (whole_number): DRF would take 1.5 as record 1."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.queryset is not None:
+            # In the words of the record's own path ("There is no plan with this id."), not DRF's "Invalid pk".
+            name = self.queryset.model._meta.verbose_name
+            self.error_messages["does_not_exist"] = f"There is no {name} with this id."
+
     def to_internal_value(self, data):
         number = whole_number(data)
         if number is None:
@@ -476,10 +483,37 @@ class LicenseWithKeySerializer(LicenseSerializer):
         return services.reveal_license_key(license)
 
 
-class CreateLicenseInputSerializer(StrictInputSerializer):
+class OwnerInputSerializer(StrictInputSerializer):
+    """A license's owner, named by its e-mail or, as a billing system knows it, by an id: an e-mail
+    changed in billing would otherwise make a second customer here."""
+
+    customer = StrictPrimaryKeyRelatedField(
+        queryset=Customer.objects.all(), required=False, help_text="An existing customer, by its id here."
+    )
+    customer_external_id = StrictCharField(
+        max_length=200, required=False, help_text="An existing customer, by the billing system's id (external_id)."
+    )
+
+    def validate(self, data):
+        named = [name for name in ("customer", "customer_external_id", "customer_email") if name in data]
+        if len(named) > 1:
+            raise serializers.ValidationError({named[1]: [f"Name the owner once: by {named[0]} or by {named[1]}."]})
+        if "customer_external_id" in data:
+            customer = Customer.objects.filter(external_id=data.pop("customer_external_id")).first()
+            if customer is None:
+                raise serializers.ValidationError(
+                    {"customer_external_id": ["There is no customer with this external id."]}
+                )
+            data["customer"] = customer
+        return data
+
+
+class CreateLicenseInputSerializer(OwnerInputSerializer):
     product = StrictPrimaryKeyRelatedField(queryset=Product.objects.all())
     plan = StrictPrimaryKeyRelatedField(queryset=Plan.objects.all(), required=False, allow_null=True)
-    customer_email = StrictEmailField(max_length=254, required=False)
+    customer_email = StrictEmailField(
+        max_length=254, required=False, help_text="The owner's e-mail: that customer, made if there is none."
+    )
     customer_name = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
     key = key_field(required=False, help_text="Leave out to generate one; give it to import an existing key.")
     max_activations = StrictIntegerField(
@@ -502,13 +536,19 @@ class CreateLicenseInputSerializer(StrictInputSerializer):
     )
 
     def validate(self, data):
+        data = super().validate(data)
         if data["customer_name"] and "customer_email" not in data:
             raise serializers.ValidationError({"customer_email": ["A customer_name needs a customer_email."]})
         return data
 
 
-class UpdateLicenseInputSerializer(StrictInputSerializer):
-    customer_email = StrictEmailField(max_length=254, required=False, allow_null=True)
+class UpdateLicenseInputSerializer(OwnerInputSerializer):
+    customer_email = StrictEmailField(
+        max_length=254,
+        required=False,
+        allow_null=True,
+        help_text="The new owner's e-mail: that customer, made if there is none; null leaves the license without one.",
+    )
     plan = StrictPrimaryKeyRelatedField(
         queryset=Plan.objects.all(),
         required=False,

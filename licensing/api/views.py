@@ -650,6 +650,7 @@ class LicenseListView(FilteredListMixin, ManagementView, generics.ListAPIView):
         issued = services.create_license(
             product=data["product"],
             plan=data.get("plan"),
+            customer=data.get("customer"),
             customer_email=data.get("customer_email"),
             customer_name=data["customer_name"],
             key=data.get("key"),
