@@ -1241,6 +1241,17 @@ class MadeByServiceAdmin(
     def save_related(self, request, form, formsets, change):
         pass
 
+    def add_view(self, request, form_url="", extra_context=None):
+        # A saved key's page is read-only, and each key is made on purpose: the add form offers
+        # only Save.
+        extra_context = {**(extra_context or {}), "show_save_and_add_another": False, "show_save_and_continue": False}
+        return super().add_view(request, form_url, extra_context)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # The service's message says what was made, and shows a new API key once: Django's "was
+        # added successfully" above it would be the one staff read.
+        return self.response_post_save_add(request, obj)
+
 
 class SigningKeyAddForm(forms.ModelForm):
     signs_from = forms.DateTimeField(

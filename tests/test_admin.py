@@ -1347,7 +1347,8 @@ def test_audit_trail_filters_by_license_actor_and_action(staff_client, world, pl
 def test_staff_create_an_api_key_and_see_it_once(staff_client):
     response = staff_client.post(reverse("admin:licensing_apikey_add"), {"name": "billing"}, follow=True)
 
-    key = re.search(r"API key created: (\S+)", " ".join(page_messages(response))).group(1)
+    [message] = page_messages(response)
+    key = re.fullmatch(r"API key created: (\S+) — copy it now, it is not shown again\.", message).group(1)
     api_key = ApiKey.objects.get()
     assert services.authenticate_api_key(key) == api_key
     assert (api_key.name, api_key.read_only, api_key.created_by) == ("billing", False, "staff")
@@ -1448,6 +1449,14 @@ def test_retiring_a_key_that_no_longer_signs_gives_no_warning(staff_client, acto
     assert page_messages(response) == ["1 key retired."]
 
 
+@pytest.mark.parametrize("model", ["apikey", "signingkey", "rsakey"])
+def test_a_keys_add_form_offers_only_save(staff_client, model):
+    page = staff_client.get(reverse(f"admin:licensing_{model}_add")).content.decode()
+
+    assert 'name="_save"' in page
+    assert 'name="_addanother"' not in page and 'name="_continue"' not in page
+
+
 def test_a_signing_key_added_for_a_later_time_is_published_but_does_not_sign_yet(staff_client):
     signing_now = services.current_signing_key()
 
@@ -1457,7 +1466,7 @@ def test_a_signing_key_added_for_a_later_time_is_published_but_does_not_sign_yet
     scheduled = SigningKey.objects.exclude(pk=signing_now.pk).get()
 
     message = f"Signing key {scheduled.kid} created and published; it signs from 15 January 2099, 09:00 UTC."
-    assert message in page_messages(response)
+    assert page_messages(response) == [message]
     assert services.signing_key_now() == signing_now
     assert scheduled in services.published_signing_keys()
     listing = staff_client.get(reverse("admin:licensing_signingkey_changelist")).content.decode()
