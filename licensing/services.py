@@ -11,7 +11,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext, ngettext
 
@@ -1112,26 +1112,55 @@ def slot_cooldown(license: License) -> timedelta | None:
     return timedelta(minutes=plan.slot_cooldown_minutes)
 
 
-def _cooling_slots(license: License, cooldown: timedelta, *, fingerprint: str | None = None) -> list[datetime]:
-    """When each slot still cooling down was freed, oldest first; the device `fingerprint` names
-    may come back to its own."""
-    # A device that came back holds its live slot again, and one that left twice holds one slot.
-    back = license.activations.live().filter(fingerprint__isnull=False).values("fingerprint")
-    recent = _recent_churn(license, since=timezone.now() - cooldown).exclude(fingerprint__in=back)
-    if fingerprint is not None:
-        recent = recent.exclude(fingerprint=fingerprint)
+def _freed_and_gone(licenses: Collection[License | uuid.UUID], *, since: datetime) -> models.QuerySet[Activation]:
+    """Devices of `licenses` that apps or customers freed since `since` and that are not live again:
+    a device that came back holds its live slot again."""
+    came_back = Activation.objects.live().filter(license=OuterRef("license"), fingerprint=OuterRef("fingerprint"))
+    return Activation.objects.filter(
+        license__in=licenses, deactivated_at__gte=since, deactivated_by_kind__in=CHURN_LIMITED_ACTORS
+    ).exclude(Exists(came_back))
+
+
+def _freed_times(rows: Iterable[tuple[uuid.UUID, str | None, datetime]]) -> list[datetime]:
+    """When each slot was freed, oldest first, from (activation id, fingerprint, deactivated_at)
+    rows: a device that left twice holds one slot, freed when it last left."""
     freed_at: dict[str | uuid.UUID, datetime] = {}
-    for activation_id, device, at in recent.values_list("id", "fingerprint", "deactivated_at"):
+    for activation_id, device, at in rows:
         freed_at[device or activation_id] = max(at, freed_at.get(device or activation_id, at))
     return sorted(freed_at.values())
 
 
+def _cooling_slots(license: License, cooldown: timedelta, *, fingerprint: str | None = None) -> list[datetime]:
+    """When each slot still cooling down was freed, oldest first; the device `fingerprint` names
+    may come back to its own."""
+    recent = _freed_and_gone([license], since=timezone.now() - cooldown)
+    if fingerprint is not None:
+        recent = recent.exclude(fingerprint=fingerprint)
+    return _freed_times(recent.values_list("id", "fingerprint", "deactivated_at"))
+
+
 def slots_reopening(license: License) -> list[datetime]:
     """When each slot still cooling down takes a new device again, earliest first."""
-    cooldown = slot_cooldown(license)
-    if cooldown is None:
-        return []
-    return [freed_at + cooldown for freed_at in _cooling_slots(license, cooldown)]
+    return slots_reopening_of([license]).get(license.pk, [])
+
+
+def slots_reopening_of(licenses: Collection[License]) -> dict[uuid.UUID, list[datetime]]:
+    """`slots_reopening` of each license with a slot cooling down, in one query (a customer's list)."""
+    cooldowns = {license.pk: cooldown for license in licenses if (cooldown := slot_cooldown(license)) is not None}
+    if not cooldowns:
+        return {}
+    now = timezone.now()
+    rows: dict[uuid.UUID, list[tuple[uuid.UUID, str | None, datetime]]] = {}
+    recent = _freed_and_gone(list(cooldowns), since=now - max(cooldowns.values()))
+    for license_id, activation_id, device, at in recent.values_list(
+        "license_id", "id", "fingerprint", "deactivated_at"
+    ):
+        if at >= now - cooldowns[license_id]:
+            rows.setdefault(license_id, []).append((activation_id, device, at))
+    return {
+        license_id: [freed_at + cooldowns[license_id] for freed_at in _freed_times(freed)]
+        for license_id, freed in rows.items()
+    }
 
 
 def activations_remaining(license: License) -> int | None:

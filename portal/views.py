@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from django import forms
 from django.conf import settings
@@ -202,21 +203,25 @@ def slots_in_words(license: License) -> str:
     }
 
 
-def license_row(license: License) -> dict:
+def license_row(license: License, slots_reopening: list[datetime]) -> dict:
+    usable = services.license_problem(license) is None
     return {
         "license": license,
         "key": services.reveal_license_key(license),
         "status": status_in_words(license),
-        "usable": services.license_problem(license) is None,
+        "usable": usable,
         "slots": slots_in_words(license),
-        # "0 of 2 slots in use" alone would promise a slot an app is refused while it cools down.
-        "slots_reopening": [services.minute_after(at) for at in services.slots_reopening(license)],
+        # "0 of 2 slots in use" alone would promise a slot an app is refused while it cools down;
+        # a license that cannot be used takes no device anyway.
+        "slots_reopening": [services.minute_after(at) for at in slots_reopening] if usable else [],
     }
 
 
 @customer_required
 def license_list(request):
-    rows = [license_row(license) for license in services.licenses_of_customer(request.customer)]
+    licenses = list(services.licenses_of_customer(request.customer))
+    reopening = services.slots_reopening_of(licenses)
+    rows = [license_row(license, reopening.get(license.pk, [])) for license in licenses]
     return render(request, "portal/licenses.html", {"rows": rows})
 
 
@@ -226,7 +231,7 @@ def license_detail(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
     context = {
         "license": license,
-        "row": license_row(license),
+        "row": license_row(license, services.slots_reopening(license)),
         "device_changes_left": services.remaining_device_changes(license),
         "devices": license.activations.live().order_by("created_at"),
         "history": services.device_history(license),

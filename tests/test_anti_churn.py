@@ -6,6 +6,8 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -205,6 +207,44 @@ def test_the_portals_list_says_a_freed_slot_is_cooling_down_beside_the_slots_in_
     reopens = timezone.localtime(services.minute_after(freed_at + timedelta(minutes=60)))
     assert "0 of 1 slot in use" in page
     assert f"1 freed slot is cooling down: it takes a new device from {date_format(reopens, 'j F Y, H:i T')}" in page
+
+
+def sign_in(client, customer) -> None:
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+
+
+def test_the_portals_list_reads_every_licenses_cooling_slots_in_one_query(client, customer, app_actor):
+    def license_with_a_slot_cooling_down(fingerprint):
+        issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
+        activate(issued, fingerprint)
+        deactivate(issued, fingerprint, app_actor)
+
+    license_with_a_slot_cooling_down("a")
+    sign_in(client, customer)
+    with CaptureQueriesContext(connection) as one:
+        client.get(reverse("portal:licenses"))
+    license_with_a_slot_cooling_down("b")
+    license_with_a_slot_cooling_down("c")
+
+    with CaptureQueriesContext(connection) as three:
+        page = client.get(reverse("portal:licenses")).content.decode()
+
+    assert page.count("1 freed slot is cooling down") == 3
+    assert len(three) == len(one)
+
+
+def test_the_portals_list_tells_of_no_cooling_slot_on_a_license_that_cannot_be_used(client, customer, app_actor):
+    issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, "a")
+    deactivate(issued, "a", app_actor)
+    services.suspend_license(license=issued.license, actor=app_actor)
+    sign_in(client, customer)
+
+    page = client.get(reverse("portal:licenses")).content.decode()
+
+    assert "Suspended" in page
+    assert "cooling down" not in page
 
 
 def test_a_device_freed_in_the_portal_says_when_its_slot_takes_a_new_one(client, customer):

@@ -14,6 +14,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from licensing import errors, keys, services
+from licensing.api.exceptions import api_exception_handler
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
@@ -553,6 +554,22 @@ def test_a_refusal_by_the_services_lists_its_field_in_errors_as_a_serializers_do
         "errors": {"plan": ["This plan belongs to another product."]},
     }
     assert not License.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("refusal", "listed"),
+    [
+        (errors.InvalidInput("Refused as a whole."), {"non_field_errors": ["Refused as a whole."]}),
+        (
+            errors.InvalidInput("Refused as a whole.", errors={"__all__": ["Refused as a whole."]}),
+            {"non_field_errors": ["Refused as a whole."]},
+        ),
+    ],
+)
+def test_a_refusal_of_no_one_field_is_listed_under_the_serializers_key(refusal, listed):
+    response = api_exception_handler(refusal, {})
+
+    assert (response.status_code, response.data["error"]["errors"]) == (400, listed)
 
 
 def test_a_bad_filter_is_400(management_client):
@@ -1096,6 +1113,26 @@ def test_actions_refuse_a_body_they_do_not_take(management_client, issued):
     assert response.status_code == 400
     assert error(response)["field"] == "reason"
     assert License.objects.get(pk=issued.license.pk).status == "active"
+
+
+@pytest.mark.parametrize("owner", ["customer", "customer_external_id"])
+def test_a_customer_named_by_id_keeps_its_name(management_client, plan, customer, owner):
+    customer.external_id = "cus_ada"
+    customer.save()
+    named_by = {"customer": customer.pk, "customer_external_id": "cus_ada"}[owner]
+
+    response = management_client.post(
+        "/api/v1/licenses",
+        {"product": plan.product.pk, owner: named_by, "customer_name": "Someone Else"},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert error(response)["field"] == "customer_name"
+    assert error(response)["message"] == (
+        "A customer named by its id keeps its own name: customer_name goes with customer_email."
+    )
+    assert not License.objects.exists()
 
 
 @pytest.mark.parametrize("owner", ["customer", "customer_external_id"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from django.urls import reverse
@@ -106,7 +107,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         if isinstance(exc, errors.InvalidInput):
             # Shaped as the serializers' refusals are, whichever check refused: code reading `errors`
             # finds every invalid_input's fields there.
-            facts.setdefault("errors", {exc.field or api_settings.NON_FIELD_ERRORS_KEY: [str(exc.message)]})
+            field_errors = facts.get("errors") or {exc.field: [str(exc.message)]}
+            facts["errors"] = {
+                (api_settings.NON_FIELD_ERRORS_KEY if name in (None, NON_FIELD_ERRORS) else name): messages
+                for name, messages in field_errors.items()
+            }
         body = error_body(exc.code, str(exc.message), exc.field, **facts)
         return Response(body, status=exc.status)
     if isinstance(exc, Http404):

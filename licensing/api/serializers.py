@@ -80,7 +80,7 @@ class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.queryset is not None:
+        if self.queryset is not None and "does_not_exist" not in kwargs.get("error_messages", {}):
             # In the words of the record's own path ("There is no plan with this id."), not DRF's "Invalid pk".
             name = self.queryset.model._meta.verbose_name
             self.error_messages["does_not_exist"] = f"There is no {name} with this id."
@@ -483,10 +483,10 @@ class LicenseWithKeySerializer(LicenseSerializer):
         return services.reveal_license_key(license)
 
 
+# A license's owner, named by its e-mail or, as a billing system knows it, by an id: an e-mail
+# changed in billing would otherwise make a second customer here. (A comment, not a docstring: the
+# schema would show it as the description of the request bodies.)
 class OwnerInputSerializer(StrictInputSerializer):
-    """A license's owner, named by its e-mail or, as a billing system knows it, by an id: an e-mail
-    changed in billing would otherwise make a second customer here."""
-
     customer = StrictPrimaryKeyRelatedField(
         queryset=Customer.objects.all(), required=False, help_text="An existing customer, by its id here."
     )
@@ -537,6 +537,14 @@ class CreateLicenseInputSerializer(OwnerInputSerializer):
 
     def validate(self, data):
         data = super().validate(data)
+        if data["customer_name"] and "customer" in data:
+            raise serializers.ValidationError(
+                {
+                    "customer_name": [
+                        "A customer named by its id keeps its own name: customer_name goes with customer_email."
+                    ]
+                }
+            )
         if data["customer_name"] and "customer_email" not in data:
             raise serializers.ValidationError({"customer_email": ["A customer_name needs a customer_email."]})
         return data

@@ -373,7 +373,8 @@ class ActivateKeyView(KeymintView):
             license_key=license_key, fingerprint=host_id, name=device_tag or "", actor=self.actor(request)
         )
         if not result.created:
-            # A live device checking its key: count the check and its last-seen time, as a validation does.
+            # A live device checking its key: count the check as a validation (activating again has
+            # already moved its last-seen time).
             services.count_check(result.activation)
         customer = license.customer
         return self.answer(
