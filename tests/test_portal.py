@@ -602,9 +602,20 @@ def test_customers_are_shown_where_to_get_help_when_the_vendor_says_where(signed
     page = signed_in.get(reverse("portal:license", args=[suspended.license.pk])).content.decode()
 
     assert "mailto:" not in without
+    assert without.count("Suspended · The seller you bought it from can help.") == 1
     assert listing.count(help_link) == 1
     assert help_link in page
     assert "Questions about a license? Contact support" in listing
+
+
+def test_each_copy_button_names_the_key_it_copies(signed_in, customer, plan):
+    first = make_license(plan=plan, customer=customer).license
+    second = make_license(plan=plan, customer=customer).license
+
+    listing = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    for license in (first, second):
+        assert f'<span class="visually-hidden"> the Photon Editor key {license.masked_key}</span>' in listing
 
 
 def test_following_another_customers_link_says_whose_licenses_are_shown_now(signed_in, customer, other_customer):

@@ -130,6 +130,34 @@ def sign_in(page, live_server, email: str) -> None:
     page.get_by_role("heading", name="Your licenses").wait_for()
 
 
+def test_a_long_address_and_a_nameless_device_fit_a_320_px_screen_with_controls_a_thumb_can_hit(page, live_server):
+    email = "maximilian.alexander.featherstonehaugh-wolfeschlegelsteinhausen@example-company.com"
+    issued = make_license(plan=make_plan(max_activations=3), customer=make_customer(email=email))
+    device = activate(issued, "f" * 255).activation
+    page.set_viewport_size({"width": 320, "height": 700})
+    license_page = f"{live_server.url}/portal/licenses/{issued.license.pk}/"
+
+    page.goto(f"{live_server.url}/portal/")
+    page.get_by_label("E-mail address").fill(email)
+    page.get_by_role("button", name="Send me a sign-in link").click()
+    page.get_by_role("heading", name="Check your e-mail").wait_for()
+    widths = {"check e-mail": page.evaluate("document.documentElement.scrollWidth")}
+    page.goto(re.search(r"https?://\S+", mail.outbox[-1].body).group(0))
+    page.get_by_role("button", name="Continue to your licenses").click()
+    page.get_by_role("heading", name="Your licenses").wait_for()
+    widths["licenses"] = page.evaluate("document.documentElement.scrollWidth")
+    link_height = page.get_by_role("link", name="Devices and history").bounding_box()["height"]
+    show_key_height = page.locator("details.key summary").bounding_box()["height"]
+    page.goto(license_page)
+    widths["license"] = page.evaluate("document.documentElement.scrollWidth")
+    page.goto(f"{license_page}devices/{device.pk}/deactivate/")
+    screenshot(page, "nameless-device-confirm-320")
+    widths["confirm"] = page.evaluate("document.documentElement.scrollWidth")
+
+    assert widths == {"check e-mail": 320, "licenses": 320, "license": 320, "confirm": 320}
+    assert link_height >= 44 and show_key_height >= 44
+
+
 def test_without_a_clipboard_copy_selects_the_key_and_says_how_to_copy_it(page, live_server):
     customer = make_customer(email="linus@example.com")
     issued = make_license(plan=make_plan(product=make_product(name="Atlas Sync")), customer=customer)
