@@ -204,6 +204,8 @@ SPECTACULAR_SETTINGS = {
     # OpenAPI 3.1 says "an object or null" as oneOf [object, null]; 3.0's nullable beside a $ref does
     # not allow null, so strict validators refused answers without an owner, plan or device.
     "OAS_VERSION": "3.1.0",
+    # Who made a change (the audit trail) and who freed a device: one set of kinds, named once.
+    "ENUM_NAME_OVERRIDES": {"ActorKindEnum": "licensing.models.ActorKind"},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

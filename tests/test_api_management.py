@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import jsonschema
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django.utils import timezone
 
 from licensing import errors, keys, services
@@ -1340,3 +1341,78 @@ def test_a_body_past_djangos_own_upload_limit_is_a_json_413(management_client, s
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert not Customer.objects.exists()
+
+
+# ---------------------------------------------------------------- audit trail
+
+
+def test_the_audit_trail_lists_every_change_oldest_first_as_the_schema_says(client, management_client, api_key, issued):
+    schema = openapi(client)
+    device = activate(issued, "laptop", name="Laptop").activation
+    management_client.post(f"/api/v1/licenses/{issued.license.pk}/suspend", format="json")
+
+    response = management_client.get("/api/v1/audit-events")
+
+    assert response.status_code == 200
+    events = response.json()["results"]
+    assert [event["action"] for event in events][-3:] == ["license.created", "activation.created", "license.suspended"]
+    created, activated, suspended = events[-3:]
+    assert (activated["target_type"], activated["target_id"], activated["license"]) == (
+        "licensing.activation",
+        str(device.pk),
+        str(issued.license.pk),
+    )
+    assert activated["changes"]["fingerprint"] == [None, "laptop"]
+    assert suspended["actor_kind"] == "api_key"
+    assert suspended["actor_display"].startswith(f"{api_key.api_key.name} (lsk_")
+    assert issued.key not in response.content.decode() and api_key.key not in response.content.decode()
+    assert schema_errors(schema, "/api/v1/audit-events", "get", response) == []
+
+
+def test_the_audit_trail_filters_by_license_action_and_time(management_client, plan, actor):
+    first = make_license(plan=plan).license
+    second = make_license(plan=plan).license
+    services.suspend_license(license=second, actor=actor)
+    AuditEvent.objects.filter(license=first).update(created_at=timezone.now() - timedelta(days=2))
+
+    def actions(**filters):
+        response = management_client.get("/api/v1/audit-events", filters)
+        return [(event["license"], event["action"]) for event in response.json()["results"]]
+
+    since = (timezone.now() - timedelta(days=1)).isoformat()
+    assert actions(license=str(first.pk)) == [(str(first.pk), "license.created")]
+    assert actions(action="license.suspended") == [(str(second.pk), "license.suspended")]
+    assert actions(since=since, license=str(second.pk)) == [
+        (str(second.pk), "license.created"),
+        (str(second.pk), "license.suspended"),
+    ]
+    assert (str(first.pk), "license.created") not in actions(since=since)
+
+
+@pytest.mark.parametrize("query", ["license=", "license=12", "since=yesterday", "action=", "who=staff"])
+def test_a_bad_audit_trail_filter_is_400_naming_it(management_client, query):
+    response = management_client.get(f"/api/v1/audit-events?{query}")
+
+    assert response.status_code == 400
+    assert error(response)["field"] == query.split("=")[0]
+
+
+def test_the_audit_trail_is_for_keys_of_the_vendors_systems_and_shows_no_staff_accounts(
+    api_client, read_only_api_key, issued, staff_client
+):
+    staff_client.post(
+        reverse("admin:auth_user_add"),
+        {"username": "newhire", "password1": "a-long-test-password", "password2": "a-long-test-password"},
+    )
+    apps_key = services.create_api_key(name="photon app", apps_only=True, actor=services.Actor.system()).key
+
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {apps_key}")
+    refused = api_client.get("/api/v1/audit-events")
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only_api_key.key}")
+    listed = api_client.get("/api/v1/audit-events")
+
+    assert AuditEvent.objects.filter(action="user.created").exists()
+    assert refused.status_code == 403
+    assert listed.status_code == 200
+    actions = {event["action"] for event in listed.json()["results"]}
+    assert "license.created" in actions and "user.created" not in actions

@@ -14,7 +14,7 @@ from rest_framework.settings import api_settings
 
 from licensing import keys, services
 from licensing.api.exceptions import error_codes
-from licensing.models import Activation, ActorKind, Customer, License, Plan, Product, SigningKey
+from licensing.models import Activation, ActorKind, AuditEvent, Customer, License, Plan, Product, SigningKey
 
 
 class StrictTextMixin:
@@ -590,6 +590,39 @@ class ExtendLicenseInputSerializer(StrictInputSerializer):
         if [name in data for name in ("days", "months", "expires_at")].count(True) != 1:
             raise serializers.ValidationError({"days": ["Give one of days, months or expires_at."]})
         return data
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    action = serializers.CharField(help_text="What was done: license.created, activation.deactivated, ...")
+    actor_kind = serializers.ChoiceField(
+        choices=ActorKind.choices, help_text="Who did it: staff, an API key, an app..."
+    )
+    actor_display = serializers.CharField(help_text="Who did it, in words: a staff member, an API key's name.")
+    target_type = serializers.CharField(
+        help_text="The kind of record changed: licensing.license, licensing.activation..."
+    )
+    license = serializers.UUIDField(
+        source="license_id", allow_null=True, help_text="The license the change concerns, if any."
+    )
+    changes = serializers.JSONField(help_text="The fields changed, each as [before, after].")
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "action",
+            "actor_kind",
+            "actor_id",
+            "actor_display",
+            "target_type",
+            "target_id",
+            "target_display",
+            "license",
+            "changes",
+            "ip_address",
+        ]
+        read_only_fields = fields
 
 
 class ManagedActivationSerializer(serializers.ModelSerializer):

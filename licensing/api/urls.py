@@ -16,6 +16,7 @@ urlpatterns = [
     path("plans/<int:pk>", views.PlanDetailView.as_view(), name="plan"),
     path("customers", views.CustomerListView.as_view(), name="customers"),
     path("customers/<int:pk>", views.CustomerDetailView.as_view(), name="customer"),
+    path("audit-events", views.AuditEventListView.as_view(), name="audit-events"),
     path("licenses", views.LicenseListView.as_view(), name="licenses"),
     path("licenses/find", views.LicenseFindView.as_view(), name="license-find"),
     path("licenses/<uuid:pk>", views.LicenseDetailView.as_view(), name="license"),

@@ -32,7 +32,7 @@ from licensing.api.exceptions import SERVER_ERROR, error_body
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.throttling import LicenseCallLimits
-from licensing.models import Activation, Customer, IdempotentRequest, License, Plan, Product, SigningKey
+from licensing.models import Activation, AuditEvent, Customer, IdempotentRequest, License, Plan, Product, SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -751,6 +751,39 @@ class LicenseActivationListView(FilteredListMixin, ManagementView, generics.List
 
     def filtered(self, activations, live=None):
         return activations if live is None else activations.filter(deactivated_at__isnull=live)
+
+
+class AuditEventListFilterSerializer(serializers.Serializer):
+    license = serializers.UUIDField(required=False, help_text="Its id: the changes to one license and its devices.")
+    action = serializers.CharField(required=False, max_length=100, help_text="One action, as license.revoked.")
+    since = serializers.DateTimeField(
+        required=False, help_text="Changes at or after this time: a sync's last event, to read on from it."
+    )
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="The audit trail: every change, oldest first", parameters=[AuditEventListFilterSerializer]
+    )
+)
+class AuditEventListView(FilteredListMixin, ManagementView, generics.ListAPIView):
+    # Oldest first: events only ever come after the last one, so a sync reading on with `since`
+    # pages through a list that does not shift under it. Changes to licensing records only: staff
+    # accounts and their rights are the admin's to show, not an API key's.
+    queryset = AuditEvent.objects.filter(target_type__startswith=f"{License._meta.app_label}.").order_by(
+        "created_at", "id"
+    )
+    serializer_class = api.AuditEventSerializer
+    filters_class = AuditEventListFilterSerializer
+
+    def filtered(self, events, license=None, action=None, since=None):
+        if license is not None:
+            events = events.filter(license_id=license)
+        if action is not None:
+            events = events.filter(action=action)
+        if since is not None:
+            events = events.filter(created_at__gte=since)
+        return events
 
 
 class ActivationDeactivateView(ManagementView, APIView):
