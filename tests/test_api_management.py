@@ -351,6 +351,17 @@ def test_customers_filter_by_email_in_any_case_or_external_id(management_client,
     assert (bad.status_code, error(bad)["field"]) == (400, "email")
 
 
+def test_customers_changed_since_a_syncs_last_run_are_listed(management_client, customer, other_customer, actor):
+    Customer.objects.update(updated_at=timezone.now() - timedelta(days=2))
+    last_run = timezone.now() - timedelta(days=1)
+    other_customer.name = "Grace Brewster Hopper"
+    services.save_catalog_record(record=other_customer, actor=actor, fields=["name"])
+
+    response = management_client.get("/api/v1/customers", {"updated_since": last_run.isoformat()})
+
+    assert [found["email"] for found in response.json()["results"]] == ["grace@example.com"]
+
+
 def test_a_customer_update_taking_two_ids_names_both_fields(management_client, customer, other_customer):
     other_customer.external_id = "cus_grace"
     other_customer.save()
@@ -593,7 +604,11 @@ def test_a_bad_filter_is_400(management_client):
         ("/api/v1/licenses", "page_size=5&page_size=500", "Give this once."),
         ("/api/v1/products", "slug=photon", "This list has no such filter; it filters by nothing."),
         ("/api/v1/plans", "identifier=personal", "This list has no such filter; it filters by product."),
-        ("/api/v1/customers", "name=Ada", "This list has no such filter; it filters by email, external_id."),
+        (
+            "/api/v1/customers",
+            "name=Ada",
+            "This list has no such filter; it filters by email, external_id, updated_since.",
+        ),
         (
             "/api/v1/licenses/{license}/activations",
             "fingerprint=a",

@@ -565,6 +565,9 @@ class PlanDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
 class CustomerListFilterSerializer(serializers.Serializer):
     email = serializers.EmailField(required=False, help_text="Any case.")
     external_id = serializers.CharField(required=False, max_length=200, help_text="The billing system's id.")
+    updated_since = serializers.DateTimeField(
+        required=False, help_text="The customer changed at or after this time (a sync's last run)."
+    )
 
 
 @extend_schema_view(get=extend_schema(parameters=[CustomerListFilterSerializer]))
@@ -573,11 +576,13 @@ class CustomerListView(FilteredListMixin, CatalogMixin, generics.ListCreateAPIVi
     serializer_class = api.CustomerSerializer
     filters_class = CustomerListFilterSerializer
 
-    def filtered(self, customers, email=None, external_id=None):
+    def filtered(self, customers, email=None, external_id=None, updated_since=None):
         if email is not None:
             customers = customers.filter(email__iexact=email)
         if external_id is not None:
             customers = customers.filter(external_id=external_id)
+        if updated_since is not None:
+            customers = customers.filter(updated_at__gte=updated_since)
         return customers
 
 
