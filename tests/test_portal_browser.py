@@ -158,6 +158,23 @@ def test_a_long_address_and_a_nameless_device_fit_a_320_px_screen_with_controls_
     assert link_height >= 44 and show_key_height >= 44
 
 
+def test_the_key_is_shown_and_hidden_by_one_control_that_says_which_it_will_do(page, live_server):
+    customer = make_customer(email="linus@example.com")
+    issued = make_license(plan=make_plan(product=make_product(name="Atlas Sync")), customer=customer)
+    sign_in(page, live_server, "linus@example.com")
+    control = page.locator("details.key summary")
+    key = page.get_by_text(issued.key, exact=True)
+
+    closed = (control.inner_text(), key.is_visible())
+    control.click()
+    opened = (control.inner_text(), key.is_visible())
+    control.click()
+
+    assert closed == (f"{issued.license.masked_key} Show key", False)
+    assert opened == (f"{issued.license.masked_key} Hide key", True)
+    assert not key.is_visible()
+
+
 def test_without_a_clipboard_copy_selects_the_key_and_says_how_to_copy_it(page, live_server):
     customer = make_customer(email="linus@example.com")
     issued = make_license(plan=make_plan(product=make_product(name="Atlas Sync")), customer=customer)
