@@ -1412,12 +1412,19 @@ def test_a_bad_audit_trail_filter_is_400_naming_it(management_client, query):
     assert error(response)["field"] == query.split("=")[0]
 
 
-def test_the_audit_trail_is_for_keys_of_the_vendors_systems_and_shows_no_staff_accounts(
+def test_the_audit_trail_is_for_keys_of_the_vendors_systems_and_shows_no_staff_matters(
     api_client, read_only_api_key, issued, staff_client
 ):
     staff_client.post(
         reverse("admin:auth_user_add"),
         {"username": "newhire", "password1": "a-long-test-password", "password2": "a-long-test-password"},
+    )
+    services.activate_license(
+        license_key=issued.key, fingerprint="laptop", actor=services.Actor.app(ip_address="203.0.113.9")
+    )
+    staff_client.post(
+        reverse("admin:licensing_license_changelist"),
+        {"action": "suspend", "_selected_action": [str(issued.license.pk)]},
     )
     apps_key = services.create_api_key(name="photon app", apps_only=True, actor=services.Actor.system()).key
 
@@ -1426,8 +1433,11 @@ def test_the_audit_trail_is_for_keys_of_the_vendors_systems_and_shows_no_staff_a
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only_api_key.key}")
     listed = api_client.get("/api/v1/audit-events")
 
-    assert AuditEvent.objects.filter(action="user.created").exists()
+    assert AuditEvent.objects.filter(action__in=["user.created", "api_key.created", "signing_key.created"]).count() >= 3
+    assert AuditEvent.objects.get(action="license.suspended").ip_address == "127.0.0.1"
     assert refused.status_code == 403
     assert listed.status_code == 200
-    actions = {event["action"] for event in listed.json()["results"]}
-    assert "license.created" in actions and "user.created" not in actions
+    events = {event["action"]: event for event in listed.json()["results"]}
+    assert not {"user.created", "api_key.created", "signing_key.created"} & set(events)
+    assert (events["license.suspended"]["actor_kind"], events["license.suspended"]["ip_address"]) == ("staff", None)
+    assert events["activation.created"]["ip_address"] == "203.0.113.9"

@@ -593,18 +593,29 @@ class ExtendLicenseInputSerializer(StrictInputSerializer):
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
-    action = serializers.CharField(help_text="What was done: license.created, activation.deactivated, ...")
-    actor_kind = serializers.ChoiceField(
-        choices=ActorKind.choices, help_text="Who did it: staff, an API key, an app..."
+    action = serializers.CharField(
+        read_only=True, help_text="What was done: license.created, activation.deactivated..."
     )
-    actor_display = serializers.CharField(help_text="Who did it, in words: a staff member, an API key's name.")
+    actor_kind = serializers.ChoiceField(
+        choices=ActorKind.choices, read_only=True, help_text="Who did it: staff, an API key, an app..."
+    )
+    actor_display = serializers.CharField(
+        read_only=True, help_text="Who did it, in words: a staff member, an API key's name."
+    )
     target_type = serializers.CharField(
-        help_text="The kind of record changed: licensing.license, licensing.activation..."
+        read_only=True, help_text="The kind of record changed: licensing.license, licensing.activation..."
     )
     license = serializers.UUIDField(
-        source="license_id", allow_null=True, help_text="The license the change concerns, if any."
+        source="license_id", read_only=True, allow_null=True, help_text="The license the change concerns, if any."
     )
-    changes = serializers.JSONField(help_text="The fields changed, each as [before, after].")
+    changes = serializers.JSONField(
+        read_only=True,
+        help_text="Mostly each field changed as [before, after]; a refusal gives its reason, and some events "
+        "(a deactivation, a sign-in) nothing.",
+    )
+    ip_address = serializers.IPAddressField(
+        read_only=True, allow_null=True, help_text="Where an app, customer or API key called from; null for staff."
+    )
 
     class Meta:
         model = AuditEvent
@@ -623,6 +634,13 @@ class AuditEventSerializer(serializers.ModelSerializer):
             "ip_address",
         ]
         read_only_fields = fields
+
+    def to_representation(self, event):
+        answer = super().to_representation(event)
+        # Where staff work from is the admin's to show, not the vendor's systems'.
+        if event.actor_kind == ActorKind.STAFF:
+            answer["ip_address"] = None
+        return answer
 
 
 class ManagedActivationSerializer(serializers.ModelSerializer):

@@ -760,9 +760,13 @@ class LicenseActivationListView(FilteredListMixin, ManagementView, generics.List
 
 class AuditEventListFilterSerializer(serializers.Serializer):
     license = serializers.UUIDField(required=False, help_text="Its id: the changes to one license and its devices.")
-    action = serializers.CharField(required=False, max_length=100, help_text="One action, as license.revoked.")
+    action = serializers.CharField(
+        required=False, max_length=100, help_text="One action, as license.revoked; one no event has lists nothing."
+    )
     since = serializers.DateTimeField(
-        required=False, help_text="Changes at or after this time: a sync's last event, to read on from it."
+        required=False,
+        help_text="Changes at or after this time. A sync reads on from a minute before its last event and skips "
+        "the ids it has: an event is stamped before its change commits, so a slower change can land behind it.",
     )
 
 
@@ -772,12 +776,11 @@ class AuditEventListFilterSerializer(serializers.Serializer):
     )
 )
 class AuditEventListView(FilteredListMixin, ManagementView, generics.ListAPIView):
-    # Oldest first: events only ever come after the last one, so a sync reading on with `since`
-    # pages through a list that does not shift under it. Changes to licensing records only: staff
-    # accounts and their rights are the admin's to show, not an API key's.
-    queryset = AuditEvent.objects.filter(target_type__startswith=f"{License._meta.app_label}.").order_by(
-        "created_at", "id"
-    )
+    # Oldest first, for a sync reading on with `since`. Changes to what the management API itself
+    # manages: staff accounts, API keys and signing keys are the admin's to show.
+    queryset = AuditEvent.objects.filter(
+        target_type__in=[model._meta.label_lower for model in (License, Activation, Product, Plan, Customer)]
+    ).order_by("created_at", "id")
     serializer_class = api.AuditEventSerializer
     filters_class = AuditEventListFilterSerializer
 
