@@ -595,9 +595,10 @@ class ActivationInline(admin.TabularInline):
         return super().get_queryset(request).order_by(F("deactivated_at").desc(nulls_first=True), "-created_at")
 
     def get_fields(self, request, obj=None):
-        # The button leads to the license's own deactivation page, which asks to change the license:
-        # staff who may only view licenses get no button they could not use.
-        may_free_slots = request.user.has_perm(f"{License._meta.app_label}.change_{License._meta.model_name}")
+        # The button leads to the license's own deactivation page, which asks the license's admin for
+        # change permission: staff who may only view licenses get no button they could not use.
+        license_admin = self.admin_site.get_model_admin(self.parent_model)
+        may_free_slots = license_admin.has_change_permission(request, obj)
         return [*self.fields, "free_slot"] if may_free_slots else self.fields
 
     def has_add_permission(self, request, obj=None):

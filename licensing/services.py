@@ -1063,8 +1063,11 @@ def _refuse_another_customers_license(license: License, actor: Actor) -> None:
 CHURN_LIMITED_ACTORS = {ActorKind.APP, ActorKind.CUSTOMER}
 
 
-def _recent_churn(license: License, *, since: datetime) -> models.QuerySet[Activation]:
-    return license.activations.filter(deactivated_at__gte=since, deactivated_by_kind__in=CHURN_LIMITED_ACTORS)
+def _recent_churn(licenses: Collection[License | uuid.UUID], *, since: datetime) -> models.QuerySet[Activation]:
+    """Devices of `licenses` that apps or customers freed since `since` (staff's do not count)."""
+    return Activation.objects.filter(
+        license__in=licenses, deactivated_at__gte=since, deactivated_by_kind__in=CHURN_LIMITED_ACTORS
+    )
 
 
 def remaining_device_changes(license: License) -> int | None:
@@ -1076,7 +1079,7 @@ def remaining_device_changes(license: License) -> int | None:
     if plan is None or plan.max_deactivations is None or license.max_activations is None:
         return None
     since = timezone.now() - timedelta(days=plan.deactivation_window_days)
-    return max(plan.max_deactivations - _recent_churn(license, since=since).count(), 0)
+    return max(plan.max_deactivations - _recent_churn([license], since=since).count(), 0)
 
 
 def _churn_refusal(license: License, *, actor: Actor, count: int) -> errors.LicensingError | None:
@@ -1116,9 +1119,7 @@ def _freed_and_gone(licenses: Collection[License | uuid.UUID], *, since: datetim
     """Devices of `licenses` that apps or customers freed since `since` and that are not live again:
     a device that came back holds its live slot again."""
     came_back = Activation.objects.live().filter(license=OuterRef("license"), fingerprint=OuterRef("fingerprint"))
-    return Activation.objects.filter(
-        license__in=licenses, deactivated_at__gte=since, deactivated_by_kind__in=CHURN_LIMITED_ACTORS
-    ).exclude(Exists(came_back))
+    return _recent_churn(licenses, since=since).exclude(Exists(came_back))
 
 
 def _freed_times(rows: Iterable[tuple[uuid.UUID, str | None, datetime]]) -> list[datetime]:

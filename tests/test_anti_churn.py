@@ -38,6 +38,19 @@ def deactivate(issued, fingerprint, actor):
     return services.deactivate_activation(activation=activation, actor=actor)
 
 
+def sign_in(client, customer) -> None:
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+
+
+def license_with_a_slot_cooling_down(customer, actor, *, max_activations: int = 1, fingerprint: str = "a"):
+    """A license of a plan with an hour's slot cooldown, whose device `fingerprint` an app just freed."""
+    issued = make_license(plan=make_plan(max_activations=max_activations, slot_cooldown_minutes=60), customer=customer)
+    activate(issued, fingerprint)
+    deactivate(issued, fingerprint, actor)
+    return issued
+
+
 def test_apps_get_the_plans_number_of_device_changes_then_a_refusal(churny, app_actor):
     deactivate(churny, "a", app_actor)
     deactivate(churny, "b", app_actor)
@@ -162,8 +175,7 @@ def test_getkeymanager_answers_its_access_denied_code(api_client, churny, app_ac
 
 
 def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, customer, app_actor):
-    client.post(reverse("portal:sign-in"), {"email": customer.email})
-    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+    sign_in(client, customer)
     page = client.get(reverse("portal:license", args=[churny.license.pk])).content.decode()
     assert "2 of 2 left; a deactivation counts for 30 days" in page
     deactivate(churny, "a", app_actor)
@@ -180,12 +192,9 @@ def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, custo
 
 
 def test_the_portal_says_when_a_freed_slot_takes_a_new_device(client, customer, app_actor):
-    issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
-    activate(issued, "a")
-    deactivate(issued, "a", app_actor)
+    issued = license_with_a_slot_cooling_down(customer, app_actor, max_activations=2)
     freed_at = Activation.objects.get(fingerprint="a").deactivated_at
-    client.post(reverse("portal:sign-in"), {"email": customer.email})
-    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+    sign_in(client, customer)
 
     page = client.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
 
@@ -195,12 +204,9 @@ def test_the_portal_says_when_a_freed_slot_takes_a_new_device(client, customer, 
 
 
 def test_the_portals_list_says_a_freed_slot_is_cooling_down_beside_the_slots_in_use(client, customer, app_actor):
-    issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
-    activate(issued, "a")
-    deactivate(issued, "a", app_actor)
+    license_with_a_slot_cooling_down(customer, app_actor)
     freed_at = Activation.objects.get(fingerprint="a").deactivated_at
-    client.post(reverse("portal:sign-in"), {"email": customer.email})
-    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+    sign_in(client, customer)
 
     page = client.get(reverse("portal:licenses")).content.decode()
 
@@ -209,23 +215,13 @@ def test_the_portals_list_says_a_freed_slot_is_cooling_down_beside_the_slots_in_
     assert f"1 freed slot is cooling down: it takes a new device from {date_format(reopens, 'j F Y, H:i T')}" in page
 
 
-def sign_in(client, customer) -> None:
-    client.post(reverse("portal:sign-in"), {"email": customer.email})
-    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
-
-
 def test_the_portals_list_reads_every_licenses_cooling_slots_in_one_query(client, customer, app_actor):
-    def license_with_a_slot_cooling_down(fingerprint):
-        issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
-        activate(issued, fingerprint)
-        deactivate(issued, fingerprint, app_actor)
-
-    license_with_a_slot_cooling_down("a")
+    license_with_a_slot_cooling_down(customer, app_actor, fingerprint="a")
     sign_in(client, customer)
     with CaptureQueriesContext(connection) as one:
         client.get(reverse("portal:licenses"))
-    license_with_a_slot_cooling_down("b")
-    license_with_a_slot_cooling_down("c")
+    license_with_a_slot_cooling_down(customer, app_actor, fingerprint="b")
+    license_with_a_slot_cooling_down(customer, app_actor, fingerprint="c")
 
     with CaptureQueriesContext(connection) as three:
         page = client.get(reverse("portal:licenses")).content.decode()
@@ -235,9 +231,7 @@ def test_the_portals_list_reads_every_licenses_cooling_slots_in_one_query(client
 
 
 def test_the_portals_list_tells_of_no_cooling_slot_on_a_license_that_cannot_be_used(client, customer, app_actor):
-    issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
-    activate(issued, "a")
-    deactivate(issued, "a", app_actor)
+    issued = license_with_a_slot_cooling_down(customer, app_actor)
     services.suspend_license(license=issued.license, actor=app_actor)
     sign_in(client, customer)
 
@@ -251,8 +245,7 @@ def test_a_device_freed_in_the_portal_says_when_its_slot_takes_a_new_one(client,
     issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
     activation = activate(issued, "a", name="Old laptop").activation
     activate(issued, "b")
-    client.post(reverse("portal:sign-in"), {"email": customer.email})
-    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+    sign_in(client, customer)
 
     response = client.post(reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk]), follow=True)
 
@@ -267,8 +260,7 @@ def test_a_device_freed_in_the_portal_says_when_its_slot_takes_a_new_one(client,
 def test_a_device_freed_in_the_portal_beside_a_free_slot_tells_of_no_wait(client, customer):
     issued = make_license(plan=make_plan(max_activations=2, slot_cooldown_minutes=60), customer=customer)
     activation = activate(issued, "a", name="Old laptop").activation
-    client.post(reverse("portal:sign-in"), {"email": customer.email})
-    client.post(mail.outbox[-1].body.split("testserver", 1)[1].split()[0])
+    sign_in(client, customer)
 
     response = client.post(reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk]), follow=True)
 
@@ -277,9 +269,7 @@ def test_a_device_freed_in_the_portal_beside_a_free_slot_tells_of_no_wait(client
 
 
 def test_the_device_that_freed_a_slot_may_come_back_to_it(customer, app_actor):
-    issued = make_license(plan=make_plan(max_activations=1, slot_cooldown_minutes=60), customer=customer)
-    activate(issued, "a")
-    deactivate(issued, "a", app_actor)
+    issued = license_with_a_slot_cooling_down(customer, app_actor)
 
     assert activate(issued, "a").created
     deactivate(issued, "a", app_actor)
