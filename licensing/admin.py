@@ -7,7 +7,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,7 +18,7 @@ from django.contrib.admin import AdminSite
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.widgets import AutocompleteSelect
+from django.contrib.admin.widgets import AutocompleteSelect, RelatedFieldWidgetWrapper
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group, User
@@ -92,6 +92,17 @@ class HandMadeInputMixin:
             self.message_user(request, _("The selection names no record of this list."), messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
         return super().response_action(request, queryset)
+
+
+class NoDeleteBesideChoicesMixin:
+    """No × beside a product, plan or customer chosen on a page: the record the page is for refers to
+    it (a protected reference), so deleting it from there is always refused."""
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if formfield is not None and isinstance(formfield.widget, RelatedFieldWidgetWrapper):
+            formfield.widget.can_delete_related = False
+        return formfield
 
 
 class ServiceErrorsMixin:
@@ -288,7 +299,9 @@ def record_trail_url(target_type: str, target_id: Any) -> str:
     return f"{reverse('admin:licensing_auditevent_changelist')}?{query}"
 
 
-class CatalogAdmin(RecordTrailMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
+class CatalogAdmin(
+    RecordTrailMixin, NoDeleteBesideChoicesMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin
+):
     """Products, plans and customers, saved and deleted through the services so each change is audited."""
 
     form = OpenedVersionForm
@@ -416,13 +429,25 @@ class ExpiryListFilter(admin.SimpleListFilter):
     title = _("expiry")
     parameter_name = "expiry"
 
+    # For renewal reminders: the licenses about to lapse (revoked ones too; the status filter narrows).
+    WITHIN_DAYS = {"7d": 7, "30d": 30}
+
     def lookups(self, request, model_admin):
-        return [("expired", _("Expired")), ("current", _("Not expired")), ("never", _("Never expires"))]
+        return [
+            ("expired", _("Expired")),
+            ("7d", _("Expires within 7 days")),
+            ("30d", _("Expires within 30 days")),
+            ("current", _("Not expired")),
+            ("never", _("Never expires")),
+        ]
 
     def queryset(self, request, queryset):
         now = timezone.now()
         if self.value() == "expired":
             return queryset.exclude(License.unexpired_at(now))
+        if self.value() in self.WITHIN_DAYS:
+            days = self.WITHIN_DAYS[self.value()]
+            return queryset.filter(expires_at__gt=now, expires_at__lte=now + timedelta(days=days))
         if self.value() == "current":
             return queryset.filter(License.unexpired_at(now))
         if self.value() == "never":
@@ -498,11 +523,22 @@ class LicenseAddForm(forms.ModelForm):
             "expires_at": _("Leave empty to use the plan's duration (never expires without a plan)."),
         }
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A plan names its product: staff who pick the plan need not pick the product too.
+        self.fields["product"].required = False
+        self.fields["product"].help_text = _("Leave empty to use the plan's product.")
+
     def clean(self):
         cleaned = super().clean()
         for box, field in [("unlimited_devices", "max_activations"), ("never_expires", "expires_at")]:
             if cleaned.get(box) and cleaned.get(field) is not None:
                 self.add_error(box, _("Leave %(field)s empty, or untick this.") % {"field": self[field].label})
+        if "product" in cleaned and "plan" in cleaned and cleaned["product"] is None:
+            if cleaned["plan"] is None:
+                self.add_error("product", _("Choose a product, or a plan of it."))
+            else:
+                cleaned["product"] = cleaned["plan"].product
         if self.errors or "product" not in cleaned:
             return cleaned
         try:
@@ -625,7 +661,14 @@ def audit_trail_url(license_id) -> str:
 
 
 @admin.register(License)
-class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, ServiceErrorsMixin, admin.ModelAdmin):
+class LicenseAdmin(
+    RecordTrailMixin,
+    NoSecretLookupsMixin,
+    NoDeleteBesideChoicesMixin,
+    HandMadeInputMixin,
+    ServiceErrorsMixin,
+    admin.ModelAdmin,
+):
     list_display = ["masked_key", "state", "product_name", "plan_name", "customer_email", "devices_used", "expiry"]
     list_filter = ["status", "product", ("plan", PlanListFilter), ExpiryListFilter]
     list_select_related = ["product", "plan", "customer"]
@@ -963,12 +1006,25 @@ class LicenseAdmin(RecordTrailMixin, NoSecretLookupsMixin, HandMadeInputMixin, S
         # Years are calendar years (the same day a year on, leap days included), not 365 days.
         period = {"days": count} if unit == "days" else {"months": count * MONTHS_PER_UNIT[unit]}
         actor = staff_actor(request)
+        extended = []
+
+        def extend(license: License) -> License:
+            extended.append(services.extend_license(license=license, actor=actor, **period))
+            return extended[-1]
+
         self._apply(
             request,
             queryset,
-            lambda lic: services.extend_license(license=lic, actor=actor, **period),
+            extend,
             ngettext_lazy("%(count)d license extended.", "%(count)d licenses extended.", "count"),
         )
+        # Support tells the customer the new date; a lapsed license counts from now, not from its old expiry.
+        if len(extended) == 1:
+            message = _("%(key)s now expires on %(date)s.") % {
+                "key": extended[0].masked_key,
+                "date": date_format(timezone.localtime(extended[0].expires_at), "j F Y, H:i T"),
+            }
+            self.message_user(request, message, messages.INFO)
 
     @admin.action(description=_("Deactivate all devices of selected licenses"), permissions=["change"])
     def deactivate_all_devices(self, request, queryset):
@@ -1393,21 +1449,26 @@ class ApiKeyAddForm(forms.ModelForm):
         return cleaned
 
 
+class ApiKeyStateFilter(admin.SimpleListFilter):
+    title = _("status")
+    parameter_name = "revoked"
+
+    def lookups(self, request, model_admin):
+        return [("no", _("Works")), ("yes", _("Revoked"))]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("no", "yes"):
+            return queryset.filter(revoked_at__isnull=self.value() == "no")
+        return queryset
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(MadeByServiceAdmin):
     """Keys for the management API, or for apps. A key is shown once, when it is made; only its digest is kept."""
 
-    list_display = [
-        "name",
-        "prefix",
-        "read_only",
-        "apps_only",
-        "created_by",
-        "created_at",
-        "last_used_at",
-        "revoked_at",
-    ]
-    list_filter = ["read_only", "apps_only", ("revoked_at", admin.EmptyFieldListFilter)]
+    # Whether a key still works comes first, beside its name: a leaked key is revoked from this list.
+    list_display = ["name", "prefix", "state", "access", "created_at", "last_used_at"]
+    list_filter = [ApiKeyStateFilter, "read_only", "apps_only"]
     search_fields = ["name", "prefix"]
     fields = ["name", "prefix", "read_only", "apps_only", "created_by", "created_at", "last_used_at", "revoked_at"]
     actions = ["restrict_to_apps", "revoke"]
@@ -1464,8 +1525,29 @@ class ApiKeyAdmin(MadeByServiceAdmin):
             ),
         )
 
+    @admin.display(description=_("status"), ordering="revoked_at")
+    def state(self, api_key: ApiKey) -> str:
+        if api_key.revoked_at is None:
+            return _("Works")
+        return _("Revoked %(date)s") % {"date": date_format(timezone.localtime(api_key.revoked_at), "j M Y")}
+
+    @admin.display(description=_("access"))
+    def access(self, api_key: ApiKey) -> str:
+        if api_key.apps_only:
+            return _("Apps' license calls")
+        return _("Read only") if api_key.read_only else _("Full")
+
     @admin.action(description=_("Revoke selected API keys"), permissions=["change"])
     def revoke(self, request, queryset):
+        # For good, and one slip stops a billing system or every app that ships the key: asked again.
+        if request.POST.get("confirmed") != "yes":
+            return admin_page(
+                self,
+                request,
+                "admin/licensing/apikey/revoke_confirmation.html",
+                _("Revoke API keys for good?"),
+                api_keys=queryset,
+            )
         revoked = sum(
             services.revoke_api_key(api_key=api_key, actor=staff_actor(request)).revoked_at != api_key.revoked_at
             for api_key in queryset

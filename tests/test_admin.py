@@ -14,6 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import escape
 
 from licensing import errors, services
@@ -196,6 +197,23 @@ def test_staff_create_a_license_with_a_generated_key_and_see_it(staff_client, pl
     assert key in staff_client.get(change_url(license)).content.decode()
 
 
+def test_staff_create_a_license_by_its_plan_alone(staff_client, plan, customer):
+    response = staff_client.post(
+        reverse("admin:licensing_license_add"), {"plan": plan.pk, "customer": customer.pk, "metadata": "{}"}
+    )
+
+    assert response.status_code == 302
+    assert (License.objects.get().product, License.objects.get().plan) == (plan.product, plan)
+
+
+def test_a_license_with_neither_product_nor_plan_is_refused_on_the_product(staff_client, customer):
+    response = staff_client.post(reverse("admin:licensing_license_add"), {"customer": customer.pk, "metadata": "{}"})
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"product": ["Choose a product, or a plan of it."]}
+    assert not License.objects.exists()
+
+
 def test_staff_import_a_license_with_its_existing_key(staff_client, plan):
     staff_client.post(
         reverse("admin:licensing_license_add"),
@@ -320,6 +338,7 @@ def test_extending_a_revoked_license_is_refused_and_said(staff_client, plan, act
         f"{revoked.masked_key}: A revoked license's terms (plan, limits, expiry) cannot change: issue a new "
         "license instead.",
         "1 license extended.",
+        f"{active.masked_key} now expires on {expiry_text(expires_at + timedelta(days=30))}.",
     ]
 
 
@@ -841,6 +860,16 @@ def test_find_by_key_needs_license_permission(client, issued):
     assert client.post(reverse("admin:licensing_license_find"), {"key": issued.key}).status_code == 403
 
 
+def test_pages_offer_no_delete_beside_a_record_they_refer_to(staff_client, issued):
+    license_page = staff_client.get(change_url(issued.license)).content.decode()
+    plan_page = staff_client.get(reverse("admin:licensing_plan_add")).content.decode()
+
+    assert 'id="change_id_customer"' in license_page
+    assert 'id="delete_id_customer"' not in license_page
+    assert 'id="change_id_product"' in plan_page
+    assert 'id="delete_id_product"' not in plan_page
+
+
 def test_filter_expired_licenses(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
     make_license(plan=plan, expires_at=timezone.now() + timedelta(days=1))
@@ -849,6 +878,21 @@ def test_filter_expired_licenses(staff_client, plan):
     response = staff_client.get(changelist("license"), {"expiry": "expired"})
 
     assert list(response.context["cl"].result_list) == [expired]
+
+
+def test_filter_licenses_expiring_within_days(staff_client, plan):
+    now = timezone.now()
+    this_week = make_license(plan=plan, expires_at=now + timedelta(days=6)).license
+    this_month = make_license(plan=plan, expires_at=now + timedelta(days=29)).license
+    make_license(plan=plan, expires_at=now + timedelta(days=31))
+    make_license(plan=plan, expires_at=now - timedelta(days=1))
+    make_license(plan=plan, expires_at=None)
+
+    within_7 = staff_client.get(changelist("license"), {"expiry": "7d"}).context["cl"].result_list
+    within_30 = staff_client.get(changelist("license"), {"expiry": "30d"}).context["cl"].result_list
+
+    assert list(within_7) == [this_week]
+    assert set(within_30) == {this_week, this_month}
 
 
 def test_suspend_reinstate_and_revoke_actions(staff_client, issued):
@@ -897,7 +941,10 @@ def test_staff_act_on_one_license_from_its_page_and_come_back_to_it(staff_client
     assert "selected licenses" not in page
     assert suspended.redirect_chain == [(change_url(issued.license), 302)]
     assert page_messages(suspended) == ["1 license suspended."]
-    assert page_messages(extended) == ["1 license extended."]
+    assert page_messages(extended) == [
+        "1 license extended.",
+        f"{issued.license.masked_key} now expires on {expiry_text(issued.license.expires_at + timedelta(days=30))}.",
+    ]
     assert 'name="from_license_page" value="1"' in confirmation
     assert revoked.redirect_chain == [(change_url(issued.license), 302)]
     assert License.objects.get(pk=issued.license.pk).status == "revoked"
@@ -948,14 +995,31 @@ def test_staff_who_may_only_view_a_license_get_no_actions_on_its_page(viewer_cli
     assert "Act on this license" not in page
 
 
-def test_extend_action_adds_the_days_given(staff_client, plan):
+def expiry_text(moment: datetime) -> str:
+    return date_format(timezone.localtime(moment), "j F Y, H:i T")
+
+
+def test_extend_action_adds_the_days_given_and_says_the_new_expiry(staff_client, plan):
     expires_at = timezone.now() + timedelta(days=5)
     license = make_license(plan=plan, expires_at=expires_at).license
 
     response = action(staff_client, "license", "extend", [license], days="30")
 
     assert License.objects.get(pk=license.pk).expires_at == expires_at + timedelta(days=30)
-    assert "1 license extended." in page_messages(response)
+    assert page_messages(response) == [
+        "1 license extended.",
+        f"{license.masked_key} now expires on {expiry_text(expires_at + timedelta(days=30))}.",
+    ]
+
+
+def test_extending_a_lapsed_license_counts_from_today_and_says_the_date(staff_client, plan):
+    license = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=40)).license
+
+    response = action(staff_client, "license", "extend", [license], days="14")
+
+    new_expiry = License.objects.get(pk=license.pk).expires_at
+    assert timezone.now() + timedelta(days=13) < new_expiry <= timezone.now() + timedelta(days=14)
+    assert f"{license.masked_key} now expires on {expiry_text(new_expiry)}." in page_messages(response)
 
 
 @pytest.mark.parametrize(
@@ -1377,13 +1441,42 @@ def test_importing_an_api_key_with_full_access_is_warned_about(staff_client):
     assert services.authenticate_api_key(backend["key"]).apps_only is False
 
 
-def test_revoking_an_api_key_in_the_admin(staff_client, actor):
-    issued = services.create_api_key(name="old", actor=actor)
+def test_revoking_an_api_key_in_the_admin_asks_first(staff_client, actor):
+    issued = services.create_api_key(name="billing", actor=actor)
 
-    action(staff_client, "apikey", "revoke", [issued.api_key])
+    asked = action(staff_client, "apikey", "revoke", [issued.api_key])
 
+    assert "Revoking is for good" in asked.content.decode()
+    assert f"billing · {issued.api_key.prefix}… · never used" in asked.content.decode()
+    assert services.authenticate_api_key(issued.key) is not None
+
+    response = action(staff_client, "apikey", "revoke", [issued.api_key], confirmed="yes")
+
+    assert page_messages(response) == ["1 API key revoked."]
     assert services.authenticate_api_key(issued.key) is None
     assert AuditEvent.objects.filter(action="api_key.revoked", actor_kind="staff").count() == 1
+
+
+def test_the_api_key_list_says_which_keys_still_work(staff_client, actor):
+    billing = services.create_api_key(name="billing", read_only=True, actor=actor).api_key
+    leaked = services.create_api_key(name="leaked", actor=actor).api_key
+    services.revoke_api_key(api_key=leaked, actor=actor)
+    shipped = services.create_api_key(name="shipped", apps_only=True, actor=actor).api_key
+
+    page = staff_client.get(changelist("apikey")).content.decode()
+    revoked_on = date_format(timezone.localtime(ApiKey.objects.get(pk=leaked.pk).revoked_at), "j M Y")
+
+    for prefix, state, access in [
+        (billing.prefix, "Works", "Read only"),
+        (leaked.prefix, f"Revoked {revoked_on}", "Full"),
+        (shipped.prefix, "Works", "Apps&#x27; license calls"),
+    ]:
+        assert (
+            f'<td class="field-prefix">{prefix}</td><td class="field-state">{state}</td>'
+            f'<td class="field-access">{access}</td>'
+        ) in page
+    still_working = staff_client.get(changelist("apikey"), {"revoked": "no"}).context["cl"].result_list
+    assert set(still_working) == {billing, shipped}
 
 
 def test_a_key_shipped_in_apps_is_restricted_to_license_calls_in_the_admin(staff_client, api_client, actor):
@@ -1403,9 +1496,9 @@ def test_a_key_shipped_in_apps_is_restricted_to_license_calls_in_the_admin(staff
 
 def test_revoking_an_api_key_again_says_it_was_already_revoked(staff_client, actor):
     issued = services.create_api_key(name="old", actor=actor)
-    action(staff_client, "apikey", "revoke", [issued.api_key])
+    action(staff_client, "apikey", "revoke", [issued.api_key], confirmed="yes")
 
-    response = action(staff_client, "apikey", "revoke", [issued.api_key])
+    response = action(staff_client, "apikey", "revoke", [issued.api_key], confirmed="yes")
 
     assert page_messages(response) == ["1 API key was already revoked."]
     assert AuditEvent.objects.filter(action="api_key.revoked").count() == 1
