@@ -25,7 +25,7 @@ from django.contrib.auth.models import Group, User
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, Model, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -1154,6 +1154,21 @@ class OneRecordFilter(admin.SimpleListFilter):
         return Q(target_type=target_type, target_id=target_id) if separator else Q(pk__in=[])
 
 
+AUDITED_MODELS = [Product, Plan, Customer, License, Activation, ApiKey, SigningKey, RsaKey, User, Group]
+
+
+def visible_audited(request: HttpRequest) -> list[type[Model]]:
+    """The audited records this staff member may see in the admin: their trail, and no other's."""
+    return [
+        model
+        for model in AUDITED_MODELS
+        if any(
+            request.user.has_perm(f"{model._meta.app_label}.{right}_{model._meta.model_name}")
+            for right in ("view", "change")
+        )
+    ]
+
+
 class RecordTypeFilter(admin.SimpleListFilter):
     title = _("record type")
     parameter_name = "target_type"
@@ -1161,9 +1176,8 @@ class RecordTypeFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         # The records events are about, named as the admin names them; not read from the trail,
         # whose every row a DISTINCT would scan.
-        audited = [Product, Plan, Customer, License, Activation, ApiKey, SigningKey, RsaKey, User, Group]
         return sorted(
-            ((model._meta.label_lower, capfirst(model._meta.verbose_name)) for model in audited),
+            ((model._meta.label_lower, capfirst(model._meta.verbose_name)) for model in visible_audited(request)),
             key=lambda choice: str(choice[1]),
         )
 
@@ -1192,6 +1206,12 @@ class AuditEventAdmin(admin.ModelAdmin):
         "license_link",
         "what_changed",
     ]
+
+    def get_queryset(self, request):
+        # Support who may not open API keys or staff accounts do not read their changes here either.
+        visible = visible_audited(request)
+        hidden = [model._meta.label_lower for model in AUDITED_MODELS if model not in visible]
+        return super().get_queryset(request).exclude(target_type__in=hidden)
 
     def has_add_permission(self, request):
         return False

@@ -870,6 +870,24 @@ def test_pages_offer_no_delete_beside_a_record_they_refer_to(staff_client, issue
     assert 'id="delete_id_product"' not in plan_page
 
 
+def test_staff_read_only_the_trail_of_records_they_may_view(client, world):
+    support = get_user_model().objects.create_user("support", password="a-long-test-password", is_staff=True)
+    support.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_license", "view_activation", "view_auditevent"])
+    )
+    client.force_login(support)
+    api_key_event = AuditEvent.objects.get(action="api_key.created")
+
+    listed = client.get(changelist("auditevent")).context["cl"]
+    opened = client.get(change_url(api_key_event))
+
+    assert {event.target_type for event in listed.result_list} == {"licensing.license", "licensing.activation"}
+    record_types = next(spec for spec in listed.filter_specs if spec.parameter_name == "target_type")
+    assert sorted(value for value, _ in record_types.lookup_choices) == ["licensing.activation", "licensing.license"]
+    assert opened.status_code == 302
+    assert AuditEvent.objects.filter(target_type="licensing.apikey").exists()
+
+
 def test_filter_expired_licenses(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
     make_license(plan=plan, expires_at=timezone.now() + timedelta(days=1))
