@@ -251,8 +251,10 @@ LOGGING = {
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
         }
     },
-    "filters": {"without_traceback": {"()": "licensing.log_format.WithoutTraceback"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console"}},
+    "filters": {"refusals_as_warnings": {"()": "licensing.log_format.RefusalsAsWarnings"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "console", "filters": ["refusals_as_warnings"]}
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own console handler would print every line a second time through the root logger.
@@ -261,8 +263,6 @@ LOGGING = {
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # Each 4xx would be a second line beside its request line; apps send unknown keys all day.
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
-        # Scanners and health checks by IP address send unknown Host headers all day: one line each.
-        "django.security.DisallowedHost": {"filters": ["without_traceback"]},
     },
 }
 

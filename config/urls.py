@@ -1,16 +1,16 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
-from licensing.api.views import UnknownEndpointView
+from licensing.api.views import SchemaView, UnknownEndpointView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("licensing.api.urls")),
     path("compat/", include("licensing.dialects.urls")),
     path("portal/", include("portal.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     re_path(r"^api/", UnknownEndpointView.as_view()),
     # The bare prefixes too, as JSON: Django would redirect them to their slash, which a POST cannot follow.

@@ -18,6 +18,7 @@ from django.contrib.admin import AdminSite
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.contrib.admin.widgets import AutocompleteSelect, RelatedFieldWidgetWrapper
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -83,6 +84,28 @@ class HandMadeInputMixin:
         # The list's search box refuses a NUL (its form does); the autocomplete's term has no form,
         # and PostgreSQL refuses NUL in text.
         return super().get_search_results(request, queryset, search_term.replace("\x00", ""))
+
+    def changelist_view(self, request, extra_context=None):
+        # Django's own answer to a filter it cannot apply (?e=1), for two it would fail the page
+        # with: a NUL, which PostgreSQL refuses in text, and a date drill-down past year 9998, whose
+        # end (a year, month or day later) overflows Python's dates.
+        if self._has_nul(request) or not self._has_valid_dates(request):
+            return HttpResponseRedirect(f"{request.path}?{ERROR_FLAG}=1")
+        return super().changelist_view(request, extra_context)
+
+    @staticmethod
+    def _has_nul(request) -> bool:
+        return any("\x00" in key or "\x00" in value for key, values in request.GET.lists() for value in values)
+
+    def _has_valid_dates(self, request) -> bool:
+        for part, highest in [("year", 9998), ("month", 12), ("day", 31)]:
+            value = request.GET.get(f"{self.date_hierarchy}__{part}") if self.date_hierarchy else None
+            if value is None:
+                continue
+            # Digits only, and few: int() of thousands of digits is refused, and slow.
+            if not (value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= highest):
+                return False
+        return True
 
     def response_action(self, request, queryset):
         # Checked before Django filters by them: an id no record could have fails that query, as a
@@ -1186,7 +1209,7 @@ class RecordTypeFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(HandMadeInputMixin, admin.ModelAdmin):
     # Few enough columns to fit a laptop's screen beside the menu; the event's page has the rest.
     list_display = ["created_at", "action", "actor", "record", "license_link"]
     list_filter = [OneLicenseFilter, OneRecordFilter, RecordTypeFilter, "action", "actor_kind", "created_at"]
@@ -1796,7 +1819,7 @@ admin.site.unregister(Group)
 
 
 @admin.register(User)
-class StaffUserAdmin(AuditedAccountMixin, UserAdmin):
+class StaffUserAdmin(AuditedAccountMixin, HandMadeInputMixin, UserAdmin):
     # Facts, not settings: editable, every save rewrote the date joined without its microseconds.
     readonly_fields = ["last_login", "date_joined"]
 
@@ -1809,5 +1832,5 @@ class StaffUserAdmin(AuditedAccountMixin, UserAdmin):
 
 
 @admin.register(Group)
-class StaffGroupAdmin(AuditedAccountMixin, GroupAdmin):
+class StaffGroupAdmin(AuditedAccountMixin, HandMadeInputMixin, GroupAdmin):
     pass

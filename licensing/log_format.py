@@ -14,12 +14,19 @@ SIGN_IN_TOKEN = re.compile(r"(/portal/sign-in/)[^/\s\"']+")
 # The development server logs whole request lines, whose query string can hold a license key
 # (Keymint's GET /key); the request log leaves query strings out for that reason.
 QUERY_STRING = re.compile(r"\?[^\s\"]*")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConsoleFormatter(logging.Formatter):
     """Plain lines, except the request log's: those are JSON objects already, time included, so a
     log shipper can parse each line whole. No line shows a sign-in link's token or, from the
     development server, a query string."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Messages quote what clients sent (a Host header, a query parameter): a line break in one
+        # would start a forged line, a NUL would make the log binary to grep.
+        record.message = CONTROL_CHARACTER.sub(lambda match: f"\\x{ord(match.group()):02x}", record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = record.getMessage() if record.name == REQUEST_LOG else super().format(record)
@@ -28,10 +35,14 @@ class ConsoleFormatter(logging.Formatter):
         return SIGN_IN_TOKEN.sub(r"\1…", line)
 
 
-class WithoutTraceback(logging.Filter):
-    """Drop a record's traceback: for expected refusals whose message says all there is to say."""
+class RefusalsAsWarnings(logging.Filter):
+    """Django's `django.security.*` records are requests it refused with a 400 (an unknown Host, too
+    many form fields, a tampered admin URL), which scanners send all day: a warning line each, not
+    an error with a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info = None
-        record.exc_text = None
+        if record.name.startswith("django.security."):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         return True

@@ -888,6 +888,46 @@ def test_staff_read_only_the_trail_of_records_they_may_view(client, world):
     assert AuditEvent.objects.filter(target_type="licensing.apikey").exists()
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "auditevent/?record=licensing.product:%00",
+        "auditevent/?target_type=%00",
+        "auditevent/?action=%00",
+        "auditevent/?actor_kind__exact=%00",
+        "license/?status__exact=%00",
+        "plan/?duration_unit__exact=%00",
+        "activation/?platform=%00",
+        "auditevent/?created_at__year=9999",
+        "auditevent/?created_at__year=9999&created_at__month=12&created_at__day=31",
+        "auditevent/?created_at__year=9223372036854775808",
+        "auditevent/?created_at__year=2026&created_at__month=99999999999999999999",
+        "auditevent/?created_at__year=2026&created_at__month=%00",
+    ],
+)
+def test_a_list_filter_no_page_sends_is_refused_as_django_refuses_an_unknown_one(staff_client, world, query):
+    response = staff_client.get(f"/admin/licensing/{query}", follow=True)
+
+    assert response.redirect_chain == [(f"/admin/licensing/{query.partition('?')[0]}?e=1", 302)]
+    assert response.status_code == 200
+
+
+def test_a_history_button_with_a_nul_for_an_id_leads_to_no_error(staff_client):
+    response = staff_client.get("/admin/licensing/product/%00/history/", follow=True)
+
+    assert response.status_code == 200
+
+
+def test_the_audit_trail_drills_down_to_a_day(staff_client, world):
+    today = timezone.now()
+    query = {"created_at__year": today.year, "created_at__month": today.month, "created_at__day": today.day}
+
+    response = staff_client.get(changelist("auditevent"), query)
+
+    assert response.status_code == 200
+    assert len(response.context["cl"].result_list) == AuditEvent.objects.count()
+
+
 def test_filter_expired_licenses(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
     make_license(plan=plan, expires_at=timezone.now() + timedelta(days=1))

@@ -912,6 +912,17 @@ def test_schema_validates_and_docs_need_no_cdn(client):
     assert client.get("/api/schema/").status_code == 200
 
 
+@pytest.mark.parametrize("query", ["version=%0d", "version=%00", "format=json&version=2", "lang=%00", "lang=x%0dy"])
+def test_the_schema_ignores_a_version_or_language_it_does_not_have(client, query):
+    response = client.get(f"/api/schema/?{query}")
+
+    assert response.status_code == 200
+    assert response["Content-Disposition"] in (
+        'inline; filename="Licensing server API.yaml"',
+        'inline; filename="Licensing server API.json"',
+    )
+
+
 def openapi(client) -> dict:
     return client.get("/api/schema/?format=json").json()
 

@@ -130,6 +130,38 @@ def test_an_unknown_host_is_one_log_line_without_a_traceback(client, caplog):
     assert "Invalid HTTP_HOST header: '203.0.113.9'" in record.getMessage()
 
 
+def console_handler() -> logging.Handler:
+    [handler] = [h for h in logging.getLogger("django").handlers if isinstance(h.formatter, ConsoleFormatter)]
+    return handler
+
+
+def test_a_request_django_refuses_as_suspicious_is_one_warning_line(client, caplog):
+    client.get("/portal/")
+    fields = {f"field{number}": "x" for number in range(1001)}
+
+    response = client.post("/portal/", {**fields, "csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+
+    assert response.status_code == 400
+    [record] = [record for record in caplog.records if record.name.startswith("django.security.")]
+    handler = console_handler()
+    assert handler.filter(record)
+    line = handler.format(record)
+    assert "WARNING django.security.TooManyFieldsSent The number of GET/POST parameters exceeded" in line
+    assert "\n" not in line
+
+
+def test_a_line_break_a_client_sent_cannot_forge_a_log_line(staff_client, caplog):
+    forged = "x\n2026-11-24 15:00:00,000 ERROR forged\x1b[0m"
+
+    response = staff_client.get("/admin/licensing/license/", {"_to_field": forged})
+
+    assert response.status_code == 400
+    [record] = [record for record in caplog.records if record.name.startswith("django.security.")]
+    line = console_handler().format(record)
+    assert "\n" not in line
+    assert "x\\x0a2026-11-24 15:00:00,000 ERROR forged\\x1b[0m" in line
+
+
 def test_the_health_check_answers_by_ip_over_plain_http_without_a_log_line(client, settings, caplog):
     settings.SECURE_SSL_REDIRECT = True
     caplog.set_level(logging.INFO, logger="licensing.requests")

@@ -16,6 +16,7 @@ from django.http import Http404
 from django.urls.converters import IntConverter, UUIDConverter
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import exceptions, generics, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
@@ -285,6 +286,17 @@ class SigningKeyListView(APIView):
         return Response(
             {"keys": api.SigningKeySerializer(published, many=True, context={"current_kid_pk": current.pk}).data}
         )
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI schema of the one API this server has.
+
+    drf-spectacular would copy a `?version=` into the schema and into the Content-Disposition
+    header, where a line break or a NUL in it fails the answer with a 500.
+    """
+
+    def _get_version_parameter(self, request):
+        return None
 
 
 class UnknownEndpointView(APIView):
