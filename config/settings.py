@@ -266,8 +266,9 @@ LOGGING = {
     },
 }
 
-# HTTPS everywhere outside development. Behind a proxy that terminates TLS, set
-# DJANGO_SECURE_PROXY_SSL_HEADER=true so Django trusts its X-Forwarded-Proto header.
+# HTTPS everywhere outside development. Behind a proxy that terminates TLS, gunicorn marks the
+# proxy's requests as HTTPS (FORWARDED_ALLOW_IPS); DJANGO_SECURE_PROXY_SSL_HEADER=true makes Django
+# trust X-Forwarded-Proto from whoever connects, for a proxy whose address gunicorn cannot know.
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from cryptography.fernet import InvalidToken
 from django.conf import settings
-from django.core.checks import Info, Tags, Warning, register
+from django.core.checks import Error, Info, Tags, Warning, register
 from django.db import DatabaseError
+from django.http.request import validate_host
 
 MIN_LICENSE_KEY_SECRET_LENGTH = 32
 # Back ends that do not send: they print or store each message, sign-in links included.
@@ -32,6 +36,33 @@ def check_license_key_secret(app_configs, **kwargs):
             id="licensing.W001",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def check_license_key_secret_opens_the_stored_keys(app_configs, **kwargs):
+    from licensing import keys
+    from licensing.models import License, SigningKey
+
+    try:
+        signing_key = SigningKey.objects.order_by("pk").first()
+        license = None if signing_key else License.objects.order_by("pk").first()
+        if signing_key:
+            keys.decrypt_private_key(signing_key.private_key_encrypted)
+        elif license:
+            keys.decrypt_license_key(license.key_encrypted)
+    except DatabaseError:
+        return []
+    except InvalidToken:
+        return [
+            Error(
+                "LICENSE_KEY_SECRET does not open the keys stored in the database: it is not the secret they "
+                "were stored under.",
+                hint="Set the LICENSE_KEY_SECRET this database was set up with, the same on every host: under "
+                "another one every license call fails.",
+                id="licensing.E001",
+            )
+        ]
+    return []
 
 
 def _keys_are_stored() -> bool:
@@ -75,7 +106,7 @@ def check_hosts_are_named(app_configs, **kwargs):
 @register(Tags.security, deploy=True)
 def check_public_url_is_set(app_configs, **kwargs):
     if settings.PUBLIC_URL:
-        return []
+        return _public_url_problems(urlsplit(settings.PUBLIC_URL))
     return [
         Warning(
             "PUBLIC_URL is not set: portal sign-in links are built from the request's Host header.",
@@ -85,3 +116,25 @@ def check_public_url_is_set(app_configs, **kwargs):
             id="licensing.W004",
         )
     ]
+
+
+def _public_url_problems(url) -> list[Warning]:
+    problems = []
+    if url.scheme != "https":
+        problems.append(
+            Warning(
+                "PUBLIC_URL is not https: the portal's sign-in links, which sign a customer in, would travel in clear.",
+                hint="Set PUBLIC_URL=https://licenses.example.com.",
+                id="licensing.W005",
+            )
+        )
+    if not validate_host(url.hostname or "", settings.ALLOWED_HOSTS):
+        problems.append(
+            Warning(
+                f"PUBLIC_URL's host {url.hostname!r} is not in DJANGO_ALLOWED_HOSTS: the sign-in links mailed to "
+                "customers would be refused.",
+                hint="Name the same host in both (a typo in one is the usual cause).",
+                id="licensing.W006",
+            )
+        )
+    return problems

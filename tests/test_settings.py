@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.core.checks import INFO
+from django.core.checks import ERROR, INFO
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from licensing import checks, models
+from licensing import checks, models, services
+from tests.factories import make_license
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -125,6 +126,8 @@ def test_deploy_check_is_clean_with_production_settings():
         ({"DJANGO_ALLOWED_HOSTS": "licenses.example.com,*"}, "licensing.W003"),
         # Without it the links are built from the Host header, whose port the host check ignores.
         ({"PUBLIC_URL": ""}, "licensing.W004"),
+        ({"PUBLIC_URL": "http://licenses.example.com"}, "licensing.W005"),
+        ({"PUBLIC_URL": "https://licences.example.com"}, "licensing.W006"),
     ],
 )
 def test_deploy_check_refuses_a_short_license_key_secret_unsent_mail_and_any_host(env, warning):
@@ -141,6 +144,21 @@ def test_a_short_license_key_secret_already_in_use_is_noted_without_stopping_the
     [message] = checks.check_license_key_secret(None)
 
     assert (message.id, message.level) == ("licensing.I001", INFO)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("stored", ["signing key", "license"])
+def test_a_license_key_secret_that_does_not_open_the_stored_keys_stops_the_server(settings, plan, stored):
+    if stored == "signing key":
+        services.current_signing_key()
+    else:
+        make_license(plan=plan)
+    assert checks.check_license_key_secret_opens_the_stored_keys(None) == []
+
+    settings.LICENSE_KEY_SECRET = "another-long-random-secret-typed-wrong"
+    [message] = checks.check_license_key_secret_opens_the_stored_keys(None)
+
+    assert (message.id, message.level) == ("licensing.E001", ERROR)
 
 
 def test_a_portal_that_no_one_uses_may_send_no_mail():
