@@ -992,7 +992,10 @@ class LicenseAdmin(
             ngettext_lazy("%(count)d license was already active.", "%(count)d licenses were already active.", "count"),
         )
 
-    @admin.action(description=_("Revoke selected licenses"), permissions=["change"])
+    def has_revoke_permission(self, request) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.revoke_license")
+
+    @admin.action(description=_("Revoke selected licenses"), permissions=["revoke"])
     def revoke(self, request, queryset):
         # For good and next to suspend in the same menu: asked again, like Django's own delete.
         if request.POST.get("confirmed") != "yes":

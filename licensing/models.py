@@ -290,6 +290,8 @@ class License(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status"]), models.Index(fields=["expires_at"])]
+        # Apart from "change": support may suspend and extend, while revoking stays with a few.
+        permissions = [("revoke_license", _("Can revoke licenses for good"))]
 
     def __str__(self) -> str:
         return f"{self.masked_key} ({self.product.name})"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import uuid
@@ -928,6 +929,65 @@ def test_the_audit_trail_drills_down_to_a_day(staff_client, world):
     assert len(response.context["cl"].result_list) == AuditEvent.objects.count()
 
 
+SUPPORT_PERMISSIONS = importlib.import_module(
+    "licensing.migrations.0020_revoke_permission_and_support_group"
+).SUPPORT_PERMISSIONS
+
+
+@pytest.fixture
+def support_client(client):
+    """A member of a group with the Support group's permissions, as migration 0020 makes it."""
+    support = Group.objects.create(name="Support desk")
+    support.permissions.set(
+        Permission.objects.filter(content_type__app_label="licensing", codename__in=SUPPORT_PERMISSIONS)
+    )
+    member = get_user_model().objects.create_user("sam", password="a-long-test-password", is_staff=True)
+    member.groups.add(support)
+    client.force_login(member)
+    return client
+
+
+def test_support_handle_a_customers_license_and_devices_but_cannot_revoke(support_client, plan, customer):
+    issued = make_license(plan=plan, customer=customer, expires_at=timezone.now() + timedelta(days=3))
+    device = activate(issued, "old-laptop").activation
+    page = support_client.get(change_url(issued.license)).content.decode()
+
+    suspended = action(support_client, "license", "suspend", [issued.license])
+    extended = action(support_client, "license", "extend", [issued.license], days="14")
+    freed = action(support_client, "activation", "deactivate", [device])
+    revoke = action(support_client, "license", "revoke", [issued.license], confirmed="yes")
+    added = support_client.post(
+        reverse("admin:licensing_license_add"), {"plan": plan.pk, "customer": customer.pk, "metadata": "{}"}
+    )
+    plans = support_client.get(
+        reverse("admin:autocomplete"),
+        {"app_label": "licensing", "model_name": "license", "field_name": "plan", "term": ""},
+    )
+
+    assert '<option value="suspend">Suspend this license</option>' in page
+    assert '<option value="revoke">' not in page
+    assert page_messages(suspended) == ["1 license suspended."]
+    assert "1 license extended." in page_messages(extended)
+    assert page_messages(freed) == ["1 device deactivated."]
+    assert page_messages(revoke) == ["No action selected."]
+    assert License.objects.get(pk=issued.license.pk).status == "suspended"
+    assert added.status_code == 302
+    assert plans.status_code == 200
+    assert support_client.get(changelist("apikey")).status_code == 403
+    assert support_client.get(changelist("signingkey")).status_code == 403
+    assert support_client.get(reverse("admin:auth_user_changelist")).status_code == 403
+
+
+def test_staff_who_may_revoke_revoke(client, issued):
+    lead = get_user_model().objects.create_user("lead", password="a-long-test-password", is_staff=True)
+    lead.user_permissions.add(*Permission.objects.filter(codename__in=["view_license", "revoke_license"]))
+    client.force_login(lead)
+
+    action(client, "license", "revoke", [issued.license], confirmed="yes")
+
+    assert License.objects.get(pk=issued.license.pk).status == "revoked"
+
+
 def test_filter_expired_licenses(staff_client, plan):
     expired = make_license(plan=plan, expires_at=timezone.now() - timedelta(days=1)).license
     make_license(plan=plan, expires_at=timezone.now() + timedelta(days=1))
@@ -1699,7 +1759,7 @@ def test_making_a_staff_account_and_a_superuser_of_it_is_in_the_audit_trail(staf
         },
     )
     mallory = get_user_model().objects.get(username="mallory")
-    support = Group.objects.create(name="Support")
+    support = Group.objects.create(name="Billing")
     response = staff_client.post(
         reverse("admin:auth_user_change", args=[mallory.pk]),
         {
@@ -1721,7 +1781,7 @@ def test_making_a_staff_account_and_a_superuser_of_it_is_in_the_audit_trail(staf
     assert changed.changes == {
         "is_staff": [False, True],
         "is_superuser": [False, True],
-        "groups": [[], ["Support"]],
+        "groups": [[], ["Billing"]],
     }
     assert "x-Long-pass-9" not in str(created.changes)
 
@@ -1783,7 +1843,7 @@ def test_a_wrong_old_password_changes_nothing_and_records_nothing(staff_client):
 
 
 def test_a_deleted_group_leaves_its_permissions_and_members_in_the_audit_trail(staff_client):
-    group = Group.objects.create(name="Support")
+    group = Group.objects.create(name="Billing")
     may_change_licenses = Permission.objects.get(codename="change_license")
     group.permissions.add(may_change_licenses)
     get_user_model().objects.create_user("clerk").groups.add(group)
@@ -1792,7 +1852,7 @@ def test_a_deleted_group_leaves_its_permissions_and_members_in_the_audit_trail(s
 
     event = AuditEvent.objects.get(action="group.deleted")
     assert event.changes == {
-        "name": ["Support", None],
+        "name": ["Billing", None],
         "permissions": [[str(may_change_licenses)], None],
         "members": [["clerk"], None],
     }
@@ -1811,12 +1871,12 @@ def test_a_password_form_that_does_not_validate_changes_nothing_and_records_noth
 
 
 def test_what_a_group_may_do_is_in_the_audit_trail(staff_client):
-    group = Group.objects.create(name="Support")
+    group = Group.objects.create(name="Billing")
     may_change_licenses = Permission.objects.get(codename="change_license")
 
     staff_client.post(
         reverse("admin:auth_group_change", args=[group.pk]),
-        {"name": "Support", "permissions": [may_change_licenses.pk]},
+        {"name": "Billing", "permissions": [may_change_licenses.pk]},
     )
 
     event = AuditEvent.objects.get(action="group.changed")

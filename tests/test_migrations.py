@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -181,3 +183,35 @@ def test_upgrading_trims_the_fingerprints_the_dialects_stored_as_sent(migrated_f
     assert (stored[kept.pk].is_live, stored[twin.pk].is_live) == (True, False)
     event = AuditEvent.objects.get(action="activation.deactivated", target_id=str(twin.pk))
     assert (event.actor_display, event.license_id) == ("migration 0018", issued.license.pk)
+
+
+def test_upgrading_keeps_revoking_with_staff_who_could_and_makes_a_support_group(migrated_forward_again):
+    call_command("migrate", "licensing", "0019", verbosity=0)
+    Group.objects.filter(name="Support").delete()
+    may_change_licenses = Permission.objects.get(content_type__app_label="licensing", codename="change_license")
+    lead = get_user_model().objects.create_user("lead", is_staff=True)
+    lead.user_permissions.add(may_change_licenses)
+    managers = Group.objects.create(name="Managers")
+    managers.permissions.add(may_change_licenses)
+    get_user_model().objects.create_user("manager", is_staff=True).groups.add(managers)
+
+    call_command("migrate", "licensing", verbosity=0)
+
+    assert get_user_model().objects.get(username="lead").has_perm("licensing.revoke_license")
+    assert get_user_model().objects.get(username="manager").has_perm("licensing.revoke_license")
+    support = Group.objects.get(name="Support")
+    may = set(support.permissions.values_list("codename", flat=True))
+    assert {"change_license", "add_license", "change_customer", "view_auditevent"} <= may
+    assert not may & {"revoke_license", "delete_license", "view_apikey", "change_apikey", "view_signingkey"}
+    event = AuditEvent.objects.get(action="group.created", target_id=str(support.pk))
+    assert event.actor_display == "migration 0020"
+
+
+def test_upgrading_leaves_a_support_group_of_the_vendors_own_as_it_is(migrated_forward_again):
+    call_command("migrate", "licensing", "0019", verbosity=0)
+    Group.objects.filter(name="Support").delete()
+    Group.objects.create(name="Support")
+
+    call_command("migrate", "licensing", verbosity=0)
+
+    assert not Group.objects.get(name="Support").permissions.exists()
