@@ -1823,6 +1823,17 @@ admin.site.unregister(Group)
 
 @admin.register(User)
 class StaffUserAdmin(AuditedAccountMixin, HandMadeInputMixin, UserAdmin):
+    # Accounts here are staff: made on one page, with what they may do, not half-made on the first.
+    add_fieldsets = [
+        (
+            None,
+            {
+                "classes": ["wide"],
+                "fields": ["username", "email", "usable_password", "password1", "password2", "is_staff", "groups"],
+            },
+        )
+    ]
+
     # Facts, not settings: editable, every save rewrote the date joined without its microseconds.
     readonly_fields = ["last_login", "date_joined"]
 

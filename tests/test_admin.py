@@ -1748,6 +1748,30 @@ def test_adding_a_signing_key_rotates_and_retiring_stops_publishing(staff_client
 # ---------------------------------------------------------------- staff accounts
 
 
+def test_a_staff_account_is_made_with_its_groups_on_one_page(staff_client):
+    billing = Group.objects.create(name="Billing")
+    page = staff_client.get(reverse("admin:auth_user_add")).content.decode()
+
+    staff_client.post(
+        reverse("admin:auth_user_add"),
+        {
+            "username": "sam",
+            "email": "sam@example.com",
+            "usable_password": "true",
+            "password1": "x-Long-pass-93",
+            "password2": "x-Long-pass-93",
+            "is_staff": "on",
+            "groups": [billing.pk],
+        },
+    )
+
+    assert 'name="is_staff"' in page
+    sam = get_user_model().objects.get(username="sam")
+    assert (sam.is_staff, list(sam.groups.all()), sam.email) == (True, [billing], "sam@example.com")
+    created = AuditEvent.objects.get(action="user.created")
+    assert (created.changes["is_staff"], created.changes["groups"]) == ([None, True], [None, ["Billing"]])
+
+
 def test_making_a_staff_account_and_a_superuser_of_it_is_in_the_audit_trail(staff_client):
     staff_client.post(
         reverse("admin:auth_user_add"),
