@@ -1215,6 +1215,7 @@ class RecordTypeFilter(admin.SimpleListFilter):
 class AuditEventAdmin(HandMadeInputMixin, admin.ModelAdmin):
     # Few enough columns to fit a laptop's screen beside the menu; the event's page has the rest.
     list_display = ["created_at", "action", "actor", "record", "license_link"]
+    list_display_links = ["created_at", "action"]
     list_filter = [OneLicenseFilter, OneRecordFilter, RecordTypeFilter, "action", "actor_kind", "created_at"]
     list_select_related = ["license"]
     # Ids match whole, not inside others: customer 1 is not every id holding a 1.

@@ -1509,6 +1509,14 @@ def test_audit_trail_is_read_only(staff_client, world):
     assert 'name="_save"' not in page
 
 
+def test_an_audit_events_action_opens_it_as_its_time_does(staff_client, world):
+    event = AuditEvent.objects.get(action="api_key.created")
+
+    page = staff_client.get(changelist("auditevent")).content.decode()
+
+    assert f'<a href="{change_url(event)}">api_key.created</a>' in page
+
+
 def test_audit_trail_filters_by_license_actor_and_action(staff_client, world, plan):
     other = make_license(plan=plan)
     license = world["license"]
