@@ -658,7 +658,8 @@ class ActivationInline(admin.TabularInline):
         # change permission: staff who may only view licenses get no button they could not use.
         license_admin = self.admin_site.get_model_admin(self.parent_model)
         may_free_slots = license_admin.has_change_permission(request, obj)
-        return [*self.fields, "free_slot"] if may_free_slots else self.fields
+        # Beside the device's name, not past eight columns a narrow screen scrolls away.
+        return ["name", "free_slot", *self.fields[1:]] if may_free_slots else self.fields
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -1003,7 +1004,8 @@ class LicenseAdmin(
                 self,
                 request,
                 "admin/licensing/license/revoke_confirmation.html",
-                _("Revoke licenses for good?"),
+                ngettext("Revoke this license for good?", "Revoke %(count)d licenses for good?", len(queryset))
+                % {"count": len(queryset)},
                 licenses=queryset.select_related("product", "customer"),
             )
         actor = staff_actor(request)
@@ -1592,7 +1594,8 @@ class ApiKeyAdmin(MadeByServiceAdmin):
                 self,
                 request,
                 "admin/licensing/apikey/revoke_confirmation.html",
-                _("Revoke API keys for good?"),
+                ngettext("Revoke this API key for good?", "Revoke %(count)d API keys for good?", len(queryset))
+                % {"count": len(queryset)},
                 api_keys=queryset,
             )
         revoked = sum(

@@ -858,7 +858,11 @@ def test_find_by_key_needs_license_permission(client, issued):
     clerk = get_user_model().objects.create_user("clerk", password="a-long-test-password", is_staff=True)
     client.force_login(clerk)
 
-    assert client.post(reverse("admin:licensing_license_find"), {"key": issued.key}).status_code == 403
+    response = client.post(reverse("admin:licensing_license_find"), {"key": issued.key})
+
+    assert response.status_code == 403
+    assert "You may not open this page" in response.content.decode()
+    assert f'<a href="{reverse("admin:index")}">Back to the admin</a>' in response.content.decode()
 
 
 def test_pages_offer_no_delete_beside_a_record_they_refer_to(staff_client, issued):
@@ -1064,8 +1068,28 @@ def test_staff_act_on_one_license_from_its_page_and_come_back_to_it(staff_client
         f"{issued.license.masked_key} now expires on {expiry_text(issued.license.expires_at + timedelta(days=30))}.",
     ]
     assert 'name="from_license_page" value="1"' in confirmation
+    assert "<title>Revoke this license for good? |" in confirmation
+    assert f'<a href="{change_url(issued.license)}" class="button cancel-link">No, take me back</a>' in confirmation
     assert revoked.redirect_chain == [(change_url(issued.license), 302)]
     assert License.objects.get(pk=issued.license.pk).status == "revoked"
+
+
+def test_a_devices_deactivate_button_is_beside_its_name(staff_client, issued):
+    activate(issued, "mac-serial", name="MacBook")
+
+    page = staff_client.get(change_url(issued.license)).content.decode()
+
+    row = page[page.index('<td class="field-name">') :]
+    assert row.index('<td class="field-free_slot">') < row.index('<td class="field-fingerprint">')
+
+
+def test_a_revoke_chosen_on_the_list_goes_back_to_the_list_when_cancelled(staff_client, plan):
+    licenses = [make_license(plan=plan).license for _ in range(2)]
+
+    confirmation = action(staff_client, "license", "revoke", licenses).content.decode()
+
+    assert "<title>Revoke 2 licenses for good? |" in confirmation
+    assert f'<a href="{changelist("license")}" class="button cancel-link">No, take me back</a>' in confirmation
 
 
 def test_the_license_pages_controls_are_named_for_screen_readers(staff_client, issued):

@@ -630,3 +630,15 @@ def test_following_another_customers_link_says_whose_licenses_are_shown_now(sign
     assert "You are now signed in as grace@example.com." in switched.content.decode()
     assert same.status_code == 200
     assert "You are now signed in as" not in same.content.decode()
+
+
+def test_a_form_sent_without_its_csrf_check_says_so_with_a_way_back(customer):
+    browser = Client(enforce_csrf_checks=True)
+
+    response = browser.post(reverse("portal:sign-in"), {"email": customer.email})
+
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "<title>Page expired</title>" in page
+    assert "Nothing was done" in page
+    assert f'<a href="{reverse("portal:licenses")}">Your licenses</a>' in page
