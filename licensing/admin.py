@@ -1185,15 +1185,10 @@ class OneRecordFilter(admin.SimpleListFilter):
 AUDITED_MODELS = [Product, Plan, Customer, License, Activation, ApiKey, SigningKey, RsaKey, User, Group]
 
 
-def visible_audited(request: HttpRequest) -> list[type[Model]]:
+def visible_audited(admin_site: AdminSite, request: HttpRequest) -> list[type[Model]]:
     """The audited records this staff member may see in the admin: their trail, and no other's."""
     return [
-        model
-        for model in AUDITED_MODELS
-        if any(
-            request.user.has_perm(f"{model._meta.app_label}.{right}_{model._meta.model_name}")
-            for right in ("view", "change")
-        )
+        model for model in AUDITED_MODELS if admin_site.get_model_admin(model).has_view_or_change_permission(request)
     ]
 
 
@@ -1205,7 +1200,10 @@ class RecordTypeFilter(admin.SimpleListFilter):
         # The records events are about, named as the admin names them; not read from the trail,
         # whose every row a DISTINCT would scan.
         return sorted(
-            ((model._meta.label_lower, capfirst(model._meta.verbose_name)) for model in visible_audited(request)),
+            (
+                (model._meta.label_lower, capfirst(model._meta.verbose_name))
+                for model in visible_audited(model_admin.admin_site, request)
+            ),
             key=lambda choice: str(choice[1]),
         )
 
@@ -1238,7 +1236,7 @@ class AuditEventAdmin(HandMadeInputMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Support who may not open API keys or staff accounts do not read their changes here either.
-        visible = visible_audited(request)
+        visible = visible_audited(self.admin_site, request)
         hidden = [model._meta.label_lower for model in AUDITED_MODELS if model not in visible]
         return super().get_queryset(request).exclude(target_type__in=hidden)
 
