@@ -278,6 +278,8 @@ SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# The admin's forms get the admin's page, the portal's the portal's (templates/403_csrf.html).
+CSRF_FAILURE_VIEW = "licensing.admin.csrf_failure"
 # Joining the browsers' HSTS preload list binds the whole domain for months: that is the
 # operator's decision (DJANGO_SECURE_HSTS_PRELOAD), not a default to nag about.
 SILENCED_SYSTEM_CHECKS = ["security.W021"]

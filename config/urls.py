@@ -17,3 +17,6 @@ urlpatterns = [
     re_path(r"^(api|compat)$", UnknownEndpointView.as_view()),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]
+
+# Only the admin refuses a page with PermissionDenied: its page, in its look.
+handler403 = "licensing.admin.permission_denied"

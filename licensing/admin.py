@@ -38,6 +38,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
+from django.views.csrf import csrf_failure as django_csrf_failure
 
 from licensing import errors, keys, services, signing
 from licensing.addresses import client_ip
@@ -1576,7 +1577,8 @@ class ApiKeyAdmin(MadeByServiceAdmin):
     def state(self, api_key: ApiKey) -> str:
         if api_key.revoked_at is None:
             return _("Works")
-        return _("Revoked %(date)s") % {"date": date_format(timezone.localtime(api_key.revoked_at), "j M Y")}
+        # The day, in the format of the list's other dates.
+        return _("Revoked %(date)s") % {"date": date_format(timezone.localdate(api_key.revoked_at))}
 
     @admin.display(description=_("access"))
     def access(self, api_key: ApiKey) -> str:
@@ -1713,6 +1715,40 @@ class StaffSignInForm(AdminAuthenticationForm):
         # Its own count: a guessed password is not an unknown license key.
         ident = client_ident(self.request)
         return ident and f"staff-sign-in-{ident}"
+
+
+def refused_page(request: HttpRequest, title: str, explanation: str) -> HttpResponse:
+    context = {**admin.site.each_context(request), "title": title, "explanation": explanation}
+    return TemplateResponse(request, "admin/licensing/refused.html", context, status=403).render()
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 403 page (settings' handler403). Only the admin refuses a page this way (the portal
+    answers 404 for what is not a customer's), so it is the admin's page."""
+    return refused_page(
+        request,
+        _("You may not open this page"),
+        _(
+            "Your account does not have the permission this page needs. Ask whoever manages staff accounts "
+            "to give it, if you need it."
+        ),
+    )
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form sent without its CSRF check (settings' CSRF_FAILURE_VIEW): the admin's page for the
+    admin's forms, the portal's (403_csrf.html) for the others."""
+    if request.resolver_match is None or request.resolver_match.namespace != admin.site.name:
+        return django_csrf_failure(request, reason)
+    return refused_page(
+        request,
+        _("This page has expired"),
+        _(
+            "Nothing was done: the form was sent without the check this site gives each visit. That happens "
+            "when a page stayed open for a long time, or when the browser blocks this site's cookies. Open "
+            "the page again and send the form once more."
+        ),
+    )
 
 
 admin.site.login_form = StaffSignInForm

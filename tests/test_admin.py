@@ -12,6 +12,7 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -854,6 +855,19 @@ def test_an_audit_trail_for_no_license_is_empty_not_an_error(staff_client, issue
     assert "no such license" in response.content.decode()
 
 
+def test_an_admin_form_sent_without_its_csrf_check_leads_back_to_the_admin(staff_user):
+    browser = Client(enforce_csrf_checks=True)
+
+    response = browser.post(reverse("admin:login"), {"username": "staff", "password": "anything"})
+
+    page = response.content.decode()
+    assert response.status_code == 403
+    assert "<h1>This page has expired</h1>" in page
+    assert "Nothing was done" in page
+    assert f'<a href="{reverse("admin:index")}">Back to the admin</a>' in page
+    assert "Your licenses" not in page
+
+
 def test_find_by_key_needs_license_permission(client, issued):
     clerk = get_user_model().objects.create_user("clerk", password="a-long-test-password", is_staff=True)
     client.force_login(clerk)
@@ -1614,7 +1628,7 @@ def test_the_api_key_list_says_which_keys_still_work(staff_client, actor):
     shipped = services.create_api_key(name="shipped", apps_only=True, actor=actor).api_key
 
     page = staff_client.get(changelist("apikey")).content.decode()
-    revoked_on = date_format(timezone.localtime(ApiKey.objects.get(pk=leaked.pk).revoked_at), "j M Y")
+    revoked_on = date_format(timezone.localdate(ApiKey.objects.get(pk=leaked.pk).revoked_at))
 
     for prefix, state, access in [
         (billing.prefix, "Works", "Read only"),
