@@ -10,6 +10,7 @@ over-activation; speed is reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -158,6 +159,18 @@ def run_wrk(port: int, requests_file: Path, headers: list[str], duration: float,
     figures = json.loads(line.removeprefix("WRK_JSON "))
     figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
     return figures
+
+
+def check_first_answer(name: str, port: int, requests_file: Path, headers: list[str]) -> None:
+    """Stop unless the scenario's first request is answered 2xx: wrk counts only 4xx and 5xx as
+    errors, so a redirect (a portal session no longer signed in, say) would be measured as the page."""
+    method, path, body = (requests_file.read_text().splitlines()[0].split("\t") + [""])[:3]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request(method, path, body.encode() or None, dict(header.split(": ", 1) for header in headers))
+    status = connection.getresponse().status
+    connection.close()
+    if not 200 <= status < 300:
+        raise SystemExit(f"{name}: {method} {path} answers {status}, not 2xx; nothing would be measured")
 
 
 def race_check(seed: dict, work: Path, headers: list[str], duration: float, connections: int) -> dict:
@@ -316,21 +329,22 @@ def main() -> int:
         # Unrecorded: every server thread opens its database connection before anything is measured.
         run_wrk(BASELINE_PORT, work / "baseline.txt", [JSON], WARM_UP_SECONDS, args.connections)
         run_wrk(APP_PORT, work / "validate.txt", [JSON], WARM_UP_SECONDS, args.connections)
+        placeholders = {
+            "AUTH": f"Authorization: Bearer {seed['api_key']}",
+            "COOKIE": f"Cookie: sessionid={seed['session_cookie']}",
+        }
+        scenarios = [
+            (name, port, work / f"{request_file}.txt", [placeholders.get(header, header) for header in headers])
+            for name, request_file, port, headers, *_ in SCENARIOS
+        ]
+        for name, port, requests_file, headers in scenarios:
+            check_first_answer(name, port, requests_file, headers)
         rounds: dict[str, list[dict]] = {name: [] for name, *_ in SCENARIOS}
         for round_number in range(1, args.rounds + 1):
             print(f"Round {round_number} of {args.rounds}:")
-            for name, request_file, port, headers, *_ in SCENARIOS:
-                headers = [
-                    {
-                        "AUTH": f"Authorization: Bearer {seed['api_key']}",
-                        "COOKIE": f"Cookie: sessionid={seed['session_cookie']}",
-                    }.get(header, header)
-                    for header in headers
-                ]
+            for name, port, requests_file, headers in scenarios:
                 print(f"  {name}...", flush=True)
-                rounds[name].append(
-                    run_wrk(port, work / f"{request_file}.txt", headers, args.duration, args.connections)
-                )
+                rounds[name].append(run_wrk(port, requests_file, headers, args.duration, args.connections))
         results = {name: summary(figures) for name, figures in rounds.items()}
         race = race_check(seed, work, [JSON], max(args.duration, 3), args.connections)
     finally:

@@ -25,7 +25,7 @@ from django.utils import timezone  # noqa: E402
 
 from licensing import keys, services  # noqa: E402
 from licensing.models import Activation, ActorKind, AuditEvent, Customer, License, Plan, Product  # noqa: E402
-from portal.views import SESSION_KEY  # noqa: E402
+from portal.views import start_session  # noqa: E402
 
 ORGANIZATION_ID = uuid.UUID("7a1e0c4b-3f2d-4e5a-8b6c-9d0e1f2a3b4c")
 LINES_PER_FILE = 5000
@@ -100,7 +100,7 @@ def main(out_dir: Path, licenses: int, activations_per_license: int, audit_event
     services.rsa_key_for(None)
     race = services.create_license(product=products[0], max_activations=3, actor=actor)
     session = SessionStore()
-    session[SESSION_KEY] = customers[0].pk
+    start_session(session, customers[0])
     session.create()
     portal_license = License.objects.filter(customer=customers[0]).first()
 

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "licensing.middleware.HealthCheckMiddleware",
     "licensing.middleware.RequestLogMiddleware",
+    "licensing.middleware.HttpsRedirectKeepsMethodMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, API docs, portal stylesheet) straight from the app server in production.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -236,9 +237,12 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Collected files are named by their content (portal.3f2a1b9c0d4e.css), so browsers may keep them
+# for good and an upgrade's stylesheet is never mixed with the last one's page. Pages then need the
+# collected files' list (`make serve` collects them) unless debug is on.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
 LOG_LEVEL = env.str("DJANGO_LOG_LEVEL", default="INFO")

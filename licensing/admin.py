@@ -1172,7 +1172,9 @@ class OneRecordFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         if not self.value():
             return []
-        latest = AuditEvent.objects.filter(self._record()).order_by("-created_at", "-id").first()
+        # Only from the events this staff member may read: a name is as telling as its changes.
+        visible = model_admin.get_queryset(request)
+        latest = visible.filter(self._record()).order_by("-created_at", "-id").first()
         return [(self.value(), latest.target_display if latest else _("no such record"))]
 
     def queryset(self, request, queryset):

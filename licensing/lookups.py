@@ -378,7 +378,8 @@ def add_tallies(validations: dict[uuid.UUID, tuple[int, datetime]], devices_seen
     """Add validation counts to licenses and move devices' last-seen times forward, in one transaction.
 
     Licenses are updated before devices, each in id order, as the activation and deactivation
-    transactions lock a license before its devices: no two of them can wait for each other.
+    transactions lock a license before its devices, and several devices in id order: no two of
+    them can wait for each other. A device may come without its license (seen on re-activation).
     """
     db = connections[DEFAULT_DB_ALIAS]
     datetime_field, pk = License._meta.get_field("last_validated_at"), License._meta.pk

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
 
+from licensing.addresses import client_ip
 from licensing.log_format import REQUEST_LOG
 
 logger = logging.getLogger(REQUEST_LOG)
@@ -63,6 +64,7 @@ class RequestLogMiddleware:
             return response
         line = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "client": client_ip(request),
             "method": request.method,
             "path": logged_path(request),
             "status": response.status_code,
@@ -72,6 +74,29 @@ class RequestLogMiddleware:
         if license_id:
             line["license_id"] = license_id
         logger.info(json.dumps(line))
+        return response
+
+
+class HttpsRedirectKeepsMethodMiddleware:
+    """Turns the security middleware's redirect of a plain-HTTP call to HTTPS into a 308, which
+    has the call resent as it was sent.
+
+    Its 301 makes HTTP clients send a POST again as a GET, so an app given its server's address as
+    http:// would be told its activation was a "method not allowed".
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code == 301
+            and request.method not in ("GET", "HEAD")
+            and not request.is_secure()
+            and response.get("Location", "").startswith("https://")
+        ):
+            response.status_code = 308
         return response
 
 

@@ -21,7 +21,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, Min, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext, ngettext
 
@@ -1013,7 +1013,7 @@ def deactivate_activation(*, activation: Activation, actor: Actor) -> Deactivati
         locked.license = license
         if locked.deactivated_at is not None:
             return DeactivationResult(activation=locked, already_inactive=True)
-        refusal = _churn_refusal(license, actor=actor, count=1)
+        refusal = deactivation_refusal(license, actor=actor, count=1)
         if refusal is None:
             _mark_deactivated(locked, actor=actor, at=timezone.now())
             locked.save(update_fields=["deactivated_at", "deactivated_by_kind", "deactivated_by"])
@@ -1031,8 +1031,10 @@ def deactivate_all_activations(*, license: License, actor: Actor) -> list[Activa
     with transaction.atomic():
         locked_license = _lock_license(license.pk)
         _refuse_another_customers_license(locked_license, actor)
-        live = list(locked_license.activations.live().select_for_update(no_key=True))
-        refusal = _churn_refusal(locked_license, actor=actor, count=len(live)) if live else None
+        # In id order, as the tally writer moves last-seen times: two transactions that lock the
+        # same devices in different orders can each wait for the other.
+        live = list(locked_license.activations.live().order_by("pk").select_for_update(no_key=True))
+        refusal = deactivation_refusal(locked_license, actor=actor, count=len(live)) if live else None
         if refusal is not None:
             record_event(
                 actor=actor, action="activation.deactivation_refused", target=locked_license, license=locked_license
@@ -1082,7 +1084,9 @@ def remaining_device_changes(license: License) -> int | None:
     return max(plan.max_deactivations - _recent_churn([license], since=since).count(), 0)
 
 
-def _churn_refusal(license: License, *, actor: Actor, count: int) -> errors.LicensingError | None:
+def deactivation_refusal(license: License, *, actor: Actor, count: int) -> errors.LicensingError | None:
+    """Why `actor` may not free `count` devices of `license` now, or None: the plan's limit of
+    device changes. Asked before a deactivation too, so a page offers none it would refuse."""
     if actor.kind not in CHURN_LIMITED_ACTORS:
         return None
     remaining = remaining_device_changes(license)
@@ -1104,6 +1108,16 @@ def _churn_refusal(license: License, *, actor: Actor, count: int) -> errors.Lice
         window_days=license.plan.deactivation_window_days,
         remaining=remaining,
     )
+
+
+def device_change_back_at(license: License) -> datetime | None:
+    """When a license with no device changes left has one again (the oldest change that counts
+    stops counting), or None: it has some left, no limit, or a plan that allows none at all."""
+    if remaining_device_changes(license) != 0:
+        return None
+    window = timedelta(days=license.plan.deactivation_window_days)
+    oldest = _recent_churn([license], since=timezone.now() - window).aggregate(oldest=Min("deactivated_at"))["oldest"]
+    return oldest + window if oldest else None
 
 
 def slot_cooldown(license: License) -> timedelta | None:

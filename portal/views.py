@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from django import forms
@@ -21,6 +22,7 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.formats import date_format
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
@@ -36,6 +38,10 @@ from licensing.models import Customer, License
 logger = logging.getLogger(__name__)
 
 SESSION_KEY = "portal_customer_id"
+# A digest of the address the customer signed in by: the session ends when the address changes, so
+# support changing a taken-over mailbox's address signs out whoever used it, as Django ends staff
+# sessions with a new password.
+SESSION_ADDRESS_KEY = "portal_customer_address"
 
 
 class SignInForm(forms.Form):
@@ -44,7 +50,19 @@ class SignInForm(forms.Form):
 
 
 def signed_in_customer(request) -> Customer | None:
-    return Customer.objects.filter(pk=request.session.get(SESSION_KEY)).first()
+    customer = Customer.objects.filter(pk=request.session.get(SESSION_KEY)).first()
+    if customer is None or not constant_time_compare(request.session.get(SESSION_ADDRESS_KEY, ""), _address(customer)):
+        return None
+    return customer
+
+
+def start_session(session, customer: Customer) -> None:
+    session[SESSION_KEY] = customer.pk
+    session[SESSION_ADDRESS_KEY] = _address(customer)
+
+
+def _address(customer: Customer) -> str:
+    return salted_hmac("portal.session-address", customer.email).hexdigest()
 
 
 def customer_required(view):
@@ -104,9 +122,15 @@ def sign_in(request):
     return render(request, "portal/sign_in.html", {"form": form})
 
 
+# Work done after an answer is sent, off the server's threads: a server thread answers a
+# connection's requests in turn, so work it did after one answer would delay the client's next.
+after_answers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="portal-after-answer")
+
+
 class AnswerThen(HttpResponse):
-    """A page that runs `then` after the server has sent it (on the WSGI close), so how long
-    `then` takes, or whether there was one, does not show in the client's wait."""
+    """A page that starts `then` once the server has sent it (on the WSGI close), so how long
+    `then` takes, or whether there was one, shows neither in the client's wait for this answer
+    nor in its next request on the same connection."""
 
     def __init__(self, content: str, *, then: Callable[[], None] | None):
         super().__init__(content)
@@ -115,7 +139,7 @@ class AnswerThen(HttpResponse):
     def close(self):
         super().close()
         if self.then is not None:
-            self.then()
+            after_answers.submit(self.then)
 
 
 def send_sign_in_link(customer: Customer, body: str) -> None:
@@ -143,7 +167,7 @@ def redeem(request, token):
     # Another customer's link (one forwarded by a colleague) changes whose licenses are shown: say so.
     signed_in_before = request.session.get(SESSION_KEY)
     request.session.cycle_key()
-    request.session[SESSION_KEY] = customer.pk
+    start_session(request.session, customer)
     if signed_in_before not in (None, customer.pk):
         messages.info(request, _("You are now signed in as %(email)s.") % {"email": customer.email})
     return redirect("portal:licenses")
@@ -229,10 +253,14 @@ def license_list(request):
 @not_found_for_others
 def license_detail(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
+    change_back_at = services.device_change_back_at(license)
     context = {
         "license": license,
         "row": license_row(license, services.slots_reopening(license)),
         "device_changes_left": services.remaining_device_changes(license),
+        "device_change_back_at": services.minute_after(change_back_at) if change_back_at else None,
+        # Deactivate is offered only where it would be done, not refused after a confirmation.
+        "may_deactivate": services.deactivation_refusal(license, actor=actor(request), count=1) is None,
         "devices": license.activations.live().order_by("created_at"),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),
@@ -241,11 +269,16 @@ def license_detail(request, license_id):
     return render(request, "portal/license_detail.html", context)
 
 
-def _what_deactivating_costs(license: License) -> dict:
-    """What the confirmation says a deactivation uses up: a device change, and a slot's cooldown."""
+def _what_deactivating_costs(request, license: License, *, count: int) -> dict:
+    """What the confirmation says deactivating `count` devices uses up (a device change each, and
+    a slot's cooldown), or why it would be refused, said before the customer confirms."""
     cooldown = services.slot_cooldown(license)
-    minutes = int(cooldown.total_seconds() // 60) if cooldown else 0
-    return {"license": license, "changes_left": services.remaining_device_changes(license), "cooldown": minutes}
+    return {
+        "license": license,
+        "changes_left": services.remaining_device_changes(license),
+        "cooldown": int(cooldown.total_seconds() // 60) if cooldown else 0,
+        "refusal": services.deactivation_refusal(license, actor=actor(request), count=count),
+    }
 
 
 def _freed_message(license: License, what: str) -> str:
@@ -268,7 +301,11 @@ def deactivate_device(request, license_id, activation_id):
     )
     name = activation.name or activation.fingerprint or _("The device")
     if request.method == "GET":
-        context = {"activation": activation, "name": name, **_what_deactivating_costs(activation.license)}
+        context = {
+            "activation": activation,
+            "name": name,
+            **_what_deactivating_costs(request, activation.license, count=1),
+        }
         return render(request, "portal/confirm.html", context)
     try:
         result = services.deactivate_activation(activation=activation, actor=actor(request))
@@ -288,8 +325,9 @@ def deactivate_device(request, license_id, activation_id):
 def deactivate_all(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
     if request.method == "GET":
-        devices = license.activations.live().order_by("created_at")
-        context = {"all_devices": True, "devices": devices, **_what_deactivating_costs(license)}
+        devices = list(license.activations.live().order_by("created_at"))
+        costs = _what_deactivating_costs(request, license, count=len(devices))
+        context = {"all_devices": True, "devices": devices, **costs}
         return render(request, "portal/confirm.html", context)
     try:
         freed = services.deactivate_all_activations(license=license, actor=actor(request))

@@ -5,8 +5,11 @@ import os
 import hypothesis
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import override_settings
 
+from config import settings as project_settings
 from licensing import services
+from portal import views as portal_views
 from tests.factories import make_customer, make_license, make_plan, make_product
 
 # The fuzz tests try the same inputs on every run: a new input failing would turn a change's CI red
@@ -61,6 +64,26 @@ def staff_user(db):
 def staff_client(client, staff_user):
     client.force_login(staff_user)
     return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def static_files_uncollected():
+    """The tests never collect static files, which production's storage needs before it can name one."""
+    plain_names = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    with override_settings(STORAGES={**project_settings.STORAGES, "staticfiles": plain_names}):
+        yield
+
+
+class RunAtOnce:
+    def submit(self, work, *args, **kwargs):
+        work(*args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def work_after_answers_done_at_once(monkeypatch):
+    """The portal mails sign-in links from a thread of its own once the answer is sent; a test
+    reads the mail as soon as its request is answered."""
+    monkeypatch.setattr(portal_views, "after_answers", RunAtOnce())
 
 
 @pytest.fixture(autouse=True)

@@ -899,8 +899,12 @@ def test_staff_read_only_the_trail_of_records_they_may_view(client, world):
 
     listed = client.get(changelist("auditevent")).context["cl"]
     opened = client.get(change_url(api_key_event))
+    api_keys_trail = client.get(changelist("auditevent"), {"record": f"licensing.apikey:{api_key_event.target_id}"})
 
     assert {event.target_type for event in listed.result_list} == {"licensing.license", "licensing.activation"}
+    # Not even the key's name, which the trail's filter would show for the record it was opened for.
+    assert api_key_event.target_display not in api_keys_trail.content.decode()
+    assert "no such record" in api_keys_trail.content.decode()
     record_types = next(spec for spec in listed.filter_specs if spec.parameter_name == "target_type")
     assert sorted(value for value, _ in record_types.lookup_choices) == ["licensing.activation", "licensing.license"]
     assert opened.status_code == 302

@@ -191,6 +191,43 @@ def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, custo
     assert Activation.objects.get(pk=activation.pk).is_live
 
 
+def test_the_portal_offers_no_deactivation_it_would_refuse_and_says_when_a_change_comes_back(
+    client, churny, customer, app_actor, settings
+):
+    settings.SUPPORT_URL = "https://support.example.com/"
+    sign_in(client, customer)
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+    first_change = Activation.objects.get(license=churny.license, fingerprint="a").deactivated_at
+    device = Activation.objects.get(license=churny.license, fingerprint="c")
+    back_at = services.minute_after(first_change + timedelta(days=30))
+
+    page = client.get(reverse("portal:license", args=[churny.license.pk])).content.decode()
+    confirmation = client.get(reverse("portal:deactivate-device", args=[churny.license.pk, device.pk]))
+
+    assert f"the next comes back on {date_format(back_at, 'j F Y, H:i T')}" in page
+    assert reverse("portal:deactivate-device", args=[churny.license.pk, device.pk]) not in page
+    assert reverse("portal:deactivate-all", args=[churny.license.pk]) not in page
+    assert '<a href="https://support.example.com/">Contact support</a> to move a device sooner.' in page
+    # A confirmation reached by its address says so at once, with no button to press in vain.
+    assert "no device changes left for now" in confirmation.content.decode()
+    assert "Yes, deactivate it" not in confirmation.content.decode()
+    assert Activation.objects.get(pk=device.pk).is_live
+
+
+def test_freeing_all_at_once_says_before_the_confirmation_that_too_few_changes_are_left(client, churny, customer):
+    sign_in(client, customer)
+    page = client.get(reverse("portal:license", args=[churny.license.pk])).content.decode()
+
+    confirmation = client.get(reverse("portal:deactivate-all", args=[churny.license.pk])).content.decode()
+
+    assert reverse("portal:deactivate-all", args=[churny.license.pk]) in page
+    assert (
+        "takes 3 device changes, and 2 are left for now: free the devices no longer used one at a time" in confirmation
+    )
+    assert "Yes, deactivate all devices" not in confirmation
+
+
 def test_the_portal_says_when_a_freed_slot_takes_a_new_device(client, customer, app_actor):
     issued = license_with_a_slot_cooling_down(customer, app_actor, max_activations=2)
     freed_at = Activation.objects.get(fingerprint="a").deactivated_at

@@ -10,12 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 import jsonschema
 import pytest
+import yaml
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 
 from licensing import errors, keys, services
 from licensing.api.exceptions import api_exception_handler
+from licensing.api.schema import BuiltOnceSchemaGenerator
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
@@ -921,6 +924,24 @@ def test_the_schema_ignores_a_version_or_language_it_does_not_have(client, query
         'inline; filename="Licensing server API.yaml"',
         'inline; filename="Licensing server API.json"',
     )
+
+
+def test_the_schema_is_built_once_and_served_alike_in_every_format(client, monkeypatch):
+    builds = []
+    build = SchemaGenerator.get_schema
+    monkeypatch.setattr(
+        SchemaGenerator, "get_schema", lambda *args, **kwargs: builds.append(1) or build(*args, **kwargs)
+    )
+    monkeypatch.setattr(BuiltOnceSchemaGenerator, "built", {})
+
+    as_json = client.get("/api/schema/?format=json").json()
+    as_yaml = yaml.safe_load(client.get("/api/schema/").content)
+    in_german = client.get("/api/schema/?format=json&lang=de").json()
+
+    assert as_json == as_yaml
+    assert "/api/v1/licenses/validate" in as_json["paths"]
+    # Built once for every request in the server's language; another language is built for its request.
+    assert (len(builds), in_german["paths"].keys()) == (2, as_json["paths"].keys())
 
 
 def openapi(client) -> dict:

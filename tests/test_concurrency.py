@@ -9,15 +9,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from licensing import errors, services
+from licensing import errors, lookups, services
 from licensing.models import (
     Activation,
     AuditEvent,
@@ -29,7 +31,7 @@ from licensing.models import (
     SigningKey,
     SignInLink,
 )
-from portal.views import SESSION_KEY
+from portal.views import start_session
 from tests.factories import SYSTEM, activate, make_customer, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -219,17 +221,40 @@ def left_open(work: Callable[[], Any]) -> Iterator[None]:
         outcome.result(LOCK_WAIT_SECONDS)
 
 
-def wait_until_a_session_waits_for_a_lock() -> None:
+def wait_until_a_session_waits_for_a_lock(sessions: int = 1) -> None:
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
-            if cursor.fetchone()[0]:
+            if cursor.fetchone()[0] >= sessions:
                 return
             time.sleep(0.02)
-    pytest.fail(f"No session waited for a row lock within {LOCK_WAIT_SECONDS} s")
+    pytest.fail(f"Fewer than {sessions} sessions waited for a row lock within {LOCK_WAIT_SECONDS} s")
+
+
+@postgresql_only
+def test_freeing_all_devices_while_the_tally_writer_moves_their_last_seen_times_waits_instead_of_deadlocking():
+    issued = make_license(plan=make_plan(max_activations=3))
+    older, newer = activate(issued, "older").activation, activate(issued, "newer").activation
+    seen = timezone.now() + timedelta(minutes=5)
+
+    # Devices seen on re-activation, with no validation of their license in the same write: the
+    # writer locks no license first. Another transaction holds the older device for a moment, so
+    # the writer waits on it while freeing all devices starts: each then wants what the other holds,
+    # unless both take devices in one order.
+    with left_open(lambda: Activation.objects.select_for_update().get(pk=older.pk)):
+        tally = in_thread(lambda: lookups.add_tallies({}, {older.pk: seen, newer.pk: seen}))
+        wait_until_a_session_waits_for_a_lock()
+        freeing = in_thread(lambda: services.deactivate_all_activations(license=issued.license, actor=SYSTEM))
+        wait_until_a_session_waits_for_a_lock(sessions=2)
+
+    tally.result(LOCK_WAIT_SECONDS)
+    freed = freeing.result(LOCK_WAIT_SECONDS)
+    assert sorted(device.fingerprint for device in freed) == ["newer", "older"]
+    assert not issued.license.activations.live().exists()
+    assert set(Activation.objects.values_list("last_seen_at", flat=True)) == {seen}
 
 
 @postgresql_only
@@ -433,7 +458,7 @@ def test_a_product_change_made_while_another_field_is_patched_stays():
 def portal_client(customer: Customer) -> Client:
     client = Client()
     session = client.session
-    session[SESSION_KEY] = customer.pk
+    start_session(session, customer)
     session.save()
     return client
 

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from django.core.management import call_command
 from django.db import OperationalError
 from django.test import Client
 
+from config import settings as project_settings
 from licensing import services
 from licensing.log_format import ConsoleFormatter
 from tests.factories import activate
@@ -23,11 +25,13 @@ def test_each_request_is_one_line_with_the_license_id_and_never_the_key(api_clie
     caplog.set_level(logging.INFO, logger="licensing.requests")
     activate(issued, "device-1")
 
-    api_client.post("/api/v1/licenses/validate", {"key": issued.key, "fingerprint": "device-1"}, format="json")
+    body = {"key": issued.key, "fingerprint": "device-1"}
+    api_client.post("/api/v1/licenses/validate", body, format="json", REMOTE_ADDR="203.0.113.9")
     api_client.get(f"/compat/keymint/key?productId=prod_x&licenseKey={issued.key}")
 
     validate, keymint = request_lines(caplog)
-    assert {key: validate[key] for key in ["method", "path", "status", "license_id"]} == {
+    assert {key: validate[key] for key in ["client", "method", "path", "status", "license_id"]} == {
+        "client": "203.0.113.9",
         "method": "POST",
         "path": "/api/v1/licenses/validate",
         "status": 200,
@@ -102,14 +106,19 @@ def test_the_development_servers_lines_show_no_query_string_or_sign_in_token():
     assert formatted[1].endswith('"GET /portal/sign-in/…/ HTTP/1.1" 200 1024')
 
 
-def test_collected_static_files_are_served_by_the_app(settings, tmp_path):
+def test_collected_static_files_are_served_by_the_app_under_names_browsers_keep(settings, tmp_path):
+    settings.STORAGES = project_settings.STORAGES
     settings.STATIC_ROOT = tmp_path
     call_command("collectstatic", "--noinput", verbosity=0)
+    browser = Client()
 
-    response = Client().get("/static/portal/portal.css")
+    [stylesheet] = re.findall(r'href="(/static/portal/portal\.[0-9a-f]{12}\.css)"', browser.get("/portal/").text)
+    response = browser.get(stylesheet)
 
     assert response.status_code == 200
     assert b"--accent" in b"".join(response.streaming_content)
+    # Named by its content, so an upgrade's stylesheet has another name.
+    assert "immutable" in response["Cache-Control"]
 
 
 def test_the_console_prints_a_request_line_as_bare_json_and_other_lines_plainly(api_client, issued):
@@ -170,6 +179,17 @@ def test_the_health_check_answers_by_ip_over_plain_http_without_a_log_line(clien
 
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
     assert not request_lines(caplog)
+
+
+def test_a_call_over_plain_http_is_sent_to_https_as_it_was_sent(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+
+    post = client.post("/api/v1/licenses/validate?x=1", {"key": "K"}, content_type="application/json")
+    page = client.get("/portal/")
+
+    # A 301 would have the app send its activation again as a GET.
+    assert (post.status_code, post["Location"]) == (308, "https://testserver/api/v1/licenses/validate?x=1")
+    assert (page.status_code, page["Location"]) == (301, "https://testserver/portal/")
 
 
 def test_the_health_check_answers_only_reads(client):

@@ -199,9 +199,9 @@ def test_upgrading_turns_plans_longer_than_100_years_perpetual_and_says_so():
 
     plans = dict(models.Plan.objects.values_list("identifier", "duration_unit"))
     assert plans == {"forever": "perpetual", "decade": "year"}
-    event = models.AuditEvent.objects.get(target_id=str(centuries.pk))
+    event = models.AuditEvent.objects.get(target_type="licensing.plan", target_id=str(centuries.pk))
     assert (event.action, event.changes) == (
         "plan.changed",
         {"duration_unit": ["year", "perpetual"], "duration_value": [200, None]},
     )
-    assert not models.AuditEvent.objects.filter(target_id=str(decade.pk)).exists()
+    assert not models.AuditEvent.objects.filter(target_type="licensing.plan", target_id=str(decade.pk)).exists()

@@ -13,8 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def retry_on_lost_connection(handler):
-    """Run a license call again, once, when the database connection dropped under it before the
-    call had committed a change.
+    """Run a license call again, once, when the database failed it (a dropped connection, a
+    deadlock) before the call had committed a change.
 
     A dropped connection rolls back the transaction it was in, so a second try on a fresh connection
     answers the app instead of failing it. Once the first try has committed a change (a device
@@ -28,10 +28,12 @@ def retry_on_lost_connection(handler):
         with services.noting_committed_changes() as changes:
             try:
                 return handler(self, request, *args, **kwargs)
-            except (OperationalError, InterfaceError):
+            except (OperationalError, InterfaceError) as error:
                 if connection.in_atomic_block or changes.any:
                     raise
-        logger.warning("Database connection lost during %s; trying again", request.path)
+                # Said as the database said it: a deadlock or a lock timeout is retried the same way.
+                failure = str(error).splitlines()[0] if str(error) else type(error).__name__
+        logger.warning("Database error during %s (%s); trying again", request.path, failure)
         connection.close()
         return handler(self, request, *args, **kwargs)
 

@@ -32,6 +32,7 @@ from licensing.api.authentication import ApiKeyAuthentication, ManagementPermiss
 from licensing.api.exceptions import SERVER_ERROR, error_body
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
+from licensing.api.schema import BuiltOnceSchemaGenerator
 from licensing.api.throttling import LicenseCallLimits
 from licensing.models import Activation, AuditEvent, Customer, IdempotentRequest, License, Plan, Product, SigningKey
 
@@ -294,6 +295,8 @@ class SchemaView(SpectacularAPIView):
     drf-spectacular would copy a `?version=` into the schema and into the Content-Disposition
     header, where a line break or a NUL in it fails the answer with a 500.
     """
+
+    generator_class = BuiltOnceSchemaGenerator
 
     def _get_version_parameter(self, request):
         return None
