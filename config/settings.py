@@ -227,8 +227,8 @@ USE_TZ = True
 # users can sign in as a demo customer; set EMAIL_URL=smtp+tls://user:password@host:587 in production.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="licenses@localhost")
-# Seconds an SMTP server may take to answer: a server thread waits that long on a silent one, and
-# those threads also answer license calls.
+# Seconds an SMTP server may take to answer: a sign-in link waits that long on a silent one, in
+# a queue of its own (portal.views.after_answers), before its failure is logged.
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 # Server-side: a message may carry a secret shown once (a new API or license key), and the

@@ -1150,6 +1150,9 @@ class OneLicenseFilter(admin.SimpleListFilter):
             license = None
         if license is None:
             return [(self.value(), _("no such license"))]
+        # Its owner only to staff who may open it: a label tells as much as its page.
+        if not model_admin.admin_site.get_model_admin(License).has_view_or_change_permission(request):
+            return [(self.value(), self.value())]
         owner = f" · {license.customer.email}" if license.customer else ""
         return [(self.value(), f"{license.masked_key}{owner}")]
 
@@ -1719,9 +1722,17 @@ class StaffSignInForm(AdminAuthenticationForm):
         return ident and f"staff-sign-in-{ident}"
 
 
-def refused_page(request: HttpRequest, title: str, explanation: str) -> HttpResponse:
+def refused_page(request: HttpRequest, title: str, explanation: str, *, status: int = 403) -> HttpResponse:
     context = {**admin.site.each_context(request), "title": title, "explanation": explanation}
-    return TemplateResponse(request, "admin/licensing/refused.html", context, status=403).render()
+    return TemplateResponse(request, "admin/licensing/refused.html", context, status=status).render()
+
+
+def not_found(request: HttpRequest) -> HttpResponse:
+    """An admin address with nothing there (a link to a page that moved): the admin's page, not
+    the customers' one with its way to their licenses."""
+    return refused_page(
+        request, _("There is nothing here"), _("This page does not exist, or it has moved."), status=404
+    )
 
 
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

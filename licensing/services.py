@@ -21,7 +21,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, F, Min, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext, ngettext
 
@@ -1111,13 +1111,16 @@ def deactivation_refusal(license: License, *, actor: Actor, count: int) -> error
 
 
 def device_change_back_at(license: License) -> datetime | None:
-    """When a license with no device changes left has one again (the oldest change that counts
-    stops counting), or None: it has some left, no limit, or a plan that allows none at all."""
-    if remaining_device_changes(license) != 0:
+    """When a license with no device changes left has one again (enough of the changes that count
+    stop counting), or None: it has some left, no limit, or a plan that allows none at all."""
+    plan = license.plan
+    if remaining_device_changes(license) != 0 or not plan.max_deactivations:
         return None
-    window = timedelta(days=license.plan.deactivation_window_days)
-    oldest = _recent_churn([license], since=timezone.now() - window).aggregate(oldest=Min("deactivated_at"))["oldest"]
-    return oldest + window if oldest else None
+    window = timedelta(days=plan.deactivation_window_days)
+    counted = _recent_churn([license], since=timezone.now() - window).order_by("deactivated_at")
+    made = list(counted.values_list("deactivated_at", flat=True))
+    # Not always the oldest: under a limit lowered below the changes made, several must stop counting.
+    return made[len(made) - plan.max_deactivations] + window
 
 
 def slot_cooldown(license: License) -> timedelta | None:
@@ -1924,7 +1927,11 @@ def request_sign_in_link(*, email: str, ip_address: str | None = None) -> SignIn
 
 
 def _sign_in_links(token: str) -> models.QuerySet[SignInLink]:
-    return SignInLink.objects.filter(token_digest=keys.digest_sign_in_token(token), customer__isnull=False)
+    # A link mailed to an address the customer no longer has signs no one in: changing it is how
+    # support shuts out whoever took over the old mailbox.
+    return SignInLink.objects.filter(
+        token_digest=keys.digest_sign_in_token(token), customer__isnull=False, email__iexact=F("customer__email")
+    )
 
 
 def _refuse_unusable(link: SignInLink | None) -> None:

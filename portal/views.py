@@ -30,6 +30,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
+from licensing import admin as admin_pages
 from licensing import errors, services
 from licensing.addresses import client_ip
 from licensing.api.views import build_license_file
@@ -62,7 +63,7 @@ def start_session(session, customer: Customer) -> None:
 
 
 def _address(customer: Customer) -> str:
-    return salted_hmac("portal.session-address", customer.email).hexdigest()
+    return salted_hmac("portal.session-address", customer.email, algorithm="sha256").hexdigest()
 
 
 def customer_required(view):
@@ -78,6 +79,15 @@ def customer_required(view):
         return view(request, *args, **kwargs)
 
     return wrapper
+
+
+def page_not_found(request, exception=None):
+    """Django's 404 page (settings' handler404): the admin's under the admin, else the portal's,
+    whose header says who is signed in, as on every other portal page."""
+    if request.path.startswith(reverse("admin:index")):
+        return admin_pages.not_found(request)
+    request.customer = getattr(request, "customer", None) or signed_in_customer(request)
+    return render(request, "404.html", status=404)
 
 
 def not_found_for_others(view):
@@ -113,7 +123,7 @@ def sign_in(request):
             path = reverse("portal:redeem", args=[sign_in_request.token])
             link = settings.PUBLIC_URL + path if settings.PUBLIC_URL else request.build_absolute_uri(path)
             body = render_to_string("portal/sign_in_email.txt", {"link": link, "customer": customer})
-            mail = functools.partial(send_sign_in_link, customer, body)
+            mail = functools.partial(send_sign_in_link, customer, _("Your sign-in link"), body)
         # The same answer, as fast, whether or not the address is a customer's, so addresses cannot
         # be probed: the mail goes once the answer is sent.
         minutes = int(services.SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
@@ -124,13 +134,18 @@ def sign_in(request):
 
 # Work done after an answer is sent, off the server's threads: a server thread answers a
 # connection's requests in turn, so work it did after one answer would delay the client's next.
-after_answers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="portal-after-answer")
+# A process that stops finishes what is queued first.
+after_answers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portal-after-answer")
 
 
 class AnswerThen(HttpResponse):
     """A page that starts `then` once the server has sent it (on the WSGI close), so how long
     `then` takes, or whether there was one, shows neither in the client's wait for this answer
-    nor in its next request on the same connection."""
+    nor in its next request on the same connection.
+
+    `then` runs outside the request, with no database connection of its own: it must not use the
+    database, and it logs its own failures (nobody reads what it raises).
+    """
 
     def __init__(self, content: str, *, then: Callable[[], None] | None):
         super().__init__(content)
@@ -142,10 +157,10 @@ class AnswerThen(HttpResponse):
             after_answers.submit(self.then)
 
 
-def send_sign_in_link(customer: Customer, body: str) -> None:
+def send_sign_in_link(customer: Customer, subject: str, body: str) -> None:
     try:
-        send_mail(_("Your sign-in link"), body, None, [customer.email])
-    except OSError:  # smtplib's errors, refused connections and timeouts alike
+        send_mail(subject, body, None, [customer.email])
+    except Exception:  # smtplib's errors, timeouts, a mail backend set up wrong: all only logged here
         logger.exception("Could not send a portal sign-in link (customer %s)", customer.pk)
 
 

@@ -911,6 +911,18 @@ def test_staff_read_only_the_trail_of_records_they_may_view(client, world):
     assert AuditEvent.objects.filter(target_type="licensing.apikey").exists()
 
 
+def test_staff_who_may_not_view_licenses_read_no_owner_in_the_trails_license_filter(client, issued):
+    devices_only = get_user_model().objects.create_user("devices", password="a-long-test-password", is_staff=True)
+    devices_only.user_permissions.add(*Permission.objects.filter(codename__in=["view_activation", "view_auditevent"]))
+    client.force_login(devices_only)
+    activate(issued, "device-1")
+
+    trail = client.get(changelist("auditevent"), {"license": str(issued.license.pk)}).content.decode()
+
+    assert "device-1" in trail
+    assert issued.license.customer.email not in trail
+
+
 @pytest.mark.parametrize(
     "query",
     [

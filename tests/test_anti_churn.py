@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 
 from licensing import errors, services
-from licensing.models import Activation, AuditEvent
+from licensing.models import Activation, AuditEvent, License
 from tests.factories import activate, make_customer, make_license, make_plan
 
 pytestmark = pytest.mark.django_db
@@ -208,11 +208,30 @@ def test_the_portal_offers_no_deactivation_it_would_refuse_and_says_when_a_chang
     assert f"the next comes back on {date_format(back_at, 'j F Y, H:i T')}" in page
     assert reverse("portal:deactivate-device", args=[churny.license.pk, device.pk]) not in page
     assert reverse("portal:deactivate-all", args=[churny.license.pk]) not in page
-    assert '<a href="https://support.example.com/">Contact support</a> to move a device sooner.' in page
+    assert '<a href="https://support.example.com/">Contact support</a> to move a device.' in page
     # A confirmation reached by its address says so at once, with no button to press in vain.
     assert "no device changes left for now" in confirmation.content.decode()
     assert "Yes, deactivate it" not in confirmation.content.decode()
     assert Activation.objects.get(pk=device.pk).is_live
+
+
+def test_with_the_limit_lowered_below_the_changes_made_a_change_comes_back_when_enough_stop_counting(
+    churny, app_actor, actor
+):
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+    second_change = Activation.objects.get(license=churny.license, fingerprint="b").deactivated_at
+    plan = churny.license.plan
+
+    plan.max_deactivations = 1
+    services.save_catalog_record(record=plan, actor=actor)
+    lowered = services.device_change_back_at(License.objects.get(pk=churny.license.pk))
+    plan.max_deactivations = 0
+    services.save_catalog_record(record=plan, actor=actor)
+    none_allowed = services.device_change_back_at(License.objects.get(pk=churny.license.pk))
+
+    assert lowered == second_change + timedelta(days=30)
+    assert none_allowed is None
 
 
 def test_freeing_all_at_once_says_before_the_confirmation_that_too_few_changes_are_left(client, churny, customer):

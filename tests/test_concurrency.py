@@ -237,7 +237,10 @@ def wait_until_a_session_waits_for_a_lock(sessions: int = 1) -> None:
 @postgresql_only
 def test_freeing_all_devices_while_the_tally_writer_moves_their_last_seen_times_waits_instead_of_deadlocking():
     issued = make_license(plan=make_plan(max_activations=3))
-    older, newer = activate(issued, "older").activation, activate(issued, "newer").activation
+    older, newer = sorted((activate(issued, name).activation for name in ("a", "b")), key=lambda device: device.pk)
+    # The writer takes devices in id order; the device with the lower id is made the older one,
+    # which listing newest first would take last.
+    Activation.objects.filter(pk=older.pk).update(created_at=timezone.now() - timedelta(hours=2))
     seen = timezone.now() + timedelta(minutes=5)
 
     # Devices seen on re-activation, with no validation of their license in the same write: the
@@ -252,7 +255,7 @@ def test_freeing_all_devices_while_the_tally_writer_moves_their_last_seen_times_
 
     tally.result(LOCK_WAIT_SECONDS)
     freed = freeing.result(LOCK_WAIT_SECONDS)
-    assert sorted(device.fingerprint for device in freed) == ["newer", "older"]
+    assert {device.pk for device in freed} == {older.pk, newer.pk}
     assert not issued.license.activations.live().exists()
     assert set(Activation.objects.values_list("last_seen_at", flat=True)) == {seen}
 

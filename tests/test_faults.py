@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from urllib.parse import urlencode
 
@@ -129,7 +130,7 @@ FACES = {
 
 
 @pytest.mark.parametrize("face", FACES)
-def test_a_connection_killed_mid_activation_is_retried_cleanly(face, api_client, api_key, monkeypatch):
+def test_a_connection_killed_mid_activation_is_retried_cleanly(face, api_client, api_key, monkeypatch, caplog):
     issued = make_license(plan=make_plan(max_activations=3))
     record_event = services.record_event
     killed = []
@@ -147,6 +148,9 @@ def test_a_connection_killed_mid_activation_is_retried_cleanly(face, api_client,
     answered_id = activate_on_face(api_client, issued, api_key)
 
     assert killed
+    [retried] = [record.getMessage() for record in caplog.records if record.name == "licensing.api.retry"]
+    # What the database said, on the line: a lost connection, or a deadlock, retried alike.
+    assert re.fullmatch(r"Database error during /\S+ \(.*(connection|terminat).*\); trying again", retried)
     activation = Activation.objects.get(license=issued.license)
     assert activation.is_live
     assert activation.fingerprint == fingerprint

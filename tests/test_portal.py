@@ -248,13 +248,25 @@ def test_sign_out_ends_the_session(signed_in):
 
 
 def test_changing_a_customers_address_signs_out_whoever_signed_in_by_the_old_one(signed_in, customer, actor):
+    request_link(Client(), customer.email.upper())
+    link_to_the_old_address = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
     customer.email = "ada.new@example.com"
 
     services.save_catalog_record(record=customer, actor=actor, fields=["email"])
 
     assert signed_in.get(reverse("portal:licenses"))["Location"] == reverse("portal:sign-in")
+    # Nor can a link mailed to the old address, unused yet, sign anyone in.
+    assert Client().post(link_to_the_old_address).status_code == 400
     sign_in(signed_in, customer)
     assert signed_in.get(reverse("portal:licenses")).status_code == 200
+
+
+def test_a_link_asked_for_in_other_letter_case_signs_in(client, customer):
+    request_link(client, customer.email.upper())
+
+    response = client.post(link_from_mail(mail.outbox[-1]).split("testserver", 1)[1])
+
+    assert response.status_code == 302
 
 
 def test_sign_out_by_address_asks_first_and_signs_out_only_with_a_post(signed_in, customer):
@@ -593,13 +605,26 @@ def test_the_history_says_which_deactivations_were_the_customers_own(signed_in, 
     assert "Theirs deactivated (by customer)" in page
 
 
-def test_a_page_that_is_not_there_says_so_with_a_way_back(signed_in):
-    response = signed_in.get("/portal/licenses/00000000-0000-4000-8000-000000000000/")
+@pytest.mark.parametrize("path", ["/portal/licenses/00000000-0000-4000-8000-000000000000/", "/portal/no-such-page/"])
+def test_a_page_that_is_not_there_says_so_with_a_way_back(signed_in, customer, path):
+    response = signed_in.get(path)
 
     assert response.status_code == 404
     page = response.content.decode()
     assert "There is nothing here" in page
     assert f'href="{reverse("portal:licenses")}"' in page
+    # Still signed in, as the header says on every other page.
+    assert f'<span class="who">{customer.email}</span>' in page
+
+
+def test_an_admin_page_that_is_not_there_is_the_admins_page(staff_client):
+    response = staff_client.get("/admin/licensing/no-such-page/")
+
+    assert response.status_code == 404
+    page = response.content.decode()
+    assert "There is nothing here" in page
+    assert f'href="{reverse("admin:index")}">Back to the admin</a>' in page
+    assert reverse("portal:licenses") not in page
 
 
 def test_a_server_error_page_renders_with_nothing_from_the_request(rf):

@@ -32,7 +32,7 @@ def retry_on_lost_connection(handler):
                 if connection.in_atomic_block or changes.any:
                     raise
                 # Said as the database said it: a deadlock or a lock timeout is retried the same way.
-                failure = str(error).splitlines()[0] if str(error) else type(error).__name__
+                failure = next(iter(str(error).splitlines()), type(error).__name__)
         logger.warning("Database error during %s (%s); trying again", request.path, failure)
         connection.close()
         return handler(self, request, *args, **kwargs)

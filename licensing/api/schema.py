@@ -9,8 +9,6 @@ can be rate-limited (429).
 
 from __future__ import annotations
 
-from django.conf import settings
-from django.utils import translation
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
@@ -24,13 +22,11 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 class BuiltOnceSchemaGenerator(SchemaGenerator):
     """Builds the schema a process serves once: it is the same for every request (public, with
     every endpoint), and building it takes 50 to 130 ms, which a public URL should not let anyone
-    spend at will. Asked in another language (`?lang=`), it is built for that request alone."""
+    spend at will."""
 
     built: dict[bool, dict] = {}
 
     def get_schema(self, request=None, public=False):
-        if translation.get_language() != settings.LANGUAGE_CODE:
-            return super().get_schema(request=request, public=public)
         if public not in self.built:
             self.built[public] = super().get_schema(request=request, public=public)
         return self.built[public]

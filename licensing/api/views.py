@@ -290,13 +290,18 @@ class SigningKeyListView(APIView):
 
 
 class SchemaView(SpectacularAPIView):
-    """The OpenAPI schema of the one API this server has.
+    """The OpenAPI schema of the one API this server has, in its one language.
 
     drf-spectacular would copy a `?version=` into the schema and into the Content-Disposition
-    header, where a line break or a NUL in it fails the answer with a 500.
+    header, where a line break or a NUL in it fails the answer with a 500; and it would build the
+    schema anew for any `?lang=`, which would translate only Django's and DRF's own phrases.
     """
 
     generator_class = BuiltOnceSchemaGenerator
+
+    @extend_schema(exclude=True)
+    def get(self, request, *args, **kwargs):
+        return self._get_schema_response(request)
 
     def _get_version_parameter(self, request):
         return None
