@@ -18,7 +18,7 @@ from django.contrib.admin import AdminSite
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ERROR_FLAG
+from django.contrib.admin.views.main import ERROR_FLAG, ChangeList
 from django.contrib.admin.widgets import AutocompleteSelect, RelatedFieldWidgetWrapper
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -29,6 +29,7 @@ from django.db import transaction
 from django.db.models import Count, F, Model, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.dispatch import receiver
+from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse, reverse_lazy
@@ -43,7 +44,18 @@ from django.views.csrf import csrf_failure as django_csrf_failure
 from licensing import errors, keys, services, signing
 from licensing.addresses import client_ip
 from licensing.api.throttling import UnknownKeyWindow, client_ident
-from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, RsaKey, SigningKey
+from licensing.models import (
+    Activation,
+    ApiKey,
+    AuditEvent,
+    Customer,
+    License,
+    Plan,
+    Product,
+    RsaKey,
+    SigningKey,
+    count_live_devices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -634,8 +646,22 @@ class FindLicenseByKeyForm(forms.Form):
     key = forms.CharField(label=_("License key"), max_length=keys.MAX_KEY_LENGTH, strip=False)
 
 
+class FirstDevicesFormSet(BaseInlineFormSet):
+    """A license's first devices in the inline's order (live ones first): a site license's thousands
+    would make its page take seconds to draw. The rest are a link away (devices_inline.html)."""
+
+    shown = 100
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.total = self.queryset.count()
+        self.queryset = self.queryset[: self.shown]
+
+
 class ActivationInline(admin.TabularInline):
     model = Activation
+    formset = FirstDevicesFormSet
+    template = "admin/licensing/license/devices_inline.html"
     extra = 0
     can_delete = False
     show_change_link = True
@@ -679,6 +705,14 @@ class ActivationInline(admin.TabularInline):
         # Each row's link says which device, for screen readers listing a page's links.
         label = _("Deactivate %(device)s") % {"device": device}
         return format_html('<a href="{}" aria-label="{}">{}</a>', url, label, _("Deactivate…"))
+
+
+class LicenseChangeList(ChangeList):
+    def get_results(self, request):
+        super().get_results(request)
+        # Counted for the rows shown only: in the page's own query, for every row before them too.
+        self.result_list = list(self.result_list)
+        count_live_devices(self.result_list)
 
 
 def audit_trail_url(license_id) -> str:
@@ -739,8 +773,8 @@ class LicenseAdmin(
         "updated_at",
     ]
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).with_live_total()
+    def get_changelist(self, request, **kwargs):
+        return LicenseChangeList
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
@@ -938,7 +972,8 @@ class LicenseAdmin(
     def customer_email(self, license: License) -> str | None:
         return license.customer.email if license.customer else None
 
-    @admin.display(description=_("devices"), ordering="live_total")
+    # Not sortable: sorting by it would count the devices of every license for each page.
+    @admin.display(description=_("devices"))
     def devices_used(self, license: License) -> str:
         live = license.devices_in_use()
         return f"{live} / {limit_display(license.max_activations)}"
@@ -1079,6 +1114,8 @@ class LiveListFilter(admin.SimpleListFilter):
 
 @admin.register(Activation)
 class ActivationAdmin(RecordTrailMixin, HandMadeInputMixin, admin.ModelAdmin):
+    # The biggest tables: counting every row besides the rows filtered cost a second query a page.
+    show_full_result_count = False
     list_display = [
         "__str__",
         "license",
@@ -1219,6 +1256,7 @@ class RecordTypeFilter(admin.SimpleListFilter):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(HandMadeInputMixin, admin.ModelAdmin):
+    show_full_result_count = False  # as ActivationAdmin's
     # Few enough columns to fit a laptop's screen beside the menu; the event's page has the rest.
     list_display = ["created_at", "action", "actor", "record", "license_link"]
     list_display_links = ["created_at", "action"]

@@ -20,7 +20,7 @@ from django.utils.formats import date_format
 from django.utils.html import escape
 
 from licensing import errors, services
-from licensing.admin import CustomerAdmin
+from licensing.admin import CustomerAdmin, FirstDevicesFormSet
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product, nested
 
@@ -618,6 +618,49 @@ def test_the_lists_row_reads_the_state_first_in_columns_that_wrap(staff_client, 
         '<td class="field-expiry">May 17, 2031</td>'
     ) in rows
     assert "nowrap" not in rows
+
+
+def test_the_license_list_counts_each_rows_devices(staff_client, plan):
+    busy, idle = make_license(plan=plan), make_license(plan=plan)
+    for name in ("a", "b"):
+        activate(busy, name)
+    services.deactivate_activation(activation=activate(busy, "c").activation, actor=services.Actor.system())
+
+    rows = staff_client.get(changelist("license")).content.decode()
+
+    assert f"{busy.license.masked_key}</a></th>" in rows
+    assert rows.count('<td class="field-devices_used">2 / 3</td>') == 1
+    assert rows.count('<td class="field-devices_used">0 / 3</td>') == 1
+    assert idle.license.masked_key in rows
+
+
+def test_a_license_with_many_devices_shows_the_first_live_ones_and_links_to_the_rest(staff_client, plan, monkeypatch):
+    monkeypatch.setattr(FirstDevicesFormSet, "shown", 2)
+    issued = make_license(plan=make_plan(max_activations=None))
+    gone = activate(issued, "gone", name="Gone").activation
+    services.deactivate_activation(activation=gone, actor=services.Actor.system())
+    for name in ("One", "Two"):
+        activate(issued, name.lower(), name=name)
+
+    page = staff_client.get(change_url(issued.license)).content.decode()
+    devices = Activation.objects.filter(license=issued.license)
+
+    assert 'aria-label="Deactivate One">' in page
+    assert 'aria-label="Deactivate Two">' in page
+    assert ">Gone<" not in page
+    assert "The first 2 of 3 devices, live ones first." in page
+    assert f'href="{changelist("activation")}?license__id__exact={issued.license.pk}"' in page
+    listed = staff_client.get(changelist("activation"), {"license__id__exact": issued.license.pk}).context["cl"]
+    assert set(listed.result_list) == set(devices)
+
+
+def test_a_license_with_few_devices_shows_them_all_without_a_link(staff_client, issued):
+    activate(issued, "one", name="One")
+
+    page = staff_client.get(change_url(issued.license)).content.decode()
+
+    assert 'aria-label="Deactivate One">' in page
+    assert "license__id__exact" not in page
 
 
 def test_the_plan_filter_names_its_choice_of_licenses_without_a_plan(staff_client, plan, product):

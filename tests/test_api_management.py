@@ -426,6 +426,20 @@ def test_unknown_ids_are_404_naming_the_record(management_client, method, path, 
 # ---------------------------------------------------------------- licenses
 
 
+def test_every_page_of_the_license_list_counts_its_licenses_devices(management_client, plan):
+    older, newer = make_license(plan=plan), make_license(plan=plan)
+    activate(older, "a")
+    activate(older, "b")
+    services.deactivate_activation(activation=activate(newer, "c").activation, actor=services.Actor.system())
+
+    pages = [management_client.get("/api/v1/licenses", {"page_size": 1, "page": n}).json() for n in (1, 2)]
+
+    assert [(page["results"][0]["id"], page["results"][0]["activations_used"]) for page in pages] == [
+        (str(newer.license.pk), 0),
+        (str(older.license.pk), 2),
+    ]
+
+
 def test_issue_a_license_for_a_new_customer_with_a_generated_key(management_client, plan):
     response = management_client.post(
         "/api/v1/licenses",

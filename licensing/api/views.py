@@ -34,7 +34,17 @@ from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.schema import BuiltOnceSchemaGenerator
 from licensing.api.throttling import LicenseCallLimits
-from licensing.models import Activation, AuditEvent, Customer, IdempotentRequest, License, Plan, Product, SigningKey
+from licensing.models import (
+    Activation,
+    AuditEvent,
+    Customer,
+    IdempotentRequest,
+    License,
+    Plan,
+    Product,
+    SigningKey,
+    count_live_devices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -637,7 +647,12 @@ class LicenseListView(FilteredListMixin, ManagementView, generics.ListAPIView):
     filters_class = LicenseListFilterSerializer
 
     def get_queryset(self):
-        return self.apply_filters(licenses_for_listing().order_by("-created_at", "id"))
+        return self.apply_filters(License.objects.select_related("customer").order_by("-created_at", "id"))
+
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        count_live_devices(page)
+        return page
 
     filter_lookups = {
         "product": "product_id",
