@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -54,7 +55,6 @@ from licensing.models import (
     Product,
     RsaKey,
     SigningKey,
-    count_live_devices,
 )
 
 logger = logging.getLogger(__name__)
@@ -712,7 +712,7 @@ class LicenseChangeList(ChangeList):
         super().get_results(request)
         # Counted for the rows shown only: in the page's own query, for every row before them too.
         self.result_list = list(self.result_list)
-        count_live_devices(self.result_list)
+        services.count_live_devices(self.result_list)
 
 
 def audit_trail_url(license_id) -> str:
@@ -740,6 +740,9 @@ class LicenseAdmin(
     autocomplete_fields = ["product", "plan", "customer"]
     action_form = LicenseActionForm
     actions = ["suspend", "reinstate", "revoke", "extend", "deactivate_all_devices"]
+    # Each license is a transaction of its own, a few milliseconds: tens of thousands at once would
+    # run past a proxy's timeout, and staff would see a gateway error, not what was done.
+    most_licenses_per_action = 1000
     inlines = [ActivationInline]
     readonly_fields = [
         "license_key",
@@ -775,6 +778,27 @@ class LicenseAdmin(
 
     def get_changelist(self, request, **kwargs):
         return LicenseChangeList
+
+    def get_actions(self, request):
+        return {
+            name: (self._on_at_most_some_licenses(action), name, description)
+            for name, (action, name, description) in super().get_actions(request).items()
+        }
+
+    def _on_at_most_some_licenses(self, action):
+        @functools.wraps(action)
+        def on_at_most_some(modeladmin, request, queryset):
+            count = queryset.count()
+            if count <= self.most_licenses_per_action:
+                return action(modeladmin, request, queryset)
+            message = _(
+                "%(count)d licenses are selected: act on at most %(most)d at a time. Filter the list (by "
+                "product, plan, status or expiry) and act on each part, or use the management API."
+            ) % {"count": count, "most": self.most_licenses_per_action}
+            self.message_user(request, message, messages.ERROR)
+            return None
+
+        return on_at_most_some
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
@@ -1112,6 +1136,42 @@ class LiveListFilter(admin.SimpleListFilter):
         return queryset
 
 
+class OneLicenseFilter(admin.SimpleListFilter):
+    """The license a list was opened for (a link on its page: its trail, its devices): shown while
+    it filters, with a way out.
+
+    It offers no choice otherwise: a list of every license would be of no use. An id of no license
+    is shown too, and finds nothing: Django applies only filters that show, and would otherwise
+    answer every license's trail under a link that asked for one.
+    """
+
+    title = _("license")
+    parameter_name = "license"
+
+    def lookups(self, request, model_admin):
+        if not self.value():
+            return []
+        try:
+            license = License.objects.select_related("customer").filter(pk=uuid.UUID(self.value())).first()
+        except ValueError:
+            license = None
+        if license is None:
+            return [(self.value(), _("no such license"))]
+        # Its owner only to staff who may open it: a label tells as much as its page.
+        if not model_admin.admin_site.get_model_admin(License).has_view_or_change_permission(request):
+            return [(self.value(), self.value())]
+        owner = f" · {license.customer.email}" if license.customer else ""
+        return [(self.value(), f"{license.masked_key}{owner}")]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            return queryset.filter(license_id=uuid.UUID(self.value()))
+        except ValueError:
+            return queryset.none()
+
+
 @admin.register(Activation)
 class ActivationAdmin(RecordTrailMixin, HandMadeInputMixin, admin.ModelAdmin):
     # The biggest tables: counting every row besides the rows filtered cost a second query a page.
@@ -1126,7 +1186,7 @@ class ActivationAdmin(RecordTrailMixin, HandMadeInputMixin, admin.ModelAdmin):
         "is_live",
         "deactivated_at",
     ]
-    list_filter = [LiveListFilter, "platform", "license__product"]
+    list_filter = [OneLicenseFilter, LiveListFilter, "platform", "license__product"]
     list_select_related = ["license__product"]
     search_fields = ["name", "fingerprint", "license__customer__email"]
     search_help_text = _("A device name or fingerprint, or a customer's e-mail.")
@@ -1165,41 +1225,6 @@ class ActivationAdmin(RecordTrailMixin, HandMadeInputMixin, admin.ModelAdmin):
                 "%(count)d device was already inactive.", "%(count)d devices were already inactive.", "count"
             ),
         )
-
-
-class OneLicenseFilter(admin.SimpleListFilter):
-    """The license a trail was opened for (its page's link): shown while it filters, with a way out.
-
-    It offers no choice otherwise: a list of every license would be of no use. An id of no license
-    is shown too, and finds nothing: Django applies only filters that show, and would otherwise
-    answer every license's trail under a link that asked for one.
-    """
-
-    title = _("license")
-    parameter_name = "license"
-
-    def lookups(self, request, model_admin):
-        if not self.value():
-            return []
-        try:
-            license = License.objects.select_related("customer").filter(pk=uuid.UUID(self.value())).first()
-        except ValueError:
-            license = None
-        if license is None:
-            return [(self.value(), _("no such license"))]
-        # Its owner only to staff who may open it: a label tells as much as its page.
-        if not model_admin.admin_site.get_model_admin(License).has_view_or_change_permission(request):
-            return [(self.value(), self.value())]
-        owner = f" · {license.customer.email}" if license.customer else ""
-        return [(self.value(), f"{license.masked_key}{owner}")]
-
-    def queryset(self, request, queryset):
-        if not self.value():
-            return queryset
-        try:
-            return queryset.filter(license_id=uuid.UUID(self.value()))
-        except ValueError:
-            return queryset.none()
 
 
 class OneRecordFilter(admin.SimpleListFilter):

@@ -245,21 +245,6 @@ def live_device_count() -> Coalesce:
     return Coalesce(Subquery(live), 0)
 
 
-def count_live_devices(licenses: list[License]) -> None:
-    """Set each license's `live_total` from one query: for a page of a list, whose own query would
-    count the devices of every row its OFFSET skips too (seconds, deep in a big list)."""
-    totals = dict(
-        Activation.objects.live()
-        .filter(license__in=licenses)
-        .order_by()
-        .values("license")
-        .annotate(total=models.Count("pk"))
-        .values_list("license", "total")
-    )
-    for license in licenses:
-        license.live_total = totals.get(license.pk, 0)
-
-
 class LicenseQuerySet(models.QuerySet):
     def with_live_total(self) -> LicenseQuerySet:
         """Count each license's live devices in the same query, as `live_total`."""
@@ -307,7 +292,7 @@ class License(models.Model):
         indexes = [
             models.Index(fields=["status"]),
             models.Index(fields=["expires_at"]),
-            # The lists' order: without it each page sorts every license.
+            # The lists' order: without it every page sorts every license.
             models.Index(fields=["created_at"]),
         ]
         # Apart from "change": support may suspend and extend, while revoking stays with a few.

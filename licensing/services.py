@@ -1973,6 +1973,21 @@ def usable_now() -> Q:
     return Q(status=License.Status.ACTIVE, product__is_active=True) & License.unexpired_at(timezone.now())
 
 
+def count_live_devices(licenses: list[License]) -> None:
+    """Set each license's `live_total` from one query, for a page of a list (not in its own query,
+    where PostgreSQL counts for every row an OFFSET skips too)."""
+    totals = dict(
+        Activation.objects.live()
+        .filter(license__in=licenses)
+        .order_by()
+        .values("license")
+        .annotate(total=models.Count("pk"))
+        .values_list("license", "total")
+    )
+    for license in licenses:
+        license.live_total = totals.get(license.pk, 0)
+
+
 def licenses_of_customer(customer: Customer) -> models.QuerySet[License]:
     """A customer's licenses, those they can use now first (what they came for), newest first."""
     return (

@@ -20,7 +20,7 @@ from django.utils.formats import date_format
 from django.utils.html import escape
 
 from licensing import errors, services
-from licensing.admin import CustomerAdmin, FirstDevicesFormSet
+from licensing.admin import CustomerAdmin, FirstDevicesFormSet, LicenseAdmin
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product, nested
 
@@ -620,38 +620,63 @@ def test_the_lists_row_reads_the_state_first_in_columns_that_wrap(staff_client, 
     assert "nowrap" not in rows
 
 
-def test_the_license_list_counts_each_rows_devices(staff_client, plan):
-    busy, idle = make_license(plan=plan), make_license(plan=plan)
+def test_the_license_list_counts_each_rows_devices_in_one_query_for_the_page(staff_client, plan):
+    def shown():
+        with CaptureQueriesContext(connection) as queries:
+            rows = staff_client.get(changelist("license")).content.decode()
+        return rows, len(queries)
+
+    busy = make_license(plan=plan)
     for name in ("a", "b"):
         activate(busy, name)
     services.deactivate_activation(activation=activate(busy, "c").activation, actor=services.Actor.system())
+    rows, queries_for_one = shown()
+    for _ in range(4):
+        activate(make_license(plan=plan), "d")
+    more_rows, queries_for_five = shown()
 
-    rows = staff_client.get(changelist("license")).content.decode()
-
-    assert f"{busy.license.masked_key}</a></th>" in rows
     assert rows.count('<td class="field-devices_used">2 / 3</td>') == 1
-    assert rows.count('<td class="field-devices_used">0 / 3</td>') == 1
-    assert idle.license.masked_key in rows
+    assert more_rows.count('<td class="field-devices_used">1 / 3</td>') == 4
+    assert queries_for_five == queries_for_one
 
 
-def test_a_license_with_many_devices_shows_the_first_live_ones_and_links_to_the_rest(staff_client, plan, monkeypatch):
+def test_a_license_with_many_devices_shows_the_first_live_ones_and_links_to_the_rest(
+    staff_client, customer, monkeypatch
+):
     monkeypatch.setattr(FirstDevicesFormSet, "shown", 2)
-    issued = make_license(plan=make_plan(max_activations=None))
-    gone = activate(issued, "gone", name="Gone").activation
-    services.deactivate_activation(activation=gone, actor=services.Actor.system())
+    issued = make_license(plan=make_plan(max_activations=None), customer=customer)
     for name in ("One", "Two"):
         activate(issued, name.lower(), name=name)
+    # The newest, but no longer live: after the live ones.
+    gone = activate(issued, "gone", name="Gone").activation
+    services.deactivate_activation(activation=gone, actor=services.Actor.system())
 
     page = staff_client.get(change_url(issued.license)).content.decode()
-    devices = Activation.objects.filter(license=issued.license)
+    everything = staff_client.get(changelist("activation"), {"license": issued.license.pk})
 
     assert 'aria-label="Deactivate One">' in page
     assert 'aria-label="Deactivate Two">' in page
     assert ">Gone<" not in page
     assert "The first 2 of 3 devices, live ones first." in page
-    assert f'href="{changelist("activation")}?license__id__exact={issued.license.pk}"' in page
-    listed = staff_client.get(changelist("activation"), {"license__id__exact": issued.license.pk}).context["cl"]
-    assert set(listed.result_list) == set(devices)
+    assert f'href="{changelist("activation")}?license={issued.license.pk}"' in page
+    assert set(everything.context["cl"].result_list) == set(Activation.objects.filter(license=issued.license))
+    # The list says whose devices it shows.
+    assert f"{issued.license.masked_key} · {customer.email}" in everything.content.decode()
+
+
+def test_a_license_page_with_more_devices_than_it_shows_saves(staff_client, plan, monkeypatch):
+    monkeypatch.setattr(FirstDevicesFormSet, "shown", 1)
+    issued = make_license(plan=plan)
+    for name in ("one", "two"):
+        activate(issued, name)
+    form = {**opened_page(staff_client, issued.license), "metadata": '{"seat": "A"}'}
+    assert form["activations-TOTAL_FORMS"] == "1"
+
+    response = staff_client.post(change_url(issued.license), form)
+
+    assert response.status_code == 302
+    assert License.objects.get(pk=issued.license.pk).metadata == {"seat": "A"}
+    assert issued.license.activations.live().count() == 2
 
 
 def test_a_license_with_few_devices_shows_them_all_without_a_link(staff_client, issued):
@@ -660,7 +685,7 @@ def test_a_license_with_few_devices_shows_them_all_without_a_link(staff_client, 
     page = staff_client.get(change_url(issued.license)).content.decode()
 
     assert 'aria-label="Deactivate One">' in page
-    assert "license__id__exact" not in page
+    assert "The first" not in page
 
 
 def test_the_plan_filter_names_its_choice_of_licenses_without_a_plan(staff_client, plan, product):
@@ -1108,6 +1133,22 @@ def test_suspend_reinstate_and_revoke_actions(staff_client, issued):
         "action", flat=True
     )
     assert sorted(staff_actions) == ["license.reinstated", "license.revoked", "license.suspended"]
+
+
+def test_an_action_on_more_licenses_than_it_takes_at_once_is_refused_whole(staff_client, plan, monkeypatch):
+    monkeypatch.setattr(LicenseAdmin, "most_licenses_per_action", 2)
+    licenses = [make_license(plan=plan).license for _ in range(3)]
+
+    refused = action(staff_client, "license", "suspend", licenses[:1], select_across="1", index="0")
+    done = action(staff_client, "license", "suspend", licenses[:2])
+
+    assert page_messages(refused) == [
+        "3 licenses are selected: act on at most 2 at a time. Filter the list (by product, plan, status or "
+        "expiry) and act on each part, or use the management API."
+    ]
+    assert "2 licenses suspended." in page_messages(done)
+    statuses = [License.objects.get(pk=license.pk).status for license in licenses]
+    assert sorted(statuses) == ["active", "suspended", "suspended"]
 
 
 def test_revoking_asks_first_and_names_each_license(staff_client, issued, customer):

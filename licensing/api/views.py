@@ -43,7 +43,6 @@ from licensing.models import (
     Plan,
     Product,
     SigningKey,
-    count_live_devices,
 )
 
 logger = logging.getLogger(__name__)
@@ -651,7 +650,8 @@ class LicenseListView(FilteredListMixin, ManagementView, generics.ListAPIView):
 
     def paginate_queryset(self, queryset):
         page = super().paginate_queryset(queryset)
-        count_live_devices(page)
+        if page is not None:
+            services.count_live_devices(page)
         return page
 
     filter_lookups = {
