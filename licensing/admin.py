@@ -442,6 +442,78 @@ class PlanAdmin(CatalogAdmin):
         return plan.duration_display
 
 
+class LicenseColumns:
+    """What a license's row shows: in the license list, and in its customer's page."""
+
+    @admin.display(description=_("status"), ordering="status")
+    def state(self, license: License) -> str:
+        # The status is what staff set; an active license that cannot be used must not read as usable.
+        problem = services.license_problem(license)
+        if isinstance(problem, errors.LicenseExpired):
+            return _("active, expired")
+        if isinstance(problem, errors.ProductInactive):
+            return _("active, product inactive")
+        return license.get_status_display()
+
+    @admin.display(description=_("expires"), ordering=F("expires_at").asc(nulls_last=True))
+    def expiry(self, license: License) -> Any:
+        # The day is enough in the list; the license's page has the time.
+        return date_format(timezone.localdate(license.expires_at)) if license.expires_at else _("never")
+
+    # The list's columns are plain text, which wraps (Django keeps a relation's or a date-time's
+    # column on one line), so the list fits a laptop's window beside the filters.
+    @admin.display(description=_("product"), ordering="product__name")
+    def product_name(self, license: License) -> str:
+        return license.product.name
+
+    @admin.display(description=_("plan"), ordering="plan__name")
+    def plan_name(self, license: License) -> str | None:
+        return license.plan.name if license.plan else None
+
+    # Not sortable: sorting by it would count the devices of every license for each page.
+    @admin.display(description=_("devices"))
+    def devices_used(self, license: License) -> str:
+        live = license.devices_in_use()
+        return f"{live} / {limit_display(license.max_activations)}"
+
+
+class FirstRowsFormSet(BaseInlineFormSet):
+    """The first rows of an inline, in its order: a site license's thousands of devices, or a
+    reseller's thousands of licenses, would make a page take seconds to draw. The rest are a link
+    away (the inline's template)."""
+
+    shown = 100
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.total = self.queryset.count()
+        self.queryset = self.queryset[: self.shown]
+
+
+class CustomerLicenseInline(LicenseColumns, admin.TabularInline):
+    """A customer's licenses on their page, newest first, each a link to its own page: what support
+    looks at first when the customer writes."""
+
+    model = License
+    formset = FirstRowsFormSet
+    template = "admin/licensing/customer/licenses_inline.html"
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = readonly_fields = ["state", "plan_name", "devices_used", "expiry"]
+    ordering = ["-created_at"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("product", "plan").with_live_total()
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # Read here, changed on the license's own page, through the services.
+        return False
+
+
 @admin.register(Customer)
 class CustomerAdmin(CatalogAdmin):
     list_display = ["email", "name", "external_id", "license_count", "created_at"]
@@ -449,6 +521,7 @@ class CustomerAdmin(CatalogAdmin):
     readonly_fields = ["license_count", "created_at", "updated_at"]
     # As ProductAdmin's: the count makes a grouped query, which has no order of its own.
     ordering = Customer._meta.ordering
+    inlines = [CustomerLicenseInline]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(license_total=Count("licenses"))
@@ -646,21 +719,9 @@ class FindLicenseByKeyForm(forms.Form):
     key = forms.CharField(label=_("License key"), max_length=keys.MAX_KEY_LENGTH, strip=False)
 
 
-class FirstDevicesFormSet(BaseInlineFormSet):
-    """A license's first devices in the inline's order (live ones first): a site license's thousands
-    would make its page take seconds to draw. The rest are a link away (devices_inline.html)."""
-
-    shown = 100
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.total = self.queryset.count()
-        self.queryset = self.queryset[: self.shown]
-
-
 class ActivationInline(admin.TabularInline):
     model = Activation
-    formset = FirstDevicesFormSet
+    formset = FirstRowsFormSet
     template = "admin/licensing/license/devices_inline.html"
     extra = 0
     can_delete = False
@@ -721,6 +782,7 @@ def audit_trail_url(license_id) -> str:
 
 @admin.register(License)
 class LicenseAdmin(
+    LicenseColumns,
     RecordTrailMixin,
     NoSecretLookupsMixin,
     NoDeleteBesideChoicesMixin,
@@ -952,16 +1014,6 @@ class LicenseAdmin(
     def masked_key(self, license: License) -> str:
         return license.masked_key
 
-    @admin.display(description=_("status"), ordering="status")
-    def state(self, license: License) -> str:
-        # The status is what staff set; an active license that cannot be used must not read as usable.
-        problem = services.license_problem(license)
-        if isinstance(problem, errors.LicenseExpired):
-            return _("active, expired")
-        if isinstance(problem, errors.ProductInactive):
-            return _("active, product inactive")
-        return license.get_status_display()
-
     def get_search_results(self, request, queryset, search_term):
         # Customers quote more of a key than the list shows ("MX4UT-BVUBQ", "…-BVUBQ"); only its
         # last characters are stored in clear, so those are what is looked for: the last six, or
@@ -977,30 +1029,9 @@ class LicenseAdmin(
     def license_key(self, license: License) -> str:
         return services.reveal_license_key(license)
 
-    @admin.display(description=_("expires"), ordering=F("expires_at").asc(nulls_last=True))
-    def expiry(self, license: License) -> Any:
-        # The day is enough in the list; the license's page has the time.
-        return date_format(timezone.localdate(license.expires_at)) if license.expires_at else _("never")
-
-    # The list's columns are plain text, which wraps (Django keeps a relation's or a date-time's
-    # column on one line), so the list fits a laptop's window beside the filters.
-    @admin.display(description=_("product"), ordering="product__name")
-    def product_name(self, license: License) -> str:
-        return license.product.name
-
-    @admin.display(description=_("plan"), ordering="plan__name")
-    def plan_name(self, license: License) -> str | None:
-        return license.plan.name if license.plan else None
-
     @admin.display(description=_("customer"), ordering="customer__email")
     def customer_email(self, license: License) -> str | None:
         return license.customer.email if license.customer else None
-
-    # Not sortable: sorting by it would count the devices of every license for each page.
-    @admin.display(description=_("devices"))
-    def devices_used(self, license: License) -> str:
-        live = license.devices_in_use()
-        return f"{live} / {limit_display(license.max_activations)}"
 
     @admin.display(description=_("audit trail"))
     def audit_trail(self, license: License) -> str:

@@ -20,7 +20,7 @@ from django.utils.formats import date_format
 from django.utils.html import escape
 
 from licensing import errors, services
-from licensing.admin import CustomerAdmin, FirstDevicesFormSet, LicenseAdmin
+from licensing.admin import CustomerAdmin, FirstRowsFormSet, LicenseAdmin
 from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, SigningKey
 from tests.factories import activate, make_customer, make_license, make_plan, make_product, nested
 
@@ -643,7 +643,7 @@ def test_the_license_list_counts_each_rows_devices_in_one_query_for_the_page(sta
 def test_a_license_with_many_devices_shows_the_first_live_ones_and_links_to_the_rest(
     staff_client, customer, monkeypatch
 ):
-    monkeypatch.setattr(FirstDevicesFormSet, "shown", 2)
+    monkeypatch.setattr(FirstRowsFormSet, "shown", 2)
     issued = make_license(plan=make_plan(max_activations=None), customer=customer)
     for name in ("One", "Two"):
         activate(issued, name.lower(), name=name)
@@ -665,7 +665,7 @@ def test_a_license_with_many_devices_shows_the_first_live_ones_and_links_to_the_
 
 
 def test_a_license_page_with_more_devices_than_it_shows_saves(staff_client, plan, monkeypatch):
-    monkeypatch.setattr(FirstDevicesFormSet, "shown", 1)
+    monkeypatch.setattr(FirstRowsFormSet, "shown", 1)
     issued = make_license(plan=plan)
     for name in ("one", "two"):
         activate(issued, name)
@@ -677,6 +677,35 @@ def test_a_license_page_with_more_devices_than_it_shows_saves(staff_client, plan
     assert response.status_code == 302
     assert License.objects.get(pk=issued.license.pk).metadata == {"seat": "A"}
     assert issued.license.activations.live().count() == 2
+
+
+def test_a_customers_page_lists_their_licenses_newest_first_and_links_to_the_rest(staff_client, customer, monkeypatch):
+    monkeypatch.setattr(FirstRowsFormSet, "shown", 2)
+    plan = make_plan(name="Team", max_activations=5)
+    oldest, suspended, newest = (make_license(plan=plan, customer=customer).license for _ in range(3))
+    services.suspend_license(license=suspended, actor=services.Actor.system())
+    someone_elses = make_license(plan=plan, customer=make_customer(email="someone@example.com")).license
+
+    page = staff_client.get(change_url(customer)).content.decode()
+
+    assert oldest.masked_key not in page
+    assert someone_elses.masked_key not in page
+    assert page.index(newest.masked_key) < page.index(suspended.masked_key)
+    assert f'href="{change_url(newest)}" class="inlineviewlink">View</a>' in page
+    assert re.search(r'<td class="field-state">\s*<p>suspended</p>', page)
+    assert "The newest 2 of 3 licenses." in page
+    assert f'href="{changelist("license")}?customer={customer.pk}">All of this customer\'s licenses</a>' in page
+
+
+def test_staff_who_may_not_view_licenses_see_none_on_a_customers_page(client, issued, customer):
+    clerk = get_user_model().objects.create_user("clerk", password="a-long-test-password", is_staff=True)
+    clerk.user_permissions.add(*Permission.objects.filter(codename="view_customer"))
+    client.force_login(clerk)
+
+    page = client.get(change_url(customer))
+
+    assert page.status_code == 200
+    assert issued.license.masked_key not in page.content.decode()
 
 
 def test_a_license_with_few_devices_shows_them_all_without_a_link(staff_client, issued):
