@@ -45,17 +45,7 @@ from django.views.csrf import csrf_failure as django_csrf_failure
 from licensing import errors, keys, services, signing
 from licensing.addresses import client_ip
 from licensing.api.throttling import UnknownKeyWindow, client_ident
-from licensing.models import (
-    Activation,
-    ApiKey,
-    AuditEvent,
-    Customer,
-    License,
-    Plan,
-    Product,
-    RsaKey,
-    SigningKey,
-)
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, Plan, Product, RsaKey, SigningKey
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
 
@@ -86,6 +88,9 @@ class HttpsRedirectKeepsMethodMiddleware:
     """
 
     def __init__(self, get_response):
+        if not settings.SECURE_SSL_REDIRECT:
+            # Nothing to turn: off the chain every request goes through.
+            raise MiddlewareNotUsed
         self.get_response = get_response
 
     def __call__(self, request):

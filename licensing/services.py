@@ -1977,12 +1977,9 @@ def count_live_devices(licenses: list[License]) -> None:
     """Set each license's `live_total` from one query, for a page of a list (not in its own query,
     where PostgreSQL counts for every row an OFFSET skips too)."""
     totals = dict(
-        Activation.objects.live()
-        .filter(license__in=licenses)
-        .order_by()
-        .values("license")
-        .annotate(total=models.Count("pk"))
-        .values_list("license", "total")
+        License.objects.filter(pk__in=[license.pk for license in licenses])
+        .with_live_total()
+        .values_list("pk", "live_total")
     )
     for license in licenses:
         license.live_total = totals.get(license.pk, 0)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core import mail
-from django.core.mail import send_mail
+from django.core.mail import BadHeaderError, send_mail
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -165,7 +165,9 @@ def test_an_ipv6_host_is_counted_by_its_slash_64_not_by_each_of_its_addresses(cl
     assert (link.ip_address, link.client_network) == ("2001:db8:1:3::1", "2001:db8:1:3::/64")
 
 
-@pytest.mark.parametrize("failure", [smtplib.SMTPServerDisconnected("gone"), TimeoutError(), socket.gaierror()])
+@pytest.mark.parametrize(
+    "failure", [smtplib.SMTPServerDisconnected("gone"), TimeoutError(), socket.gaierror(), BadHeaderError("bad")]
+)
 def test_a_mail_server_failure_answers_like_any_address_and_is_logged(client, customer, monkeypatch, caplog, failure):
     def fail(*args, **kwargs):
         raise failure

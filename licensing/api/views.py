@@ -34,16 +34,7 @@ from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.schema import BuiltOnceSchemaGenerator
 from licensing.api.throttling import LicenseCallLimits
-from licensing.models import (
-    Activation,
-    AuditEvent,
-    Customer,
-    IdempotentRequest,
-    License,
-    Plan,
-    Product,
-    SigningKey,
-)
+from licensing.models import Activation, AuditEvent, Customer, IdempotentRequest, License, Plan, Product, SigningKey
 
 logger = logging.getLogger(__name__)
 
