@@ -78,6 +78,12 @@ class ActivationLimitReached(LicensingError):
     message = _("This license has reached its activation limit.")
 
 
+class DuplicateActivation(LicensingError):
+    code = "duplicate_activation"
+    status = 409
+    message = _("An activation with this id already exists.")
+
+
 class ActivationNotFound(LicensingError):
     code = "activation_not_found"
     status = 404

@@ -886,12 +886,7 @@ def activate_license(
     none), every call takes a new slot. A `customer_id` the app names must name the license's owner
     (`license_belongs_to`): another customer's key is answered as an unknown one.
     """
-    fingerprint = _trimmed_fingerprint(fingerprint) or None
-    _check_text(fingerprint or "", MAX_FINGERPRINT_LENGTH, field="fingerprint")
-    _check_text(name, MAX_NAME_LENGTH, field="name")
-    _check_text(platform, MAX_PLATFORM_LENGTH, field="platform")
-    check_metadata(metadata, field="metadata")
-    check_metadata(conditions, field="conditions")
+    fingerprint = _checked_device(fingerprint, name=name, platform=platform, metadata=metadata, conditions=conditions)
     ip_address = ip_address or actor.ip_address
     try:
         if ip_address is not None:
@@ -922,8 +917,7 @@ def activate_license(
             if existing is not None:
                 _note_seen(existing)
                 return ActivationResult(activation=existing, created=False)
-            if license.max_activations is not None and used >= license.max_activations:
-                raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
+            _check_room_for_a_device(license, used=used)
             refusal = _cooldown_refusal(license, used=used, fingerprint=fingerprint)
             if refusal is not None:
                 record_event(
@@ -946,15 +940,8 @@ def activate_license(
                     conditions=conditions or {},
                     ip_address=ip_address,
                 )
-                lookups.insert(activation)
+                _add_device(activation, actor=actor, action="activation.created")
                 license.live_total = used + 1
-                record_event(
-                    actor=actor,
-                    action="activation.created",
-                    target=activation,
-                    license=license,
-                    changes={"fingerprint": [None, fingerprint], "name": [None, name], "platform": [None, platform]},
-                )
     except IntegrityError:
         if fingerprint is None:
             raise
@@ -969,6 +956,106 @@ def activate_license(
         # Raised after the block, so the audit event of the refusal is kept.
         raise refusal
     return ActivationResult(activation=activation, created=True)
+
+
+def import_activation(
+    *,
+    license: License,
+    actor: Actor,
+    activation_id: uuid.UUID | None = None,
+    fingerprint: str | None = None,
+    name: str = "",
+    platform: str = "",
+    metadata: dict[str, Any] | None = None,
+    conditions: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
+) -> Activation:
+    """Bring over a device that another license server activated, under the id its app holds.
+
+    An app that moved here from Polar or Kelviq validates with the activation or instance id that
+    server gave it; imported under that id, the device keeps working with no new activation. It
+    takes a slot within the limit as any device does, whatever the license's status (imports follow
+    the old server's state, suspended licenses included). The plan's cooldown does not hold it up:
+    moving servers frees no slot and changes no device.
+    """
+    fingerprint = _checked_device(fingerprint, name=name, platform=platform, metadata=metadata, conditions=conditions)
+    now = timezone.now()
+    if created_at is not None and created_at > now:
+        raise errors.InvalidInput("This is in the future.", field="created_at")
+    activation = Activation(
+        id=activation_id or uuid.uuid4(),
+        license=license,
+        created_at=created_at or now,
+        last_seen_at=now,
+        fingerprint=fingerprint,
+        name=name,
+        platform=platform,
+        metadata=metadata or {},
+        conditions=conditions or {},
+    )
+    try:
+        with transaction.atomic():
+            locked = _lock_license(license.pk)
+            if Activation.objects.filter(pk=activation.pk).exists():
+                raise _duplicate_activation_id()
+            used, existing = lookups.live_devices(locked, fingerprint=fingerprint)
+            if existing is not None:
+                raise _duplicate_live_fingerprint(existing)
+            _check_room_for_a_device(locked, used=used)
+            activation.license = locked
+            _add_device(activation, actor=actor, action="activation.imported")
+    except IntegrityError:
+        # Imported at the same moment by another call, which the license lock does not order when
+        # it names another license, or a device activated without the lock (by staff, say).
+        if Activation.objects.filter(pk=activation.pk).exists():
+            raise _duplicate_activation_id() from None
+        existing = license.activations.live().filter(fingerprint=fingerprint).first() if fingerprint else None
+        if existing is None:
+            raise
+        raise _duplicate_live_fingerprint(existing) from None
+    return activation
+
+
+def _check_room_for_a_device(license: License, *, used: int) -> None:
+    if license.max_activations is not None and used >= license.max_activations:
+        raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
+
+
+def _add_device(activation: Activation, *, actor: Actor, action: str) -> None:
+    """Insert a new device and its audit event, in the transaction holding its license's lock."""
+    lookups.insert(activation)
+    record_event(
+        actor=actor,
+        action=action,
+        target=activation,
+        license=activation.license,
+        changes={
+            "fingerprint": [None, activation.fingerprint],
+            "name": [None, activation.name],
+            "platform": [None, activation.platform],
+        },
+    )
+
+
+def _duplicate_activation_id() -> errors.DuplicateActivation:
+    return errors.DuplicateActivation(field="id")
+
+
+def _duplicate_live_fingerprint(existing: Activation) -> errors.DuplicateActivation:
+    return errors.DuplicateActivation(
+        f"This license already has a live activation with this fingerprint: {existing.pk}.", field="fingerprint"
+    )
+
+
+def _checked_device(fingerprint: Any, *, name: Any, platform: Any, metadata: Any, conditions: Any) -> str | None:
+    """The device's fingerprint as stored (trimmed, or None), once what describes the device is valid."""
+    fingerprint = _trimmed_fingerprint(fingerprint) or None
+    _check_text(fingerprint or "", MAX_FINGERPRINT_LENGTH, field="fingerprint")
+    _check_text(name, MAX_NAME_LENGTH, field="name")
+    _check_text(platform, MAX_PLATFORM_LENGTH, field="platform")
+    check_metadata(metadata, field="metadata")
+    check_metadata(conditions, field="conditions")
+    return fingerprint
 
 
 # Said to the person at a device that was never activated, or was freed (from the portal, say).

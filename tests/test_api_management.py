@@ -409,6 +409,7 @@ def test_customer_email_is_unique_ignoring_case(management_client, customer):
         ("post", f"/api/v1/licenses/{uuid.UUID(int=0)}/suspend", "There is no license with this id."),
         ("post", f"/api/v1/licenses/{uuid.UUID(int=0)}/extend", "There is no license with this id."),
         ("get", f"/api/v1/licenses/{uuid.UUID(int=0)}/activations", "There is no license with this id."),
+        ("post", f"/api/v1/licenses/{uuid.UUID(int=0)}/activations", "There is no license with this id."),
         (
             "post",
             f"/api/v1/licenses/{uuid.UUID(int=0)}/activations/{uuid.UUID(int=1)}/deactivate",
@@ -891,6 +892,139 @@ def test_a_device_of_another_license_is_404(management_client, issued, plan):
     assert response.status_code == 404
     assert error(response)["message"] == "This license has no activation with this id."
     assert Activation.objects.get(pk=theirs.pk).is_live
+
+
+# ---------------------------------------------------------------- devices brought over from another server
+
+POLAR_ACTIVATION_ID = "9b4e2a57-3c1d-4f8e-a6b2-7d5c0e1f2a3b"
+
+
+def import_device(client, license: License, **body):
+    return client.post(f"/api/v1/licenses/{license.pk}/activations", body, format="json")
+
+
+def test_an_imported_device_keeps_its_id_and_history(management_client, api_key, issued):
+    activated_at = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+
+    response = import_device(
+        management_client,
+        issued.license,
+        id=POLAR_ACTIVATION_ID,
+        name="Studio Mac",
+        metadata={"os": "macOS"},
+        conditions={"major_version": 4},
+        created_at=activated_at.isoformat(),
+    )
+
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["id"], body["fingerprint"], body["name"], body["conditions"]) == (
+        POLAR_ACTIVATION_ID,
+        None,
+        "Studio Mac",
+        {"major_version": 4},
+    )
+    assert (body["created_at"], body["deactivated_at"]) == ("2025-03-04T05:06:07Z", None)
+    stored = Activation.objects.get(pk=POLAR_ACTIVATION_ID)
+    assert (stored.license_id, stored.is_live, stored.created_at) == (issued.license.pk, True, activated_at)
+    event = AuditEvent.objects.get(target_id=POLAR_ACTIVATION_ID)
+    assert (event.action, event.actor_kind, event.actor_id, event.license_id) == (
+        "activation.imported",
+        "api_key",
+        str(api_key.api_key.pk),
+        issued.license.pk,
+    )
+    listed = management_client.get(f"/api/v1/licenses/{issued.license.pk}/activations").json()["results"]
+    assert [device["id"] for device in listed] == [POLAR_ACTIVATION_ID]
+
+
+def test_an_imported_device_answers_the_native_validate_by_its_id(management_client, api_client, issued):
+    import_device(management_client, issued.license, id=POLAR_ACTIVATION_ID, fingerprint="studio-mac")
+
+    response = api_client.post(
+        "/api/v1/licenses/validate", {"key": issued.key, "activation_id": POLAR_ACTIVATION_ID}, format="json"
+    )
+
+    assert response.status_code == 200
+    assert (response.json()["valid"], response.json()["activation"]["fingerprint"]) == (True, "studio-mac")
+
+
+def test_an_imported_device_takes_a_slot_and_the_limit_holds(management_client, issued):
+    for number in range(3):
+        assert import_device(management_client, issued.license, fingerprint=f"device-{number}").status_code == 201
+
+    response = import_device(management_client, issued.license, id=POLAR_ACTIVATION_ID, fingerprint="device-4")
+
+    assert response.status_code == 403
+    assert error(response)["code"] == "activation_limit_reached"
+    assert issued.license.activations.count() == 3
+    assert not AuditEvent.objects.filter(target_id=POLAR_ACTIVATION_ID).exists()
+    refused = services.activate_license(license_key=issued.key, fingerprint="device-0", actor=services.Actor.app())
+    assert refused.created is False
+
+
+def test_an_imported_id_that_is_taken_is_409_naming_it(management_client, issued, plan):
+    theirs = activate(make_license(plan=plan), "theirs").activation
+
+    response = import_device(management_client, issued.license, id=str(theirs.pk), fingerprint="mine")
+
+    assert response.status_code == 409
+    assert (error(response)["code"], error(response)["field"]) == ("duplicate_activation", "id")
+    assert not issued.license.activations.exists()
+    assert Activation.objects.get(pk=theirs.pk).license_id != issued.license.pk
+
+
+def test_importing_a_fingerprint_already_live_on_the_license_is_409_naming_it(management_client, issued):
+    live = activate(issued, "studio-mac").activation
+
+    response = import_device(management_client, issued.license, id=POLAR_ACTIVATION_ID, fingerprint=" studio-mac\n")
+
+    assert response.status_code == 409
+    assert error(response)["field"] == "fingerprint"
+    assert str(live.pk) in error(response)["message"]
+    assert list(issued.license.activations.values_list("pk", flat=True)) == [live.pk]
+
+
+def test_an_imported_device_of_a_suspended_license_is_kept_as_the_old_server_had_it(management_client, issued, actor):
+    services.suspend_license(license=issued.license, actor=actor)
+
+    response = import_device(management_client, issued.license, id=POLAR_ACTIVATION_ID)
+
+    assert response.status_code == 201
+    assert Activation.objects.get(pk=POLAR_ACTIVATION_ID).is_live
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"id": "8f3e2b1a-5c6d-4e9f-8a0b-1c2d3e4f5g6h"}, "id"),
+        ({"id": 42}, "id"),
+        ({"created_at": "2999-01-01T00:00:00Z"}, "created_at"),
+        ({"created_at": "yesterday"}, "created_at"),
+        ({"metadata": ["os"]}, "metadata"),
+        ({"conditions": "v4"}, "conditions"),
+        ({"fingerprint": "x" * 256}, "fingerprint"),
+        ({"fingerprint": "a\x00b"}, "fingerprint"),
+        ({"label": "Studio Mac"}, "label"),
+    ],
+)
+def test_an_import_with_bad_input_is_400_naming_the_field(management_client, issued, body, field):
+    response = import_device(management_client, issued.license, **body)
+
+    assert response.status_code == 400
+    assert error(response)["field"] == field
+    assert not Activation.objects.exists()
+
+
+def test_only_a_read_write_management_key_imports_devices(api_client, read_only_api_key, issued):
+    apps_key = services.create_api_key(name="photon app", apps_only=True, actor=services.Actor.system()).key
+    answers = []
+    for key in (read_only_api_key.key, apps_key):
+        api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        answers.append(import_device(api_client, issued.license, id=POLAR_ACTIVATION_ID).status_code)
+
+    assert answers == [403, 403]
+    assert not Activation.objects.exists()
 
 
 # ---------------------------------------------------------------- secrets stay out of logs

@@ -80,6 +80,34 @@ def test_activation_storm_on_distinct_devices_stops_exactly_at_the_limit():
     assert (refusal.facts["limit"], refusal.facts["used"]) == (3, 3)
 
 
+def test_devices_imported_while_others_activate_stop_exactly_at_the_limit():
+    issued = make_license(plan=make_plan(max_activations=3))
+
+    def import_or_activate(n: int) -> Any:
+        if n % 5:
+            return services.import_activation(license=issued.license, fingerprint=f"imported-{n}", actor=SYSTEM)
+        return services.activate_license(license_key=issued.key, fingerprint=f"device-{n}", actor=services.Actor.app())
+
+    outcomes = run_at_once(50, import_or_activate)
+
+    assert outcome_kinds(outcomes)["ActivationLimitReached"] == 47
+    assert Activation.objects.filter(license=issued.license).live().count() == 3
+
+
+def test_one_old_id_imported_at_once_into_two_licenses_is_stored_once():
+    plan = make_plan()
+    licenses = [make_license(plan=plan).license for _ in range(2)]
+    old_id = "9b4e2a57-3c1d-4f8e-a6b2-7d5c0e1f2a3b"
+
+    outcomes = run_at_once(
+        10, lambda n: services.import_activation(license=licenses[n % 2], activation_id=old_id, actor=SYSTEM)
+    )
+
+    assert outcome_kinds(outcomes) == {"Activation": 1, "DuplicateActivation": 9}
+    assert {outcome.field for outcome in outcomes if isinstance(outcome, errors.DuplicateActivation)} == {"id"}
+    assert Activation.objects.filter(pk=old_id).count() == 1
+
+
 def test_storm_of_one_device_reactivating_leaves_one_live_activation():
     issued = make_license(plan=make_plan(max_activations=3))
 

@@ -135,13 +135,66 @@ def test_a_fingerprint_of_spaces_only_is_one_device_as_sent(setup):
     ]
 
 
+def test_devices_imported_under_their_old_ids_keep_working_for_polar_and_kelviq_apps(setup):
+    issued, api_key = setup
+    polar_activation_id, kelviq_instance_id = str(uuid.uuid4()), str(uuid.uuid4())
+    billing_key = services.create_api_key(name="migration", actor=services.Actor.system("tests")).key
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {billing_key}")
+    for old_id, conditions in ((polar_activation_id, {"major_version": 4}), (kelviq_instance_id, {})):
+        imported = client.post(
+            f"/api/v1/licenses/{issued.license.pk}/activations",
+            {"id": old_id, "name": "Studio Mac", "conditions": conditions},
+            content_type="application/json",
+        )
+        assert imported.status_code == 201
+    polar = "/compat/polar/v1/customer-portal/license-keys/"
+
+    def polar_call(name, **body):
+        return Client().post(
+            polar + name,
+            json.dumps({"key": issued.key, "organization_id": ORGANIZATION_ID, **body}),
+            content_type="application/json",
+        )
+
+    polar_validated = polar_call("validate", activation_id=polar_activation_id, conditions={"major_version": 4})
+    polar_mismatch = polar_call("validate", activation_id=polar_activation_id, conditions={"major_version": 5})
+    kelviq_validated = Client().post(
+        "/compat/kelviq/api/v1/license/validate/",
+        json.dumps({"licenseKey": issued.key, "instanceId": kelviq_instance_id}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key}",
+    )
+    polar_deactivated = polar_call("deactivate", activation_id=polar_activation_id)
+
+    assert polar_validated.status_code == 200
+    assert (polar_validated.json()["activation"]["id"], polar_validated.json()["activation"]["label"]) == (
+        polar_activation_id,
+        "Studio Mac",
+    )
+    assert polar_mismatch.status_code == 404
+    assert (kelviq_validated.status_code, kelviq_validated.json()["code"]) == (200, "VALID")
+    assert polar_deactivated.status_code == 204
+    assert list(issued.license.activations.live().values_list("pk", flat=True)) == [uuid.UUID(kelviq_instance_id)]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_limit_holds_when_activations_arrive_through_every_face_at_once():
     actor = services.Actor.system("tests")
     product = make_product(public_id=PRODUCT_ID, polar_organization_id=uuid.UUID(ORGANIZATION_ID))
     issued = make_license(plan=make_plan(product=product, max_activations=3))
     api_key = services.create_api_key(name="apps", apps_only=True, actor=actor).key
-    faces = list(activators(issued.key, api_key).items())
+    migration_key = services.create_api_key(name="migration", actor=actor).key
+
+    def import_device(client: Client, device: str) -> int:
+        return client.post(
+            f"/api/v1/licenses/{issued.license.pk}/activations",
+            {"fingerprint": device},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {migration_key}",
+        ).status_code
+
+    # Devices imported from another server take their slots under the same lock as activations.
+    faces = [*activators(issued.key, api_key).items(), ("import", import_device)]
     per_face = 6
     barrier = threading.Barrier(len(faces) * per_face)
     statuses: list[tuple[str, int]] = []

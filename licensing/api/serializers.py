@@ -643,6 +643,24 @@ class AuditEventSerializer(serializers.ModelSerializer):
         return answer
 
 
+class ImportActivationInputSerializer(StrictInputSerializer):
+    id = StrictUUIDField(
+        required=False,
+        help_text="The id the old license server gave the device (Polar's activation_id, Kelviq's instanceId), "
+        "so apps that stored it keep validating with it. Leave out for a new one.",
+    )
+    fingerprint = StrictCharField(max_length=services.MAX_FINGERPRINT_LENGTH, required=False, allow_null=True)
+    name = StrictCharField(max_length=services.MAX_NAME_LENGTH, required=False, allow_blank=True, default="")
+    platform = StrictCharField(max_length=services.MAX_PLATFORM_LENGTH, required=False, allow_blank=True, default="")
+    metadata = MetadataField(required=False, default=dict)
+    conditions = MetadataField(
+        required=False, default=dict, help_text="Polar's activation conditions, which its validations must match."
+    )
+    created_at = serializers.DateTimeField(
+        required=False, help_text="When the old server activated the device; leave out for now."
+    )
+
+
 class ManagedActivationSerializer(serializers.ModelSerializer):
     deactivated_by_kind = serializers.ChoiceField(
         choices=ActorKind.choices, allow_blank=True, read_only=True, help_text="Empty while the device is active."
@@ -656,6 +674,7 @@ class ManagedActivationSerializer(serializers.ModelSerializer):
             "name",
             "platform",
             "metadata",
+            "conditions",
             "ip_address",
             "created_at",
             "last_seen_at",

@@ -783,6 +783,35 @@ class LicenseActivationListView(FilteredListMixin, ManagementView, generics.List
     def filtered(self, activations, live=None):
         return activations if live is None else activations.filter(deactivated_at__isnull=live)
 
+    @extend_schema(
+        summary="Import a device another license server activated, under the id its app holds",
+        request=api.ImportActivationInputSerializer,
+        responses={
+            201: api.ManagedActivationSerializer,
+            400: ERRORS[400],
+            403: OpenApiResponse(api.ErrorSerializer, description="A read-only API key, or the license is full."),
+            404: ERRORS[404],
+            409: OpenApiResponse(
+                api.ErrorSerializer, description="The id is taken, or a live device of the license has the fingerprint."
+            ),
+        },
+    )
+    def post(self, request, pk):
+        license = record_or_404(License.objects, pk=pk)
+        data = validated(api.ImportActivationInputSerializer, request)
+        activation = services.import_activation(
+            license=license,
+            actor=self.api_actor(),
+            activation_id=data.get("id"),
+            fingerprint=data.get("fingerprint"),
+            name=data["name"],
+            platform=data["platform"],
+            metadata=data["metadata"],
+            conditions=data["conditions"],
+            created_at=data.get("created_at"),
+        )
+        return Response(api.ManagedActivationSerializer(activation).data, status=201)
+
 
 class AuditEventListFilterSerializer(serializers.Serializer):
     license = serializers.UUIDField(required=False, help_text="Its id: the changes to one license and its devices.")
