@@ -886,7 +886,9 @@ def activate_license(
     none), every call takes a new slot. A `customer_id` the app names must name the license's owner
     (`license_belongs_to`): another customer's key is answered as an unknown one.
     """
-    fingerprint = _checked_device(fingerprint, name=name, platform=platform, metadata=metadata, conditions=conditions)
+    fingerprint = _checked_fingerprint(
+        fingerprint, name=name, platform=platform, metadata=metadata, conditions=conditions
+    )
     ip_address = ip_address or actor.ip_address
     try:
         if ip_address is not None:
@@ -978,7 +980,9 @@ def import_activation(
     the old server's state, suspended licenses included). The plan's cooldown does not hold it up:
     moving servers frees no slot and changes no device.
     """
-    fingerprint = _checked_device(fingerprint, name=name, platform=platform, metadata=metadata, conditions=conditions)
+    fingerprint = _checked_fingerprint(
+        fingerprint, name=name, platform=platform, metadata=metadata, conditions=conditions
+    )
     now = timezone.now()
     if created_at is not None and created_at > now:
         raise errors.InvalidInput("This is in the future.", field="created_at")
@@ -1003,7 +1007,15 @@ def import_activation(
                 raise _duplicate_live_fingerprint(existing)
             _check_room_for_a_device(locked, used=used)
             activation.license = locked
-            _add_device(activation, actor=actor, action="activation.imported")
+            # What apps will be shown as the old server's, beside what every new device records.
+            _add_device(
+                activation,
+                actor=actor,
+                action="activation.imported",
+                created_at=[None, activation.created_at],
+                metadata=[None, activation.metadata],
+                conditions=[None, activation.conditions],
+            )
     except IntegrityError:
         # Imported at the same moment by another call, which the license lock does not order when
         # it names another license, or a device activated without the lock (by staff, say).
@@ -1021,7 +1033,7 @@ def _check_room_for_a_device(license: License, *, used: int) -> None:
         raise errors.ActivationLimitReached(license=license, limit=license.max_activations, used=used)
 
 
-def _add_device(activation: Activation, *, actor: Actor, action: str) -> None:
+def _add_device(activation: Activation, *, actor: Actor, action: str, **more_changes: list[Any]) -> None:
     """Insert a new device and its audit event, in the transaction holding its license's lock."""
     lookups.insert(activation)
     record_event(
@@ -1033,6 +1045,7 @@ def _add_device(activation: Activation, *, actor: Actor, action: str) -> None:
             "fingerprint": [None, activation.fingerprint],
             "name": [None, activation.name],
             "platform": [None, activation.platform],
+            **more_changes,
         },
     )
 
@@ -1047,8 +1060,8 @@ def _duplicate_live_fingerprint(existing: Activation) -> errors.DuplicateActivat
     )
 
 
-def _checked_device(fingerprint: Any, *, name: Any, platform: Any, metadata: Any, conditions: Any) -> str | None:
-    """The device's fingerprint as stored (trimmed, or None), once what describes the device is valid."""
+def _checked_fingerprint(fingerprint: Any, *, name: Any, platform: Any, metadata: Any, conditions: Any) -> str | None:
+    """The device's fingerprint as stored (trimmed, or None), once it and what else describes the device are valid."""
     fingerprint = _trimmed_fingerprint(fingerprint) or None
     _check_text(fingerprint or "", MAX_FINGERPRINT_LENGTH, field="fingerprint")
     _check_text(name, MAX_NAME_LENGTH, field="name")
@@ -2106,4 +2119,9 @@ def device_history(license: License, *, limit: int = 20) -> models.QuerySet[Audi
     ]
 
 
-DEVICE_HISTORY_ACTIONS = ["activation.created", "activation.deactivated", "activation.checked_out"]
+DEVICE_HISTORY_ACTIONS = [
+    "activation.created",
+    "activation.imported",
+    "activation.deactivated",
+    "activation.checked_out",
+]

@@ -51,6 +51,16 @@ def license_with_a_slot_cooling_down(customer, actor, *, max_activations: int = 
     return issued
 
 
+def test_a_device_imported_from_the_old_server_is_not_held_up_by_a_slot_cooling_down(customer, app_actor):
+    issued = license_with_a_slot_cooling_down(customer, app_actor)
+
+    with pytest.raises(errors.SlotCoolingDown):
+        activate(issued, "new")
+    imported = services.import_activation(license=issued.license, fingerprint="old", actor=services.Actor.system())
+
+    assert list(issued.license.activations.live()) == [imported]
+
+
 def test_apps_get_the_plans_number_of_device_changes_then_a_refusal(churny, app_actor):
     deactivate(churny, "a", app_actor)
     deactivate(churny, "b", app_actor)

@@ -934,6 +934,11 @@ def test_an_imported_device_keeps_its_id_and_history(management_client, api_key,
         str(api_key.api_key.pk),
         issued.license.pk,
     )
+    assert (event.changes["created_at"], event.changes["conditions"], event.changes["name"]) == (
+        [None, "2025-03-04T05:06:07Z"],
+        [None, {"major_version": 4}],
+        [None, "Studio Mac"],
+    )
     listed = management_client.get(f"/api/v1/licenses/{issued.license.pk}/activations").json()["results"]
     assert [device["id"] for device in listed] == [POLAR_ACTIVATION_ID]
 
@@ -959,12 +964,15 @@ def test_an_imported_device_takes_a_slot_and_the_limit_holds(management_client, 
     assert error(response)["code"] == "activation_limit_reached"
     assert issued.license.activations.count() == 3
     assert not AuditEvent.objects.filter(target_id=POLAR_ACTIVATION_ID).exists()
-    refused = services.activate_license(license_key=issued.key, fingerprint="device-0", actor=services.Actor.app())
-    assert refused.created is False
+    again = services.activate_license(license_key=issued.key, fingerprint="device-0", actor=services.Actor.app())
+    assert again.created is False
 
 
-def test_an_imported_id_that_is_taken_is_409_naming_it(management_client, issued, plan):
+@pytest.mark.parametrize("deactivated", [False, True])
+def test_an_imported_id_that_is_taken_is_409_naming_it(management_client, issued, plan, actor, deactivated):
     theirs = activate(make_license(plan=plan), "theirs").activation
+    if deactivated:
+        services.deactivate_activation(activation=theirs, actor=actor)
 
     response = import_device(management_client, issued.license, id=str(theirs.pk), fingerprint="mine")
 
@@ -972,6 +980,18 @@ def test_an_imported_id_that_is_taken_is_409_naming_it(management_client, issued
     assert (error(response)["code"], error(response)["field"]) == ("duplicate_activation", "id")
     assert not issued.license.activations.exists()
     assert Activation.objects.get(pk=theirs.pk).license_id != issued.license.pk
+
+
+def test_an_import_retried_with_its_idempotency_key_gets_the_first_answer(management_client, issued):
+    path = f"/api/v1/licenses/{issued.license.pk}/activations"
+    body = {"id": POLAR_ACTIVATION_ID, "name": "Studio Mac"}
+
+    first = management_client.post(path, body, format="json", HTTP_IDEMPOTENCY_KEY="import-1")
+    retried = management_client.post(path, body, format="json", HTTP_IDEMPOTENCY_KEY="import-1")
+
+    assert (first.status_code, retried.status_code, retried["Idempotent-Replayed"]) == (201, 201, "true")
+    assert retried.json() == first.json()
+    assert issued.license.activations.count() == 1
 
 
 def test_importing_a_fingerprint_already_live_on_the_license_is_409_naming_it(management_client, issued):
@@ -985,8 +1005,15 @@ def test_importing_a_fingerprint_already_live_on_the_license_is_409_naming_it(ma
     assert list(issued.license.activations.values_list("pk", flat=True)) == [live.pk]
 
 
-def test_an_imported_device_of_a_suspended_license_is_kept_as_the_old_server_had_it(management_client, issued, actor):
-    services.suspend_license(license=issued.license, actor=actor)
+@pytest.mark.parametrize("state", ["suspended", "revoked", "expired"])
+def test_an_imported_device_of_a_license_not_in_use_is_kept_as_the_old_server_had_it(
+    management_client, issued, actor, state
+):
+    if state == "expired":
+        License.objects.filter(pk=issued.license.pk).update(expires_at=timezone.now() - timedelta(days=1))
+    else:
+        change = {"suspended": services.suspend_license, "revoked": services.revoke_license}[state]
+        change(license=issued.license, actor=actor)
 
     response = import_device(management_client, issued.license, id=POLAR_ACTIVATION_ID)
 

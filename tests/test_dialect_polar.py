@@ -308,6 +308,19 @@ def test_validate_the_owners_customer_id_matches_and_another_does_not(api_client
     assert_polar_error(other, 404, "ResourceNotFound", "License key does not match given user.")
 
 
+def test_validate_matches_a_polar_customer_id_kept_as_the_customers_external_id(api_client, org, issued, actor):
+    polar_customer_id = "3d9f1c2b-8a7e-4b6d-9c5f-0e1a2b3c4d5e"
+    customer = issued.license.customer
+    customer.external_id = polar_customer_id
+    services.save_catalog_record(record=customer, actor=actor, fields=["external_id"])
+
+    as_polar_named_it = validate_call(api_client, issued, customer_id=polar_customer_id)
+    in_capitals = validate_call(api_client, issued, customer_id=polar_customer_id.upper())
+
+    assert (as_polar_named_it.status_code, in_capitals.status_code) == (200, 200)
+    assert as_polar_named_it.json()["customer"]["external_id"] == polar_customer_id
+
+
 def test_validate_tells_the_keys_state_before_a_benefit_or_customer_mismatch(api_client, org, issued, actor):
     # Polar checks the key's status and expiry first.
     services.revoke_license(license=issued.license, actor=actor)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core import mail
-from django.core.mail import BadHeaderError, send_mail
+from django.core.mail import BadHeaderError, EmailMessage
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -61,6 +61,16 @@ def test_a_customer_gets_a_link_that_signs_them_in(client, customer, issued):
     assert client.get(path).status_code == 200
     assert client.post(path).headers["Location"] == reverse("portal:licenses")
     assert "Photon Editor" in client.get(reverse("portal:licenses")).content.decode()
+
+
+def test_the_mail_is_named_after_the_senders_domain_not_the_machine(client, customer, settings):
+    settings.DEFAULT_FROM_EMAIL = "Photon Licenses <licenses@photon.example>"
+
+    request_link(client, customer.email)
+
+    sent = mail.outbox[0].message()
+    assert sent["From"] == "Photon Licenses <licenses@photon.example>"
+    assert re.fullmatch(r"<[^@<>\s]+@photon\.example>", sent["Message-ID"])
 
 
 def test_an_unknown_address_gets_the_same_answer_and_no_mail(client, customer):
@@ -172,7 +182,7 @@ def test_a_mail_server_failure_answers_like_any_address_and_is_logged(client, cu
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr("portal.views.send_mail", fail)
+    monkeypatch.setattr(EmailMessage, "send", fail)
 
     for_a_customer = request_link(client, customer.email)
     for_a_stranger = request_link(client, "stranger@example.com")
@@ -189,7 +199,8 @@ def test_the_link_is_mailed_off_the_server_thread_once_the_answer_is_sent(rf, cu
     the next request on the same connection, which the same server thread answers."""
     monkeypatch.setattr(portal_views, "after_answers", ThreadPoolExecutor(max_workers=1))
     mail_server_answers = threading.Event()
-    monkeypatch.setattr(portal_views, "send_mail", lambda *args: mail_server_answers.wait(5) and send_mail(*args))
+    send = EmailMessage.send
+    monkeypatch.setattr(EmailMessage, "send", lambda message: mail_server_answers.wait(5) and send(message))
     request = rf.post(reverse("portal:sign-in"), {"email": customer.email})
     SessionMiddleware(lambda request: None).process_request(request)
 
@@ -388,6 +399,15 @@ def test_license_page_lists_live_devices_and_history(signed_in, issued, actor):
     history = page.split('id="history-heading"')[1]
     assert "Old PC deactivated" in history
     assert "MacBook activated" in history
+
+
+def test_the_history_says_a_device_was_carried_over_from_the_old_license_server(signed_in, issued):
+    services.import_activation(license=issued.license, name="Studio Mac", actor=services.Actor.system())
+
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+
+    history = page.split('id="history-heading"')[1]
+    assert "Studio Mac carried over from our previous license system" in history
 
 
 # ---------------------------------------------------------------- freeing devices

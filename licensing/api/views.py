@@ -790,7 +790,7 @@ class LicenseActivationListView(FilteredListMixin, ManagementView, generics.List
             201: api.ManagedActivationSerializer,
             400: ERRORS[400],
             403: OpenApiResponse(api.ErrorSerializer, description="A read-only API key, or the license is full."),
-            404: ERRORS[404],
+            404: OpenApiResponse(api.ErrorSerializer, description="No license has this id."),
             409: OpenApiResponse(
                 api.ErrorSerializer, description="The id is taken, or a live device of the license has the fingerprint."
             ),
