@@ -1210,9 +1210,19 @@ class ActivationAdmin(RecordTrailMixin, HandMadeInputMixin, admin.ModelAdmin):
     list_filter = [OneLicenseFilter, LiveListFilter, "platform", "license__product"]
     list_select_related = ["license__product"]
     search_fields = ["name", "fingerprint", "license__customer__email"]
-    search_help_text = _("A device name or fingerprint, or a customer's e-mail.")
+    search_help_text = _("A device's name, fingerprint or id, or a customer's e-mail.")
     actions = ["deactivate"]
     readonly_fields = [field.name for field in Activation._meta.fields]
+
+    def get_search_results(self, request, queryset, search_term):
+        # Polar and Kelviq apps know their device by its id alone (activation_id, instanceId), and
+        # that id is what a customer of theirs quotes.
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        try:
+            device_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return results, may_have_duplicates
+        return results | queryset.filter(pk=device_id), may_have_duplicates
 
     def has_add_permission(self, request):
         return False

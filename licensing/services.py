@@ -439,16 +439,19 @@ def create_license(
     expires_at: datetime | None = UNSET,
     metadata: dict[str, Any] | None = None,
     limit_usage: int | None = None,
+    usage: int = 0,
 ) -> IssuedLicense:
     """Issue a license with a generated key, or with a key supplied (imported from another vendor).
 
     The owner is `customer`, or the customer with `customer_email` (made if there is none, and only
     if the license is made too). The activation limit and expiry default to the plan's; None means
-    unlimited and never expires.
+    unlimited and never expires. `usage` carries over the uses an imported key has counted already.
     """
     if key is None:
         key = keys.generate_license_key()
     _check_usage_limit_value(limit_usage)
+    if not _is_whole_number(usage, 0, MAX_USAGE_LIMIT):
+        raise errors.InvalidInput(f"Uses counted must be a whole number from 0 to {MAX_USAGE_LIMIT}.", field="usage")
 
     digest = keys.digest_license_key(key)
     try:
@@ -474,6 +477,7 @@ def create_license(
                 expires_at=expires_at,
                 metadata=metadata or {},
                 limit_usage=limit_usage,
+                usage=usage,
             )
             license.save(force_insert=True)
             record_event(
@@ -820,26 +824,29 @@ def _check_activation_limit_value(max_activations: int | None) -> None:
 
 
 def check_metadata(metadata: Any, *, field: str = "metadata") -> None:
-    """Raise InvalidInput unless metadata is a JSON object every database can store."""
+    """Raise InvalidInput unless metadata is a JSON object every database can store.
+
+    The message names the field, as Polar's activation conditions are checked the same way."""
     if metadata is None:
         return
+    subject = field.capitalize()
     if not isinstance(metadata, dict):
-        raise errors.InvalidInput("Metadata must be a JSON object.", field=field)
+        raise errors.InvalidInput(f"{subject} must be a JSON object.", field=field)
     try:
         # allow_nan=False: NaN and Infinity are not JSON, and PostgreSQL's jsonb refuses them.
         encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
-        raise errors.InvalidInput("Metadata must hold only JSON values.", field=field) from None
+        raise errors.InvalidInput(f"{subject} must hold only JSON values.", field=field) from None
     if not is_encodable(encoded):
-        raise errors.InvalidInput("Metadata must be valid Unicode text.", field=field)
+        raise errors.InvalidInput(f"{subject} must be valid Unicode text.", field=field)
     # PostgreSQL's jsonb cannot store the NUL character; SQLite would, so refuse it everywhere.
     if "\\u0000" in encoded:
-        raise errors.InvalidInput("Metadata must not contain NUL characters.", field=field)
+        raise errors.InvalidInput(f"{subject} must not contain NUL characters.", field=field)
     if len(encoded.encode()) > MAX_METADATA_BYTES:
-        raise errors.InvalidInput(f"Metadata must be at most {MAX_METADATA_BYTES} bytes of JSON.", field=field)
+        raise errors.InvalidInput(f"{subject} must be at most {MAX_METADATA_BYTES} bytes of JSON.", field=field)
     if _nesting(metadata) > MAX_METADATA_NESTING:
         raise errors.InvalidInput(
-            f"Metadata must be nested at most {MAX_METADATA_NESTING} objects or arrays deep.", field=field
+            f"{subject} must be nested at most {MAX_METADATA_NESTING} objects or arrays deep.", field=field
         )
 
 
@@ -971,6 +978,7 @@ def import_activation(
     metadata: dict[str, Any] | None = None,
     conditions: dict[str, Any] | None = None,
     created_at: datetime | None = None,
+    last_seen_at: datetime | None = None,
 ) -> Activation:
     """Bring over a device that another license server activated, under the id its app holds.
 
@@ -978,19 +986,29 @@ def import_activation(
     server gave it; imported under that id, the device keeps working with no new activation. It
     takes a slot within the limit as any device does, whatever the license's status (imports follow
     the old server's state, suspended licenses included). The plan's cooldown does not hold it up:
-    moving servers frees no slot and changes no device.
+    moving servers frees no slot and changes no device. Last seen, unless the old server says when,
+    is when it was activated: an app in use validates soon and moves it, so a device left unused
+    does not look like one in use.
     """
     fingerprint = _checked_fingerprint(
         fingerprint, name=name, platform=platform, metadata=metadata, conditions=conditions
     )
     now = timezone.now()
-    if created_at is not None and created_at > now:
-        raise errors.InvalidInput("This is in the future.", field="created_at")
+    created_at = created_at or now
+    last_seen_at = last_seen_at or created_at
+    for moment, field in ((created_at, "created_at"), (last_seen_at, "last_seen_at")):
+        if moment > now:
+            raise errors.InvalidInput("This is in the future.", field=field)
+        if moment < EARLIEST_IMPORTED_TIME:
+            # GetKeyManager's answers give it as Unix time, which apps read as unsigned.
+            raise errors.InvalidInput("This must be in 1970 or later.", field=field)
+    if last_seen_at < created_at:
+        raise errors.InvalidInput("A device is last seen after it was activated.", field="last_seen_at")
     activation = Activation(
         id=activation_id or uuid.uuid4(),
         license=license,
-        created_at=created_at or now,
-        last_seen_at=now,
+        created_at=created_at,
+        last_seen_at=last_seen_at,
         fingerprint=fingerprint,
         name=name,
         platform=platform,
@@ -1013,6 +1031,7 @@ def import_activation(
                 actor=actor,
                 action="activation.imported",
                 created_at=[None, activation.created_at],
+                last_seen_at=[None, activation.last_seen_at],
                 metadata=[None, activation.metadata],
                 conditions=[None, activation.conditions],
             )
@@ -1026,6 +1045,9 @@ def import_activation(
             raise
         raise _duplicate_live_fingerprint(existing) from None
     return activation
+
+
+EARLIEST_IMPORTED_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _check_room_for_a_device(license: License, *, used: int) -> None:

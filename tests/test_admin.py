@@ -579,6 +579,16 @@ def test_search_licenses_by_as_much_of_the_key_as_a_customer_quotes(staff_client
     assert list(response.context["cl"].result_list) == [issued.license]
 
 
+@pytest.mark.parametrize("quoted", [str, lambda device_id: f" {str(device_id).upper()}"])
+def test_search_finds_a_device_by_the_id_its_app_holds(staff_client, issued, quoted):
+    nameless = services.import_activation(license=issued.license, actor=services.Actor.system())
+    activate(issued, "another")
+
+    response = staff_client.get(changelist("activation"), {"q": quoted(nameless.pk)})
+
+    assert list(response.context["cl"].result_list) == [nameless]
+
+
 @pytest.mark.parametrize("quoted", ["UNLIMITED", "DEMO-UNLIMITED", "IMITED"])
 def test_search_finds_a_short_imported_key_by_as_much_of_it_as_is_quoted(staff_client, plan, quoted):
     """A 14-character key keeps only its last 4 characters in clear ("…ITED"), so comparing the

@@ -924,7 +924,12 @@ def test_an_imported_device_keeps_its_id_and_history(management_client, api_key,
         "Studio Mac",
         {"major_version": 4},
     )
-    assert (body["created_at"], body["deactivated_at"]) == ("2025-03-04T05:06:07Z", None)
+    # Last seen when activated, until the app's next call here: a device left unused looks it.
+    assert (body["created_at"], body["last_seen_at"], body["deactivated_at"]) == (
+        "2025-03-04T05:06:07Z",
+        "2025-03-04T05:06:07Z",
+        None,
+    )
     stored = Activation.objects.get(pk=POLAR_ACTIVATION_ID)
     assert (stored.license_id, stored.is_live, stored.created_at) == (issued.license.pk, True, activated_at)
     event = AuditEvent.objects.get(target_id=POLAR_ACTIVATION_ID)
@@ -941,6 +946,21 @@ def test_an_imported_device_keeps_its_id_and_history(management_client, api_key,
     )
     listed = management_client.get(f"/api/v1/licenses/{issued.license.pk}/activations").json()["results"]
     assert [device["id"] for device in listed] == [POLAR_ACTIVATION_ID]
+
+
+def test_an_imported_device_keeps_when_the_old_server_last_heard_from_it(management_client, issued):
+    response = import_device(
+        management_client, issued.license, created_at="2025-03-04T05:06:07Z", last_seen_at="2026-11-01T09:00:00+01:00"
+    )
+
+    assert response.status_code == 201
+    assert response.json()["last_seen_at"] == "2026-11-01T08:00:00Z"
+
+
+def test_importing_conditions_that_are_no_object_says_so_in_their_name(management_client, issued):
+    response = import_device(management_client, issued.license, conditions="v4")
+
+    assert (error(response)["field"], error(response)["message"]) == ("conditions", "Conditions must be a JSON object.")
 
 
 def test_an_imported_device_answers_the_native_validate_by_its_id(management_client, api_client, issued):
@@ -1027,6 +1047,10 @@ def test_an_imported_device_of_a_license_not_in_use_is_kept_as_the_old_server_ha
         ({"id": "8f3e2b1a-5c6d-4e9f-8a0b-1c2d3e4f5g6h"}, "id"),
         ({"id": 42}, "id"),
         ({"created_at": "2999-01-01T00:00:00Z"}, "created_at"),
+        ({"created_at": "1969-12-31T23:59:59Z"}, "created_at"),
+        ({"created_at": None}, "created_at"),
+        ({"last_seen_at": "2999-01-01T00:00:00Z"}, "last_seen_at"),
+        ({"created_at": "2025-03-04T05:06:07Z", "last_seen_at": "2025-03-04T05:06:06Z"}, "last_seen_at"),
         ({"created_at": "yesterday"}, "created_at"),
         ({"metadata": ["os"]}, "metadata"),
         ({"conditions": "v4"}, "conditions"),

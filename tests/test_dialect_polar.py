@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from licensing import services
-from licensing.models import Activation
+from licensing.models import Activation, License
 from tests.factories import activate, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
@@ -219,6 +219,24 @@ def test_validate_past_the_usage_limit_is_400_and_counts_nothing(api_client, org
     assert_polar_error(response, 400, "BadRequest", "License key only has 1 more usages.")
     issued.license.refresh_from_db()
     assert (issued.license.usage, issued.license.validation_count) == (4, 1)
+
+
+def test_a_key_imported_with_its_polar_usage_has_only_the_rest_left(management_client, org, product):
+    imported = management_client.post(
+        "/api/v1/licenses",
+        {"product": product.pk, "key": "POLAR-KEY-0001", "limit_usage": 100, "usage": 40},
+        format="json",
+    )
+    negative = management_client.post(
+        "/api/v1/licenses", {"product": product.pk, "key": "POLAR-KEY-0002", "usage": -1}, format="json"
+    )
+    issued = services.IssuedLicense(license=License.objects.get(pk=imported.json()["id"]), key="POLAR-KEY-0001")
+
+    response = validate_call(management_client, issued, increment_usage=61)
+
+    assert (imported.status_code, imported.json()["usage"]) == (201, 40)
+    assert (negative.status_code, negative.json()["error"]["field"]) == (400, "usage")
+    assert_polar_error(response, 400, "BadRequest", "License key only has 60 more usages.")
 
 
 def test_validate_an_unknown_key_is_404(api_client, org, issued):

@@ -96,7 +96,7 @@ class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
 class MetadataField(serializers.JSONField):
     def to_internal_value(self, data):
         try:
-            services.check_metadata(data)
+            services.check_metadata(data, field=self.field_name)
         except services.errors.InvalidInput as error:
             raise serializers.ValidationError(str(error.message)) from None
         return super().to_internal_value(data)
@@ -534,6 +534,13 @@ class CreateLicenseInputSerializer(OwnerInputSerializer):
         allow_null=True,
         help_text="Most uses apps may count; null is unlimited.",
     )
+    usage = StrictIntegerField(
+        min_value=0,
+        max_value=services.MAX_USAGE_LIMIT,
+        required=False,
+        default=0,
+        help_text="Uses counted already, for a key imported from Polar with its usage.",
+    )
 
     def validate(self, data):
         data = super().validate(data)
@@ -657,7 +664,11 @@ class ImportActivationInputSerializer(StrictInputSerializer):
         required=False, default=dict, help_text="Polar's activation conditions, which its validations must match."
     )
     created_at = serializers.DateTimeField(
-        required=False, help_text="When the old server activated the device; leave out for now."
+        required=False,
+        help_text="When the old server activated the device (UTC unless the time says); leave out for now.",
+    )
+    last_seen_at = serializers.DateTimeField(
+        required=False, help_text="When the old server last heard from the device; leave out for created_at."
     )
 
 

@@ -689,6 +689,7 @@ class LicenseListView(FilteredListMixin, ManagementView, generics.ListAPIView):
             expires_at=data.get("expires_at", services.UNSET),
             metadata=data["metadata"],
             limit_usage=data.get("limit_usage"),
+            usage=data["usage"],
             actor=self.api_actor(),
         )
         license = licenses_for_listing().get(pk=issued.license.pk)
@@ -785,11 +786,18 @@ class LicenseActivationListView(FilteredListMixin, ManagementView, generics.List
 
     @extend_schema(
         summary="Import a device another license server activated, under the id its app holds",
+        description="The device takes a slot within the license's limit, whatever the license's state, and is "
+        "audited as activation.imported. Apps that stored the id (Polar's activation_id, Kelviq's instanceId) "
+        "keep validating with it.",
         request=api.ImportActivationInputSerializer,
         responses={
             201: api.ManagedActivationSerializer,
             400: ERRORS[400],
-            403: OpenApiResponse(api.ErrorSerializer, description="A read-only API key, or the license is full."),
+            403: OpenApiResponse(
+                api.ErrorSerializer,
+                description="A read-only API key or one made for apps, or the license is full "
+                "(activation_limit_reached).",
+            ),
             404: OpenApiResponse(api.ErrorSerializer, description="No license has this id."),
             409: OpenApiResponse(
                 api.ErrorSerializer, description="The id is taken, or a live device of the license has the fingerprint."
@@ -809,6 +817,7 @@ class LicenseActivationListView(FilteredListMixin, ManagementView, generics.List
             metadata=data["metadata"],
             conditions=data["conditions"],
             created_at=data.get("created_at"),
+            last_seen_at=data.get("last_seen_at"),
         )
         return Response(api.ManagedActivationSerializer(activation).data, status=201)
 
