@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "licensing.middleware.RequestLogMiddleware",
     "licensing.middleware.HttpsRedirectKeepsMethodMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "licensing.middleware.ContentSecurityPolicyMiddleware",
     # Static files (admin, API docs, portal stylesheet) straight from the app server in production.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -284,6 +285,18 @@ if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 # The admin's forms get the admin's page, the portal's the portal's (templates/403_csrf.html).
 CSRF_FAILURE_VIEW = "licensing.admin.csrf_failure"
+# Pages run only this server's own script and style files (licensing.middleware). data: images are
+# the admin's and the API docs' icons; forms post only here, and no other site may frame a page.
+CONTENT_SECURITY_POLICY = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "img-src": "'self' data:",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
 # Joining the browsers' HSTS preload list binds the whole domain for months: that is the
 # operator's decision (DJANGO_SECURE_HSTS_PRELOAD), not a default to nag about.
 SILENCED_SYSTEM_CHECKS = ["security.W021"]

@@ -205,3 +205,22 @@ def test_upgrading_turns_plans_longer_than_100_years_perpetual_and_says_so():
         {"duration_unit": ["year", "perpetual"], "duration_value": [200, None]},
     )
     assert not models.AuditEvent.objects.filter(target_type="licensing.plan", target_id=str(decade.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_pages_run_only_this_servers_scripts_and_answers_to_apps_carry_no_page_policy(client, api_client, issued):
+    policy = "Content-Security-Policy"
+
+    portal = client.get("/portal/")
+    admin_login = client.get("/admin/login/")
+    docs = client.get("/api/docs/")
+    validated = api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+
+    assert "script-src 'self';" in portal[policy]
+    assert "frame-ancestors 'none'" in portal[policy]
+    assert admin_login[policy] == portal[policy]
+    # Swagger UI's own <style>: the docs alone allow inline styles, and still no inline script.
+    assert "style-src 'self' 'unsafe-inline'" in docs[policy]
+    assert "script-src 'self';" in docs[policy]
+    assert policy not in validated
+    assert client.get("/favicon.ico").status_code == 204
