@@ -590,6 +590,12 @@ class LicenseActionForm(ActionForm):
             choices=[("days", _("days")), ("months", _("months")), ("years", _("years"))],
         ),
     )
+    # Plain text too: a reason too long is said by the service, per license.
+    reason = forms.CharField(
+        label=_("Reason (suspend, reinstate, revoke):"),
+        required=False,
+        widget=forms.TextInput(attrs={"size": 30, "maxlength": services.MAX_REASON_LENGTH}),
+    )
 
 
 class LicenseAddForm(forms.ModelForm):
@@ -800,6 +806,7 @@ class LicenseAdmin(
         "license_key",
         "product",
         "state",
+        "status_changed",
         "devices_used",
         "usage",
         "validation_count",
@@ -815,6 +822,7 @@ class LicenseAdmin(
         "plan",
         "customer",
         "state",
+        "status_changed",
         "devices_used",
         "max_activations",
         "expires_at",
@@ -1050,13 +1058,30 @@ class LicenseAdmin(
             unchanged_message=unchanged_message,
         )
 
+    @admin.display(description=_("status changed"))
+    def status_changed(self, license: License) -> str:
+        # Support's first question when a customer writes: since when, by whom, and why.
+        event = services.last_status_change(license)
+        if event is None:
+            return _("never: active since it was issued")
+        said = _("%(when)s, by %(who)s") % {
+            "when": date_format(timezone.localtime(event.created_at), "j F Y, H:i T"),
+            "who": event.actor_display or event.get_actor_kind_display(),
+        }
+        reason = event.changes.get("reason")
+        return _("%(said)s: %(reason)s") % {"said": said, "reason": reason} if reason else said
+
+    @staticmethod
+    def _reason(request) -> str:
+        return request.POST.get("reason", "").strip()
+
     @admin.action(description=_("Suspend selected licenses"), permissions=["change"])
     def suspend(self, request, queryset):
-        actor = staff_actor(request)
+        actor, reason = staff_actor(request), self._reason(request)
         self._apply(
             request,
             queryset,
-            lambda lic: services.suspend_license(license=lic, actor=actor),
+            lambda lic: services.suspend_license(license=lic, actor=actor, reason=reason),
             ngettext_lazy("%(count)d license suspended.", "%(count)d licenses suspended.", "count"),
             ngettext_lazy(
                 "%(count)d license was already suspended.", "%(count)d licenses were already suspended.", "count"
@@ -1065,11 +1090,11 @@ class LicenseAdmin(
 
     @admin.action(description=_("Reinstate selected licenses"), permissions=["change"])
     def reinstate(self, request, queryset):
-        actor = staff_actor(request)
+        actor, reason = staff_actor(request), self._reason(request)
         self._apply(
             request,
             queryset,
-            lambda lic: services.reinstate_license(license=lic, actor=actor),
+            lambda lic: services.reinstate_license(license=lic, actor=actor, reason=reason),
             ngettext_lazy("%(count)d license reinstated.", "%(count)d licenses reinstated.", "count"),
             ngettext_lazy("%(count)d license was already active.", "%(count)d licenses were already active.", "count"),
         )
@@ -1088,12 +1113,13 @@ class LicenseAdmin(
                 ngettext("Revoke this license for good?", "Revoke %(count)d licenses for good?", len(queryset))
                 % {"count": len(queryset)},
                 licenses=queryset.select_related("product", "customer"),
+                max_reason_length=services.MAX_REASON_LENGTH,
             )
-        actor = staff_actor(request)
+        actor, reason = staff_actor(request), self._reason(request)
         self._apply(
             request,
             queryset,
-            lambda lic: services.revoke_license(license=lic, actor=actor),
+            lambda lic: services.revoke_license(license=lic, actor=actor, reason=reason),
             ngettext_lazy("%(count)d license revoked.", "%(count)d licenses revoked.", "count"),
             ngettext_lazy(
                 "%(count)d license was already revoked.", "%(count)d licenses were already revoked.", "count"

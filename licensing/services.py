@@ -54,6 +54,7 @@ UNSET: Any = _Unset()
 MAX_FINGERPRINT_LENGTH = 255
 MAX_NAME_LENGTH = 255
 MAX_PLATFORM_LENGTH = 100
+MAX_REASON_LENGTH = 500
 MAX_METADATA_BYTES = 16_384
 # Deeper metadata is no one's data, and pages that show it indented (the admin's) would hit
 # Python's recursion limit.
@@ -547,24 +548,39 @@ def check_new_license(
     check_metadata(metadata, field="metadata")
 
 
-def suspend_license(*, license: License, actor: Actor) -> License:
+# Each status change may say why (an unpaid invoice, a chargeback): kept in its audit event, where
+# support reads it when the customer writes.
+
+
+def suspend_license(*, license: License, actor: Actor, reason: str = "") -> License:
     """Stop a license from activating and validating until it is reinstated."""
-    return _change_status(license, to=License.Status.SUSPENDED, allowed_from={License.Status.ACTIVE}, actor=actor)
+    return _change_status(
+        license, to=License.Status.SUSPENDED, allowed_from={License.Status.ACTIVE}, actor=actor, reason=reason
+    )
 
 
-def reinstate_license(*, license: License, actor: Actor) -> License:
+def reinstate_license(*, license: License, actor: Actor, reason: str = "") -> License:
     """Make a suspended license usable again. A revoked license stays revoked."""
-    return _change_status(license, to=License.Status.ACTIVE, allowed_from={License.Status.SUSPENDED}, actor=actor)
+    return _change_status(
+        license, to=License.Status.ACTIVE, allowed_from={License.Status.SUSPENDED}, actor=actor, reason=reason
+    )
 
 
-def revoke_license(*, license: License, actor: Actor) -> License:
+def revoke_license(*, license: License, actor: Actor, reason: str = "") -> License:
     """End a license for good (refunds, chargebacks, abuse)."""
     return _change_status(
         license,
         to=License.Status.REVOKED,
         allowed_from={License.Status.ACTIVE, License.Status.SUSPENDED},
         actor=actor,
+        reason=reason,
     )
+
+
+def last_status_change(license: License) -> AuditEvent | None:
+    """The audit event that gave the license its status (and the reason given), if it changed."""
+    events = AuditEvent.objects.filter(license=license, target_type=License._meta.label_lower)
+    return events.filter(action__in=_STATUS_ACTIONS.values()).order_by("-created_at", "-id").first()
 
 
 _STATUS_ACTIONS = {
@@ -574,7 +590,8 @@ _STATUS_ACTIONS = {
 }
 
 
-def _change_status(license: License, *, to: str, allowed_from: set[str], actor: Actor) -> License:
+def _change_status(license: License, *, to: str, allowed_from: set[str], actor: Actor, reason: str) -> License:
+    _check_text(reason, MAX_REASON_LENGTH, field="reason")
     with transaction.atomic():
         locked = _lock_license(license.pk)
         if locked.status == to:
@@ -584,7 +601,7 @@ def _change_status(license: License, *, to: str, allowed_from: set[str], actor: 
                 f"A {locked.get_status_display()} license cannot become {License.Status(to).label}.",
                 field="status",
             )
-        changes = {"status": [locked.status, to]}
+        changes = {"status": [locked.status, to], **({"reason": reason} if reason else {})}
         locked.status = to
         locked.save(update_fields=["status", "updated_at"])
         record_event(actor=actor, action=_STATUS_ACTIONS[to], target=locked, license=locked, changes=changes)

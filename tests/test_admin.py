@@ -1177,6 +1177,25 @@ def test_suspend_reinstate_and_revoke_actions(staff_client, issued):
     assert sorted(staff_actions) == ["license.reinstated", "license.revoked", "license.suspended"]
 
 
+def test_staff_say_why_a_license_changed_status_and_its_page_tells_the_next_one(staff_client, issued):
+    fresh = staff_client.get(change_url(issued.license)).content.decode()
+
+    action(staff_client, "license", "suspend", [issued.license], reason="  Chargeback CB-77  ")
+    suspended = staff_client.get(change_url(issued.license)).content.decode()
+    confirmation = action(staff_client, "license", "revoke", [issued.license], reason="Fraud").content.decode()
+    action(staff_client, "license", "revoke", [issued.license], confirmed="yes", reason="Fraud confirmed")
+    revoked = staff_client.get(change_url(issued.license)).content.decode()
+
+    assert "never: active since it was issued" in fresh
+    assert re.search(r'<div class="readonly">\d+ \w+ \d{4}, \d\d:\d\d \w+, by staff: Chargeback CB-77</div>', suspended)
+    assert 'name="reason" id="reason" size="60" maxlength="500" value="Fraud"' in confirmation
+    assert ", by staff: Fraud confirmed</div>" in revoked
+    reasons = AuditEvent.objects.filter(license=issued.license, actor_kind="staff").values_list(
+        "action", "changes__reason"
+    )
+    assert sorted(reasons) == [("license.revoked", "Fraud confirmed"), ("license.suspended", "Chargeback CB-77")]
+
+
 def test_an_action_on_more_licenses_than_it_takes_at_once_is_refused_whole(staff_client, plan, monkeypatch):
     monkeypatch.setattr(LicenseAdmin, "most_licenses_per_action", 2)
     licenses = [make_license(plan=plan).license for _ in range(3)]

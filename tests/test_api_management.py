@@ -1355,11 +1355,27 @@ def test_extending_from_the_last_possible_expiry_is_400(management_client, issue
 
 
 def test_actions_refuse_a_body_they_do_not_take(management_client, issued):
-    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/suspend", {"reason": "x"}, format="json")
+    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/suspend", {"note": "x"}, format="json")
 
     assert response.status_code == 400
-    assert error(response)["field"] == "reason"
+    assert error(response)["field"] == "note"
     assert License.objects.get(pk=issued.license.pk).status == "active"
+
+
+def test_a_status_change_keeps_its_reason_in_the_audit_trail(management_client, issued):
+    base = f"/api/v1/licenses/{issued.license.pk}"
+
+    suspended = management_client.post(f"{base}/suspend", {"reason": "Invoice 1042 unpaid"}, format="json")
+    reinstated = management_client.post(f"{base}/reinstate")
+    too_long = management_client.post(f"{base}/revoke", {"reason": "x" * 501}, format="json")
+
+    assert (suspended.status_code, reinstated.status_code) == (200, 200)
+    assert (too_long.status_code, error(too_long)["field"]) == (400, "reason")
+    assert License.objects.get(pk=issued.license.pk).status == "active"
+    trail = management_client.get(f"/api/v1/audit-events?license={issued.license.pk}").json()["results"]
+    changes = {event["action"]: event["changes"] for event in trail}
+    assert changes["license.suspended"] == {"status": ["active", "suspended"], "reason": "Invoice 1042 unpaid"}
+    assert changes["license.reinstated"] == {"status": ["suspended", "active"]}
 
 
 @pytest.fixture(params=["customer", "customer_external_id"])

@@ -586,6 +586,16 @@ class EmptyInputSerializer(StrictInputSerializer):
     """For actions that take no input: a body with fields is a mistake worth reporting."""
 
 
+class StatusChangeInputSerializer(StrictInputSerializer):
+    reason = StrictCharField(
+        max_length=services.MAX_REASON_LENGTH,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Why (an unpaid invoice, a chargeback): kept in the change's audit event.",
+    )
+
+
 class ExtendLicenseInputSerializer(StrictInputSerializer):
     days = StrictIntegerField(min_value=1, required=False)
     months = StrictIntegerField(

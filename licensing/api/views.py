@@ -750,17 +750,18 @@ class LicenseStatusView(ManagementView, APIView):
     action_name = ""
 
     @extend_schema(
-        request=None,
+        request=api.StatusChangeInputSerializer,
         responses={
             200: api.LicenseSerializer,
+            400: ERRORS[400],
             404: ERRORS[404],
             409: OpenApiResponse(api.ErrorSerializer, description="Not from this status (a revoked license stays so)."),
         },
     )
     def post(self, request, pk):
         license = record_or_404(License.objects, pk=pk)
-        validated(api.EmptyInputSerializer, request)
-        LICENSE_ACTIONS[self.action_name](license=license, actor=self.api_actor())
+        data = validated(api.StatusChangeInputSerializer, request)
+        LICENSE_ACTIONS[self.action_name](license=license, actor=self.api_actor(), reason=data["reason"])
         return Response(api.LicenseSerializer(licenses_for_listing().get(pk=pk)).data)
 
 

@@ -188,9 +188,9 @@ class Command(BaseCommand):
         if spec["state"] == "expired":
             services.extend_license(license=license, expires_at=timezone.now() - timedelta(days=10), actor=actor)
         elif spec["state"] == "suspended":
-            services.suspend_license(license=license, actor=actor)
+            services.suspend_license(license=license, actor=actor, reason="Invoice unpaid for 30 days")
         elif spec["state"] == "revoked":
-            services.revoke_license(license=license, actor=actor)
+            services.revoke_license(license=license, actor=actor, reason="Refunded at the customer's request")
 
     def _staff_user(self):
         User = get_user_model()
