@@ -51,6 +51,9 @@ if PUBLIC_URL and not re.fullmatch(r"https?://[^/?#@\s]+", PUBLIC_URL):
 SUPPORT_URL = env.str("SUPPORT_URL", default="")
 if SUPPORT_URL and not re.fullmatch(r"(https?://|mailto:)\S+", SUPPORT_URL):
     raise ImproperlyConfigured("SUPPORT_URL must be a mailto: address or an http(s) address.")
+# The seller's name, as its customers know it: the portal's pages and sign-in mails carry it, so a
+# customer can tell whose licenses these are (and a tab or a mail from whom). Empty: none shown.
+VENDOR_NAME = env.str("VENDOR_NAME", default="").strip()
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -4,4 +4,4 @@ from django.conf import settings
 
 
 def support(request) -> dict[str, str]:
-    return {"support_url": settings.SUPPORT_URL}
+    return {"support_url": settings.SUPPORT_URL, "vendor_name": settings.VENDOR_NAME}

@@ -123,8 +123,12 @@ def sign_in(request):
         if customer := sign_in_request.customer:
             path = reverse("portal:redeem", args=[sign_in_request.token])
             link = settings.PUBLIC_URL + path if settings.PUBLIC_URL else request.build_absolute_uri(path)
-            body = render_to_string("portal/sign_in_email.txt", {"link": link, "customer": customer})
-            mail = functools.partial(send_sign_in_link, customer, _("Your sign-in link"), body)
+            vendor = settings.VENDOR_NAME
+            body = render_to_string(
+                "portal/sign_in_email.txt", {"link": link, "customer": customer, "vendor_name": vendor}
+            )
+            subject = _("Your %(vendor)s sign-in link") % {"vendor": vendor} if vendor else _("Your sign-in link")
+            mail = functools.partial(send_sign_in_link, customer, subject, body)
         # The same answer, as fast, whether or not the address is a customer's, so addresses cannot
         # be probed: the mail goes once the answer is sent.
         minutes = int(services.SIGN_IN_LINK_LIFETIME.total_seconds() // 60)

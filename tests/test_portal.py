@@ -73,6 +73,31 @@ def test_the_mail_is_named_after_the_senders_domain_not_the_machine(client, cust
     assert re.fullmatch(r"<[^@<>\s]+@photon\.example>", sent["Message-ID"])
 
 
+def test_the_sellers_name_is_on_every_page_and_in_the_mail(client, customer, issued, settings):
+    settings.VENDOR_NAME = "Photon Software"
+
+    sign_in_page = client.get(reverse("portal:sign-in")).content.decode()
+    sign_in(client, customer)
+    licenses = client.get(reverse("portal:licenses")).content.decode()
+
+    assert "<title>Sign in · Photon Software</title>" in sign_in_page
+    assert '<span class="brand">Your Photon Software licenses</span>' in sign_in_page
+    assert "<title>Your licenses · Photon Software</title>" in licenses
+    assert mail.outbox[0].subject == "Your Photon Software sign-in link"
+    assert "see your Photon Software licenses and devices" in mail.outbox[0].body
+
+
+def test_without_a_sellers_name_the_pages_and_mail_name_none(client, customer, settings):
+    settings.VENDOR_NAME = ""
+
+    page = client.get(reverse("portal:sign-in")).content.decode()
+    request_link(client, customer.email)
+
+    assert "<title>Sign in</title>" in page
+    assert mail.outbox[0].subject == "Your sign-in link"
+    assert "see your licenses and devices" in mail.outbox[0].body
+
+
 def test_an_unknown_address_gets_the_same_answer_and_no_mail(client, customer):
     known = request_link(client, "ada@example.com").content.decode()
 
