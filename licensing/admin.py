@@ -660,6 +660,11 @@ class LicenseAddForm(forms.ModelForm):
 
 
 # The list's actions as a license's own page names them: the list's words are for a selection.
+STATUS_ACTIONS = {
+    "suspend": License.Status.SUSPENDED,
+    "reinstate": License.Status.ACTIVE,
+    "revoke": License.Status.REVOKED,
+}
 ONE_LICENSE_ACTIONS = {
     "suspend": _("Suspend this license"),
     "reinstate": _("Reinstate this license"),
@@ -882,13 +887,25 @@ class LicenseAdmin(
         return [] if obj is None else self.inlines
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        # The list's actions, for this one license: support acts on the license it has open.
-        choices = [(name, ONE_LICENSE_ACTIONS.get(name, label)) for name, label in self.get_action_choices(request)]
+        # The list's actions, for this one license: support acts on the license it has open, and is
+        # offered only what it may do to it now (no reinstating an active license).
+        license = self.get_object(request, unquote(object_id))
+        choices = [
+            (name, ONE_LICENSE_ACTIONS.get(name, label))
+            for name, label in self.get_action_choices(request)
+            if license is None or self._applies(name, license)
+        ]
         if len(choices) > 1:
             actions = self.action_form(auto_id=None)
             actions.fields["action"].choices = choices
             extra_context = {**(extra_context or {}), "license_actions": actions}
         return super().change_view(request, object_id, form_url, extra_context)
+
+    @staticmethod
+    def _applies(action_name: str, license: License) -> bool:
+        if action_name in STATUS_ACTIONS:
+            return services.may_become(license, STATUS_ACTIONS[action_name])
+        return action_name != "extend" or services.terms_may_change(license)
 
     def response_action(self, request, queryset):
         response = super().response_action(request, queryset)

@@ -120,9 +120,14 @@ class ContentSecurityPolicyMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        if response.get("Content-Type", "").startswith("text/html"):
+        if response.get("Content-Type", "").startswith("text/html") and not _is_debug_page(response):
             response.headers.setdefault("Content-Security-Policy", self.policy)
         return response
+
+
+def _is_debug_page(response) -> bool:
+    # Django's own error pages under DJANGO_DEBUG style and script themselves inline.
+    return settings.DEBUG and response.status_code in (404, 500)
 
 
 def content_security_policy(**changes: str) -> str:

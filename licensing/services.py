@@ -552,29 +552,32 @@ def check_new_license(
 # support reads it when the customer writes.
 
 
+# The statuses a license may come to each status from: a revoked license stays revoked.
+STATUSES_BEFORE = {
+    License.Status.SUSPENDED: {License.Status.ACTIVE},
+    License.Status.ACTIVE: {License.Status.SUSPENDED},
+    License.Status.REVOKED: {License.Status.ACTIVE, License.Status.SUSPENDED},
+}
+
+
+def may_become(license: License, status: str) -> bool:
+    """Whether the license may change to `status` now (the admin offers only such changes)."""
+    return license.status in STATUSES_BEFORE[status]
+
+
 def suspend_license(*, license: License, actor: Actor, reason: str = "") -> License:
     """Stop a license from activating and validating until it is reinstated."""
-    return _change_status(
-        license, to=License.Status.SUSPENDED, allowed_from={License.Status.ACTIVE}, actor=actor, reason=reason
-    )
+    return _change_status(license, to=License.Status.SUSPENDED, actor=actor, reason=reason)
 
 
 def reinstate_license(*, license: License, actor: Actor, reason: str = "") -> License:
     """Make a suspended license usable again. A revoked license stays revoked."""
-    return _change_status(
-        license, to=License.Status.ACTIVE, allowed_from={License.Status.SUSPENDED}, actor=actor, reason=reason
-    )
+    return _change_status(license, to=License.Status.ACTIVE, actor=actor, reason=reason)
 
 
 def revoke_license(*, license: License, actor: Actor, reason: str = "") -> License:
     """End a license for good (refunds, chargebacks, abuse)."""
-    return _change_status(
-        license,
-        to=License.Status.REVOKED,
-        allowed_from={License.Status.ACTIVE, License.Status.SUSPENDED},
-        actor=actor,
-        reason=reason,
-    )
+    return _change_status(license, to=License.Status.REVOKED, actor=actor, reason=reason)
 
 
 def last_status_change(license: License) -> AuditEvent | None:
@@ -590,13 +593,13 @@ _STATUS_ACTIONS = {
 }
 
 
-def _change_status(license: License, *, to: str, allowed_from: set[str], actor: Actor, reason: str) -> License:
+def _change_status(license: License, *, to: str, actor: Actor, reason: str) -> License:
     _check_text(reason, MAX_REASON_LENGTH, field="reason")
     with transaction.atomic():
         locked = _lock_license(license.pk)
         if locked.status == to:
             return locked
-        if locked.status not in allowed_from:
+        if not may_become(locked, to):
             raise errors.InvalidStatusChange(
                 f"A {locked.get_status_display()} license cannot become {License.Status(to).label}.",
                 field="status",
@@ -781,13 +784,18 @@ def update_license(
 LICENSE_TERMS = ("plan", "max_activations", "expires_at", "limit_usage")
 
 
-def _check_terms_may_change(license: License, *, field: str) -> None:
-    """Refuse new terms (LICENSE_TERMS) for a revoked license; its owner and metadata may still change.
+def terms_may_change(license: License) -> bool:
+    """Whether the license's terms (LICENSE_TERMS) may change: not once it is revoked; its owner
+    and metadata still may.
 
     Revoking ends a license for good, so a later extension would only read as a renewal in the
     trail and in reports while the license stays unusable.
     """
-    if license.status == License.Status.REVOKED:
+    return license.status != License.Status.REVOKED
+
+
+def _check_terms_may_change(license: License, *, field: str) -> None:
+    if not terms_may_change(license):
         raise errors.RevokedLicenseChange(field=field)
 
 

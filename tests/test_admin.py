@@ -1249,6 +1249,24 @@ def test_staff_act_on_one_license_from_its_page_and_come_back_to_it(staff_client
     assert License.objects.get(pk=issued.license.pk).status == "revoked"
 
 
+def test_a_licenses_page_offers_only_what_may_be_done_to_it_now(staff_client, issued, actor):
+    def offered() -> list[str]:
+        page = staff_client.get(change_url(issued.license)).content.decode()
+        actions = page[page.index('id="license-actions"') :]
+        menu = actions[actions.index('name="action"') : actions.index("</select>")]
+        return re.findall(r'<option value="(\w+)">', menu)
+
+    active = offered()
+    services.suspend_license(license=issued.license, actor=actor)
+    suspended = offered()
+    services.revoke_license(license=issued.license, actor=actor)
+    revoked = offered()
+
+    assert active == ["suspend", "revoke", "extend", "deactivate_all_devices"]
+    assert suspended == ["reinstate", "revoke", "extend", "deactivate_all_devices"]
+    assert revoked == ["deactivate_all_devices"]
+
+
 def test_a_devices_deactivate_button_is_beside_its_name(staff_client, issued):
     activate(issued, "mac-serial", name="MacBook")
 

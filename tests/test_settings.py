@@ -224,3 +224,13 @@ def test_pages_run_only_this_servers_scripts_and_answers_to_apps_carry_no_page_p
     assert "script-src 'self';" in docs[policy]
     assert policy not in validated
     assert client.get("/favicon.ico").status_code == 204
+
+
+@pytest.mark.django_db
+def test_djangos_debug_pages_keep_their_inline_styles_and_the_sites_missing_page_does_not(client, settings):
+    missing = client.get("/portal/no-such-page/")
+    settings.DEBUG = True
+    debug_page = client.get("/portal/no-such-page/")
+
+    assert "Content-Security-Policy" in missing
+    assert "Content-Security-Policy" not in debug_page
