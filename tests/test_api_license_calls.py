@@ -39,6 +39,19 @@ def error(response) -> dict:
     return response.json()["error"]
 
 
+def test_an_answer_kept_for_offline_use_is_trusted_for_the_grace_period_the_app_chooses(api_client, issued):
+    activate(issued, "this-device")
+    response = call(api_client, "validate", {"key": issued.key, "fingerprint": "this-device", "nonce": "n-1"})
+    keys, signature = published_keys(api_client), response["X-License-Signature"]
+    week = timedelta(days=7)
+
+    kept = verify_response(response.content, signature, keys, max_age=week, now=timezone.now() + timedelta(days=6))
+
+    assert kept["valid"] is True
+    with pytest.raises(VerificationError, match="older than 7 days"):
+        verify_response(response.content, signature, keys, max_age=week, now=timezone.now() + timedelta(days=8))
+
+
 # ---------------------------------------------------------------- activate
 
 

@@ -84,6 +84,8 @@ def verify_response(
     expected_call: str | None = None,
     license_key: str | None = None,
     fingerprint: str | None = None,
+    max_age: timedelta | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Check the X-License-Signature of a response body and return the parsed body.
 
@@ -93,7 +95,15 @@ def verify_response(
     another call (a deactivate names the device, with no `valid` to read), with another license key
     it holds, or with another device's fingerprint (or none), and hand you that answer. An answer that
     lets the app run must name this device.
+
+    An app that keeps an answer to run offline checks it again with `max_age`, its grace period:
+    the answer's `meta.server_time` must be no older than that at `now` (the device clock by
+    default), and not ahead of it by more than a few minutes, which a clock set back would show.
     """
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.tzinfo is None:
+        raise ValueError("now must be timezone-aware.")
     if not isinstance(body, bytes):
         raise TypeError("body must be the raw response bytes, not decoded text.")
     params = _parse_signature_header(signature_header)
@@ -118,6 +128,12 @@ def verify_response(
         _check_license_key(meta.get("key_sha256"), license_key, "Response is about another license key, or names none.")
     if fingerprint is not None and _lets_the_app_run(document):
         _check_device(document.get("activation"), fingerprint, "Response is about another device, or none.")
+    if max_age is not None:
+        server_time = _parse_timestamp(meta.get("server_time"), "server_time", "Response meta")
+        if server_time > now + CLOCK_SKEW_LEEWAY:
+            raise VerificationError(f"Response is from the future ({server_time.isoformat()}); check the clock.")
+        if now - server_time > max_age:
+            raise VerificationError(f"Response is older than {max_age} (server time {server_time.isoformat()}).")
     return document
 
 
@@ -174,8 +190,8 @@ def verify_license_file(
     for field in ("kid", "alg"):
         if payload.get(field) != envelope[field]:
             raise VerificationError(f"License file {field} differs between the envelope and the signed payload.")
-    issued_at = _parse_timestamp(payload.get("issued_at"), "issued_at")
-    expires_at = _parse_timestamp(payload.get("expires_at"), "expires_at")
+    issued_at = _parse_timestamp(payload.get("issued_at"), "issued_at", "License payload")
+    expires_at = _parse_timestamp(payload.get("expires_at"), "expires_at", "License payload")
     if expires_at <= now:
         raise VerificationError(f"License file expired at {expires_at.isoformat()}.")
     if issued_at > now + CLOCK_SKEW_LEEWAY:
@@ -253,14 +269,14 @@ def _parse_json_object(data: str | bytes, what: str) -> dict[str, Any]:
     return document
 
 
-def _parse_timestamp(value: object, field: str) -> datetime:
+def _parse_timestamp(value: object, field: str, where: str) -> datetime:
     if not isinstance(value, str):
-        raise VerificationError(f'License payload has no "{field}" timestamp.')
+        raise VerificationError(f'{where} has no "{field}" timestamp.')
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise VerificationError(f"License payload {field} is not an ISO 8601 timestamp.") from exc
+        raise VerificationError(f"{where} {field} is not an ISO 8601 timestamp.") from exc
     # Comparing a naive time against the device clock would silently assume the device's zone.
     if parsed.tzinfo is None:
-        raise VerificationError(f"License payload {field} has no timezone.")
+        raise VerificationError(f"{where} {field} has no timezone.")
     return parsed

@@ -267,6 +267,37 @@ def test_signed_body_that_is_not_json_fails(signing_key, public_keys):
         verify_response(body, signature_header(signing_key.sign(body)), public_keys)
 
 
+@pytest.mark.parametrize("later", [timedelta(0), timedelta(days=7), -timedelta(minutes=4)])
+def test_a_kept_answer_within_its_grace_period_passes(signing_key, public_keys, later):
+    body, header = signed_response(signing_key)
+
+    answer = verify_response(body, header, public_keys, max_age=timedelta(days=7), now=NOW + later)
+
+    assert answer["license"] == {"status": "active"}
+
+
+@pytest.mark.parametrize(
+    ("later", "message"),
+    [
+        (timedelta(days=7, seconds=1), "older than 7 days"),
+        # The device clock set back to before the answer was made: a kept answer would never age.
+        (-timedelta(hours=1), "from the future"),
+    ],
+)
+def test_a_kept_answer_past_its_grace_period_or_ahead_of_the_clock_fails(signing_key, public_keys, later, message):
+    body, header = signed_response(signing_key)
+
+    with pytest.raises(VerificationError, match=message):
+        verify_response(body, header, public_keys, max_age=timedelta(days=7), now=NOW + later)
+
+
+def test_an_answer_with_no_server_time_fails_a_grace_period(signing_key, public_keys):
+    body = json.dumps({"meta": {"nonce": "n-123"}, "valid": True}).encode()
+
+    with pytest.raises(VerificationError, match='no "server_time"'):
+        verify_response(body, signature_header(signing_key.sign(body)), public_keys, max_age=timedelta(days=1))
+
+
 # Signing keys
 
 
