@@ -508,10 +508,25 @@ class CustomerLicenseInline(LicenseColumns, admin.TabularInline):
 class CustomerAdmin(CatalogAdmin):
     list_display = ["email", "name", "external_id", "license_count", "created_at"]
     search_fields = ["email", "name", "external_id"]
-    readonly_fields = ["license_count", "created_at", "updated_at"]
+    readonly_fields = ["license_count", "portal_sessions_ended_at", "created_at", "updated_at"]
     # As ProductAdmin's: the count makes a grouped query, which has no order of its own.
     ordering = Customer._meta.ordering
     inlines = [CustomerLicenseInline]
+    actions = ["sign_out_everywhere"]
+
+    @admin.action(description=_("Sign selected customers out of the portal everywhere"), permissions=["change"])
+    def sign_out_everywhere(self, request, queryset):
+        # For a customer whose laptop or mailbox is lost: their sessions end, and links already sent.
+        actor = staff_actor(request)
+        customers = list(queryset.order_by("pk"))
+        for customer in customers:
+            services.end_portal_sessions(customer=customer, actor=actor)
+        message = ngettext(
+            "%(count)d customer signed out of the portal everywhere.",
+            "%(count)d customers signed out of the portal everywhere.",
+            len(customers),
+        )
+        self.message_user(request, message % {"count": len(customers)}, messages.SUCCESS)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(license_total=Count("licenses"))

@@ -201,6 +201,8 @@ class Customer(ConstraintErrorsNameFieldsMixin, models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Portal sessions begun, and sign-in links sent, before this time no longer sign the customer in.
+    portal_sessions_ended_at = models.DateTimeField(_("signed out everywhere"), null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["email"]

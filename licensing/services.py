@@ -2082,11 +2082,16 @@ def _sign_in_links(token: str) -> models.QuerySet[SignInLink]:
 
 
 def _refuse_unusable(link: SignInLink | None) -> None:
-    # Which of the three it is helps the person holding the link, and tells nobody else anything.
+    # Which it is helps the person holding the link, and tells nobody else anything.
     if link is None:
         raise errors.SignInLinkInvalid()
     if link.used_at is not None:
         raise errors.SignInLinkInvalid("This sign-in link was already used. Ask for a new one.")
+    ended_at = link.customer.portal_sessions_ended_at
+    if ended_at is not None and link.created_at <= ended_at:
+        raise errors.SignInLinkInvalid(
+            "This sign-in link was sent before every sign-in to this account was ended. Ask for a new one."
+        )
     if link.created_at < timezone.now() - SIGN_IN_LINK_LIFETIME:
         minutes = int(SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
         raise errors.SignInLinkInvalid(
@@ -2096,7 +2101,18 @@ def _refuse_unusable(link: SignInLink | None) -> None:
 
 def check_sign_in_link(*, token: str) -> None:
     """Raise SignInLinkInvalid unless the link can still be used, without using it."""
-    _refuse_unusable(_sign_in_links(token).first())
+    _refuse_unusable(_sign_in_links(token).select_related("customer").first())
+
+
+def end_portal_sessions(*, customer: Customer, actor: Actor) -> Customer:
+    """Sign the customer out of the portal everywhere (a lost laptop, a shared computer), and make
+    the sign-in links already mailed unusable. The portal checks each session against this time."""
+    with transaction.atomic():
+        locked = Customer.objects.select_for_update().get(pk=customer.pk)
+        locked.portal_sessions_ended_at = timezone.now()
+        locked.save(update_fields=["portal_sessions_ended_at"])
+        record_event(actor=actor, action="customer.signed_out_everywhere", target=locked)
+    return locked
 
 
 def redeem_sign_in_link(*, token: str, ip_address: str | None = None) -> Customer:

@@ -64,7 +64,12 @@ def start_session(session, customer: Customer) -> None:
 
 
 def _address(customer: Customer) -> str:
-    return salted_hmac("portal.session-address", customer.email, algorithm="sha256").hexdigest()
+    # The address a session began with, and when the customer was last signed out everywhere: a
+    # change of either ends it. (Never signed out everywhere: the address alone, as sessions begun
+    # before that option kept it.)
+    ended_at = customer.portal_sessions_ended_at
+    mark = customer.email if ended_at is None else f"{customer.email}\n{ended_at.isoformat()}"
+    return salted_hmac("portal.session-address", mark, algorithm="sha256").hexdigest()
 
 
 def customer_required(view):
@@ -200,13 +205,20 @@ def redeem(request, token):
 @require_http_methods(["GET", "POST"])
 def sign_out(request):
     # An address typed or followed (GET) only asks: signing out is a POST, like every change here.
+    customer = signed_in_customer(request)
     if request.method == "GET":
-        request.customer = signed_in_customer(request)
-        if request.customer is None:
+        if customer is None:
             return redirect("portal:sign-in")
+        request.customer = customer
         return render(request, "portal/sign_out.html")
     request.session.flush()
-    messages.success(request, _("You are signed out."))
+    if customer is not None and request.POST.get("everywhere"):
+        services.end_portal_sessions(
+            customer=customer, actor=services.Actor.customer(customer, ip_address=client_ip(request))
+        )
+        messages.success(request, _("You are signed out everywhere, and sign-in links already sent no longer work."))
+    else:
+        messages.success(request, _("You are signed out."))
     return redirect("portal:sign-in")
 
 

@@ -13,6 +13,7 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.contrib.staticfiles import finders
+from django.core import mail
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -1247,6 +1248,21 @@ def test_staff_act_on_one_license_from_its_page_and_come_back_to_it(staff_client
     assert f'<a href="{change_url(issued.license)}" class="button cancel-link">No, take me back</a>' in confirmation
     assert revoked.redirect_chain == [(change_url(issued.license), 302)]
     assert License.objects.get(pk=issued.license.pk).status == "revoked"
+
+
+def test_support_signs_a_customer_out_of_the_portal_everywhere(staff_client, customer):
+    portal = Client()
+    portal.post(reverse("portal:sign-in"), {"email": customer.email})
+    portal.post(re.search(r"https?://\S+", mail.outbox[-1].body).group(0).split("testserver", 1)[1])
+    assert portal.get(reverse("portal:licenses")).status_code == 200
+
+    response = action(staff_client, "customer", "sign_out_everywhere", [customer])
+
+    assert page_messages(response) == ["1 customer signed out of the portal everywhere."]
+    assert portal.get(reverse("portal:licenses")).status_code == 302
+    event = AuditEvent.objects.get(action="customer.signed_out_everywhere")
+    assert (event.actor_kind, event.actor_display) == ("staff", "staff")
+    assert "Signed out everywhere:" in staff_client.get(change_url(customer)).content.decode()
 
 
 def test_a_licenses_page_offers_only_what_may_be_done_to_it_now(staff_client, issued, actor):

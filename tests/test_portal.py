@@ -299,6 +299,37 @@ def test_changing_a_customers_address_signs_out_whoever_signed_in_by_the_old_one
     assert signed_in.get(reverse("portal:licenses")).status_code == 200
 
 
+def test_signing_out_everywhere_ends_every_session_and_the_links_already_sent(signed_in, customer):
+    other_browser = Client()
+    sign_in(other_browser, customer)
+    request_link(Client(), customer.email)
+    unused_link = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+
+    page = signed_in.get(reverse("portal:sign-out")).content.decode()
+    response = signed_in.post(reverse("portal:sign-out"), {"everywhere": "1"}, follow=True)
+
+    assert 'name="everywhere" value="1"' in page
+    assert "You are signed out everywhere" in response.content.decode()
+    assert other_browser.get(reverse("portal:licenses"))["Location"] == reverse("portal:sign-in")
+    assert "before every sign-in to this account was ended" in Client().post(unused_link).content.decode()
+    event = AuditEvent.objects.get(action="customer.signed_out_everywhere")
+    assert (event.actor_kind, event.target_id) == ("customer", str(customer.pk))
+    # A new link signs in again (once the three asked for lately stop counting against the limit).
+    SignInLink.objects.update(created_at=timezone.now() - timedelta(minutes=16))
+    sign_in(other_browser, customer)
+    assert other_browser.get(reverse("portal:licenses")).status_code == 200
+
+
+def test_a_session_begun_before_signing_out_everywhere_existed_still_works(signed_in, customer):
+    assert customer.portal_sessions_ended_at is None
+
+    assert signed_in.get(reverse("portal:licenses")).status_code == 200
+    assert (
+        signed_in.session[portal_views.SESSION_ADDRESS_KEY]
+        == portal_views.salted_hmac("portal.session-address", customer.email, algorithm="sha256").hexdigest()
+    )
+
+
 def test_a_link_asked_for_in_other_letter_case_signs_in(client, customer):
     request_link(client, customer.email.upper())
 
