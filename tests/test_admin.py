@@ -1742,6 +1742,18 @@ def test_audit_trail_is_read_only(staff_client, world):
     assert 'name="_save"' not in page
 
 
+def test_the_audit_trail_tells_the_second_of_each_change(staff_client, world, settings):
+    settings.TIME_ZONE = "UTC"
+    event = AuditEvent.objects.get(action="api_key.created")
+    AuditEvent.objects.filter(pk=event.pk).update(created_at=datetime(2026, 11, 24, 9, 5, 7, 250000, tzinfo=UTC))
+
+    listed = staff_client.get(changelist("auditevent")).content.decode()
+    opened = staff_client.get(change_url(event)).content.decode()
+
+    assert f'<a href="{change_url(event)}">24 Nov 2026, 09:05:07 UTC</a>' in listed
+    assert '<div class="readonly">24 Nov 2026, 09:05:07 UTC</div>' in opened
+
+
 def test_an_audit_events_action_opens_it_as_its_time_does(staff_client, world):
     event = AuditEvent.objects.get(action="api_key.created")
 
