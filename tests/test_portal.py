@@ -22,7 +22,7 @@ from license_verifier import verify_license_file
 from licensing import services
 from licensing.models import Activation, AuditEvent, SignInLink
 from portal import views as portal_views
-from tests.factories import activate, make_license, make_plan
+from tests.factories import activate, make_license, make_plan, make_product
 
 pytestmark = pytest.mark.django_db
 
@@ -167,6 +167,7 @@ def test_requests_are_throttled_per_address_and_per_ip(client, customer):
     by_ip = request_link(client, "another@example.com")
 
     assert by_address.status_code == 429
+    assert "<title>Error: Sign in</title>" in by_address.content.decode()
     assert "Please wait up to 15 minutes and try again." in by_address.content.decode()
     assert by_ip.status_code == 429
     assert len(mail.outbox) == 3
@@ -388,6 +389,16 @@ def test_licenses_page_shows_product_status_key_and_slots(signed_in, issued, cus
     assert issued.license.masked_key in page
     assert "Expired on 2 March 2026" in page
     assert "Suspended" in page
+
+
+def test_each_licenses_link_to_its_devices_is_named_after_it(signed_in, issued, customer):
+    other_plan = make_plan(product=make_product(name="Atlas Sync"), name="Team")
+    make_license(plan=other_plan, customer=customer)
+
+    page = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    names = re.findall(r'class="step" href="[^"]+" aria-label="([^"]+)">Devices and history</a>', page)
+    assert sorted(names) == ["Devices and history: Atlas Sync · Team", "Devices and history: Photon Editor · Personal"]
 
 
 def test_licenses_the_customer_can_use_come_first_newest_first(signed_in, issued, customer, plan, actor):

@@ -78,7 +78,7 @@ def test_customer_signs_in_and_frees_a_device(page, live_server):
     assert "2 of 3 slots in use" in page.content()
     screenshot(page, "3-licenses")
 
-    page.get_by_role("link", name="Photon Editor · Personal").click()
+    page.get_by_role("link", name="Photon Editor · Personal", exact=True).click()
     page.get_by_role("heading", name="Devices using this license").wait_for()
     screenshot(page, "4-license")
     page.get_by_role("link", name="Deactivate MacBook").click()
