@@ -54,6 +54,9 @@ if SUPPORT_URL and not re.fullmatch(r"(https?://|mailto:)\S+", SUPPORT_URL):
 # The seller's name, as its customers know it: the portal's pages and sign-in mails carry it, so a
 # customer can tell whose licenses these are (and a tab or a mail from whom). Empty: none shown.
 VENDOR_NAME = env.str("VENDOR_NAME", default="").strip()
+if re.search(r"[\x00-\x1f\x7f]", VENDOR_NAME):
+    # A line break would be refused in the mails' subject, and every sign-in mail with it.
+    raise ImproperlyConfigured("VENDOR_NAME must be one line of text, with no control characters.")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -516,7 +516,8 @@ class CustomerAdmin(CatalogAdmin):
 
     @admin.action(description=_("Sign selected customers out of the portal everywhere"), permissions=["change"])
     def sign_out_everywhere(self, request, queryset):
-        # For a customer whose laptop or mailbox is lost: their sessions end, and links already sent.
+        # For a customer whose laptop is lost: their sessions end, and links already sent. (Whoever
+        # holds a lost mailbox can ask for a new link: changing the customer's address stops them.)
         actor = staff_actor(request)
         customers = list(queryset.order_by("pk"))
         for customer in customers:
@@ -674,12 +675,12 @@ class LicenseAddForm(forms.ModelForm):
         return cleaned
 
 
-# The list's actions as a license's own page names them: the list's words are for a selection.
 STATUS_ACTIONS = {
     "suspend": License.Status.SUSPENDED,
     "reinstate": License.Status.ACTIVE,
     "revoke": License.Status.REVOKED,
 }
+# The list's actions as a license's own page names them: the list's words are for a selection.
 ONE_LICENSE_ACTIONS = {
     "suspend": _("Suspend this license"),
     "reinstate": _("Reinstate this license"),
@@ -913,6 +914,12 @@ class LicenseAdmin(
         if len(choices) > 1:
             actions = self.action_form(auto_id=None)
             actions.fields["action"].choices = choices
+            offered = {name for name, _label in choices}
+            # The inputs of actions not offered go with them: a revoked license asks for no period.
+            if "extend" not in offered:
+                del actions.fields["days"], actions.fields["unit"]
+            if not offered & set(STATUS_ACTIONS):
+                del actions.fields["reason"]
             extra_context = {**(extra_context or {}), "license_actions": actions}
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -1105,7 +1112,7 @@ class LicenseAdmin(
 
     @staticmethod
     def _reason(request) -> str:
-        return request.POST.get("reason", "").strip()
+        return request.POST.get("reason", "")
 
     @admin.action(description=_("Suspend selected licenses"), permissions=["change"])
     def suspend(self, request, queryset):

@@ -126,8 +126,9 @@ class ContentSecurityPolicyMiddleware:
 
 
 def _is_debug_page(response) -> bool:
-    # Django's own error pages under DJANGO_DEBUG style and script themselves inline.
-    return settings.DEBUG and response.status_code in (404, 500)
+    # Django's own error pages under DJANGO_DEBUG (a 400 for an unknown host, 404, 500) style and
+    # script themselves inline; in development every error page is let be.
+    return settings.DEBUG and response.status_code >= 400
 
 
 def content_security_policy(**changes: str) -> str:

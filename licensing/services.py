@@ -548,10 +548,6 @@ def check_new_license(
     check_metadata(metadata, field="metadata")
 
 
-# Each status change may say why (an unpaid invoice, a chargeback): kept in its audit event, where
-# support reads it when the customer writes.
-
-
 # The statuses a license may come to each status from: a revoked license stays revoked.
 STATUSES_BEFORE = {
     License.Status.SUSPENDED: {License.Status.ACTIVE},
@@ -563,6 +559,10 @@ STATUSES_BEFORE = {
 def may_become(license: License, status: str) -> bool:
     """Whether the license may change to `status` now (the admin offers only such changes)."""
     return license.status in STATUSES_BEFORE[status]
+
+
+# Each status change may say why (an unpaid invoice, a chargeback): kept in its audit event, where
+# support reads it when the customer writes.
 
 
 def suspend_license(*, license: License, actor: Actor, reason: str = "") -> License:
@@ -595,6 +595,7 @@ _STATUS_ACTIONS = {
 
 def _change_status(license: License, *, to: str, actor: Actor, reason: str) -> License:
     _check_text(reason, MAX_REASON_LENGTH, field="reason")
+    reason = reason.strip()
     with transaction.atomic():
         locked = _lock_license(license.pk)
         if locked.status == to:

@@ -1262,7 +1262,9 @@ def test_support_signs_a_customer_out_of_the_portal_everywhere(staff_client, cus
     assert portal.get(reverse("portal:licenses")).status_code == 302
     event = AuditEvent.objects.get(action="customer.signed_out_everywhere")
     assert (event.actor_kind, event.actor_display) == ("staff", "staff")
-    assert "Signed out everywhere:" in staff_client.get(change_url(customer)).content.decode()
+    ended_at = timezone.localtime(Customer.objects.get(pk=customer.pk).portal_sessions_ended_at)
+    customer_page = staff_client.get(change_url(customer)).content.decode()
+    assert f'<div class="readonly">{date_format(ended_at, "N j, Y, P")}</div>' in customer_page
 
 
 def test_a_licenses_page_offers_only_what_may_be_done_to_it_now(staff_client, issued, actor):
@@ -1281,6 +1283,9 @@ def test_a_licenses_page_offers_only_what_may_be_done_to_it_now(staff_client, is
     assert active == ["suspend", "revoke", "extend", "deactivate_all_devices"]
     assert suspended == ["reinstate", "revoke", "extend", "deactivate_all_devices"]
     assert revoked == ["deactivate_all_devices"]
+    revoked_page = staff_client.get(change_url(issued.license)).content.decode()
+    assert "Extend by:" not in revoked_page
+    assert 'name="reason"' not in revoked_page
 
 
 def test_a_devices_deactivate_button_is_beside_its_name(staff_client, issued):

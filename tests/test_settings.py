@@ -65,6 +65,14 @@ def test_a_support_url_that_is_no_mail_or_web_address_stops_the_server_from_star
     assert "SUPPORT_URL must be a mailto: address or an http(s) address." in result.stderr
 
 
+@pytest.mark.parametrize("value", ["Photon\nSoftware", "Photon\rSoftware", "Photon\tSoftware"])
+def test_a_sellers_name_of_more_than_one_line_stops_the_server_from_starting(value):
+    result = import_settings(VENDOR_NAME=value)
+
+    assert result.returncode != 0
+    assert "VENDOR_NAME must be one line of text" in result.stderr
+
+
 @pytest.mark.parametrize("threshold", ["", "0"])
 def test_prepared_statements_turn_off_with_an_empty_or_zero_threshold(threshold):
     """The README's advice behind PgBouncer in transaction mode; empty stopped the settings loading."""

@@ -104,6 +104,8 @@ def verify_response(
         now = datetime.now(UTC)
     elif now.tzinfo is None:
         raise ValueError("now must be timezone-aware.")
+    if max_age is not None and max_age < timedelta(0):
+        raise ValueError("max_age must not be negative.")
     if not isinstance(body, bytes):
         raise TypeError("body must be the raw response bytes, not decoded text.")
     params = _parse_signature_header(signature_header)

@@ -291,6 +291,13 @@ def test_a_kept_answer_past_its_grace_period_or_ahead_of_the_clock_fails(signing
         verify_response(body, header, public_keys, max_age=timedelta(days=7), now=NOW + later)
 
 
+def test_a_negative_grace_period_is_a_mistake_in_the_app_not_a_refused_answer(signing_key, public_keys):
+    body, header = signed_response(signing_key)
+
+    with pytest.raises(ValueError, match="max_age must not be negative"):
+        verify_response(body, header, public_keys, max_age=-timedelta(days=1), now=NOW)
+
+
 def test_an_answer_with_no_server_time_fails_a_grace_period(signing_key, public_keys):
     body = json.dumps({"meta": {"nonce": "n-123"}, "valid": True}).encode()
 
