@@ -468,6 +468,16 @@ def test_license_page_lists_live_devices_and_history(signed_in, issued, actor):
     assert "MacBook activated" in history
 
 
+def test_the_history_names_a_device_without_name_or_fingerprint_as_the_device_list_does(signed_in, issued):
+    nameless = services.activate_license(license_key=issued.key, actor=services.Actor.app()).activation
+
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+
+    history = page.split('id="history-heading"')[1]
+    assert "Unnamed device activated" in history
+    assert str(nameless.pk) not in history
+
+
 def test_the_history_says_a_device_was_carried_over_from_the_old_license_server(signed_in, issued):
     services.import_activation(license=issued.license, name="Studio Mac", actor=services.Actor.system())
 
