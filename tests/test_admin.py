@@ -1250,6 +1250,20 @@ def test_staff_act_on_one_license_from_its_page_and_come_back_to_it(staff_client
     assert License.objects.get(pk=issued.license.pk).status == "revoked"
 
 
+def test_the_admins_recent_actions_list_the_staff_members_own_changes_list_actions_included(
+    staff_client, issued, actor
+):
+    services.revoke_license(license=make_license(plan=issued.license.plan).license, actor=actor)
+    action(staff_client, "license", "suspend", [issued.license], reason="Unpaid")
+
+    sidebar = staff_client.get(reverse("admin:index")).content.decode().split('id="recent-actions-module"')[1]
+
+    suspended = AuditEvent.objects.get(action="license.suspended")
+    assert f'<a href="{change_url(suspended)}">{suspended.target_display}</a>' in sidebar
+    assert "license.suspended" in sidebar
+    assert "license.revoked" not in sidebar
+
+
 def test_support_signs_a_customer_out_of_the_portal_everywhere(staff_client, customer):
     portal = Client()
     portal.post(reverse("portal:sign-in"), {"email": customer.email})
