@@ -688,6 +688,7 @@ def test_create_without_limit_or_expiry_is_unlimited_for_one_month(client, paths
             (None, datetime(2030, 1, 31, 10, tzinfo=UTC)),
         ),
         ({"maxActivations": "0", "expiryDate": None}, (0, None)),
+        ({"maxActivations": "0000000000003", "expiryDate": None}, (3, None)),
     ],
 )
 def test_create_takes_a_numeric_limit_a_date_or_an_offset_and_null(client, product, sent, stored):
@@ -772,7 +773,8 @@ def test_create_for_an_unknown_or_inactive_product(client, paths, product, actor
         ({"maxActivations": "five"}, 'maxActivations must be a whole number, such as "5"'),
         ({"maxActivations": "-1"}, 'maxActivations must be a whole number, such as "5"'),
         ({"maxActivations": True}, 'maxActivations must be a whole number, such as "5"'),
-        ({"maxActivations": "9" * 5000}, 'maxActivations must be a whole number, such as "5"'),
+        ({"maxActivations": "9" * 5000}, "maxActivations: The activation limit must be a whole number from 0"),
+        ({"maxActivations": "1" + "0" * 12}, "maxActivations: The activation limit must be a whole number from 0"),
         ({"maxActivations": -1}, "maxActivations: The activation limit must be a whole number from 0 to 2147483647"),
         ({"maxActivations": "99999999999"}, "maxActivations: The activation limit must be a whole number from 0"),
         ({"expiryDate": "next tuesday"}, "expiryDate must be an ISO 8601 date-time, such as 2025-06-30T23:59:59Z"),

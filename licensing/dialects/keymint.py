@@ -221,8 +221,10 @@ def activation_limit(value: Any) -> int | None:
     """`maxActivations`: a numeric string such as "5" (a number is taken too); absent or null is unlimited."""
     if value is None:
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        # Twelve digits are past any limit, and enough for the service to say the number is too
+        # big; thousands would be slow to read whole.
+        return int((value.lstrip("0") or "0")[:12])
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise KeymintError(400, 1, 'maxActivations must be a whole number, such as "5"')
