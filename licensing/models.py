@@ -398,7 +398,11 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["target_type", "target_id"])]
+        indexes = [
+            models.Index(fields=["target_type", "target_id"]),
+            # A staff member's latest changes (the admin's first page), found without scanning the trail.
+            models.Index(fields=["actor_kind", "actor_id", "-created_at"], name="audit_actor_latest_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_display or self.actor_kind}"

@@ -594,8 +594,8 @@ _STATUS_ACTIONS = {
 
 
 def _change_status(license: License, *, to: str, actor: Actor, reason: str) -> License:
+    reason = reason.strip() if isinstance(reason, str) else reason
     _check_text(reason, MAX_REASON_LENGTH, field="reason")
-    reason = reason.strip()
     with transaction.atomic():
         locked = _lock_license(license.pk)
         if locked.status == to:

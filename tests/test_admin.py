@@ -1262,6 +1262,21 @@ def test_the_admins_recent_actions_list_the_staff_members_own_changes_list_actio
     assert f'<a href="{change_url(suspended)}">{suspended.target_display}</a>' in sidebar
     assert "license.suspended" in sidebar
     assert "license.revoked" not in sidebar
+    # Signing in changes nothing (force_login records one for the client's staff member).
+    assert "staff.signed_in" not in sidebar
+
+
+def test_recent_actions_link_only_to_events_the_staff_member_may_open(client, issued):
+    clerk = get_user_model().objects.create_user("clerk", password="a-long-test-password", is_staff=True)
+    clerk.user_permissions.add(*Permission.objects.filter(codename__in=["view_license", "change_license"]))
+    client.force_login(clerk)
+    action(client, "license", "suspend", [issued.license])
+
+    sidebar = client.get(reverse("admin:index")).content.decode().split('id="recent-actions-module"')[1]
+
+    assert f"{issued.license}<br>" in sidebar
+    assert "license.suspended" in sidebar
+    assert "/admin/licensing/auditevent/" not in sidebar
 
 
 def test_support_signs_a_customer_out_of_the_portal_everywhere(staff_client, customer):
