@@ -1936,10 +1936,13 @@ admin.site.site_title = _("License server")
 admin.site.site_url = reverse_lazy("portal:sign-in")
 
 
+STAFF_SIGNED_IN = "staff.signed_in"
+
+
 @receiver(user_logged_in)
 def audit_staff_sign_in(sender, request, user, **kwargs):
     actor = services.Actor.staff(user, ip_address=client_ip(request))
-    services.record_event(actor=actor, action="staff.signed_in", target=user)
+    services.record_event(actor=actor, action=STAFF_SIGNED_IN, target=user)
 
 
 # ---------------------------------------------------------------- staff accounts

@@ -1066,7 +1066,7 @@ def import_activation(
         # it names another license, or a device activated without the lock (by staff, say).
         if Activation.objects.filter(pk=activation.pk).exists():
             raise _duplicate_activation_id() from None
-        existing = license.activations.live().filter(fingerprint=fingerprint).first() if fingerprint else None
+        existing = _live_activation(license, fingerprint=fingerprint, activation_id=None) if fingerprint else None
         if existing is None:
             raise
         raise _duplicate_live_fingerprint(existing) from None

@@ -1378,6 +1378,13 @@ def test_a_status_change_keeps_its_reason_in_the_audit_trail(management_client, 
     assert changes["license.reinstated"] == {"status": ["suspended", "active"]}
 
 
+def test_a_reason_of_spaces_only_is_no_reason(management_client, issued):
+    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/suspend", {"reason": "   "}, format="json")
+
+    assert response.status_code == 200
+    assert AuditEvent.objects.get(action="license.suspended").changes == {"status": ["active", "suspended"]}
+
+
 @pytest.fixture(params=["customer", "customer_external_id"])
 def owner_by_id(request, customer) -> dict:
     """The fixture's customer, named as a billing system may: by its id here, or by the billing's own."""

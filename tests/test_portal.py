@@ -20,7 +20,7 @@ from django.views.defaults import server_error
 from license_verifier import verify_license_file
 
 from licensing import services
-from licensing.models import Activation, AuditEvent, SignInLink
+from licensing.models import Activation, AuditEvent, Customer, SignInLink
 from portal import views as portal_views
 from tests.factories import activate, make_license, make_plan, make_product
 
@@ -319,6 +319,16 @@ def test_signing_out_everywhere_ends_every_session_and_the_links_already_sent(si
     SignInLink.objects.update(created_at=timezone.now() - timedelta(minutes=16))
     sign_in(other_browser, customer)
     assert other_browser.get(reverse("portal:licenses")).status_code == 200
+
+
+def test_signing_out_everywhere_leaves_other_customers_signed_in(signed_in, other_customer):
+    theirs = Client()
+    sign_in(theirs, other_customer)
+
+    signed_in.post(reverse("portal:sign-out"), {"everywhere": "1"})
+
+    assert theirs.get(reverse("portal:licenses")).status_code == 200
+    assert Customer.objects.get(pk=other_customer.pk).portal_sessions_ended_at is None
 
 
 def test_a_session_begun_before_signing_out_everywhere_existed_still_works(signed_in, customer):
