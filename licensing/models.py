@@ -9,7 +9,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce, Lower
+from django.db.models.functions import Coalesce, Lower, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -517,7 +517,9 @@ class SignInLink(models.Model):
     ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
     # What the per-IP limit counts (addresses.network_of): an IPv6 host holds a whole /64.
     client_network = models.CharField(max_length=43, blank=True, db_index=True, editable=False, db_default="")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The database's clock, as Customer.portal_sessions_ended_at's: which came first must not
+    # depend on which app server's clock ran ahead.
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
     used_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:

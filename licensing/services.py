@@ -22,6 +22,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext, ngettext
 
@@ -2110,8 +2111,9 @@ def end_portal_sessions(*, customer: Customer, actor: Actor) -> Customer:
     the sign-in links already mailed unusable. The portal checks each session against this time."""
     with transaction.atomic():
         locked = Customer.objects.select_for_update().get(pk=customer.pk)
-        locked.portal_sessions_ended_at = timezone.now()
+        locked.portal_sessions_ended_at = Now()
         locked.save(update_fields=["portal_sessions_ended_at"])
+        locked.refresh_from_db(fields=["portal_sessions_ended_at"])
         record_event(actor=actor, action="customer.signed_out_everywhere", target=locked)
     return locked
 

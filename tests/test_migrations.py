@@ -117,7 +117,9 @@ def as_the_release_before(record, missing_field: str) -> None:
 
 def test_servers_of_the_release_before_keep_working_while_the_next_one_migrates():
     as_the_release_before(ApiKey(name="made by the old server", prefix="lic_abc", key_digest="a" * 64), "apps_only")
-    as_the_release_before(SignInLink(email="ada@example.com", token_digest="b" * 64), "client_network")
+    as_the_release_before(
+        SignInLink(email="ada@example.com", token_digest="b" * 64, created_at=timezone.now()), "client_network"
+    )
 
     assert ApiKey.objects.get(name="made by the old server").apps_only is False
     assert SignInLink.objects.get(email="ada@example.com").client_network == ""

@@ -331,6 +331,26 @@ def test_signing_out_everywhere_leaves_other_customers_signed_in(signed_in, othe
     assert Customer.objects.get(pk=other_customer.pk).portal_sessions_ended_at is None
 
 
+def test_which_came_first_a_link_or_signing_out_everywhere_is_the_databases_call_not_an_app_servers(
+    signed_in, customer, monkeypatch
+):
+    real_now = timezone.now
+
+    def on_a_server_whose_clock_is(minutes_off: int, call) -> None:
+        monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(minutes=minutes_off))
+        call()
+        monkeypatch.setattr(timezone, "now", real_now)
+
+    on_a_server_whose_clock_is(+10, lambda: request_link(Client(), customer.email))
+    link_sent_before = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+    on_a_server_whose_clock_is(-10, lambda: signed_in.post(reverse("portal:sign-out"), {"everywhere": "1"}))
+    on_a_server_whose_clock_is(-10, lambda: request_link(Client(), customer.email))
+    link_sent_after = link_from_mail(mail.outbox[-1]).split("testserver", 1)[1]
+
+    assert "before every sign-in to this account was ended" in Client().post(link_sent_before).content.decode()
+    assert Client().post(link_sent_after).status_code == 302
+
+
 def test_a_session_begun_before_signing_out_everywhere_existed_still_works(signed_in, customer):
     assert customer.portal_sessions_ended_at is None
 
