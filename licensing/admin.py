@@ -1655,28 +1655,35 @@ class ApiKeyAddForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "read_only", "apps_only", "key"]
+        fields = ["name", "read_only", "apps_only", "expires_at", "key"]
 
     def clean(self):
         cleaned = super().clean()
-        if key := cleaned.get("key"):
-            try:
-                services.check_imported_api_key(key)
-            except errors.InvalidInput as error:
-                self.add_error("key", str(error.message))
+        for field, check in [("key", services.check_imported_api_key), ("expires_at", services.check_api_key_expiry)]:
+            if cleaned.get(field):
+                try:
+                    check(cleaned[field])
+                except errors.InvalidInput as error:
+                    self.add_error(field, str(error.message))
         return cleaned
 
 
 class ApiKeyStateFilter(admin.SimpleListFilter):
     title = _("status")
-    parameter_name = "revoked"
+    parameter_name = "state"
 
     def lookups(self, request, model_admin):
-        return [("no", _("Works")), ("yes", _("Revoked"))]
+        return [("works", _("Works")), ("expired", _("Expired")), ("revoked", _("Revoked"))]
 
     def queryset(self, request, queryset):
-        if self.value() in ("no", "yes"):
-            return queryset.filter(revoked_at__isnull=self.value() == "no")
+        not_expired = Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        match self.value():
+            case "works":
+                return queryset.filter(not_expired, revoked_at__isnull=True)
+            case "expired":
+                return queryset.filter(revoked_at__isnull=True).exclude(not_expired)
+            case "revoked":
+                return queryset.filter(revoked_at__isnull=False)
         return queryset
 
 
@@ -1688,7 +1695,17 @@ class ApiKeyAdmin(MadeByServiceAdmin):
     list_display = ["name", "prefix", "state", "access", "created_at", "last_used_at"]
     list_filter = [ApiKeyStateFilter, "read_only", "apps_only"]
     search_fields = ["name", "prefix"]
-    fields = ["name", "prefix", "read_only", "apps_only", "created_by", "created_at", "last_used_at", "revoked_at"]
+    fields = [
+        "name",
+        "prefix",
+        "read_only",
+        "apps_only",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
     actions = ["restrict_to_apps", "revoke"]
     form = ApiKeyAddForm
 
@@ -1698,6 +1715,7 @@ class ApiKeyAdmin(MadeByServiceAdmin):
             read_only=form.cleaned_data["read_only"],
             apps_only=form.cleaned_data["apps_only"],
             key=form.cleaned_data["key"] or None,
+            expires_at=form.cleaned_data["expires_at"],
             actor=staff_actor(request),
         )
         if form.cleaned_data["key"] and issued.api_key.apps_only:
@@ -1745,10 +1763,17 @@ class ApiKeyAdmin(MadeByServiceAdmin):
 
     @admin.display(description=_("status"), ordering="revoked_at")
     def state(self, api_key: ApiKey) -> str:
-        if api_key.revoked_at is None:
-            return _("Works")
-        # The day, in the format of the list's other dates.
-        return _("Revoked %(date)s") % {"date": date_format(timezone.localdate(api_key.revoked_at))}
+        # Days, in the format of the list's other dates.
+        def day(moment: datetime) -> str:
+            return date_format(timezone.localdate(moment))
+
+        if api_key.revoked_at is not None:
+            return _("Revoked %(date)s") % {"date": day(api_key.revoked_at)}
+        if api_key.has_expired:
+            return _("Expired %(date)s") % {"date": day(api_key.expires_at)}
+        if api_key.expires_at is not None:
+            return _("Works until %(date)s") % {"date": day(api_key.expires_at)}
+        return _("Works")
 
     @admin.display(description=_("access"))
     def access(self, api_key: ApiKey) -> str:

@@ -461,6 +461,11 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # A key in a billing system's configuration is easily forgotten there; one that expires by
+    # itself keeps a leak from being useful for good, as security policies often require.
+    expires_at = models.DateTimeField(
+        _("expires"), null=True, blank=True, help_text=_("The key stops working at this time. Empty: until revoked.")
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -477,6 +482,10 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def has_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 class RsaKey(models.Model):

@@ -1735,16 +1735,23 @@ def forget_cached_keys() -> None:
 
 
 def create_api_key(
-    *, name: str, actor: Actor, read_only: bool = False, apps_only: bool = False, key: str | None = None
+    *,
+    name: str,
+    actor: Actor,
+    read_only: bool = False,
+    apps_only: bool = False,
+    key: str | None = None,
+    expires_at: datetime | None = None,
 ) -> IssuedApiKey:
     """Make an API key, or import one (`key`) that apps already ship with from another vendor.
 
     The plaintext is returned here once and never again. An `apps_only` key makes license calls
-    and nothing else (`api_key_refusal`).
+    and nothing else (`api_key_refusal`). From `expires_at` on, the key no longer works.
     """
     _check_text(name, 200, field="name")
     if not name.strip():
         raise errors.InvalidInput("Give the key a name that says who uses it.", field="name")
+    check_api_key_expiry(expires_at)
     # A generated key shows its prefix and 8 random characters; an imported one, only 4 characters.
     visible = keys.API_KEY_DISPLAY_LENGTH if key is None else 4
     if key is None:
@@ -1759,19 +1766,30 @@ def create_api_key(
                 key_digest=keys.digest_api_key(key),
                 read_only=read_only,
                 apps_only=apps_only,
+                expires_at=expires_at,
                 created_by=actor.display[:255],
             )
             record_event(
                 actor=actor,
                 action="api_key.created",
                 target=api_key,
-                changes={"read_only": [None, read_only], "apps_only": [None, apps_only]},
+                changes={
+                    "read_only": [None, read_only],
+                    "apps_only": [None, apps_only],
+                    "expires_at": [None, expires_at],
+                },
             )
     except IntegrityError:
         # The same key imported at the same moment by someone else: the check, made again, says so.
         check_imported_api_key(key)
         raise
     return IssuedApiKey(api_key=api_key, key=key)
+
+
+def check_api_key_expiry(expires_at: datetime | None) -> None:
+    """Refuse an expiry that would make a key that never works."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise errors.InvalidInput("An API key's expiry must be in the future.", field="expires_at")
 
 
 def api_key_refusal(api_key: ApiKey, *, changes: bool, manages: bool) -> str | None:
@@ -1834,7 +1852,7 @@ MIN_IMPORTED_API_KEY_LENGTH = 16
 
 
 def find_api_key(key: str) -> ApiKey | None:
-    """Return the API key matching this secret, revoked or not (some vendor APIs tell them apart)."""
+    """Return the API key matching this secret, revoked, expired or not (some vendor APIs tell them apart)."""
     digest = keys.digest_api_key(key)
     api_key = lookups.find_by(ApiKey, "key_digest", digest)
     if api_key is None or not hmac.compare_digest(api_key.key_digest, digest):
@@ -1843,9 +1861,10 @@ def find_api_key(key: str) -> ApiKey | None:
 
 
 def authenticate_api_key(key: str) -> ApiKey | None:
-    """Return the live API key matching this secret, or None; note when it was last used."""
+    """Return the live API key matching this secret (neither revoked nor expired), or None; note
+    when it was last used."""
     api_key = find_api_key(key)
-    if api_key is None or api_key.is_revoked:
+    if api_key is None or api_key.is_revoked or api_key.has_expired:
         # In an app's license call, a guessed API key is brute force as much as a guessed license key.
         _note_unknown_key()
         return None

@@ -1867,21 +1867,49 @@ def test_the_api_key_list_says_which_keys_still_work(staff_client, actor):
     leaked = services.create_api_key(name="leaked", actor=actor).api_key
     services.revoke_api_key(api_key=leaked, actor=actor)
     shipped = services.create_api_key(name="shipped", apps_only=True, actor=actor).api_key
+    in_a_year = timezone.now() + timedelta(days=365)
+    rotated = services.create_api_key(name="rotated", actor=actor, expires_at=in_a_year).api_key
+    lapsed = services.create_api_key(name="lapsed", actor=actor, expires_at=in_a_year).api_key
+    ApiKey.objects.filter(pk=lapsed.pk).update(expires_at=timezone.now() - timedelta(days=2))
 
     page = staff_client.get(changelist("apikey")).content.decode()
-    revoked_on = date_format(timezone.localdate(ApiKey.objects.get(pk=leaked.pk).revoked_at))
+
+    def day(moment):
+        return date_format(timezone.localdate(moment))
 
     for prefix, state, access in [
         (billing.prefix, "Works", "Read only"),
-        (leaked.prefix, f"Revoked {revoked_on}", "Full"),
+        (leaked.prefix, f"Revoked {day(ApiKey.objects.get(pk=leaked.pk).revoked_at)}", "Full"),
         (shipped.prefix, "Works", "Apps&#x27; license calls"),
+        (rotated.prefix, f"Works until {day(in_a_year)}", "Full"),
+        (lapsed.prefix, f"Expired {day(timezone.now() - timedelta(days=2))}", "Full"),
     ]:
         assert (
             f'<td class="field-prefix">{prefix}</td><td class="field-state">{state}</td>'
             f'<td class="field-access">{access}</td>'
         ) in page
-    still_working = staff_client.get(changelist("apikey"), {"revoked": "no"}).context["cl"].result_list
-    assert set(still_working) == {billing, shipped}
+    for state, keys_listed in [
+        ("works", {billing, shipped, rotated}),
+        ("expired", {lapsed}),
+        ("revoked", {leaked}),
+    ]:
+        assert set(staff_client.get(changelist("apikey"), {"state": state}).context["cl"].result_list) == keys_listed
+
+
+def test_staff_make_an_api_key_that_expires_and_never_one_expired_already(staff_client):
+    add = reverse("admin:licensing_apikey_add")
+    yesterday = timezone.localtime() - timedelta(days=1)
+    next_year = timezone.localtime() + timedelta(days=365)
+
+    refused = staff_client.post(
+        add, {"name": "billing", "expires_at_0": f"{yesterday:%Y-%m-%d}", "expires_at_1": f"{yesterday:%H:%M:%S}"}
+    )
+    staff_client.post(
+        add, {"name": "billing", "expires_at_0": f"{next_year:%Y-%m-%d}", "expires_at_1": f"{next_year:%H:%M:%S}"}
+    )
+
+    assert refused.context["adminform"].form.errors == {"expires_at": ["An API key's expiry must be in the future."]}
+    assert ApiKey.objects.get().expires_at == next_year.replace(microsecond=0)
 
 
 def test_a_key_shipped_in_apps_is_restricted_to_license_calls_in_the_admin(staff_client, api_client, actor):

@@ -14,6 +14,7 @@ import yaml
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.generators import SchemaGenerator
 
 from licensing import errors, keys, services
@@ -53,6 +54,30 @@ def test_a_revoked_key_stops_working_at_once(management_client, api_key, actor):
     services.revoke_api_key(api_key=api_key.api_key, actor=actor)
 
     assert management_client.get("/api/v1/licenses").status_code == 401
+
+
+def test_a_key_works_until_it_expires(api_client, actor):
+    issued = services.create_api_key(name="billing", actor=actor, expires_at=timezone.now() + timedelta(days=90))
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.key}")
+    assert api_client.get("/api/v1/licenses").status_code == 200
+
+    # Ninety days later.
+    ApiKey.objects.filter(pk=issued.api_key.pk).update(expires_at=timezone.now())
+    response = api_client.get("/api/v1/licenses")
+
+    assert response.status_code == 401
+    assert error(response)["message"] == "The API key is not valid, has been revoked or has expired."
+    created = AuditEvent.objects.get(action="api_key.created")
+    stored_expiry = parse_datetime(created.changes["expires_at"][1])
+    assert abs(stored_expiry - issued.api_key.expires_at) < timedelta(milliseconds=1)
+
+
+def test_a_key_cannot_be_made_already_expired(actor):
+    with pytest.raises(errors.InvalidInput, match="An API key's expiry must be in the future.") as refused:
+        services.create_api_key(name="billing", actor=actor, expires_at=timezone.now() - timedelta(minutes=1))
+
+    assert refused.value.field == "expires_at"
+    assert not ApiKey.objects.exists()
 
 
 def test_a_read_only_key_reads_but_cannot_write(api_client, read_only_api_key, issued):
@@ -106,6 +131,19 @@ def test_create_api_key_command_makes_a_key_for_apps():
     api_key = services.authenticate_api_key(out.getvalue().strip().splitlines()[-1])
     assert (api_key.name, api_key.read_only, api_key.apps_only) == ("photon app", False, True)
     assert "for apps' license calls only" in err.getvalue()
+
+
+def test_create_api_key_command_makes_a_key_that_expires():
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command("create_api_key", "--name", "billing", "--expires-in-days", "90", stdout=out, stderr=err)
+
+    api_key = services.authenticate_api_key(out.getvalue().strip().splitlines()[-1])
+    assert timedelta(days=89, hours=23) < api_key.expires_at - timezone.now() <= timedelta(days=90)
+    assert f"working until {api_key.expires_at:%Y-%m-%d %H:%M} UTC" in err.getvalue()
+    with pytest.raises(CommandError, match="--expires-in-days takes 1 to 3653 days."):
+        call_command("create_api_key", "--name", "billing", "--expires-in-days", "0", stderr=io.StringIO())
+    assert ApiKey.objects.count() == 1
 
 
 def test_create_signing_key_command_prints_the_public_key():

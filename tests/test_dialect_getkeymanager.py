@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from django.utils import timezone
 
 from licensing import errors, services
-from licensing.models import Activation, AuditEvent, RsaKey
+from licensing.models import Activation, ApiKey, AuditEvent, RsaKey
 from tests.factories import activate, make_license, make_plan
 
 pytestmark = pytest.mark.django_db
@@ -514,8 +514,12 @@ def test_a_missing_api_key_is_100(client, issued, global_rsa_key):
     expect(response, global_rsa_key, 100, status=401)
 
 
-def test_a_revoked_api_key_is_101_inactive(client, api_key, issued, actor, global_rsa_key):
-    services.revoke_api_key(api_key=api_key.api_key, actor=actor)
+@pytest.mark.parametrize("ended", ["revoked", "expired"])
+def test_a_revoked_or_expired_api_key_is_101_inactive(client, api_key, issued, actor, global_rsa_key, ended):
+    if ended == "revoked":
+        services.revoke_api_key(api_key=api_key.api_key, actor=actor)
+    else:
+        ApiKey.objects.filter(pk=api_key.api_key.pk).update(expires_at=timezone.now())
 
     response = call(client, "verify", api_key, issued)
 

@@ -537,7 +537,7 @@ def test_deactivation_without_fields_is_a_field_error_for_each(kelviq):
     ("authorization", "detail"),
     [
         (None, "Authentication credentials were not provided."),
-        ("Bearer not-a-key", "The API key is not valid, or has been revoked."),
+        ("Bearer not-a-key", "The API key is not valid, has been revoked or has expired."),
         ("Token abc", "Authentication credentials were not provided."),
     ],
 )
@@ -559,7 +559,7 @@ def test_a_revoked_api_key_is_401(kelviq, api_key, issued):
     response = post(kelviq, "activate", {"licenseKey": issued.key})
 
     assert response.status_code == 401
-    assert response.json() == {"detail": "The API key is not valid, or has been revoked."}
+    assert response.json() == {"detail": "The API key is not valid, has been revoked or has expired."}
 
 
 def test_malformed_json_is_a_drf_400(kelviq):

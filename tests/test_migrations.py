@@ -144,7 +144,8 @@ def test_going_back_before_apps_only_keys_is_refused_while_one_works(migrated_fo
         call_command("migrate", "licensing", "0011", verbosity=0)
 
     assert latest_migration() == "0012_api_key_apps_only"
-    assert ApiKey.objects.get(pk=key.api_key.pk).apps_only is True
+    # Only the columns of 0012's schema.
+    assert ApiKey.objects.filter(pk=key.api_key.pk).values_list("apps_only", flat=True).get() is True
 
 
 def test_going_back_before_apps_only_keys_is_allowed_once_they_are_revoked(migrated_forward_again):
@@ -154,6 +155,28 @@ def test_going_back_before_apps_only_keys_is_allowed_once_they_are_revoked(migra
     call_command("migrate", "licensing", "0011", verbosity=0)
 
     assert latest_migration() == "0011_sign_in_client_network"
+
+
+def test_going_back_before_keys_expire_is_refused_while_one_with_an_expiry_is_unrevoked(migrated_forward_again):
+    next_year = timezone.now() + timedelta(days=365)
+    key = services.create_api_key(name="billing", expires_at=next_year, actor=services.Actor.system("tests"))
+    ApiKey.objects.filter(pk=key.api_key.pk).update(expires_at=timezone.now() - timedelta(days=1))
+
+    with pytest.raises(CommandError, match="1 API key\\(s\\) have an expiry.*work for good. Revoke them"):
+        call_command("migrate", "licensing", "0024", verbosity=0)
+
+    assert latest_migration() == "0025_api_key_expiry"
+    assert services.authenticate_api_key(key.key) is None
+
+
+def test_going_back_before_keys_expire_is_allowed_once_they_are_revoked(migrated_forward_again):
+    next_year = timezone.now() + timedelta(days=365)
+    key = services.create_api_key(name="billing", expires_at=next_year, actor=services.Actor.system("tests"))
+    services.revoke_api_key(api_key=key.api_key, actor=services.Actor.system("tests"))
+
+    call_command("migrate", "licensing", "0024", verbosity=0)
+
+    assert latest_migration() == "0024_sign_in_link_database_clock"
 
 
 def test_upgrading_makes_every_device_first_seen_when_it_was_activated(migrated_forward_again):

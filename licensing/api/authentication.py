@@ -32,7 +32,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if api_key is None:
             # Enough to spot someone guessing keys; the key itself is never logged.
             logger.warning("Refused API key starting %r from %s", key[:4], client_ip(request) or "an unknown address")
-            raise exceptions.AuthenticationFailed("The API key is not valid, or has been revoked.")
+            raise exceptions.AuthenticationFailed("The API key is not valid, has been revoked or has expired.")
         return api_key, api_key
 
     def authenticate_header(self, request):

@@ -92,7 +92,7 @@ class LicensingAutoSchema(AutoSchema):
         if self.method in BODY_METHODS or self._is_paginated():
             refusals["400"] = "Bad input; `field` names it."
         if ApiKeyAuthentication in self.view.authentication_classes:
-            refusals["401"] = "No API key, or one that is unknown or revoked."
+            refusals["401"] = "No API key, or one that is unknown, revoked or expired."
             refusals["403"] = (
                 "This API key is made for apps."
                 if getattr(self.view, "reads_only", False)
