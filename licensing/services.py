@@ -289,14 +289,22 @@ def check_unchanged_since(record: Product | Plan | Customer | License, unchanged
 
 
 def _check_model_rules(record: models.Model) -> None:
-    """Raise InvalidInput naming the first field that breaks a field rule or a database constraint."""
+    """Raise InvalidInput naming the first field that breaks a field rule or a database constraint,
+    or DuplicateRecord when the only fault is a value another record holds already (a retry that
+    finds its record made, which a caller tells apart from bad input by the status)."""
     try:
         record.full_clean()
     except ValidationError as error:
         field, messages = next(iter(error.message_dict.items()))
-        raise errors.InvalidInput(
-            messages[0], field=None if field == NON_FIELD_ERRORS else field, errors=error.message_dict
-        ) from None
+        taken = {"unique", "unique_together"} | {
+            constraint.violation_error_code
+            for constraint in record._meta.constraints
+            if isinstance(constraint, models.UniqueConstraint)
+        }
+        faults = [fault for field_faults in error.error_dict.values() for fault in field_faults]
+        refusal = errors.DuplicateRecord if all(fault.code in taken for fault in faults) else errors.InvalidInput
+        named = None if field == NON_FIELD_ERRORS else field
+        raise refusal(messages[0], field=named, errors=error.message_dict) from None
 
 
 def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Customer:

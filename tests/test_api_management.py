@@ -317,15 +317,15 @@ def test_a_plan_of_100_years_issues_licenses(management_client, product):
     assert (plan.status_code, license.status_code) == (201, 201)
 
 
-def test_a_plan_identifier_taken_in_the_product_is_400_naming_it(management_client, plan):
+def test_a_plan_identifier_taken_in_the_product_is_409_naming_it(management_client, plan):
     other = management_client.post(
         "/api/v1/plans", {"product": plan.product_id, "name": "Team", "identifier": "team"}, format="json"
     ).json()
 
     response = management_client.patch(f"/api/v1/plans/{other['id']}", {"identifier": "personal"}, format="json")
 
-    assert response.status_code == 400
-    assert error(response)["field"] == "identifier"
+    assert response.status_code == 409
+    assert (error(response)["code"], error(response)["field"]) == ("duplicate_record", "identifier")
     assert error(response)["message"] == "This product already has a plan with this identifier."
     assert Plan.objects.get(pk=other["id"]).identifier == "team"
 
@@ -411,27 +411,28 @@ def test_a_customer_update_taking_two_ids_names_both_fields(management_client, c
         f"/api/v1/customers/{customer.pk}", {"email": "GRACE@example.com", "external_id": "cus_grace"}, format="json"
     )
 
-    assert response.status_code == 400
+    assert response.status_code == 409
     assert set(error(response)["errors"]) == {"email", "external_id"}
 
 
-def test_a_customer_external_id_taken_is_400_naming_it(management_client):
+def test_a_customer_external_id_taken_is_409_naming_it(management_client):
     management_client.post("/api/v1/customers", {"email": "a@example.com", "external_id": "cus_1"}, format="json")
 
     response = management_client.post(
         "/api/v1/customers", {"email": "b@example.com", "external_id": "cus_1"}, format="json"
     )
 
-    assert response.status_code == 400
-    assert error(response)["field"] == "external_id"
+    # A billing system retrying a create that went through tells this apart from bad input.
+    assert response.status_code == 409
+    assert (error(response)["code"], error(response)["field"]) == ("duplicate_record", "external_id")
     assert error(response)["message"] == "Another customer already has this external id."
 
 
 def test_customer_email_is_unique_ignoring_case(management_client, customer):
     response = management_client.post("/api/v1/customers", {"email": "ADA@example.com"}, format="json")
 
-    assert response.status_code == 400
-    assert error(response)["field"] == "email"
+    assert response.status_code == 409
+    assert (error(response)["code"], error(response)["field"]) == ("duplicate_record", "email")
     assert error(response)["message"] == "A customer with this e-mail already exists."
     assert Customer.objects.count() == 1
 
@@ -922,6 +923,48 @@ def test_list_and_deactivate_a_licenses_devices(management_client, issued, actor
     assert again.json()["deactivated_at"] == response.json()["deactivated_at"]
 
 
+def test_support_frees_every_device_of_a_license_in_one_call(management_client, issued, plan, actor):
+    freed_before = activate(issued, "old").activation
+    services.deactivate_activation(activation=freed_before, actor=actor)
+    laptop, desktop = (activate(issued, name).activation for name in ["laptop", "desktop"])
+    theirs = activate(make_license(plan=plan), "theirs").activation
+    path = f"/api/v1/licenses/{issued.license.pk}/activations/deactivate"
+
+    response = management_client.post(path)
+    again = management_client.post(path)
+
+    assert response.status_code == 200
+    freed = response.json()["deactivated"]
+    assert {device["id"] for device in freed} == {str(laptop.pk), str(desktop.pk)}
+    assert {device["deactivated_by_kind"] for device in freed} == {"api_key"}
+    assert issued.license.activations.live().count() == 0
+    assert Activation.objects.get(pk=theirs.pk).is_live
+    assert AuditEvent.objects.filter(action="activation.deactivated", actor_kind="api_key").count() == 2
+    assert (again.status_code, again.json()) == (200, {"deactivated": []})
+
+
+def test_freeing_every_device_takes_no_body_and_a_read_write_key(api_client, read_only_api_key, issued):
+    activate(issued, "laptop")
+    path = f"/api/v1/licenses/{issued.license.pk}/activations/deactivate"
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only_api_key.key}")
+
+    read_only = api_client.post(path)
+
+    assert read_only.status_code == 403
+    assert issued.license.activations.live().count() == 1
+
+
+def test_freeing_every_device_refuses_a_body(management_client, issued):
+    activate(issued, "laptop")
+
+    response = management_client.post(
+        f"/api/v1/licenses/{issued.license.pk}/activations/deactivate", {"fingerprint": "laptop"}, format="json"
+    )
+
+    assert (response.status_code, error(response)["field"]) == (400, "fingerprint")
+    assert issued.license.activations.live().count() == 1
+
+
 def test_a_device_of_another_license_is_404(management_client, issued, plan):
     theirs = activate(make_license(plan=plan), "theirs").activation
 
@@ -1320,6 +1363,9 @@ def test_products_and_customers_can_be_listed(management_client, product):
     assert management_client.get("/api/v1/customers").json()["count"] == 1
 
 
+UUID_IN_PATH = uuid.uuid4()
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [
@@ -1335,7 +1381,16 @@ def test_products_and_customers_can_be_listed(management_client, product):
             "There is no activation with this id: activation ids are UUIDs in lower case.",
         ),
         ("/api/v2/anything", "There is no such API endpoint."),
-        ("/api/v1/licenses/validate/", "There is no such API endpoint."),
+        (
+            "/api/v1/licenses/validate/",
+            "There is no such API endpoint: paths end without a slash (/api/v1/licenses/validate).",
+        ),
+        ("/api/v1/licenses/", "There is no such API endpoint: paths end without a slash (/api/v1/licenses)."),
+        (
+            f"/api/v1/licenses/{UUID_IN_PATH}/activations/",
+            f"There is no such API endpoint: paths end without a slash (/api/v1/licenses/{UUID_IN_PATH}/activations).",
+        ),
+        ("/api/v1/frobnicate/", "There is no such API endpoint."),
         (
             f"/api/v1/licenses/{str(uuid.uuid4()).upper()}",
             "There is no license with this id: license ids are UUIDs in lower case.",
@@ -1416,8 +1471,11 @@ def test_a_status_change_keeps_its_reason_in_the_audit_trail(management_client, 
     assert changes["license.reinstated"] == {"status": ["suspended", "active"]}
 
 
-def test_a_reason_of_spaces_only_is_no_reason(management_client, issued):
-    response = management_client.post(f"/api/v1/licenses/{issued.license.pk}/suspend", {"reason": "   "}, format="json")
+@pytest.mark.parametrize("reason", ["   ", None])
+def test_a_reason_of_spaces_only_or_null_is_no_reason(management_client, issued, reason):
+    response = management_client.post(
+        f"/api/v1/licenses/{issued.license.pk}/suspend", {"reason": reason}, format="json"
+    )
 
     assert response.status_code == 200
     assert AuditEvent.objects.get(action="license.suspended").changes == {"status": ["active", "suspended"]}

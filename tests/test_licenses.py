@@ -300,7 +300,7 @@ def test_a_unique_value_taken_between_the_check_and_the_save_is_refused_naming_t
     checks = iter([lambda record: None])
     monkeypatch.setattr(services, "_check_model_rules", lambda record: next(checks, check)(record))
 
-    with pytest.raises(errors.InvalidInput) as refused:
+    with pytest.raises(errors.DuplicateRecord) as refused:
         services.save_catalog_record(record=Product(name="Second", slug="taken"), actor=actor)
 
     assert (refused.value.field, refused.value.message) == ("slug", "Product with this Slug already exists.")
@@ -319,10 +319,19 @@ def test_product_public_id_is_generated_and_settable():
 
 @pytest.mark.django_db
 def test_customer_email_is_unique_ignoring_case(customer):
-    with pytest.raises(errors.InvalidInput) as raised:
+    with pytest.raises(errors.DuplicateRecord) as raised:
         make_customer(email="ADA@Example.com")
 
     assert raised.value.message == "A customer with this e-mail already exists."
+    assert Customer.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_duplicate_with_bad_input_beside_it_is_bad_input_first(customer, actor):
+    with pytest.raises(errors.InvalidInput) as raised:
+        services.save_catalog_record(record=Customer(email="ADA@example.com", name="x" * 201), actor=actor)
+
+    assert set(raised.value.facts["errors"]) == {"email", "name"}
     assert Customer.objects.count() == 1
 
 
@@ -421,7 +430,7 @@ def test_a_plan_without_licenses_can_move(plan, actor):
 def test_external_ids_are_unique_with_a_clear_message():
     make_customer(external_id="cus_ada")
 
-    with pytest.raises(errors.InvalidInput) as raised:
+    with pytest.raises(errors.DuplicateRecord) as raised:
         make_customer(external_id="cus_ada")
 
     assert raised.value.message == "Another customer already has this external id."

@@ -104,9 +104,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     exc = too_large_body_as_api_error(exc)
     if isinstance(exc, errors.LicensingError):
         facts = licensing_error_facts(exc)
-        if isinstance(exc, errors.InvalidInput):
+        if isinstance(exc, errors.InvalidInput) or "errors" in facts:
             # Shaped as the serializers' refusals are, whichever check refused: code reading `errors`
-            # finds every invalid_input's fields there.
+            # finds every invalid_input's fields there (and a duplicate's).
             field_errors = facts.get("errors") or {exc.field: [str(exc.message)]}
             facts["errors"] = {
                 (api_settings.NON_FIELD_ERRORS_KEY if name in (None, NON_FIELD_ERRORS) else name): messages

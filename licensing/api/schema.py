@@ -100,6 +100,8 @@ class LicensingAutoSchema(AutoSchema):
             )
         if "{" in self.path or self._is_paginated():
             refusals["404"] = "No such record, or no such page."
+        if self.method in BODY_METHODS and getattr(self.view, "refuses_duplicates", False):
+            refusals["409"] = "Another record holds this value already (duplicate_record); `field` names it."
         if self.method in BODY_METHODS:
             refusals["413"] = "Request body too large."
             refusals["415"] = "The request body is not JSON."

@@ -591,9 +591,14 @@ class StatusChangeInputSerializer(StrictInputSerializer):
         max_length=services.MAX_REASON_LENGTH,
         required=False,
         allow_blank=True,
+        # Generated clients send null for an optional field they were given no value for.
+        allow_null=True,
         default="",
         help_text="Why (an unpaid invoice, a chargeback): kept in the change's audit event.",
     )
+
+    def validate_reason(self, reason: str | None) -> str:
+        return reason or ""
 
 
 class ExtendLicenseInputSerializer(StrictInputSerializer):
@@ -704,6 +709,12 @@ class ManagedActivationSerializer(serializers.ModelSerializer):
             "deactivated_by",
         ]
         read_only_fields = fields
+
+
+class DeactivatedDevicesSerializer(serializers.Serializer):
+    deactivated = ManagedActivationSerializer(
+        many=True, read_only=True, help_text="The devices that were live and are now freed (none: it had none)."
+    )
 
 
 class DeactivatedActivationSerializer(ManagedActivationSerializer):

@@ -30,6 +30,11 @@ urlpatterns = [
     path("licenses/<uuid:pk>/extend", views.LicenseExtendView.as_view(), name="license-extend"),
     path("licenses/<uuid:pk>/activations", views.LicenseActivationListView.as_view(), name="license-activations"),
     path(
+        "licenses/<uuid:pk>/activations/deactivate",
+        views.LicenseDeactivateAllView.as_view(),
+        name="license-activations-deactivate",
+    ),
+    path(
         "licenses/<uuid:pk>/activations/<uuid:activation_pk>/deactivate",
         views.ActivationDeactivateView.as_view(),
         name="activation-deactivate",

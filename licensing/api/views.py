@@ -13,6 +13,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 from django.db.models import Q
 from django.http import Http404
+from django.urls import Resolver404, resolve
 from django.urls.converters import IntConverter, UUIDConverter
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -330,6 +331,10 @@ class UnknownEndpointView(APIView):
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
+        # Clients that add a slash to every path would otherwise read what follows as a bad id.
+        without_slash = request.path_info.rstrip("/")
+        if without_slash != request.path_info and self._is_endpoint(without_slash):
+            raise exceptions.NotFound(f"There is no such API endpoint: paths end without a slash ({without_slash}).")
         # A record's path with an id of the wrong kind reaches here; saying so beats "no such endpoint".
         parts = request.path_info.removeprefix("/api/v1/").split("/")
         for collection, record_id in zip(parts[::2], parts[1::2], strict=False):
@@ -339,6 +344,13 @@ class UnknownEndpointView(APIView):
             if not re.fullmatch(id_pattern, record_id):
                 raise exceptions.NotFound(f"There is no {noun} with this id: {noun} ids are {kind}.")
         raise exceptions.NotFound("There is no such API endpoint.")
+
+    @staticmethod
+    def _is_endpoint(path: str) -> bool:
+        try:
+            return getattr(resolve(path).func, "view_class", None) is not UnknownEndpointView
+        except Resolver404:
+            return False
 
 
 # What the routes' converters take (licensing.api.urls); an id that is not so matches no route.
@@ -507,6 +519,10 @@ class ManagementView(IdempotentChanges):
 
 
 class CatalogMixin(ManagementView):
+    # A unique value another record holds is 409 duplicate_record: a retry of a create that went
+    # through finds it so, and tells it apart from bad input.
+    refuses_duplicates = True
+
     def perform_create(self, serializer):
         record = serializer.Meta.model(**serializer.validated_data)
         services.save_catalog_record(record=record, actor=self.api_actor())
@@ -868,6 +884,26 @@ class AuditEventListView(FilteredListMixin, ManagementView, generics.ListAPIView
         if since is not None:
             events = events.filter(created_at__gte=since)
         return events
+
+
+class LicenseDeactivateAllView(ManagementView, APIView):
+    @extend_schema(
+        summary="Deactivate every live device of a license",
+        operation_id="v1_licenses_activations_deactivate_all",
+        request=None,
+        responses={
+            200: api.DeactivatedDevicesSerializer,
+            403: OpenApiResponse(
+                api.ErrorSerializer, description="A read-only API key, or the plan's device changes are used up."
+            ),
+            404: ERRORS[404],
+        },
+    )
+    def post(self, request, pk):
+        license = record_or_404(License.objects, pk=pk)
+        validated(api.EmptyInputSerializer, request)
+        freed = services.deactivate_all_activations(license=license, actor=self.api_actor())
+        return Response(api.DeactivatedDevicesSerializer({"deactivated": freed}).data)
 
 
 class ActivationDeactivateView(ManagementView, APIView):
