@@ -886,6 +886,11 @@ class AuditEventListView(FilteredListMixin, ManagementView, generics.ListAPIView
         return events
 
 
+DEVICE_FREEING_REFUSED = OpenApiResponse(
+    api.ErrorSerializer, description="A read-only API key, or the plan's device changes are used up."
+)
+
+
 class LicenseDeactivateAllView(ManagementView, APIView):
     @extend_schema(
         summary="Deactivate every live device of a license",
@@ -893,9 +898,7 @@ class LicenseDeactivateAllView(ManagementView, APIView):
         request=None,
         responses={
             200: api.DeactivatedDevicesSerializer,
-            403: OpenApiResponse(
-                api.ErrorSerializer, description="A read-only API key, or the plan's device changes are used up."
-            ),
+            403: DEVICE_FREEING_REFUSED,
             404: ERRORS[404],
         },
     )
@@ -912,9 +915,7 @@ class ActivationDeactivateView(ManagementView, APIView):
         request=None,
         responses={
             200: api.DeactivatedActivationSerializer,
-            403: OpenApiResponse(
-                api.ErrorSerializer, description="A read-only API key, or the plan's device changes are used up."
-            ),
+            403: DEVICE_FREEING_REFUSED,
             404: ERRORS[404],
         },
     )
