@@ -463,6 +463,60 @@ def test_unknown_ids_are_404_naming_the_record(management_client, method, path, 
     assert error(response) == {"code": "not_found", "message": message}
 
 
+def test_a_customer_product_or_plan_nothing_refers_to_is_deleted(management_client, plan):
+    customer = make_customer(email="test-order@example.com")
+    spare_plan = make_plan(product=plan.product, identifier="spare")
+    spare_product = make_product(slug="spare")
+
+    answers = [
+        management_client.delete(path)
+        for path in (
+            f"/api/v1/customers/{customer.pk}",
+            f"/api/v1/plans/{spare_plan.pk}",
+            f"/api/v1/products/{spare_product.pk}",
+        )
+    ]
+
+    assert [answer.status_code for answer in answers] == [204, 204, 204]
+    assert not Customer.objects.filter(pk=customer.pk).exists()
+    assert not Plan.objects.filter(pk=spare_plan.pk).exists()
+    assert not Product.objects.filter(pk=spare_product.pk).exists()
+    deleted = AuditEvent.objects.get(action="customer.deleted")
+    assert (deleted.actor_kind, deleted.changes["email"]) == ("api_key", ["test-order@example.com", None])
+    assert management_client.delete(f"/api/v1/customers/{customer.pk}").status_code == 404
+
+
+def test_a_record_licenses_or_plans_refer_to_is_409_and_stays(management_client, issued, customer, plan):
+    answers = {
+        path: management_client.delete(path)
+        for path in (
+            f"/api/v1/customers/{customer.pk}",
+            f"/api/v1/plans/{plan.pk}",
+            f"/api/v1/products/{plan.product_id}",
+        )
+    }
+
+    assert {path: (answer.status_code, error(answer)["code"]) for path, answer in answers.items()} == {
+        path: (409, "record_in_use") for path in answers
+    }
+    assert error(answers[f"/api/v1/customers/{customer.pk}"])["message"] == (
+        "Licenses refer to this customer, so it cannot be deleted."
+    )
+    assert Customer.objects.filter(pk=customer.pk).exists()
+    assert Plan.objects.filter(pk=plan.pk).exists()
+    assert not AuditEvent.objects.filter(action__endswith=".deleted").exists()
+
+
+def test_a_read_only_key_deletes_nothing(api_client, read_only_api_key):
+    customer = make_customer(email="test-order@example.com")
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only_api_key.key}")
+
+    response = api_client.delete(f"/api/v1/customers/{customer.pk}")
+
+    assert (response.status_code, error(response)["message"]) == (403, "This API key is read-only.")
+    assert Customer.objects.filter(pk=customer.pk).exists()
+
+
 # ---------------------------------------------------------------- licenses
 
 

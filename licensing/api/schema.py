@@ -102,6 +102,8 @@ class LicensingAutoSchema(AutoSchema):
             refusals["404"] = "No such record, or no such page."
         if self.method in BODY_METHODS and getattr(self.view, "refuses_duplicates", False):
             refusals["409"] = "Another record holds this value already (duplicate_record); `field` names it."
+        if self.method == "DELETE":
+            refusals["409"] = "Licenses (or a product's plans) refer to it (record_in_use)."
         if self.method in BODY_METHODS:
             refusals["413"] = "Request body too large."
             refusals["415"] = "The request body is not JSON."

@@ -534,6 +534,9 @@ class CatalogMixin(ManagementView):
             setattr(record, name, value)
         services.save_catalog_record(record=record, actor=self.api_actor(), fields=serializer.validated_data.keys())
 
+    def perform_destroy(self, instance):
+        services.delete_catalog_record(record=instance, actor=self.api_actor())
+
 
 # A list whose query-string filters are checked like a body: a bad one is a 400 naming it.
 class FilteredListMixin:
@@ -585,7 +588,7 @@ class ProductListView(FilteredListMixin, CatalogMixin, generics.ListCreateAPIVie
         return products
 
 
-class ProductDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
+class ProductDetailView(CatalogMixin, generics.RetrieveUpdateDestroyAPIView):
     queryset = Product.objects.all()
     serializer_class = api.ProductSerializer
 
@@ -604,7 +607,7 @@ class PlanListView(FilteredListMixin, CatalogMixin, generics.ListCreateAPIView):
         return plans if product is None else plans.filter(product_id=product)
 
 
-class PlanDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
+class PlanDetailView(CatalogMixin, generics.RetrieveUpdateDestroyAPIView):
     queryset = Plan.objects.all()
     serializer_class = api.PlanSerializer
 
@@ -633,7 +636,7 @@ class CustomerListView(FilteredListMixin, CatalogMixin, generics.ListCreateAPIVi
         return customers
 
 
-class CustomerDetailView(CatalogMixin, generics.RetrieveUpdateAPIView):
+class CustomerDetailView(CatalogMixin, generics.RetrieveUpdateDestroyAPIView):
     queryset = Customer.objects.all()
     serializer_class = api.CustomerSerializer
 
