@@ -1,0 +1,43 @@
+// What only the JavaScript verifier has to get right: how keys and bodies are handed to it. Its
+// decisions are checked against the Python verifier's on the server's own answers by
+// tests/test_javascript_verifier.py.
+
+import assert from "node:assert/strict";
+import { generateKeyPairSync, sign } from "node:crypto";
+import { test } from "node:test";
+
+import { loadPublicKey, VerificationError, verifyResponse } from "../license-verifier.mjs";
+
+const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+const body = Buffer.from(JSON.stringify({ valid: true, meta: { nonce: "n-1" } }));
+const header = `keyid="k1", algorithm="ed25519", signature="${sign(null, body, privateKey).toString("base64")}"`;
+const pem = publicKey.export({ type: "spki", format: "pem" });
+
+test("keys may be PEM text or key objects, in a Map or a plain object", () => {
+  for (const keys of [{ k1: pem }, new Map([["k1", publicKey]]), { k1: loadPublicKey(pem) }]) {
+    assert.equal(verifyResponse(body, header, keys, { expectedNonce: "n-1" }).valid, true);
+  }
+});
+
+test("a key id that names an object's inherited property is an unknown key", () => {
+  const borrowed = header.replace('keyid="k1"', 'keyid="constructor"');
+
+  assert.throws(() => verifyResponse(body, borrowed, { k1: pem }), VerificationError);
+});
+
+test("a body already decoded to text is a mistake in the app, not an untrusted answer", () => {
+  assert.throws(() => verifyResponse(body.toString(), header, { k1: pem }), TypeError);
+});
+
+test("a key that is not Ed25519 is refused", () => {
+  const { publicKey: rsa } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+
+  assert.throws(() => loadPublicKey(rsa.export({ type: "spki", format: "pem" })), VerificationError);
+  assert.throws(() => verifyResponse(body, header, { k1: rsa }), VerificationError);
+  assert.throws(() => verifyResponse(body, header, { k1: privateKey }), VerificationError);
+});
+
+test("a grace period must be a number of milliseconds", () => {
+  assert.throws(() => verifyResponse(body, header, { k1: pem }, { maxAgeMs: -1 }), RangeError);
+  assert.throws(() => verifyResponse(body, header, { k1: pem }, { maxAgeMs: "7 days" }), RangeError);
+});

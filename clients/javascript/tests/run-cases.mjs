@@ -1,0 +1,36 @@
+// Runs the cases tests/test_javascript_verifier.py writes (one JSON file) through the verifier and
+// prints what it answered to each, as JSON: {"ok": true, "result": …} or {"ok": false, "error": "<message>"}.
+
+import { readFileSync } from "node:fs";
+
+import { publicKeysFromSigningKeys, VerificationError, verifyLicenseFile, verifyResponse } from "../license-verifier.mjs";
+
+const { signing_keys: signingKeys, cases } = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const publicKeys = publicKeysFromSigningKeys(signingKeys);
+
+function run({ kind, now, max_age_seconds: maxAgeSeconds, options, body_base64: body, header, text }) {
+  const checks = {
+    expectedNonce: options.expected_nonce,
+    expectedCall: options.expected_call,
+    licenseKey: options.license_key,
+    fingerprint: options.fingerprint,
+    now: new Date(now),
+  };
+  if (kind === "response") {
+    const maxAgeMs = maxAgeSeconds === undefined ? undefined : maxAgeSeconds * 1000;
+    return verifyResponse(Buffer.from(body, "base64"), header, publicKeys, { ...checks, maxAgeMs });
+  }
+  return verifyLicenseFile(text, publicKeys, checks);
+}
+
+const outcomes = cases.map((testCase) => {
+  try {
+    return { ok: true, result: run(testCase) };
+  } catch (error) {
+    if (!(error instanceof VerificationError)) {
+      throw error;
+    }
+    return { ok: false, error: error.message };
+  }
+});
+process.stdout.write(JSON.stringify(outcomes));
