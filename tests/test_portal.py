@@ -351,6 +351,18 @@ def test_which_came_first_a_link_or_signing_out_everywhere_is_the_databases_call
     assert Client().post(link_sent_after).status_code == 302
 
 
+def test_a_links_age_is_told_by_the_databases_clock_not_the_app_servers(client, customer, monkeypatch):
+    real_now = timezone.now
+    # A server whose clock runs sixteen minutes ahead, past a link's whole lifetime.
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(minutes=16))
+
+    request_link(client, customer.email)
+    response = client.post(link_from_mail(mail.outbox[-1]).split("testserver", 1)[1])
+
+    assert response.status_code == 302
+    assert client.get(reverse("portal:licenses")).status_code == 200
+
+
 def test_a_session_begun_before_signing_out_everywhere_existed_still_works(signed_in, customer):
     assert customer.portal_sessions_ended_at is None
 
