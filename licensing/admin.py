@@ -1659,7 +1659,11 @@ class ApiKeyAddForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        for field, check in [("key", services.check_imported_api_key), ("expires_at", services.check_api_key_expiry)]:
+        checks = [
+            ("key", services.check_imported_api_key),
+            ("expires_at", lambda at: services.check_api_key_expiry(at, apps_only=cleaned.get("apps_only", False))),
+        ]
+        for field, check in checks:
             if cleaned.get(field):
                 try:
                     check(cleaned[field])
@@ -1763,16 +1767,15 @@ class ApiKeyAdmin(MadeByServiceAdmin):
 
     @admin.display(description=_("status"), ordering="revoked_at")
     def state(self, api_key: ApiKey) -> str:
-        # Days, in the format of the list's other dates.
-        def day(moment: datetime) -> str:
-            return date_format(timezone.localdate(moment))
-
         if api_key.revoked_at is not None:
-            return _("Revoked %(date)s") % {"date": day(api_key.revoked_at)}
-        if api_key.has_expired:
-            return _("Expired %(date)s") % {"date": day(api_key.expires_at)}
+            # The day, in the format of the list's other dates.
+            return _("Revoked %(date)s") % {"date": date_format(timezone.localdate(api_key.revoked_at))}
+        # To the minute: a key made at nine in the evening stops at nine on its last day, not at midnight.
+        until = date_format(timezone.localtime(api_key.expires_at), "DATETIME_FORMAT") if api_key.expires_at else ""
+        if api_key.is_expired:
+            return _("Expired %(date)s") % {"date": until}
         if api_key.expires_at is not None:
-            return _("Works until %(date)s") % {"date": day(api_key.expires_at)}
+            return _("Works until %(date)s") % {"date": until}
         return _("Works")
 
     @admin.display(description=_("access"))

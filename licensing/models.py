@@ -484,7 +484,7 @@ class ApiKey(models.Model):
         return self.revoked_at is not None
 
     @property
-    def has_expired(self) -> bool:
+    def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
 

@@ -299,7 +299,7 @@ def _check_model_rules(record: models.Model) -> None:
         taken = {"unique", "unique_together"} | {
             constraint.violation_error_code
             for constraint in record._meta.constraints
-            if isinstance(constraint, models.UniqueConstraint)
+            if isinstance(constraint, models.UniqueConstraint) and constraint.violation_error_code
         }
         faults = [fault for field_faults in error.error_dict.values() for fault in field_faults]
         refusal = errors.DuplicateRecord if all(fault.code in taken for fault in faults) else errors.InvalidInput
@@ -1759,7 +1759,7 @@ def create_api_key(
     _check_text(name, 200, field="name")
     if not name.strip():
         raise errors.InvalidInput("Give the key a name that says who uses it.", field="name")
-    check_api_key_expiry(expires_at)
+    check_api_key_expiry(expires_at, apps_only=apps_only)
     # A generated key shows its prefix and 8 random characters; an imported one, only 4 characters.
     visible = keys.API_KEY_DISPLAY_LENGTH if key is None else 4
     if key is None:
@@ -1794,10 +1794,18 @@ def create_api_key(
     return IssuedApiKey(api_key=api_key, key=key)
 
 
-def check_api_key_expiry(expires_at: datetime | None) -> None:
-    """Refuse an expiry that would make a key that never works."""
-    if expires_at is not None and expires_at <= timezone.now():
+def check_api_key_expiry(expires_at: datetime | None, *, apps_only: bool) -> None:
+    """Refuse an expiry that would make a key that never works, or one that would stop shipped apps."""
+    if expires_at is None:
+        return
+    if expires_at <= timezone.now():
         raise errors.InvalidInput("An API key's expiry must be in the future.", field="expires_at")
+    if apps_only:
+        raise errors.InvalidInput(
+            "A key for apps does not expire: every app that ships it would stop at once, and no expiry can be "
+            "changed. Revoke it when it must stop.",
+            field="expires_at",
+        )
 
 
 def api_key_refusal(api_key: ApiKey, *, changes: bool, manages: bool) -> str | None:
@@ -1872,7 +1880,7 @@ def authenticate_api_key(key: str) -> ApiKey | None:
     """Return the live API key matching this secret (neither revoked nor expired), or None; note
     when it was last used."""
     api_key = find_api_key(key)
-    if api_key is None or api_key.is_revoked or api_key.has_expired:
+    if api_key is None or api_key.is_revoked or api_key.is_expired:
         # In an app's license call, a guessed API key is brute force as much as a guessed license key.
         _note_unknown_key()
         return None
@@ -2110,7 +2118,7 @@ def _sign_in_links(token: str) -> models.QuerySet[SignInLink]:
     return SignInLink.objects.filter(
         token_digest=keys.digest_sign_in_token(token), customer__isnull=False, email__iexact=F("customer__email")
     ).annotate(
-        has_expired=models.ExpressionWrapper(
+        is_expired=models.ExpressionWrapper(
             Q(created_at__lt=Now() - SIGN_IN_LINK_LIFETIME), output_field=models.BooleanField()
         )
     )
@@ -2127,7 +2135,7 @@ def _refuse_unusable(link: SignInLink | None) -> None:
         raise errors.SignInLinkInvalid(
             "This sign-in link was sent before every sign-in to this account was ended. Ask for a new one."
         )
-    if link.has_expired:
+    if link.is_expired:
         minutes = int(SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
         raise errors.SignInLinkInvalid(
             f"This sign-in link has expired: links last {minutes} minutes. Ask for a new one."

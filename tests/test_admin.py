@@ -1874,15 +1874,16 @@ def test_the_api_key_list_says_which_keys_still_work(staff_client, actor):
 
     page = staff_client.get(changelist("apikey")).content.decode()
 
-    def day(moment):
-        return date_format(timezone.localdate(moment))
+    def minute(moment):
+        return date_format(timezone.localtime(moment), "DATETIME_FORMAT")
 
+    revoked_on = date_format(timezone.localdate(ApiKey.objects.get(pk=leaked.pk).revoked_at))
     for prefix, state, access in [
         (billing.prefix, "Works", "Read only"),
-        (leaked.prefix, f"Revoked {day(ApiKey.objects.get(pk=leaked.pk).revoked_at)}", "Full"),
+        (leaked.prefix, f"Revoked {revoked_on}", "Full"),
         (shipped.prefix, "Works", "Apps&#x27; license calls"),
-        (rotated.prefix, f"Works until {day(in_a_year)}", "Full"),
-        (lapsed.prefix, f"Expired {day(timezone.now() - timedelta(days=2))}", "Full"),
+        (rotated.prefix, f"Works until {minute(in_a_year)}", "Full"),
+        (lapsed.prefix, f"Expired {minute(ApiKey.objects.get(pk=lapsed.pk).expires_at)}", "Full"),
     ]:
         assert (
             f'<td class="field-prefix">{prefix}</td><td class="field-state">{state}</td>'
@@ -1901,14 +1902,15 @@ def test_staff_make_an_api_key_that_expires_and_never_one_expired_already(staff_
     yesterday = timezone.localtime() - timedelta(days=1)
     next_year = timezone.localtime() + timedelta(days=365)
 
-    refused = staff_client.post(
-        add, {"name": "billing", "expires_at_0": f"{yesterday:%Y-%m-%d}", "expires_at_1": f"{yesterday:%H:%M:%S}"}
-    )
-    staff_client.post(
-        add, {"name": "billing", "expires_at_0": f"{next_year:%Y-%m-%d}", "expires_at_1": f"{next_year:%H:%M:%S}"}
-    )
+    def expiring(moment, **more):
+        return {"name": "billing", "expires_at_0": f"{moment:%Y-%m-%d}", "expires_at_1": f"{moment:%H:%M:%S}", **more}
+
+    refused = staff_client.post(add, expiring(yesterday))
+    for_apps = staff_client.post(add, expiring(next_year, apps_only="on"))
+    staff_client.post(add, expiring(next_year))
 
     assert refused.context["adminform"].form.errors == {"expires_at": ["An API key's expiry must be in the future."]}
+    assert for_apps.context["adminform"].form.errors["expires_at"][0].startswith("A key for apps does not expire")
     assert ApiKey.objects.get().expires_at == next_year.replace(microsecond=0)
 
 

@@ -26,6 +26,9 @@ from tests.factories import activate, make_customer, make_license, make_plan, ma
 pytestmark = pytest.mark.django_db
 
 
+MINUTE = timedelta(minutes=1)
+
+
 def error(response) -> dict:
     return response.json()["error"]
 
@@ -56,20 +59,35 @@ def test_a_revoked_key_stops_working_at_once(management_client, api_key, actor):
     assert management_client.get("/api/v1/licenses").status_code == 401
 
 
-def test_a_key_works_until_it_expires(api_client, actor):
+def test_a_key_works_until_it_expires(api_client, actor, caplog):
     issued = services.create_api_key(name="billing", actor=actor, expires_at=timezone.now() + timedelta(days=90))
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.key}")
     assert api_client.get("/api/v1/licenses").status_code == 200
+    last_used = ApiKey.objects.get(pk=issued.api_key.pk).last_used_at
 
     # Ninety days later.
-    ApiKey.objects.filter(pk=issued.api_key.pk).update(expires_at=timezone.now())
+    ApiKey.objects.filter(pk=issued.api_key.pk).update(expires_at=timezone.now(), last_used_at=last_used - MINUTE)
+    caplog.set_level(logging.WARNING, logger="licensing.api.authentication")
     response = api_client.get("/api/v1/licenses")
 
     assert response.status_code == 401
     assert error(response)["message"] == "The API key is not valid, has been revoked or has expired."
+    # Staff can tell which system still sends it; its last use stays the last it was let in.
+    assert f"Refused API key {issued.api_key} (revoked or expired) from 127.0.0.1" in caplog.text
+    assert ApiKey.objects.get(pk=issued.api_key.pk).last_used_at == last_used - MINUTE
     created = AuditEvent.objects.get(action="api_key.created")
     stored_expiry = parse_datetime(created.changes["expires_at"][1])
     assert abs(stored_expiry - issued.api_key.expires_at) < timedelta(milliseconds=1)
+
+
+def test_a_key_for_apps_takes_no_expiry(actor):
+    with pytest.raises(errors.InvalidInput, match="A key for apps does not expire") as refused:
+        services.create_api_key(
+            name="photon app", apps_only=True, actor=actor, expires_at=timezone.now() + timedelta(days=90)
+        )
+
+    assert refused.value.field == "expires_at"
+    assert not ApiKey.objects.exists()
 
 
 def test_a_key_cannot_be_made_already_expired(actor):
@@ -997,15 +1015,27 @@ def test_support_frees_every_device_of_a_license_in_one_call(management_client, 
     assert (again.status_code, again.json()) == (200, {"deactivated": []})
 
 
-def test_freeing_every_device_takes_no_body_and_a_read_write_key(api_client, read_only_api_key, issued):
+def test_freeing_every_device_takes_a_read_write_key_made_for_the_vendors_systems(
+    api_client, read_only_api_key, issued, actor
+):
     activate(issued, "laptop")
     path = f"/api/v1/licenses/{issued.license.pk}/activations/deactivate"
+    apps_key = services.create_api_key(name="photon app", apps_only=True, actor=actor).key
+
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only_api_key.key}")
-
     read_only = api_client.post(path)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {apps_key}")
+    for_apps = api_client.post(path)
 
-    assert read_only.status_code == 403
+    assert (read_only.status_code, error(read_only)["message"]) == (403, "This API key is read-only.")
+    assert for_apps.status_code == 403
     assert issued.license.activations.live().count() == 1
+
+
+def test_freeing_every_device_of_no_license_is_404(management_client):
+    response = management_client.post(f"/api/v1/licenses/{uuid.uuid4()}/activations/deactivate")
+
+    assert (response.status_code, error(response)["code"]) == (404, "not_found")
 
 
 def test_freeing_every_device_refuses_a_body(management_client, issued):

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from licensing import services
-from licensing.models import Activation, AuditEvent, License
+from licensing.models import Activation, ApiKey, AuditEvent, License
 from tests.factories import activate, make_license
 
 pytestmark = pytest.mark.django_db
@@ -553,8 +553,12 @@ def test_calls_without_a_live_api_key_are_drf_401(api_client, issued, name, auth
     assert issued.license.live_activation_count() == 0
 
 
-def test_a_revoked_api_key_is_401(kelviq, api_key, issued):
-    services.revoke_api_key(api_key=api_key.api_key, actor=services.Actor.system())
+@pytest.mark.parametrize("ended", ["revoked", "expired"])
+def test_a_revoked_or_expired_api_key_is_401(kelviq, api_key, issued, ended):
+    if ended == "revoked":
+        services.revoke_api_key(api_key=api_key.api_key, actor=services.Actor.system())
+    else:
+        ApiKey.objects.filter(pk=api_key.api_key.pk).update(expires_at=timezone.now())
 
     response = post(kelviq, "activate", {"licenseKey": issued.key})
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from licensing import services
-from licensing.models import Activation, AuditEvent, Customer, License, add_months
+from licensing.models import Activation, ApiKey, AuditEvent, Customer, License, add_months
 from tests.factories import activate, make_customer, make_license
 
 pytestmark = pytest.mark.django_db
@@ -354,9 +354,11 @@ def test_a_missing_or_invalid_token_is_401(api_client, api_key, paths, issued, h
     assert live_count(issued) == 0
 
 
-def test_a_revoked_api_key_or_a_license_key_is_no_token(api_client, api_key, issued, actor):
+def test_a_revoked_or_expired_api_key_or_a_license_key_is_no_token(api_client, api_key, issued, actor):
     services.revoke_api_key(api_key=api_key.api_key, actor=actor)
-    for token in (api_key.key, issued.key):
+    lapsed = services.create_api_key(name="lapsed", actor=actor, expires_at=timezone.now() + timedelta(days=1))
+    ApiKey.objects.filter(pk=lapsed.api_key.pk).update(expires_at=timezone.now())
+    for token in (api_key.key, lapsed.key, issued.key):
         api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
 
         response = get_key(api_client, "current", PRODUCT_ID, issued.key)

@@ -30,8 +30,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("The API key is not valid.") from None
         api_key = services.authenticate_api_key(key)
         if api_key is None:
-            # Enough to spot someone guessing keys; the key itself is never logged.
-            logger.warning("Refused API key starting %r from %s", key[:4], client_ip(request) or "an unknown address")
+            # Enough to spot someone guessing keys, or a system still sending a key that expired or was
+            # revoked (named as staff know it); the key itself is never logged.
+            known = services.find_api_key(key)
+            refused = f"{known} (revoked or expired)" if known else f"starting {key[:4]!r}"
+            logger.warning("Refused API key %s from %s", refused, client_ip(request) or "an unknown address")
             raise exceptions.AuthenticationFailed("The API key is not valid, has been revoked or has expired.")
         return api_key, api_key
 

@@ -889,9 +889,7 @@ class AuditEventListView(FilteredListMixin, ManagementView, generics.ListAPIView
         return events
 
 
-DEVICE_FREEING_REFUSED = OpenApiResponse(
-    api.ErrorSerializer, description="A read-only API key, or the plan's device changes are used up."
-)
+DEVICE_FREEING_REFUSED = OpenApiResponse(api.ErrorSerializer, description="A read-only API key, or one made for apps.")
 
 
 class LicenseDeactivateAllView(ManagementView, APIView):
