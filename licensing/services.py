@@ -756,6 +756,7 @@ def update_license(
     actor: Actor,
     customer: Customer | None = UNSET,
     customer_email: str | None = UNSET,
+    customer_name: str = "",
     metadata: dict[str, Any] = UNSET,
     limit_usage: int | None = UNSET,
     plan: Plan = UNSET,
@@ -765,15 +766,19 @@ def update_license(
 ) -> License:
     """Apply several changes to a license together: all of them, or none when one is refused.
 
-    A `customer`, or a `customer_email` (made if there is none), names the new owner; None leaves the
-    license without one. A new
+    A `customer`, or a `customer_email` (made if there is none, with `customer_name`), names the new
+    owner; None leaves the license without one. A new
     `plan` brings its activation limit, unless `max_activations` is given too. See
     `check_unchanged_since` for `unchanged_since`.
     """
     with transaction.atomic():
         # The owner first: making a customer must not happen while the license is locked.
         if customer_email is not UNSET:
-            customer = find_or_create_customer(email=customer_email, actor=actor) if customer_email else None
+            customer = (
+                find_or_create_customer(email=customer_email, name=customer_name, actor=actor)
+                if customer_email
+                else None
+            )
         if unchanged_since is not None:
             check_unchanged_since(_lock_license(license.pk), unchanged_since)
         if plan is not UNSET:

@@ -1637,6 +1637,23 @@ def test_a_licenses_owner_changes_to_a_customer_named_by_billing_id(management_c
     assert License.objects.get(pk=issued.license.pk).customer == other_customer
 
 
+def test_a_license_moved_to_a_new_e_mail_names_the_customer_made_for_it(management_client, issued, customer):
+    path = f"/api/v1/licenses/{issued.license.pk}"
+
+    moved = management_client.patch(
+        path, {"customer_email": "new.owner@example.com", "customer_name": "New Owner"}, format="json"
+    )
+    nameless = management_client.patch(path, {"customer_name": "Someone"}, format="json")
+    by_id = management_client.patch(path, {"customer": customer.pk, "customer_name": "Someone"}, format="json")
+
+    assert moved.status_code == 200
+    assert moved.json()["customer"]["name"] == "New Owner"
+    assert Customer.objects.get(email="new.owner@example.com").name == "New Owner"
+    assert (nameless.status_code, error(nameless)["field"]) == (400, "customer_email")
+    assert (by_id.status_code, error(by_id)["field"]) == (400, "customer_name")
+    assert License.objects.get(pk=issued.license.pk).customer.email == "new.owner@example.com"
+
+
 def test_customer_name_needs_customer_email(management_client, plan):
     response = management_client.post(
         "/api/v1/licenses", {"product": plan.product.pk, "customer_name": "Nameless"}, format="json"

@@ -493,11 +493,28 @@ class OwnerInputSerializer(StrictInputSerializer):
     customer_external_id = StrictCharField(
         max_length=200, required=False, help_text="An existing customer, by the billing system's id (external_id)."
     )
+    customer_name = StrictCharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="With customer_email: the name of a customer made for it, or found without one.",
+    )
 
     def validate(self, data):
         named = [name for name in ("customer", "customer_external_id", "customer_email") if name in data]
         if len(named) > 1:
             raise serializers.ValidationError({named[1]: [f"Name the owner once: by {named[0]} or by {named[1]}."]})
+        if data["customer_name"] and ("customer" in data or "customer_external_id" in data):
+            raise serializers.ValidationError(
+                {
+                    "customer_name": [
+                        "A customer named by its id keeps its own name: customer_name goes with customer_email."
+                    ]
+                }
+            )
+        if data["customer_name"] and not data.get("customer_email"):
+            raise serializers.ValidationError({"customer_email": ["A customer_name needs a customer_email."]})
         if "customer_external_id" in data:
             customer = Customer.objects.filter(external_id=data.pop("customer_external_id")).first()
             if customer is None:
@@ -514,7 +531,6 @@ class CreateLicenseInputSerializer(OwnerInputSerializer):
     customer_email = StrictEmailField(
         max_length=254, required=False, help_text="The owner's e-mail: that customer, made if there is none."
     )
-    customer_name = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
     key = key_field(required=False, help_text="Leave out to generate one; give it to import an existing key.")
     max_activations = StrictIntegerField(
         min_value=0,
@@ -541,20 +557,6 @@ class CreateLicenseInputSerializer(OwnerInputSerializer):
         default=0,
         help_text="Uses counted already, for a key imported from Polar with its usage.",
     )
-
-    def validate(self, data):
-        data = super().validate(data)
-        if data["customer_name"] and "customer" in data:
-            raise serializers.ValidationError(
-                {
-                    "customer_name": [
-                        "A customer named by its id keeps its own name: customer_name goes with customer_email."
-                    ]
-                }
-            )
-        if data["customer_name"] and "customer_email" not in data:
-            raise serializers.ValidationError({"customer_email": ["A customer_name needs a customer_email."]})
-        return data
 
 
 class UpdateLicenseInputSerializer(OwnerInputSerializer):
