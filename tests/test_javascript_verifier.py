@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from license_verifier import VerificationError, public_keys_from_signing_keys, verify_license_file, verify_response
+from license_verifier import (
+    UnknownSigningKeyError,
+    VerificationError,
+    public_keys_from_signing_keys,
+    verify_license_file,
+    verify_response,
+)
 
 from tests.factories import make_license
 
@@ -68,7 +74,7 @@ def python_outcome(case: Case, public_keys) -> dict[str, Any]:
         else:
             result = verify_license_file(case.text, public_keys, now=case.now, **case.options)
     except VerificationError as error:
-        return {"ok": False, "error": str(error)}
+        return {"ok": False, "error": str(error), "kind": type(error).__name__}
     return {"ok": True, "result": result}
 
 
@@ -148,7 +154,7 @@ def test_both_verifiers_trust_and_refuse_the_same_answers_and_files(api_client, 
         response("more it trims", None, validated, {**valid, "fingerprint": "\x1cdevice-1\u3000\x85"}),
         response("a mark it keeps", "another device", validated, {**valid, "fingerprint": "\ufeffdevice-1"}),
         response("a changed body", "does not match the body", (body.replace(b"device-1", b"device-2"), header)),
-        response("an unknown key", "Unknown signing key", (body, header.replace(kid, "other-kid"))),
+        unknown_signer := response("an unknown key", "Unknown signing key", (body, header.replace(kid, "other-kid"))),
         response("parameters in another order", None, (body, reordered)),
         response("a malformed header", "malformed", (body, f"keyid={kid}, algorithm=ed25519")),
         response("no base64", "not valid base64", (body, header.replace(signature, "!!" + signature[2:]))),
@@ -159,6 +165,7 @@ def test_both_verifiers_trust_and_refuse_the_same_answers_and_files(api_client, 
         ),
         file_case("a license file", None, license_file, file_checks),
         file_case("a file with CRLF and blank lines", None, crlf, file_checks),
+        file_case("a file saved with a byte-order mark", None, "\ufeff" + crlf, file_checks),
         file_case("for another device", "another device", license_file, {**file_checks, "fingerprint": "device-2"}),
         file_case("for another key", "another license key", license_file, {**file_checks, "license_key": "OTHER"}),
         file_case("an expired file", "expired", license_file, file_checks, now=expires_at),
@@ -171,6 +178,7 @@ def test_both_verifiers_trust_and_refuse_the_same_answers_and_files(api_client, 
     python = [python_outcome(case, public_keys) for case in cases]
     javascript = javascript_outcomes(cases, signing_keys, tmp_path)
 
+    assert python[cases.index(unknown_signer)]["kind"] == UnknownSigningKeyError.__name__
     for case, in_python, in_javascript in zip(cases, python, javascript, strict=True):
         if case.refused_for is None:
             assert in_python["ok"], (case.name, in_python)
@@ -178,6 +186,7 @@ def test_both_verifiers_trust_and_refuse_the_same_answers_and_files(api_client, 
         else:
             assert not in_python["ok"] and case.refused_for in in_python["error"], (case.name, in_python)
             assert not in_javascript["ok"] and case.refused_for in in_javascript["error"], (case.name, in_javascript)
+            assert in_javascript["kind"] == in_python["kind"], case.name
             # Python writes times and durations its own way; every other refusal reads the same in both.
             if case.refused_for not in WRITES_A_TIME:
                 assert in_javascript["error"] == in_python["error"], case.name

@@ -31,6 +31,17 @@ export class VerificationError extends Error {
   }
 }
 
+/**
+ * Signed by a key this app does not hold: most often the server has moved to a key published after
+ * this build, so the app should ask to be updated (tampering looks the same, so do not trust it).
+ */
+export class UnknownSigningKeyError extends VerificationError {
+  constructor(message) {
+    super(message);
+    this.name = "UnknownSigningKeyError";
+  }
+}
+
 /** Load an Ed25519 public key from SubjectPublicKeyInfo PEM. */
 export function loadPublicKey(pem) {
   let key;
@@ -91,17 +102,17 @@ export function publicKeysFromSigningKeys(document) {
  * @param {string} signatureHeader the X-License-Signature header
  * @param {Map<string, KeyObject|string>|Object<string, KeyObject|string>} publicKeys by kid
  */
-export function verifyResponse(
-  body,
-  signatureHeader,
-  publicKeys,
-  { expectedNonce, expectedCall, licenseKey, fingerprint, maxAgeMs, now = new Date() } = {},
-) {
+export function verifyResponse(body, signatureHeader, publicKeys, checks = {}) {
+  checkOptions(checks, RESPONSE_CHECKS);
+  const { expectedNonce, expectedCall, licenseKey, fingerprint, maxAgeMs, now = new Date() } = checks;
+  if (body instanceof ArrayBuffer) {
+    body = new Uint8Array(body);
+  }
   if (!(body instanceof Uint8Array)) {
-    throw new TypeError("body must be the raw response bytes (a Uint8Array or Buffer), not decoded text.");
+    throw new TypeError("body must be the raw response bytes (an ArrayBuffer, Uint8Array or Buffer), not decoded text.");
   }
   checkNow(now);
-  if (maxAgeMs !== undefined && !(maxAgeMs >= 0)) {
+  if (maxAgeMs !== undefined && !(typeof maxAgeMs === "number" && maxAgeMs >= 0)) {
     throw new RangeError("maxAgeMs must be a number of milliseconds, not negative.");
   }
   const params = parseSignatureHeader(signatureHeader);
@@ -150,7 +161,9 @@ export function verifyResponse(
  * Pass this device's `fingerprint` and the app's `licenseKey`: a file is issued to one device
  * for one key, and a copy must not unlock another device, nor pass for a file of the app's key.
  */
-export function verifyLicenseFile(text, publicKeys, { fingerprint, licenseKey, now = new Date() } = {}) {
+export function verifyLicenseFile(text, publicKeys, checks = {}) {
+  checkOptions(checks, FILE_CHECKS);
+  const { fingerprint, licenseKey, now = new Date() } = checks;
   if (typeof text !== "string") {
     throw new TypeError("text must be the license file as a string.");
   }
@@ -223,6 +236,26 @@ function sameText(a, b) {
   return left.length === right.length && timingSafeEqual(left, right);
 }
 
+const RESPONSE_CHECKS = ["expectedNonce", "expectedCall", "licenseKey", "fingerprint", "maxAgeMs", "now"];
+const FILE_CHECKS = ["fingerprint", "licenseKey", "now"];
+const TEXT_CHECKS = new Set(["expectedNonce", "expectedCall", "licenseKey", "fingerprint"]);
+
+// A check the app meant to make and misspelt ({key} for {licenseKey}), or gave a value it does not
+// have (an unset environment variable), would otherwise be skipped without a word.
+function checkOptions(checks, known) {
+  for (const [name, value] of Object.entries(checks)) {
+    if (!known.includes(name)) {
+      throw new TypeError(`Unknown option ${quoted(name)}: the options are ${known.join(", ")}.`);
+    }
+    if (value === undefined) {
+      throw new TypeError(`Option ${quoted(name)} is undefined: leave it out to skip its check.`);
+    }
+    if (TEXT_CHECKS.has(name) && typeof value !== "string") {
+      throw new TypeError(`Option ${quoted(name)} must be a string.`);
+    }
+  }
+}
+
 function checkNow(now) {
   if (!(now instanceof Date) || Number.isNaN(now.getTime())) {
     throw new TypeError("now must be a valid Date.");
@@ -255,7 +288,7 @@ function lookupKey(publicKeys, kid) {
   const key =
     publicKeys instanceof Map ? publicKeys.get(kid) : Object.hasOwn(publicKeys, kid) ? publicKeys[kid] : undefined;
   if (key === undefined) {
-    throw new VerificationError(
+    throw new UnknownSigningKeyError(
       `Unknown signing key ${quoted(kid)}: this app does not hold its public key ` +
         "(ship the server's published signing keys with the app).",
     );
@@ -276,7 +309,9 @@ function checkSignature(key, signature, data, message) {
 }
 
 function armoredBody(text) {
+  // Text editors on Windows save a byte-order mark before the first line.
   const lines = text
+    .replace(/^\ufeff/, "")
     .split(LINE_END)
     .map((line) => line.replace(AROUND_WHITESPACE, ""))
     .filter((line) => line);

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 __all__ = [
+    "UnknownSigningKeyError",
     "VerificationError",
     "load_public_key",
     "public_keys_from_signing_keys",
@@ -40,6 +41,11 @@ PublicKeys = Mapping[str, Ed25519PublicKey | str | bytes]
 
 class VerificationError(Exception):
     """The answer or license file cannot be trusted; the message says why."""
+
+
+class UnknownSigningKeyError(VerificationError):
+    """Signed by a key this app does not hold: most often the server has moved to a key published
+    after this build, so the app should ask to be updated (tampering looks the same: do not trust it)."""
 
 
 def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
@@ -227,7 +233,7 @@ def _parse_signature_header(header: str) -> dict[str, str]:
 def _lookup_key(public_keys: PublicKeys, kid: str) -> Ed25519PublicKey:
     key = public_keys.get(kid)
     if key is None:
-        raise VerificationError(
+        raise UnknownSigningKeyError(
             f"Unknown signing key {kid!r}: this app does not hold its public key "
             "(ship the server's published signing keys with the app)."
         )
@@ -248,7 +254,8 @@ def _verify(key: Ed25519PublicKey, signature: bytes, data: bytes, message: str) 
 def _armored_body(text: str) -> str:
     if not isinstance(text, str):
         raise TypeError("text must be the license file as str.")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Text editors on Windows save a byte-order mark before the first line.
+    lines = [line.strip() for line in text.removeprefix("\ufeff").splitlines() if line.strip()]
     if len(lines) < 3 or lines[0] != LICENSE_FILE_BEGIN or lines[-1] != LICENSE_FILE_END:
         raise VerificationError("Not a license file: BEGIN/END LICENSE FILE lines are missing.")
     return "".join(lines[1:-1])

@@ -1,5 +1,6 @@
 // Runs the cases tests/test_javascript_verifier.py writes (one JSON file) through the verifier and
-// prints what it answered to each, as JSON: {"ok": true, "result": …} or {"ok": false, "error": "<message>"}.
+// prints what it answered to each, as JSON: {"ok": true, "result": …} or {"ok": false, "error": "<message>",
+// "kind": "<the error's class>"}.
 
 import { readFileSync } from "node:fs";
 
@@ -8,17 +9,18 @@ import { publicKeysFromSigningKeys, VerificationError, verifyLicenseFile, verify
 const { signing_keys: signingKeys, cases } = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const publicKeys = publicKeysFromSigningKeys(signingKeys);
 
+const CHECKS = { expected_nonce: "expectedNonce", expected_call: "expectedCall", license_key: "licenseKey" };
+
 function run({ kind, now, max_age_seconds: maxAgeSeconds, options, body_base64: body, header, text }) {
-  const checks = {
-    expectedNonce: options.expected_nonce,
-    expectedCall: options.expected_call,
-    licenseKey: options.license_key,
-    fingerprint: options.fingerprint,
-    now: new Date(now),
-  };
+  const checks = { now: new Date(now) };
+  for (const [name, value] of Object.entries(options)) {
+    checks[CHECKS[name] ?? name] = value;
+  }
   if (kind === "response") {
-    const maxAgeMs = maxAgeSeconds === undefined ? undefined : maxAgeSeconds * 1000;
-    return verifyResponse(Buffer.from(body, "base64"), header, publicKeys, { ...checks, maxAgeMs });
+    if (maxAgeSeconds !== undefined) {
+      checks.maxAgeMs = maxAgeSeconds * 1000;
+    }
+    return verifyResponse(Buffer.from(body, "base64"), header, publicKeys, checks);
   }
   return verifyLicenseFile(text, publicKeys, checks);
 }
@@ -30,7 +32,7 @@ const outcomes = cases.map((testCase) => {
     if (!(error instanceof VerificationError)) {
       throw error;
     }
-    return { ok: false, error: error.message };
+    return { ok: false, error: error.message, kind: error.name };
   }
 });
 process.stdout.write(JSON.stringify(outcomes));

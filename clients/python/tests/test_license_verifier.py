@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from license_verifier import (
+    UnknownSigningKeyError,
     VerificationError,
     load_public_key,
     public_keys_from_signing_keys,
@@ -116,10 +117,10 @@ def test_signature_from_another_key_fails(public_keys):
         verify_response(body, header, public_keys)
 
 
-def test_unknown_kid_fails(signing_key, public_keys):
+def test_unknown_kid_fails_as_its_own_error_so_the_app_can_ask_to_be_updated(signing_key, public_keys):
     body, header = signed_response(signing_key, kid="retired-1999")
 
-    with pytest.raises(VerificationError, match="Unknown signing key"):
+    with pytest.raises(UnknownSigningKeyError, match="Unknown signing key"):
         verify_response(body, header, public_keys)
 
 
@@ -386,6 +387,12 @@ def test_crlf_line_endings_and_surrounding_blank_lines_are_tolerated(signing_key
     assert verify_license_file(text, public_keys, now=NOW)["kid"] == KID
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_read(signing_key, public_keys):
+    text = "\ufeff" + license_file(signing_key, newline="\r\n")
+
+    assert verify_license_file(text, public_keys, now=NOW)["kid"] == KID
+
+
 def test_tampered_payload_fails(signing_key, public_keys):
     envelope = license_envelope(signing_key, license_payload())
     envelope["enc"] = flip_base64_char(envelope["enc"], len(envelope["enc"]) // 2)
@@ -452,7 +459,7 @@ def test_alg_mismatch_inside_payload_fails(signing_key, public_keys):
 
 
 def test_license_file_with_unknown_kid_fails(signing_key, public_keys):
-    with pytest.raises(VerificationError, match="Unknown signing key"):
+    with pytest.raises(UnknownSigningKeyError, match="Unknown signing key"):
         verify_license_file(license_file(signing_key, kid="nope"), public_keys, now=NOW)
 
 
