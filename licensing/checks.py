@@ -26,12 +26,18 @@ def check_license_key_secret(app_configs, **kwargs):
     message = f"LICENSE_KEY_SECRET is shorter than {MIN_LICENSE_KEY_SECRET_LENGTH} characters."
     if _keys_are_stored():
         # Changing it now would make every stored key unreadable: say so, but let the server start.
-        return [Info(message, hint="Keys are stored under it, so it must stay as it is.", id="licensing.I001")]
+        return [
+            Info(
+                message,
+                hint="Keys are stored under it: replace it only by a rotation (README: Rotating LICENSE_KEY_SECRET).",
+                id="licensing.I001",
+            )
+        ]
     return [
         Warning(
             message,
-            hint="It keys every license-key digest and encrypts the private signing keys, and cannot change once "
-            "a key is stored. Set a long random value now, e.g. the output of "
+            hint="It keys every license-key digest and encrypts the private signing keys, and once a key is stored "
+            "it changes only by a rotation. Set a long random value now, e.g. the output of "
             "python -c 'import secrets; print(secrets.token_urlsafe(50))'.",
             id="licensing.W001",
         )

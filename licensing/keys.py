@@ -7,8 +7,9 @@ import functools
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterator
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
@@ -37,15 +38,37 @@ def _derived_key(secret: str, purpose: bytes) -> bytes:
     return hkdf.derive(secret.encode())
 
 
-def _fernet(purpose: bytes = b"encryption") -> Fernet:
-    return Fernet(base64.urlsafe_b64encode(_derived_key(settings.LICENSE_KEY_SECRET, purpose)))
+def _secrets() -> list[str]:
+    """LICENSE_KEY_SECRET, which all is stored under, then the ones before it while a rotation runs."""
+    return [settings.LICENSE_KEY_SECRET, *settings.LICENSE_KEY_SECRET_FALLBACKS]
+
+
+# What each encrypted column is encrypted for: each purpose has its own key, derived from the secret.
+LICENSE_KEYS = b"encryption"
+SIGNING_KEYS = b"signing-keys"
+STORED_ANSWERS = b"stored-answers"
+
+
+def _fernet(purpose: bytes = LICENSE_KEYS) -> MultiFernet:
+    # Encrypts under the first secret; decrypts what any of them encrypted.
+    return MultiFernet([Fernet(base64.urlsafe_b64encode(_derived_key(secret, purpose))) for secret in _secrets()])
+
+
+def _digests(value: str, purpose: bytes) -> Iterator[str]:
+    # surrogatepass: a malformed value must simply match nothing, never raise.
+    message = value.encode("utf-8", "surrogatepass")
+    for secret in _secrets():
+        yield hmac.new(_derived_key(secret, purpose), message, hashlib.sha256).hexdigest()
 
 
 def digest_license_key(key: str) -> str:
     """Return the keyed HMAC-SHA256 of a key: stored, unique and indexed, so lookups are one query."""
-    # surrogatepass: a malformed key must simply match nothing, never raise.
-    secret = _derived_key(settings.LICENSE_KEY_SECRET, b"digest")
-    return hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return next(_digests(key, b"digest"))
+
+
+def license_key_digests(key: str) -> list[str]:
+    """The key's digest under each secret (`_secrets`): what a stored key may be found by."""
+    return list(_digests(key, b"digest"))
 
 
 def encrypt_license_key(key: str) -> str:
@@ -72,16 +95,19 @@ def generate_api_key() -> str:
 
 
 def digest_api_key(key: str) -> str:
-    secret = _derived_key(settings.LICENSE_KEY_SECRET, b"api-keys")
-    return hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return next(_digests(key, b"api-keys"))
+
+
+def api_key_digests(key: str) -> list[str]:
+    return list(_digests(key, b"api-keys"))
 
 
 def encrypt_private_key(pem: bytes) -> str:
-    return _fernet(b"signing-keys").encrypt(pem).decode()
+    return _fernet(SIGNING_KEYS).encrypt(pem).decode()
 
 
 def decrypt_private_key(token: str) -> bytes:
-    return _fernet(b"signing-keys").decrypt(token.encode())
+    return _fernet(SIGNING_KEYS).decrypt(token.encode())
 
 
 def generate_sign_in_token() -> str:
@@ -89,15 +115,33 @@ def generate_sign_in_token() -> str:
 
 
 def digest_sign_in_token(token: str) -> str:
-    secret = _derived_key(settings.LICENSE_KEY_SECRET, b"sign-in-links")
-    return hmac.new(secret, token.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return next(_digests(token, b"sign-in-links"))
+
+
+def sign_in_token_digests(token: str) -> list[str]:
+    return list(_digests(token, b"sign-in-links"))
+
+
+def stored_under_an_old_secret(token: str, purpose: bytes) -> bool:
+    """Whether a token encrypted here was encrypted under a secret before LICENSE_KEY_SECRET."""
+    current = Fernet(base64.urlsafe_b64encode(_derived_key(settings.LICENSE_KEY_SECRET, purpose)))
+    try:
+        current.decrypt(token.encode())
+    except InvalidToken:
+        return True
+    return False
+
+
+def reencrypt(token: str, purpose: bytes) -> str:
+    """The token encrypted again under LICENSE_KEY_SECRET."""
+    return _fernet(purpose).rotate(token.encode()).decode()
 
 
 def encrypt_stored_answer(answer: str) -> str:
     """An answer kept for a retry (it may hold a license key in clear), encrypted like the keys."""
-    return _fernet(b"stored-answers").encrypt(answer.encode()).decode()
+    return _fernet(STORED_ANSWERS).encrypt(answer.encode()).decode()
 
 
 def decrypt_stored_answer(token: str) -> str:
     """The answer `encrypt_stored_answer` encrypted."""
-    return _fernet(b"stored-answers").decrypt(token.encode()).decode()
+    return _fernet(STORED_ANSWERS).decrypt(token.encode()).decode()

@@ -61,7 +61,12 @@ def _first_activation_of(license_id: str) -> str:
 
 @functools.cache
 def _select(
-    *, by_fingerprint: bool = False, by_id: bool = False, locked: bool = False, first_activation: bool = False
+    *,
+    by_fingerprint: bool = False,
+    by_id: bool = False,
+    locked: bool = False,
+    first_activation: bool = False,
+    digests: int = 1,
 ) -> str:
     parts = ((_ACTIVATION,) if by_fingerprint or by_id else ()) + _RELATED
     columns = ", ".join(
@@ -92,7 +97,10 @@ def _select(
         statement += f", ({_live_devices_of(_column('l', License, 'id'))})"
         if first_activation:
             statement += f", ({_first_activation_of(_column('l', License, 'id'))})"
-    statement += f" FROM {_table(License)} l {' '.join(joins)} WHERE {_column('l', License, 'key_digest')} = %s"
+    # More than one digest only while LICENSE_KEY_SECRET is rotated: the key under each secret, in one
+    # statement, so a row stored again under the new secret meanwhile is still found.
+    matches = "= %s" if digests == 1 else f"IN ({', '.join(['%s'] * digests)})"
+    statement += f" FROM {_table(License)} l {' '.join(joins)} WHERE {_column('l', License, 'key_digest')} {matches}"
     if locked and connection.features.has_select_for_update:
         # NO KEY UPDATE: activations referencing the license can still be inserted by other
         # transactions' foreign-key checks; OF keeps the lock off the joined (nullable) rows.
@@ -177,12 +185,12 @@ def _license_from(db: BaseDatabaseWrapper, values: list[Any]) -> License:
 
 def license_with_device(
     *,
-    key_digest: str,
+    key_digests: list[str],
     fingerprint: str | None = None,
     activation_id: Any | None = None,
     with_first_activation: bool = False,
 ) -> tuple[License | None, Activation | None]:
-    """The license with this key digest, with its product, plan, customer and live-device count
+    """The license with one of these key digests, with its product, plan, customer and live-device count
     (`live_total`), and the live activation named by fingerprint and/or id, if there is one.
     `with_first_activation` also reads when its first device was activated (`first_activated_at`)."""
     db = connections[DEFAULT_DB_ALIAS]
@@ -192,10 +200,16 @@ def license_with_device(
         params.append(fingerprint)
     if by_id:
         params.append(Activation._meta.pk.get_db_prep_value(activation_id, db))
-    params.append(key_digest)
+    params.extend(key_digests)
     with _reading_cursor(db) as cursor:
         cursor.execute(
-            _select(by_fingerprint=by_fingerprint, by_id=by_id, first_activation=with_first_activation), params
+            _select(
+                by_fingerprint=by_fingerprint,
+                by_id=by_id,
+                first_activation=with_first_activation,
+                digests=len(key_digests),
+            ),
+            params,
         )
         row = cursor.fetchone()
     if row is None:
@@ -213,17 +227,18 @@ def license_with_device(
     return license, activation
 
 
-def locked_license(*, key_digest: str) -> License | None:
-    """The license with this key digest, with its product, plan and customer, its row locked until
-    the transaction ends (on databases that lock rows; SQLite locks the whole database on write)."""
+def locked_license(*, key_digests: list[str]) -> License | None:
+    """The license with one of these key digests, with its product, plan and customer, its row locked
+    until the transaction ends (on databases that lock rows; SQLite locks the whole database on write)."""
     db = connections[DEFAULT_DB_ALIAS]
+    statement = _select(locked=True, digests=len(key_digests))
     with _reading_cursor(db) as cursor:
-        cursor.execute(_select(locked=True), [key_digest])
+        cursor.execute(statement, key_digests)
         row = cursor.fetchone()
         license = None if row is None else _license_from(db, list(row))
         if license is not None and joined_rows_outdated(license):
             # The lock is ours now, so this read waits for nothing and joins what the row names.
-            cursor.execute(_select(locked=True), [key_digest])
+            cursor.execute(statement, key_digests)
             license = _license_from(db, list(cursor.fetchone()))
     return license
 

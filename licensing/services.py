@@ -389,7 +389,7 @@ def _unknown_license_key() -> errors.LicenseNotFound:
 def get_license_by_key(license_key: str) -> License:
     """Return the license with this key, with its relations and live-device count (one indexed
     query on the digest), or raise LicenseNotFound."""
-    license, _ = lookups.license_with_device(key_digest=keys.digest_license_key(license_key))
+    license, _ = lookups.license_with_device(key_digests=keys.license_key_digests(license_key))
     if license is None:
         raise _unknown_license_key()
     return license
@@ -551,7 +551,7 @@ def check_new_license(
                 "or trailing spaces.",
                 field="key",
             )
-        if License.objects.filter(key_digest=keys.digest_license_key(key)).exists():
+        if License.objects.filter(key_digest__in=keys.license_key_digests(key)).exists():
             raise errors.DuplicateLicenseKey(field="key")
     _check_activation_limit_value(max_activations)
     check_metadata(metadata, field="metadata")
@@ -830,7 +830,7 @@ def _lock_license(pk: uuid.UUID) -> License:
 
 
 def _lock_license_by_key(license_key: str) -> License:
-    license = lookups.locked_license(key_digest=keys.digest_license_key(license_key))
+    license = lookups.locked_license(key_digests=keys.license_key_digests(license_key))
     if license is None:
         raise _unknown_license_key()
     return license
@@ -945,7 +945,7 @@ def activate_license(
     if fingerprint is not None:
         # A live device activating again (many apps do at every start) takes no slot: no lock needed.
         license, existing = lookups.license_with_device(
-            key_digest=keys.digest_license_key(license_key), fingerprint=fingerprint
+            key_digests=keys.license_key_digests(license_key), fingerprint=fingerprint
         )
         if license is None:
             raise _unknown_license_key()
@@ -1440,7 +1440,7 @@ def validate_license(
     look_for_device = device_named and not (activation_id and activation_uuid is None)
     # One query: the license, its relations and device count, and the named device if it is live.
     license, activation = lookups.license_with_device(
-        key_digest=keys.digest_license_key(license_key),
+        key_digests=keys.license_key_digests(license_key),
         fingerprint=fingerprint if look_for_device else None,
         activation_id=activation_uuid,
         with_first_activation=with_first_activation,
@@ -1834,7 +1834,7 @@ def check_imported_api_key(key: str) -> None:
             f"An imported API key is {MIN_IMPORTED_API_KEY_LENGTH} to 255 printable characters without spaces.",
             field="key",
         )
-    if ApiKey.objects.filter(key_digest=keys.digest_api_key(key)).exists():
+    if ApiKey.objects.filter(key_digest__in=keys.api_key_digests(key)).exists():
         raise errors.InvalidInput(
             "This API key already exists. If apps ship with it, restrict it to apps' license calls instead "
             "(admin: API keys, action Restrict to apps).",
@@ -1873,11 +1873,20 @@ MIN_IMPORTED_API_KEY_LENGTH = 16
 
 
 def find_api_key(key: str) -> ApiKey | None:
-    """Return the API key matching this secret, revoked, expired or not (some vendor APIs tell them apart)."""
-    digest = keys.digest_api_key(key)
-    api_key = lookups.find_by(ApiKey, "key_digest", digest)
-    if api_key is None or not hmac.compare_digest(api_key.key_digest, digest):
+    """Return the API key matching this secret, revoked, expired or not (some vendor APIs tell them apart).
+
+    While LICENSE_KEY_SECRET is rotated, a key stored under the secret before is found too, and
+    stored again under the new one: only its user holds what its digest is made from."""
+    digests = keys.api_key_digests(key)
+    if len(digests) == 1:
+        api_key = lookups.find_by(ApiKey, "key_digest", digests[0])
+    else:
+        api_key = ApiKey.objects.filter(key_digest__in=digests).first()
+    if api_key is None or not any(hmac.compare_digest(api_key.key_digest, digest) for digest in digests):
         return None
+    if api_key.key_digest != digests[0]:
+        ApiKey.objects.filter(pk=api_key.pk, key_digest=api_key.key_digest).update(key_digest=digests[0])
+        api_key.key_digest = digests[0]
     return api_key
 
 
@@ -2062,6 +2071,65 @@ def _stored_rsa_key_for(product: Product | None) -> RsaKey:
         )
 
 
+# ---------------------------------------------------------------- rotating LICENSE_KEY_SECRET
+
+
+@dataclasses.dataclass
+class Rekeyed:
+    """What `rekey_stored_secrets` stored again under LICENSE_KEY_SECRET, and what it could not."""
+
+    licenses: int
+    signing_keys: int
+    rsa_keys: int
+    stored_answers: int
+    # Only their users hold what their digests are made from: each moves at its next use (find_api_key).
+    api_keys_in_use: list[ApiKey]
+
+
+REKEY_BATCH_SIZE = 500
+
+
+def rekey_stored_secrets() -> Rekeyed:
+    """Store again under LICENSE_KEY_SECRET what was stored under a secret before it (one of
+    LICENSE_KEY_SECRET_FALLBACKS): license keys' digests and copies, private keys, kept answers.
+
+    In short transactions, so license calls go on meanwhile: each finds a license under either digest.
+    Run again, it finds nothing left to do. A license's `updated_at` does not move: nothing about it changed.
+    """
+    licenses = 0
+    pks = list(License.objects.order_by("pk").values_list("pk", flat=True))
+    for start in range(0, len(pks), REKEY_BATCH_SIZE):
+        with transaction.atomic():
+            batch = License.objects.filter(pk__in=pks[start : start + REKEY_BATCH_SIZE]).order_by("pk")
+            stale = []
+            for license in batch.select_for_update().only("pk", "key_digest", "key_encrypted"):
+                key = keys.decrypt_license_key(license.key_encrypted)
+                digest = keys.digest_license_key(key)
+                if license.key_digest != digest:
+                    license.key_digest, license.key_encrypted = digest, keys.encrypt_license_key(key)
+                    stale.append(license)
+            License.objects.bulk_update(stale, ["key_digest", "key_encrypted"])
+            licenses += len(stale)
+    encrypted = [
+        (SigningKey.objects.all(), "private_key_encrypted", keys.SIGNING_KEYS),
+        (RsaKey.objects.all(), "private_key_encrypted", keys.SIGNING_KEYS),
+        (IdempotentRequest.objects.exclude(answer_encrypted=""), "answer_encrypted", keys.STORED_ANSWERS),
+    ]
+    counts = []
+    for records, column, purpose in encrypted:
+        count = 0
+        for record in records.only("pk", column).iterator():
+            token = getattr(record, column)
+            if keys.stored_under_an_old_secret(token, purpose):
+                type(record).objects.filter(pk=record.pk, **{column: token}).update(
+                    **{column: keys.reencrypt(token, purpose)}
+                )
+                count += 1
+        counts.append(count)
+    in_use = ApiKey.objects.filter(Q(expires_at=None) | Q(expires_at__gt=timezone.now()), revoked_at=None)
+    return Rekeyed(licenses, *counts, api_keys_in_use=list(in_use.order_by("name")))
+
+
 # ---------------------------------------------------------------- customer portal
 
 SIGN_IN_LINK_LIFETIME = timedelta(minutes=15)
@@ -2121,7 +2189,7 @@ def _sign_in_links(token: str) -> models.QuerySet[SignInLink]:
     # support shuts out whoever took over the old mailbox. Its age is told by the database's clock,
     # which stamped it.
     return SignInLink.objects.filter(
-        token_digest=keys.digest_sign_in_token(token), customer__isnull=False, email__iexact=F("customer__email")
+        token_digest__in=keys.sign_in_token_digests(token), customer__isnull=False, email__iexact=F("customer__email")
     ).annotate(
         is_expired=models.ExpressionWrapper(
             Q(created_at__lt=Now() - SIGN_IN_LINK_LIFETIME), output_field=models.BooleanField()

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import io
 import math
 import re
 
 import pytest
+from django.core import mail
+from django.core.management import CommandError, call_command
 from django.db import connection
+from django.urls import reverse
 
 from licensing import errors, keys, services
-from licensing.models import License
+from licensing.models import ApiKey, License
 from tests.factories import make_license
 
 
@@ -115,3 +119,107 @@ def test_digest_depends_on_the_license_key_secret(settings):
     settings.LICENSE_KEY_SECRET = "second-secret"
 
     assert keys.digest_license_key("SAME-KEY") != first
+
+
+# ---------------------------------------------------------------- rotating LICENSE_KEY_SECRET
+
+OLD_SECRET = "the-secret-this-database-was-set-up-with-0123456789"
+NEW_SECRET = "the-secret-that-replaces-it-after-a-leak-9876543210"
+
+
+@pytest.fixture
+def set_up_under_the_old_secret(db, settings):
+    settings.LICENSE_KEY_SECRET, settings.LICENSE_KEY_SECRET_FALLBACKS = OLD_SECRET, []
+    services.forget_cached_keys()
+    yield settings
+    services.forget_cached_keys()
+
+
+def switch_secrets(settings, fallbacks: list[str]) -> None:
+    """As every host restarts with new settings: nothing decrypted under the old ones stays in memory."""
+    settings.LICENSE_KEY_SECRET, settings.LICENSE_KEY_SECRET_FALLBACKS = NEW_SECRET, fallbacks
+    services.forget_cached_keys()
+
+
+def validate(client, key: str):
+    return client.post("/api/v1/licenses/validate", {"key": key, "nonce": "n-1"}, format="json")
+
+
+def test_a_rotation_keeps_every_secret_working_and_then_needs_the_old_one_no_more(
+    set_up_under_the_old_secret, api_client, plan, customer, actor
+):
+    settings = set_up_under_the_old_secret
+    services.signing_key_made_if_none()
+    issued = make_license(plan=plan, customer=customer)
+    billing = services.create_api_key(name="billing", actor=actor)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {billing.key}")
+    order = {"product": plan.product_id, "customer_email": "new@example.com"}
+    first = api_client.post("/api/v1/licenses", order, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+
+    switch_secrets(settings, [OLD_SECRET])
+    during = validate(api_client, issued.key)
+    activated_during = api_client.post(
+        "/api/v1/licenses/activate", {"key": issued.key, "fingerprint": "laptop"}, format="json"
+    )
+    as_an_import = api_client.post("/api/v1/licenses", {"product": plan.product_id, "key": issued.key}, format="json")
+    out = io.StringIO()
+    call_command("rekey_secrets", stdout=out)
+    switch_secrets(settings, [])
+
+    assert during.status_code == 200 and during.json()["valid"] is True
+    assert activated_during.status_code == 201
+    assert (as_an_import.status_code, as_an_import.json()["error"]["code"]) == (409, "duplicate_license_key")
+    assert "Stored again under LICENSE_KEY_SECRET: 2 license key(s), 1 signing key(s)" in out.getvalue()
+    after = validate(api_client, issued.key)
+    assert after.status_code == 200 and after.json()["valid"] is True
+    deactivated = api_client.post(
+        "/api/v1/licenses/deactivate", {"key": issued.key, "fingerprint": "laptop"}, format="json"
+    )
+    assert deactivated.status_code == 200
+    assert after["X-License-Signature"]
+    assert services.reveal_license_key(License.objects.get(pk=issued.license.pk)) == issued.key
+    replayed = api_client.post("/api/v1/licenses", order, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert (replayed["Idempotent-Replayed"], replayed.json()) == ("true", first.json())
+    assert License.objects.get(pk=issued.license.pk).updated_at == issued.license.updated_at
+
+
+def test_an_api_key_moves_at_its_next_use_and_the_command_names_those_that_have_not(
+    set_up_under_the_old_secret, api_client, actor
+):
+    settings = set_up_under_the_old_secret
+    used = services.create_api_key(name="billing", actor=actor)
+    idle = services.create_api_key(name="reports", actor=actor)
+
+    switch_secrets(settings, [OLD_SECRET])
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {used.key}")
+    assert api_client.get("/api/v1/products").status_code == 200
+    out = io.StringIO()
+    call_command("rekey_secrets", stdout=out)
+    switch_secrets(settings, [])
+
+    last_used = ApiKey.objects.get(pk=used.api_key.pk).last_used_at
+    assert f"  {used.api_key} (last used {last_used:%Y-%m-%d %H:%M} UTC)" in out.getvalue()
+    assert f"  {idle.api_key} (never used)" in out.getvalue()
+    assert services.authenticate_api_key(used.key) == used.api_key
+    assert services.authenticate_api_key(idle.key) is None
+
+
+def test_without_the_old_secret_as_a_fallback_nothing_stored_under_it_is_found(
+    set_up_under_the_old_secret, api_client, plan
+):
+    issued = make_license(plan=plan)
+
+    switch_secrets(set_up_under_the_old_secret, [])
+
+    assert validate(api_client, issued.key).status_code == 404
+    with pytest.raises(CommandError, match="LICENSE_KEY_SECRET_FALLBACKS is empty"):
+        call_command("rekey_secrets", stdout=io.StringIO())
+
+
+def test_a_sign_in_link_mailed_before_the_rotation_still_signs_in(set_up_under_the_old_secret, client, customer):
+    client.post(reverse("portal:sign-in"), {"email": customer.email})
+    link = re.search(r"https?://\S+", mail.outbox[-1].body).group(0).split("testserver", 1)[1]
+
+    switch_secrets(set_up_under_the_old_secret, [OLD_SECRET])
+
+    assert client.post(link).status_code == 302

@@ -38,6 +38,15 @@ def test_production_refuses_to_start_without_its_secrets(missing):
     assert f"Set {missing}" in result.stderr
 
 
+def test_a_fallback_that_is_the_secret_itself_stops_the_server_from_starting():
+    result = import_settings(
+        LICENSE_KEY_SECRET="same-secret-as-now", LICENSE_KEY_SECRET_FALLBACKS="old,same-secret-as-now"
+    )
+
+    assert result.returncode != 0
+    assert "LICENSE_KEY_SECRET_FALLBACKS lists the secrets before LICENSE_KEY_SECRET" in result.stderr
+
+
 @pytest.mark.parametrize(
     "setting, value",
     [("RATE_LIMIT_PER_IP", "10/x"), ("RATE_LIMIT_PER_KEY", "many"), ("VALIDATION_TALLY_SECONDS", "-1")],

@@ -170,7 +170,7 @@ class Command(BaseCommand):
         return customer
 
     def _license(self, spec, plans, customers, actor):
-        if License.objects.filter(key_digest=keys.digest_license_key(spec["key"])).exists():
+        if License.objects.filter(key_digest__in=keys.license_key_digests(spec["key"])).exists():
             return
         plan = plans[spec["plan"]]
         license = services.create_license(
