@@ -30,11 +30,13 @@ if not LICENSE_KEY_SECRET:
     if not DEBUG:
         raise ImproperlyConfigured("Set LICENSE_KEY_SECRET (it is required when DJANGO_DEBUG is off).")
     LICENSE_KEY_SECRET = "insecure-development-only-license-key-secret"
-# The secrets before it, while a rotation runs (see the README): what was stored under them is still
+# Other secrets, only while a rotation runs (see the README): what was stored under them is still
 # read, and `manage.py rekey_secrets` stores it again under LICENSE_KEY_SECRET.
-LICENSE_KEY_SECRET_FALLBACKS = env.list("LICENSE_KEY_SECRET_FALLBACKS", default=[])
-if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS:
-    raise ImproperlyConfigured("LICENSE_KEY_SECRET_FALLBACKS lists the secrets before LICENSE_KEY_SECRET, not it.")
+LICENSE_KEY_SECRET_FALLBACKS = [secret.strip() for secret in env.list("LICENSE_KEY_SECRET_FALLBACKS", default=[])]
+if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS or "" in LICENSE_KEY_SECRET_FALLBACKS:
+    raise ImproperlyConfigured(
+        "LICENSE_KEY_SECRET_FALLBACKS lists other secrets than LICENSE_KEY_SECRET, comma-separated, none empty."
+    )
 
 # Offline license files: how long one lets a device run without the server, by default and at most.
 OFFLINE_LICENSE_DEFAULT_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_DEFAULT_TTL", default=30 * 24 * 3600))

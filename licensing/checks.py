@@ -63,12 +63,27 @@ def check_license_key_secret_opens_the_stored_keys(app_configs, **kwargs):
             Error(
                 "LICENSE_KEY_SECRET does not open the keys stored in the database: it is not the secret they "
                 "were stored under.",
-                hint="Set the LICENSE_KEY_SECRET this database was set up with, the same on every host: under "
+                hint="Set the LICENSE_KEY_SECRET this database was set up with (or, during a rotation, keep the one "
+                "before in LICENSE_KEY_SECRET_FALLBACKS), the same on every host: under "
                 "another one every license call fails.",
                 id="licensing.E001",
             )
         ]
     return []
+
+
+@register(Tags.security, deploy=True)
+def check_no_rotation_left_unfinished(app_configs, **kwargs):
+    if not settings.LICENSE_KEY_SECRET_FALLBACKS:
+        return []
+    # Info, not a warning: `make serve` must start while a rotation runs.
+    return [
+        Info(
+            "LICENSE_KEY_SECRET_FALLBACKS is set: a secret besides LICENSE_KEY_SECRET still opens stored keys.",
+            hint="Finish the rotation (README: Rotating LICENSE_KEY_SECRET): run rekey_secrets, then remove it.",
+            id="licensing.I002",
+        )
+    ]
 
 
 def _keys_are_stored() -> bool:

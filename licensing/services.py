@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
@@ -2082,6 +2083,8 @@ class Rekeyed:
     signing_keys: int
     rsa_keys: int
     stored_answers: int
+    # Records none of the secrets opens, or a key stored twice: named for staff and left as they are.
+    failed: list[str]
     # Only their users hold what their digests are made from: each moves at its next use (find_api_key).
     api_keys_in_use: list[ApiKey]
 
@@ -2090,44 +2093,69 @@ REKEY_BATCH_SIZE = 500
 
 
 def rekey_stored_secrets() -> Rekeyed:
-    """Store again under LICENSE_KEY_SECRET what was stored under a secret before it (one of
-    LICENSE_KEY_SECRET_FALLBACKS): license keys' digests and copies, private keys, kept answers.
+    """Store again under LICENSE_KEY_SECRET what was stored under one of LICENSE_KEY_SECRET_FALLBACKS:
+    license keys' digests and copies, private keys, kept answers.
 
     In short transactions, so license calls go on meanwhile: each finds a license under either digest.
-    Run again, it finds nothing left to do. A license's `updated_at` does not move: nothing about it changed.
+    A record it cannot move is reported and the rest still moves; run again, it finds nothing left to do.
+    A license's `updated_at` does not move: nothing about it changed.
     """
+    failed: list[str] = []
     licenses = 0
-    pks = list(License.objects.order_by("pk").values_list("pk", flat=True))
-    for start in range(0, len(pks), REKEY_BATCH_SIZE):
+    last_pk = None
+    while True:
         with transaction.atomic():
-            batch = License.objects.filter(pk__in=pks[start : start + REKEY_BATCH_SIZE]).order_by("pk")
-            stale = []
-            for license in batch.select_for_update().only("pk", "key_digest", "key_encrypted"):
-                key = keys.decrypt_license_key(license.key_encrypted)
-                digest = keys.digest_license_key(key)
-                if license.key_digest != digest:
-                    license.key_digest, license.key_encrypted = digest, keys.encrypt_license_key(key)
-                    stale.append(license)
-            License.objects.bulk_update(stale, ["key_digest", "key_encrypted"])
-            licenses += len(stale)
-    encrypted = [
-        (SigningKey.objects.all(), "private_key_encrypted", keys.SIGNING_KEYS),
-        (RsaKey.objects.all(), "private_key_encrypted", keys.SIGNING_KEYS),
-        (IdempotentRequest.objects.exclude(answer_encrypted=""), "answer_encrypted", keys.STORED_ANSWERS),
+            # In id order, as the tally writer locks them: two transactions never wait for each other.
+            batch = License.objects.order_by("pk").select_for_update().only("pk", "key_digest", "key_encrypted")
+            rows = list((batch if last_pk is None else batch.filter(pk__gt=last_pk))[:REKEY_BATCH_SIZE])
+            if not rows:
+                break
+            last_pk = rows[-1].pk
+            licenses += sum(_rekey_license(license, failed) for license in rows)
+    counts = [
+        _reencrypt_column(records, column, purpose, failed)
+        for records, column, purpose in [
+            (SigningKey.objects.all(), "private_key_encrypted", keys.SIGNING_KEYS),
+            (RsaKey.objects.all(), "private_key_encrypted", keys.SIGNING_KEYS),
+            (IdempotentRequest.objects.exclude(answer_encrypted=""), "answer_encrypted", keys.STORED_ANSWERS),
+        ]
     ]
-    counts = []
-    for records, column, purpose in encrypted:
-        count = 0
-        for record in records.only("pk", column).iterator():
-            token = getattr(record, column)
-            if keys.stored_under_an_old_secret(token, purpose):
-                type(record).objects.filter(pk=record.pk, **{column: token}).update(
-                    **{column: keys.reencrypt(token, purpose)}
-                )
-                count += 1
-        counts.append(count)
     in_use = ApiKey.objects.filter(Q(expires_at=None) | Q(expires_at__gt=timezone.now()), revoked_at=None)
-    return Rekeyed(licenses, *counts, api_keys_in_use=list(in_use.order_by("name")))
+    return Rekeyed(licenses, *counts, failed=failed, api_keys_in_use=list(in_use.order_by("name")))
+
+
+def _rekey_license(license: License, failed: list[str]) -> int:
+    try:
+        key = keys.decrypt_license_key(license.key_encrypted)
+    except InvalidToken:
+        failed.append(f"license {license.pk}: none of the secrets opens its key")
+        return 0
+    digest = keys.digest_license_key(key)
+    if license.key_digest == digest and not keys.stored_under_an_old_secret(license.key_encrypted, keys.LICENSE_KEYS):
+        return 0
+    try:
+        with transaction.atomic():
+            License.objects.filter(pk=license.pk).update(key_digest=digest, key_encrypted=keys.encrypt_license_key(key))
+    except IntegrityError:
+        failed.append(f"license {license.pk}: another license has the same key")
+        return 0
+    return 1
+
+
+def _reencrypt_column(records: models.QuerySet, column: str, purpose: bytes, failed: list[str]) -> int:
+    count = 0
+    for record in records.only("pk", column).iterator():
+        token = getattr(record, column)
+        try:
+            if not keys.stored_under_an_old_secret(token, purpose):
+                continue
+            reencrypted = keys.reencrypt(token, purpose)
+        except InvalidToken:
+            failed.append(f"{record._meta.verbose_name} {record.pk}: none of the secrets opens it")
+            continue
+        # Unless it changed meanwhile (a kept answer finished): what changed it wrote under the new secret.
+        count += type(record).objects.filter(pk=record.pk, **{column: token}).update(**{column: reencrypted})
+    return count
 
 
 # ---------------------------------------------------------------- customer portal

@@ -10,8 +10,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.urls import reverse
 
-from licensing import errors, keys, services
-from licensing.models import ApiKey, License
+from licensing import errors, keys, services, signing
+from licensing.models import ApiKey, License, RsaKey, SigningKey
 from tests.factories import make_license
 
 
@@ -135,10 +135,16 @@ def set_up_under_the_old_secret(db, settings):
     services.forget_cached_keys()
 
 
-def switch_secrets(settings, fallbacks: list[str]) -> None:
-    """As every host restarts with new settings: nothing decrypted under the old ones stays in memory."""
-    settings.LICENSE_KEY_SECRET, settings.LICENSE_KEY_SECRET_FALLBACKS = NEW_SECRET, fallbacks
+def on_a_host_with(settings, secret: str, fallbacks: list[str]) -> None:
+    """As a host restarted with these settings: nothing decrypted under others stays in its memory."""
+    settings.LICENSE_KEY_SECRET, settings.LICENSE_KEY_SECRET_FALLBACKS = secret, fallbacks
     services.forget_cached_keys()
+    signing._private_key.cache_clear()
+    signing._rsa_private_key.cache_clear()
+
+
+def switch_secrets(settings, fallbacks: list[str]) -> None:
+    on_a_host_with(settings, NEW_SECRET, fallbacks)
 
 
 def validate(client, key: str):
@@ -150,6 +156,7 @@ def test_a_rotation_keeps_every_secret_working_and_then_needs_the_old_one_no_mor
 ):
     settings = set_up_under_the_old_secret
     services.signing_key_made_if_none()
+    services.create_rsa_key(actor=actor)
     issued = make_license(plan=plan, customer=customer)
     billing = services.create_api_key(name="billing", actor=actor)
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {billing.key}")
@@ -169,7 +176,10 @@ def test_a_rotation_keeps_every_secret_working_and_then_needs_the_old_one_no_mor
     assert during.status_code == 200 and during.json()["valid"] is True
     assert activated_during.status_code == 201
     assert (as_an_import.status_code, as_an_import.json()["error"]["code"]) == (409, "duplicate_license_key")
-    assert "Stored again under LICENSE_KEY_SECRET: 2 license key(s), 1 signing key(s)" in out.getvalue()
+    assert "Stored again under LICENSE_KEY_SECRET: 2 license key(s), 1 signing key(s), 1 RSA key(s)" in out.getvalue()
+    # Opened by the new secret alone.
+    for private_key in (SigningKey.objects.get(), RsaKey.objects.get()):
+        keys.decrypt_private_key(private_key.private_key_encrypted)
     after = validate(api_client, issued.key)
     assert after.status_code == 200 and after.json()["valid"] is True
     deactivated = api_client.post(
@@ -223,3 +233,51 @@ def test_a_sign_in_link_mailed_before_the_rotation_still_signs_in(set_up_under_t
     switch_secrets(set_up_under_the_old_secret, [OLD_SECRET])
 
     assert client.post(link).status_code == 302
+
+
+def test_hosts_restarted_one_at_a_time_read_what_hosts_of_the_step_before_or_after_stored(
+    set_up_under_the_old_secret, api_client, plan, actor
+):
+    settings = set_up_under_the_old_secret
+    billing = services.create_api_key(name="billing", actor=actor)
+
+    def still_on_the_old_secret():
+        on_a_host_with(settings, OLD_SECRET, [])
+
+    def restarted_once():  # step 1: the new secret read, the old one written
+        on_a_host_with(settings, OLD_SECRET, [NEW_SECRET])
+
+    def restarted_twice():  # step 2: the secrets swapped
+        on_a_host_with(settings, NEW_SECRET, [OLD_SECRET])
+
+    restarted_once()
+    issued_in_step_1 = make_license(plan=plan)
+    still_on_the_old_secret()
+    assert validate(api_client, issued_in_step_1.key).status_code == 200
+    restarted_twice()
+    issued_in_step_2 = make_license(plan=plan)
+    assert services.authenticate_api_key(billing.key) == billing.api_key
+    restarted_once()
+
+    assert validate(api_client, issued_in_step_2.key).status_code == 200
+    assert services.reveal_license_key(License.objects.get(pk=issued_in_step_2.license.pk)) == issued_in_step_2.key
+    assert services.authenticate_api_key(billing.key) == billing.api_key
+    restarted_twice()
+    assert services.authenticate_api_key(billing.key) == billing.api_key
+
+
+def test_a_record_no_secret_opens_is_named_and_the_rest_still_moves(set_up_under_the_old_secret, plan):
+    settings = set_up_under_the_old_secret
+    on_a_host_with(settings, "a-third-secret-no-host-was-given-0123456789", [])
+    lost = make_license(plan=plan)
+    on_a_host_with(settings, OLD_SECRET, [])
+    kept = make_license(plan=plan)
+
+    switch_secrets(settings, [OLD_SECRET])
+    out, err = io.StringIO(), io.StringIO()
+    call_command("rekey_secrets", stdout=out, stderr=err)
+    switch_secrets(settings, [])
+
+    assert "1 license key(s)" in out.getvalue()
+    assert f"license {lost.license.pk}: none of the secrets opens its key" in err.getvalue()
+    assert services.get_license_by_key(kept.key).pk == kept.license.pk

@@ -16,7 +16,8 @@ class Command(BaseCommand):
         if not settings.LICENSE_KEY_SECRET_FALLBACKS:
             raise CommandError(
                 "LICENSE_KEY_SECRET_FALLBACKS is empty: set LICENSE_KEY_SECRET to the new secret and "
-                "LICENSE_KEY_SECRET_FALLBACKS to the old one on every host first (README: Rotating LICENSE_KEY_SECRET)."
+                "LICENSE_KEY_SECRET_FALLBACKS to the old one on every host first (README: Rotating "
+                "LICENSE_KEY_SECRET)."
             )
         rekeyed = services.rekey_stored_secrets()
         self.stdout.write(
@@ -24,6 +25,8 @@ class Command(BaseCommand):
             f"{rekeyed.signing_keys} signing key(s), {rekeyed.rsa_keys} RSA key(s), "
             f"{rekeyed.stored_answers} kept answer(s)."
         )
+        if rekeyed.failed:
+            self.stderr.write(f"Left as they are ({len(rekeyed.failed)}): " + "; ".join(rekeyed.failed))
         self.stdout.write(
             "API keys move to the new secret at their next use: keep LICENSE_KEY_SECRET_FALLBACKS until each "
             "of these was used after every host had the new secret (admin: API keys, Last used), or revoke it; "
