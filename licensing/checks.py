@@ -80,7 +80,8 @@ def check_no_rotation_left_unfinished(app_configs, **kwargs):
     return [
         Info(
             "LICENSE_KEY_SECRET_FALLBACKS is set: a secret besides LICENSE_KEY_SECRET still opens stored keys.",
-            hint="Finish the rotation (README: Rotating LICENSE_KEY_SECRET): run rekey_secrets, then remove it.",
+            hint="Finish the rotation (README: Rotating LICENSE_KEY_SECRET): run rekey_secrets, and remove it once "
+            "each API key it lists was used since every host had the new secret, or was revoked.",
             id="licensing.I002",
         )
     ]

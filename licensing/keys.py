@@ -94,6 +94,16 @@ def generate_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+GENERATED_API_KEY_LENGTH = len(API_KEY_PREFIX) + 43
+
+
+def shown_part_of_api_key(key: str) -> str:
+    """What staff see of a key (`ApiKey.prefix`), and logs name it by: a generated key's prefix and
+    8 random characters, only 4 characters of any other (an imported key may be short)."""
+    generated = key.startswith(API_KEY_PREFIX) and len(key) == GENERATED_API_KEY_LENGTH
+    return key[: API_KEY_DISPLAY_LENGTH if generated else 4]
+
+
 def digest_api_key(key: str) -> str:
     return next(_digests(key, b"api-keys"))
 

@@ -1766,8 +1766,6 @@ def create_api_key(
     if not name.strip():
         raise errors.InvalidInput("Give the key a name that says who uses it.", field="name")
     check_api_key_expiry(expires_at, apps_only=apps_only)
-    # A generated key shows its prefix and 8 random characters; an imported one, only 4 characters.
-    visible = keys.API_KEY_DISPLAY_LENGTH if key is None else 4
     if key is None:
         key = keys.generate_api_key()
     else:
@@ -1776,7 +1774,7 @@ def create_api_key(
         with transaction.atomic():
             api_key = ApiKey.objects.create(
                 name=name.strip(),
-                prefix=key[:visible],
+                prefix=keys.shown_part_of_api_key(key),
                 key_digest=keys.digest_api_key(key),
                 read_only=read_only,
                 apps_only=apps_only,

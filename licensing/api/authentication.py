@@ -7,7 +7,7 @@ import logging
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
-from licensing import services
+from licensing import keys, services
 from licensing.addresses import client_ip
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             # Enough to spot someone guessing keys, or a system still sending a key that expired or was
             # revoked (named as staff know it); the key itself is never logged.
             known = services.find_api_key(key)
-            refused = f"{known} (revoked or expired)" if known else f"starting {key[:4]!r}"
+            refused = f"{known} (revoked or expired)" if known else f"starting {keys.shown_part_of_api_key(key)!r}"
             logger.warning("Refused API key %s from %s", refused, client_ip(request) or "an unknown address")
             raise exceptions.AuthenticationFailed("The API key is not valid, has been revoked or has expired.")
         return api_key, api_key
