@@ -39,7 +39,8 @@ def _derived_key(secret: str, purpose: bytes) -> bytes:
 
 
 def _secrets() -> list[str]:
-    """LICENSE_KEY_SECRET, which all is stored under, then the ones before it while a rotation runs."""
+    """LICENSE_KEY_SECRET, which everything is stored under, then the other secrets still read while a
+    rotation runs (LICENSE_KEY_SECRET_FALLBACKS)."""
     return [settings.LICENSE_KEY_SECRET, *settings.LICENSE_KEY_SECRET_FALLBACKS]
 
 
@@ -94,6 +95,7 @@ def generate_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+# token_urlsafe(32) writes 32 bytes in 43 characters.
 GENERATED_API_KEY_LENGTH = len(API_KEY_PREFIX) + 43
 
 
@@ -132,8 +134,8 @@ def sign_in_token_digests(token: str) -> list[str]:
     return list(_digests(token, b"sign-in-links"))
 
 
-def stored_under_an_old_secret(token: str, purpose: bytes) -> bool:
-    """Whether a token encrypted here was encrypted under a secret before LICENSE_KEY_SECRET."""
+def stored_under_another_secret(token: str, purpose: bytes) -> bool:
+    """Whether a token encrypted here was encrypted under another secret than LICENSE_KEY_SECRET."""
     current = Fernet(base64.urlsafe_b64encode(_derived_key(settings.LICENSE_KEY_SECRET, purpose)))
     try:
         current.decrypt(token.encode())

@@ -1874,8 +1874,8 @@ MIN_IMPORTED_API_KEY_LENGTH = 16
 def find_api_key(key: str) -> ApiKey | None:
     """Return the API key matching this secret, revoked, expired or not (some vendor APIs tell them apart).
 
-    While LICENSE_KEY_SECRET is rotated, a key stored under the secret before is found too, and
-    stored again under the new one: only its user holds what its digest is made from."""
+    While LICENSE_KEY_SECRET is rotated, a key stored under another secret is found too, and
+    stored again under LICENSE_KEY_SECRET: only its user holds what its digest is made from."""
     digests = keys.api_key_digests(key)
     if len(digests) == 1:
         api_key = lookups.find_by(ApiKey, "key_digest", digests[0])
@@ -2103,7 +2103,7 @@ def rekey_stored_secrets() -> Rekeyed:
     last_pk = None
     while True:
         with transaction.atomic():
-            # In id order, as the tally writer locks them: two transactions never wait for each other.
+            # In id order, as the tally writer locks them, so the two never wait for each other in a circle.
             batch = License.objects.order_by("pk").select_for_update().only("pk", "key_digest", "key_encrypted")
             rows = list((batch if last_pk is None else batch.filter(pk__gt=last_pk))[:REKEY_BATCH_SIZE])
             if not rows:
@@ -2129,7 +2129,7 @@ def _rekey_license(license: License, failed: list[str]) -> int:
         failed.append(f"license {license.pk}: none of the secrets opens its key")
         return 0
     digest = keys.digest_license_key(key)
-    if license.key_digest == digest and not keys.stored_under_an_old_secret(license.key_encrypted, keys.LICENSE_KEYS):
+    if license.key_digest == digest and not keys.stored_under_another_secret(license.key_encrypted, keys.LICENSE_KEYS):
         return 0
     try:
         with transaction.atomic():
@@ -2145,7 +2145,7 @@ def _reencrypt_column(records: models.QuerySet, column: str, purpose: bytes, fai
     for record in records.only("pk", column).iterator():
         token = getattr(record, column)
         try:
-            if not keys.stored_under_an_old_secret(token, purpose):
+            if not keys.stored_under_another_secret(token, purpose):
                 continue
             reencrypted = keys.reencrypt(token, purpose)
         except InvalidToken:

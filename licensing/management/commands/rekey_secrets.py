@@ -1,4 +1,4 @@
-"""Store again under LICENSE_KEY_SECRET what was stored under the secret before it, during a rotation."""
+"""Store again under LICENSE_KEY_SECRET what another secret stored, during a rotation (README: Security)."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -8,8 +8,9 @@ from licensing import services
 
 class Command(BaseCommand):
     help = (
-        "During a rotation of LICENSE_KEY_SECRET (the old one in LICENSE_KEY_SECRET_FALLBACKS): store license "
-        "keys, private keys and kept answers again under the new secret. Safe to run again."
+        "Step 3 of a rotation of LICENSE_KEY_SECRET (the new secret in it, the old one in "
+        "LICENSE_KEY_SECRET_FALLBACKS on every host): store license keys, private keys and kept answers again "
+        "under the new secret. Safe to run again."
     )
 
     def handle(self, *args, **options):
