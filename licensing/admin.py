@@ -1680,12 +1680,11 @@ class ApiKeyStateFilter(admin.SimpleListFilter):
         return [("works", _("Works")), ("expired", _("Expired")), ("revoked", _("Revoked"))]
 
     def queryset(self, request, queryset):
-        not_expired = Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
         match self.value():
             case "works":
-                return queryset.filter(not_expired, revoked_at__isnull=True)
+                return queryset.working()
             case "expired":
-                return queryset.filter(revoked_at__isnull=True).exclude(not_expired)
+                return queryset.filter(revoked_at=None, expires_at__lte=timezone.now())
             case "revoked":
                 return queryset.filter(revoked_at__isnull=False)
         return queryset

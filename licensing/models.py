@@ -435,6 +435,12 @@ class SigningKey(models.Model):
         return self.kid
 
 
+class ApiKeyQuerySet(models.QuerySet):
+    def working(self) -> ApiKeyQuerySet:
+        """The keys neither revoked nor expired."""
+        return self.filter(Q(expires_at=None) | Q(expires_at__gt=timezone.now()), revoked_at=None)
+
+
 class ApiKey(models.Model):
     """A secret the vendor's own systems use for the management API, or apps for their license
     calls on the vendor faces that take one. Only its digest is stored."""
@@ -466,6 +472,8 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(
         _("expires"), null=True, blank=True, help_text=_("The key stops working at this time. Empty: until revoked.")
     )
+
+    objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -2118,8 +2118,8 @@ def rekey_stored_secrets() -> Rekeyed:
             (IdempotentRequest.objects.exclude(answer_encrypted=""), "answer_encrypted", keys.STORED_ANSWERS),
         ]
     ]
-    in_use = ApiKey.objects.filter(Q(expires_at=None) | Q(expires_at__gt=timezone.now()), revoked_at=None)
-    return Rekeyed(licenses, *counts, failed=failed, api_keys_in_use=list(in_use.order_by("name")))
+    in_use = ApiKey.objects.working().order_by("name")
+    return Rekeyed(licenses, *counts, failed=failed, api_keys_in_use=list(in_use))
 
 
 def _rekey_license(license: License, failed: list[str]) -> int:
