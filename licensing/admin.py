@@ -1763,18 +1763,29 @@ class ApiKeyAdmin(MadeByServiceAdmin):
                 "count",
             ),
         )
+        # Made for the vendor's systems with an expiry, and found shipped in apps: restricting it is
+        # still right, but the apps stop when it expires, which a key made for apps never does.
+        for api_key in queryset.working().exclude(expires_at=None):
+            messages.warning(
+                request,
+                _("%(key)s expires %(when)s: the apps that ship it stop working then, unless updated with another key.")
+                % {"key": api_key, "when": self.expiry(api_key)},
+            )
+
+    @staticmethod
+    def expiry(api_key: ApiKey) -> str:
+        # To the minute and with its zone: a key made at nine in the evening stops at nine on its last day.
+        return date_format(timezone.localtime(api_key.expires_at), "N j, Y, P T")
 
     @admin.display(description=_("status"), ordering="revoked_at")
     def state(self, api_key: ApiKey) -> str:
         if api_key.revoked_at is not None:
             # The day, in the format of the list's other dates.
             return _("Revoked %(date)s") % {"date": date_format(timezone.localdate(api_key.revoked_at))}
-        # To the minute: a key made at nine in the evening stops at nine on its last day, not at midnight.
-        until = date_format(timezone.localtime(api_key.expires_at), "DATETIME_FORMAT") if api_key.expires_at else ""
         if api_key.is_expired:
-            return _("Expired %(date)s") % {"date": until}
+            return _("Expired %(date)s") % {"date": self.expiry(api_key)}
         if api_key.expires_at is not None:
-            return _("Works until %(date)s") % {"date": until}
+            return _("Works until %(date)s") % {"date": self.expiry(api_key)}
         return _("Works")
 
     @admin.display(description=_("access"))

@@ -1875,7 +1875,7 @@ def test_the_api_key_list_says_which_keys_still_work(staff_client, actor):
     page = staff_client.get(changelist("apikey")).content.decode()
 
     def minute(moment):
-        return date_format(timezone.localtime(moment), "DATETIME_FORMAT")
+        return date_format(timezone.localtime(moment), "N j, Y, P T")
 
     revoked_on = date_format(timezone.localdate(ApiKey.objects.get(pk=leaked.pk).revoked_at))
     for prefix, state, access in [
@@ -1927,6 +1927,20 @@ def test_a_key_shipped_in_apps_is_restricted_to_license_calls_in_the_admin(staff
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {shipped.key}")
     assert api_client.get("/api/v1/licenses").status_code == 403
     assert AuditEvent.objects.filter(action="api_key.restricted_to_apps", actor_kind="staff").count() == 1
+
+
+def test_restricting_a_key_that_expires_to_apps_warns_that_the_apps_stop_then(staff_client, actor):
+    expires_at = timezone.now() + timedelta(days=30)
+    billing = services.create_api_key(name="billing", actor=actor, expires_at=expires_at).api_key
+
+    response = action(staff_client, "apikey", "restrict_to_apps", [billing])
+
+    when = date_format(timezone.localtime(ApiKey.objects.get(pk=billing.pk).expires_at), "N j, Y, P T")
+    assert page_messages(response) == [
+        "1 API key restricted to apps' license calls.",
+        f"{billing} expires {when}: the apps that ship it stop working then, unless updated with another key.",
+    ]
+    assert ApiKey.objects.get(pk=billing.pk).apps_only is True
 
 
 def test_revoking_an_api_key_again_says_it_was_already_revoked(staff_client, actor):

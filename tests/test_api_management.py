@@ -335,6 +335,28 @@ def test_a_plan_of_100_years_issues_licenses(management_client, product):
     assert (plan.status_code, license.status_code) == (201, 201)
 
 
+@pytest.mark.parametrize("field", ["slug", "public_id"])
+def test_a_product_slug_or_public_id_taken_is_409_naming_it(management_client, product, field):
+    taken = {"name": "Another", "slug": "another", field: getattr(product, field)}
+
+    created = management_client.post("/api/v1/products", taken, format="json")
+    other = management_client.post("/api/v1/products", {"name": "Third", "slug": "third"}, format="json").json()
+    changed = management_client.patch(
+        f"/api/v1/products/{other['id']}", {field: getattr(product, field)}, format="json"
+    )
+
+    for response in (created, changed):
+        assert response.status_code == 409
+        assert (error(response)["code"], error(response)["field"]) == ("duplicate_record", field)
+    assert Product.objects.filter(**{field: getattr(product, field)}).count() == 1
+
+
+def test_a_malformed_slug_is_still_400(management_client):
+    response = management_client.post("/api/v1/products", {"name": "Bad", "slug": "not a slug"}, format="json")
+
+    assert (response.status_code, error(response)["field"]) == (400, "slug")
+
+
 def test_a_plan_identifier_taken_in_the_product_is_409_naming_it(management_client, plan):
     other = management_client.post(
         "/api/v1/plans", {"product": plan.product_id, "name": "Team", "identifier": "team"}, format="json"

@@ -405,7 +405,8 @@ class ProductSerializer(StrictModelSerializer):
     class Meta:
         model = Product
         fields = ["id", "name", "slug", "public_id", "polar_organization_id", "is_active", "created_at", "updated_at"]
-        extra_kwargs = {"public_id": {"required": False}}
+        # As the customers' below: a taken slug or public id is the model's 409, naming the field.
+        extra_kwargs = {"slug": {"validators": []}, "public_id": {"required": False, "validators": []}}
 
 
 class PlanSerializer(StrictModelSerializer):

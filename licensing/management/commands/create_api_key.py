@@ -53,7 +53,9 @@ class Command(BaseCommand):
         access = "read-only" if issued.api_key.read_only else "read-write"
         use = "apps' license calls only" if issued.api_key.apps_only else "the management API and license calls"
         until = "" if days is None else f", working until {issued.api_key.expires_at:%Y-%m-%d %H:%M} UTC"
+        # Plain, not in the error colour Django gives stderr: nothing went wrong.
         self.stderr.write(
-            f"Created {access} API key {issued.api_key} for {use}{until}. Store it now: it is not shown again."
+            f"Created {access} API key {issued.api_key} for {use}{until}. Store it now: it is not shown again.",
+            style_func=str,
         )
         self.stdout.write(issued.key)
