@@ -308,12 +308,40 @@ def _check_model_rules(record: models.Model) -> None:
         raise refusal(messages[0], field=named, errors=error.message_dict) from None
 
 
-def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Customer:
+def find_or_create_customer(*, email: str, actor: Actor, name: str = "", external_id: str = "") -> Customer:
     """Return the customer with this e-mail (any case), creating it when there is none.
 
     A customer found without a name takes the one given (the billing name of a later order); one
-    who has a name keeps it, whatever a later order says.
+    who has a name keeps it, whatever a later order says. With an `external_id` (the billing
+    system's id), the customer with that id comes first, whatever its e-mail (billing's id outlives
+    an address change); one found by e-mail without an id takes it, and one with another id is
+    refused, naming `customer_external_id`.
     """
+    if external_id:
+        by_id = Customer.objects.filter(external_id=external_id).first()
+        if by_id is not None:
+            return by_id
+    customer = _customer_with_email(email=email, actor=actor, name=name, external_id=external_id)
+    if not external_id or customer.external_id == external_id:
+        return customer
+    with transaction.atomic():
+        # Asked again under the row's lock: orders arriving at once give it the id once.
+        locked = Customer.objects.select_for_update(no_key=True).get(pk=customer.pk)
+        if locked.external_id not in ("", external_id):
+            raise errors.DuplicateRecord(
+                "The customer with this e-mail has another external id.", field="customer_external_id"
+            )
+        if not locked.external_id:
+            locked.external_id = external_id
+            try:
+                save_catalog_record(record=locked, actor=actor, fields=["external_id"])
+            except errors.DuplicateRecord:
+                # Another order gave the id to a customer it made meanwhile: that customer is the one.
+                return Customer.objects.get(external_id=external_id)
+    return locked
+
+
+def _customer_with_email(*, email: str, actor: Actor, name: str, external_id: str) -> Customer:
     customer = Customer.objects.filter(email__iexact=email.strip()).first()
     if customer is not None and name and not customer.name:
         with transaction.atomic():
@@ -324,7 +352,7 @@ def find_or_create_customer(*, email: str, actor: Actor, name: str = "") -> Cust
                 customer.name = name
                 save_catalog_record(record=customer, actor=actor, fields=["name"])
     if customer is None:
-        customer = Customer(email=email.strip(), name=name)
+        customer = Customer(email=email.strip(), name=name, external_id=external_id)
         try:
             save_catalog_record(record=customer, actor=actor)
         except (errors.DuplicateRecord, errors.InvalidInput):
@@ -445,6 +473,7 @@ def create_license(
     customer: Customer | None = None,
     customer_email: str | None = None,
     customer_name: str = "",
+    customer_external_id: str = "",
     key: str | None = None,
     max_activations: int | None = UNSET,
     expires_at: datetime | None = UNSET,
@@ -455,8 +484,9 @@ def create_license(
     """Issue a license with a generated key, or with a key supplied (imported from another vendor).
 
     The owner is `customer`, or the customer with `customer_email` (made if there is none, and only
-    if the license is made too). The activation limit and expiry default to the plan's; None means
-    unlimited and never expires. `usage` carries over the uses an imported key has counted already.
+    if the license is made too; with `customer_external_id`, see `find_or_create_customer`). The
+    activation limit and expiry default to the plan's; None means unlimited and never expires.
+    `usage` carries over the uses an imported key has counted already.
     """
     if key is None:
         key = keys.generate_license_key()
@@ -480,7 +510,9 @@ def create_license(
             license = License(
                 product=product,
                 plan=plan,
-                customer=_held_owner(customer, email=customer_email, name=customer_name, actor=actor),
+                customer=_held_owner(
+                    customer, email=customer_email, name=customer_name, external_id=customer_external_id, actor=actor
+                ),
                 key_digest=digest,
                 key_encrypted=keys.encrypt_license_key(key),
                 key_suffix=keys.license_key_suffix(key),
@@ -521,14 +553,17 @@ def _held(record: Product | Plan | Customer, *, field: str) -> Product | Plan | 
     return held
 
 
-def _held_owner(customer: Customer | None, *, email: str | None, name: str, actor: Actor) -> Customer | None:
+def _held_owner(
+    customer: Customer | None, *, email: str | None, name: str, external_id: str, actor: Actor
+) -> Customer | None:
     """The license's owner, held until the license is stored, so that deleting it waits (and then
     finds the license). A customer named by e-mail and deleted since it was found is made again."""
     if email is None:
         return customer and _held(customer, field="customer")
-    customer = find_or_create_customer(email=email, name=name, actor=actor)
+    customer = find_or_create_customer(email=email, name=name, external_id=external_id, actor=actor)
     if lookups.held(Customer, customer.pk) is None:
-        customer = _held(find_or_create_customer(email=email, name=name, actor=actor), field="customer_email")
+        customer = find_or_create_customer(email=email, name=name, external_id=external_id, actor=actor)
+        customer = _held(customer, field="customer_email")
     return customer
 
 
@@ -758,6 +793,7 @@ def update_license(
     customer: Customer | None = UNSET,
     customer_email: str | None = UNSET,
     customer_name: str = "",
+    customer_external_id: str = "",
     metadata: dict[str, Any] = UNSET,
     limit_usage: int | None = UNSET,
     plan: Plan = UNSET,
@@ -776,7 +812,9 @@ def update_license(
         # The owner first: making a customer must not happen while the license is locked.
         if customer_email is not UNSET:
             customer = (
-                find_or_create_customer(email=customer_email, name=customer_name, actor=actor)
+                find_or_create_customer(
+                    email=customer_email, name=customer_name, external_id=customer_external_id, actor=actor
+                )
                 if customer_email
                 else None
             )

@@ -1629,14 +1629,16 @@ def test_a_license_is_issued_to_a_customer_named_by_id_or_billing_id(management_
         ({"customer_external_id": "cus_nobody"}, "There is no customer with this external id."),
         ({"customer": 999999}, "There is no customer with this id."),
         (
-            {"customer_external_id": "cus_ada", "customer_email": "ada@example.com"},
-            "Name the owner once: by customer_external_id or by customer_email.",
+            {"customer": "the fixture's", "customer_email": "ada@example.com"},
+            "Name the owner once: by customer or by customer_email.",
         ),
     ],
 )
 def test_an_owner_named_wrongly_or_twice_issues_nothing(management_client, plan, customer, owner, message):
     customer.external_id = "cus_ada"
     customer.save()
+    if owner.get("customer") == "the fixture's":
+        owner = {**owner, "customer": customer.pk}
 
     response = management_client.post("/api/v1/licenses", {"product": plan.product.pk, **owner}, format="json")
 
@@ -1644,6 +1646,65 @@ def test_an_owner_named_wrongly_or_twice_issues_nothing(management_client, plan,
     assert error(response)["message"] == message
     assert error(response)["field"] in owner
     assert not License.objects.exists()
+
+
+def issue_to(client, plan, **owner):
+    return client.post("/api/v1/licenses", {"product": plan.product.pk, **owner}, format="json")
+
+
+def test_a_new_billing_customer_gets_a_license_in_one_call(management_client, plan):
+    owner = {"customer_email": "new@example.com", "customer_external_id": "cus_new", "customer_name": "New"}
+
+    first = issue_to(management_client, plan, **owner)
+    second = issue_to(management_client, plan, **owner)
+
+    assert (first.status_code, second.status_code) == (201, 201)
+    customer = Customer.objects.get()
+    assert (customer.email, customer.external_id, customer.name) == ("new@example.com", "cus_new", "New")
+    assert first.json()["customer"]["id"] == second.json()["customer"]["id"] == customer.pk
+
+
+def test_the_billing_id_finds_its_customer_whatever_the_e_mail_says(management_client, plan, customer):
+    customer.external_id = "cus_ada"
+    customer.save()
+
+    response = issue_to(management_client, plan, customer_email="ada.new@example.com", customer_external_id="cus_ada")
+
+    assert response.json()["customer"]["id"] == customer.pk
+    assert Customer.objects.count() == 1
+    assert Customer.objects.get().email == customer.email
+
+
+def test_a_customer_found_by_e_mail_takes_the_billing_id_it_lacks(management_client, plan, customer):
+    response = issue_to(management_client, plan, customer_email=customer.email, customer_external_id="cus_ada")
+
+    assert response.status_code == 201
+    assert Customer.objects.get(pk=customer.pk).external_id == "cus_ada"
+    assert AuditEvent.objects.get(action="customer.changed").changes == {"external_id": ["", "cus_ada"]}
+
+
+def test_a_license_moves_to_a_new_billing_customer_in_one_call(management_client, issued):
+    response = management_client.patch(
+        f"/api/v1/licenses/{issued.license.pk}",
+        {"customer_email": "buyer@example.com", "customer_external_id": "cus_buyer", "customer_name": "Buyer"},
+        format="json",
+    )
+
+    assert response.status_code == 200
+    owner = License.objects.get(pk=issued.license.pk).customer
+    assert (owner.email, owner.external_id, owner.name) == ("buyer@example.com", "cus_buyer", "Buyer")
+
+
+def test_a_customer_found_by_e_mail_with_another_billing_id_is_409(management_client, plan, customer):
+    customer.external_id = "cus_ada"
+    customer.save()
+
+    response = issue_to(management_client, plan, customer_email=customer.email, customer_external_id="cus_other")
+
+    assert response.status_code == 409
+    assert (error(response)["code"], error(response)["field"]) == ("duplicate_record", "customer_external_id")
+    assert not License.objects.exists()
+    assert Customer.objects.get(pk=customer.pk).external_id == "cus_ada"
 
 
 def test_a_licenses_owner_changes_to_a_customer_named_by_billing_id(management_client, issued, other_customer):

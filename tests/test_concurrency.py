@@ -345,6 +345,30 @@ def test_orders_arriving_at_once_for_a_nameless_customer_name_it_once():
     assert [event.changes["name"] for event in renamed] == [["", customer.name]]
 
 
+def test_orders_arriving_at_once_for_a_new_billing_customer_make_one_customer_with_its_id():
+    plan = make_plan()
+    existing = make_customer(email="known@example.com", external_id="")
+
+    outcomes = run_at_once(
+        12,
+        lambda n: services.create_license(
+            product=plan.product,
+            plan=plan,
+            # Half for a customer no one has made yet, half for one known by e-mail without the id.
+            customer_email="new@example.com" if n % 2 else existing.email,
+            customer_external_id="cus_new" if n % 2 else "cus_known",
+            actor=SYSTEM,
+        ),
+    )
+
+    assert outcome_kinds(outcomes) == {"IssuedLicense": 12}
+    new = Customer.objects.get(email="new@example.com")
+    assert new.external_id == "cus_new"
+    assert Customer.objects.get(pk=existing.pk).external_id == "cus_known"
+    assert Customer.objects.count() == 2
+    assert {outcome.license.customer_id for outcome in outcomes} == {new.pk, existing.pk}
+
+
 def test_the_same_api_key_imported_at_once_is_stored_once_and_refused_by_name():
     shipped = "gkm_live_5f2b8c1d9e7a4036b1c2d3e4f5a6b7c8"
 

@@ -492,7 +492,10 @@ class OwnerInputSerializer(StrictInputSerializer):
         queryset=Customer.objects.all(), required=False, help_text="An existing customer, by its id here."
     )
     customer_external_id = StrictCharField(
-        max_length=200, required=False, help_text="An existing customer, by the billing system's id (external_id)."
+        max_length=200,
+        required=False,
+        help_text="An existing customer, by the billing system's id (external_id). With customer_email: that "
+        "customer, else the one with the e-mail (which takes the id), else a new one with both.",
     )
     customer_name = StrictCharField(
         max_length=200,
@@ -504,9 +507,12 @@ class OwnerInputSerializer(StrictInputSerializer):
 
     def validate(self, data):
         named = [name for name in ("customer", "customer_external_id", "customer_email") if name in data]
-        if len(named) > 1:
+        # An e-mail with the billing system's id names one owner: found by the id, else by the e-mail, else made.
+        by_email_and_billing_id = named == ["customer_external_id", "customer_email"] and data["customer_email"]
+        if len(named) > 1 and not by_email_and_billing_id:
             raise serializers.ValidationError({named[1]: [f"Name the owner once: by {named[0]} or by {named[1]}."]})
-        if data["customer_name"] and ("customer" in data or "customer_external_id" in data):
+        named_by_id = "customer" in data or ("customer_external_id" in data and not by_email_and_billing_id)
+        if data["customer_name"] and named_by_id:
             raise serializers.ValidationError(
                 {
                     "customer_name": [
@@ -516,7 +522,7 @@ class OwnerInputSerializer(StrictInputSerializer):
             )
         if data["customer_name"] and not data.get("customer_email"):
             raise serializers.ValidationError({"customer_email": ["A customer_name needs a customer_email."]})
-        if "customer_external_id" in data:
+        if "customer_external_id" in data and not by_email_and_billing_id:
             customer = Customer.objects.filter(external_id=data.pop("customer_external_id")).first()
             if customer is None:
                 raise serializers.ValidationError(

@@ -714,6 +714,7 @@ class LicenseListView(FilteredListMixin, ManagementView, generics.ListAPIView):
             customer=data.get("customer"),
             customer_email=data.get("customer_email"),
             customer_name=data["customer_name"],
+            customer_external_id=data.get("customer_external_id", ""),
             key=data.get("key"),
             max_activations=data.get("max_activations", services.UNSET),
             expires_at=data.get("expires_at", services.UNSET),
