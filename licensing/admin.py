@@ -1684,7 +1684,7 @@ class ApiKeyStateFilter(admin.SimpleListFilter):
             case "works":
                 return queryset.working()
             case "expired":
-                return queryset.filter(revoked_at=None, expires_at__lte=timezone.now())
+                return queryset.expired()
             case "revoked":
                 return queryset.filter(revoked_at__isnull=False)
         return queryset

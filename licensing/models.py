@@ -440,6 +440,10 @@ class ApiKeyQuerySet(models.QuerySet):
         """The keys neither revoked nor expired."""
         return self.filter(Q(expires_at=None) | Q(expires_at__gt=timezone.now()), revoked_at=None)
 
+    def expired(self) -> ApiKeyQuerySet:
+        """The keys past their expiry, and not revoked before (as ApiKey.is_expired)."""
+        return self.filter(revoked_at=None, expires_at__lte=timezone.now())
+
 
 class ApiKey(models.Model):
     """A secret the vendor's own systems use for the management API, or apps for their license

@@ -326,7 +326,10 @@ def find_or_create_customer(*, email: str, actor: Actor, name: str = "", externa
         return customer
     with transaction.atomic():
         # Asked again under the row's lock: orders arriving at once give it the id once.
-        locked = Customer.objects.select_for_update(no_key=True).get(pk=customer.pk)
+        locked = Customer.objects.select_for_update(no_key=True).filter(pk=customer.pk).first()
+        if locked is None:
+            # Deleted meanwhile: made again, with the id.
+            return find_or_create_customer(email=email, actor=actor, name=name, external_id=external_id)
         if locked.external_id not in ("", external_id):
             raise errors.DuplicateRecord(
                 "The customer with this e-mail has another external id.", field="customer_external_id"
@@ -606,10 +609,6 @@ def may_become(license: License, status: str) -> bool:
     return license.status in STATUSES_BEFORE[status]
 
 
-# Each status change may say why (an unpaid invoice, a chargeback): kept in its audit event, where
-# support reads it when the customer writes.
-
-
 def suspend_license(*, license: License, actor: Actor, reason: str = "") -> License:
     """Stop a license from activating and validating until it is reinstated."""
     return _change_status(license, to=License.Status.SUSPENDED, actor=actor, reason=reason)
@@ -639,6 +638,8 @@ _STATUS_ACTIONS = {
 
 
 def _change_status(license: License, *, to: str, actor: Actor, reason: str) -> License:
+    # Each change may say why (an unpaid invoice, a chargeback): kept in its audit event, where
+    # support reads it when the customer writes.
     reason = reason.strip() if isinstance(reason, str) else reason
     _check_text(reason, MAX_REASON_LENGTH, field="reason")
     with transaction.atomic():

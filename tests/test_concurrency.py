@@ -327,6 +327,28 @@ def test_a_license_issued_for_an_e_mail_whose_customer_is_being_deleted_gets_a_n
     assert list(Customer.objects.filter(email="leaving@example.com")) == [license.customer]
 
 
+@postgresql_only
+def test_a_billing_id_for_a_customer_being_deleted_goes_to_a_new_customer_with_it():
+    plan = make_plan()
+    customer = make_customer(email="leaving@example.com", external_id="")
+
+    with left_open(lambda: services.delete_catalog_record(record=customer, actor=SYSTEM)):
+        issuing = in_thread(
+            lambda: services.create_license(
+                product=plan.product,
+                plan=plan,
+                customer_email="leaving@example.com",
+                customer_external_id="cus_leaving",
+                actor=SYSTEM,
+            )
+        )
+        wait_until_a_session_waits_for_a_lock()
+
+    license = issuing.result(LOCK_WAIT_SECONDS).license
+    assert (license.customer.email, license.customer.external_id) == ("leaving@example.com", "cus_leaving")
+    assert license.customer.pk != customer.pk
+
+
 def test_orders_arriving_at_once_for_a_nameless_customer_name_it_once():
     plan = make_plan()
     customer = make_customer(email="nameless@example.com", name="")
