@@ -18,6 +18,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core.mail import EmailMessage
+from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -40,6 +42,10 @@ from licensing.models import Customer, License
 logger = logging.getLogger(__name__)
 
 SESSION_KEY = "portal_customer_id"
+# A site license can have thousands of devices: its page shows them a page at a time, with a search.
+DEVICES_PER_PAGE = 50
+# The confirmation of freeing every device names this many, then says how many more.
+DEVICES_NAMED_BEFORE_FREEING_ALL = 20
 # A digest of the address the customer signed in by: the session ends when the address changes, so
 # support changing a taken-over mailbox's address signs out whoever used it, as Django ends staff
 # sessions with a new password.
@@ -297,12 +303,28 @@ def license_detail(request, license_id):
         "device_change_back_at": services.minute_after(change_back_at) if change_back_at else None,
         # Deactivate is offered only where it would be done, not refused after a confirmation.
         "may_deactivate": services.deactivation_refusal(license, actor=actor(request), count=1) is None,
-        "devices": license.activations.live().order_by("created_at"),
+        **_devices_page(request, license),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),
         "offline_days": settings.OFFLINE_LICENSE_DEFAULT_TTL.days,
     }
     return render(request, "portal/license_detail.html", context)
+
+
+def _devices_page(request, license: License) -> dict:
+    search = request.GET.get("q", "").strip()
+    devices = license.activations.live().order_by("created_at", "id")
+    if search:
+        devices = devices.filter(
+            Q(name__icontains=search) | Q(fingerprint__icontains=search) | Q(platform__icontains=search)
+        )
+    page = Paginator(devices, DEVICES_PER_PAGE).get_page(request.GET.get("page"))
+    return {
+        "devices": page,
+        "search": search,
+        # Only a list that does not fit on one page needs a search box.
+        "searchable": bool(search) or license.live_total > DEVICES_PER_PAGE,
+    }
 
 
 def _what_deactivating_costs(request, license: License, *, count: int) -> dict:
@@ -361,9 +383,14 @@ def deactivate_device(request, license_id, activation_id):
 def deactivate_all(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
     if request.method == "GET":
-        devices = list(license.activations.live().order_by("created_at"))
-        costs = _what_deactivating_costs(request, license, count=len(devices))
-        context = {"all_devices": True, "devices": devices, **costs}
+        live = license.activations.live()
+        count = live.count()
+        context = {
+            "all_devices": True,
+            "devices": live.order_by("created_at", "id")[:DEVICES_NAMED_BEFORE_FREEING_ALL],
+            "devices_not_named": max(count - DEVICES_NAMED_BEFORE_FREEING_ALL, 0),
+            **_what_deactivating_costs(request, license, count=count),
+        }
         return render(request, "portal/confirm.html", context)
     try:
         freed = services.deactivate_all_activations(license=license, actor=actor(request))

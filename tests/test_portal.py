@@ -529,6 +529,87 @@ def test_the_history_says_a_device_was_carried_over_from_the_old_license_server(
     assert "Studio Mac carried over from our previous license system" in history
 
 
+def license_with_devices(customer, names: list[str]) -> services.IssuedLicense:
+    issued = make_license(customer=customer, max_activations=None)
+    for n, name in enumerate(names):
+        activate(issued, f"fp-{n}", name=name, platform="Windows" if n % 2 else "Linux")
+    return issued
+
+
+def devices_section(page: str) -> str:
+    return page.split('id="devices-heading"')[1].split('id="history-heading"')[0]
+
+
+def test_a_license_with_more_devices_than_fit_shows_them_a_page_at_a_time(signed_in, customer, monkeypatch):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Alpha", "Bravo", "Charlie", "Delta", "Echo"])
+    url = reverse("portal:license", args=[issued.license.pk])
+
+    first = devices_section(signed_in.get(url).content.decode())
+    last = devices_section(signed_in.get(url, {"page": 3}).content.decode())
+
+    assert "Alpha" in first and "Bravo" in first and "Charlie" not in first
+    assert "Devices 1–2 of 5" in first
+    assert 'href="?page=2" rel="next"' in first and 'rel="prev"' not in first
+    assert "Echo" in last and "Delta" not in last
+    assert "Devices 5–5 of 5" in last
+    assert 'href="?page=2" rel="prev"' in last and 'rel="next"' not in last
+    # Followed from an old or mistyped address: the nearest page there is, never an error.
+    assert "Echo" in devices_section(signed_in.get(url, {"page": 9}).content.decode())
+    assert "Alpha" in devices_section(signed_in.get(url, {"page": "two"}).content.decode())
+
+
+def test_a_device_is_found_by_its_name_fingerprint_or_platform_whatever_page_it_is_on(signed_in, customer, monkeypatch):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Studio Mac", "Bravo", "Charlie", "Office mac mini", "Echo"])
+    url = reverse("portal:license", args=[issued.license.pk])
+
+    assert '<input type="search" id="device-search" name="q" value=""' in signed_in.get(url).content.decode()
+    by_name = devices_section(signed_in.get(url, {"q": " MAC "}).content.decode())
+    by_fingerprint = devices_section(signed_in.get(url, {"q": "fp-2"}).content.decode())
+    by_platform = devices_section(signed_in.get(url, {"q": "windows"}).content.decode())
+
+    assert "Studio Mac" in by_name and "Office mac mini" in by_name and "Bravo" not in by_name
+    assert 'value="MAC"' in by_name
+    assert "Charlie" in by_fingerprint and "Bravo" not in by_fingerprint
+    assert "Bravo" in by_platform and "Office mac mini" in by_platform and "Charlie" not in by_platform
+
+
+def test_a_search_that_finds_nothing_says_so_with_a_way_back_to_every_device(signed_in, customer, monkeypatch):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Alpha", "Bravo", "Charlie"])
+    url = reverse("portal:license", args=[issued.license.pk])
+
+    page = devices_section(signed_in.get(url, {"q": "<b>zebra</b>"}).content.decode())
+
+    assert "No device matches “&lt;b&gt;zebra&lt;/b&gt;”." in page
+    assert f'<a class="button secondary" href="{url}">Show every device</a>' in page
+    assert "Deactivate all devices" not in page
+
+
+def test_a_search_over_more_than_a_page_keeps_the_search_in_its_page_links(signed_in, customer, monkeypatch):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Mac 1", "PC", "Mac 2", "Mac 3"])
+    url = reverse("portal:license", args=[issued.license.pk])
+
+    first = devices_section(signed_in.get(url, {"q": "mac & co"}).content.decode())
+    macs = devices_section(signed_in.get(url, {"q": "mac"}).content.decode())
+    second = devices_section(signed_in.get(url, {"q": "mac", "page": 2}).content.decode())
+
+    assert "No device matches “mac &amp; co”." in first
+    assert "Devices 1–2 of 3" in macs and 'href="?q=mac&amp;page=2" rel="next"' in macs
+    assert "Mac 3" in second and "Mac 1" not in second and 'href="?q=mac&amp;page=1" rel="prev"' in second
+
+
+def test_a_license_whose_devices_fit_on_one_page_has_no_search_or_page_links(signed_in, issued):
+    activate(issued, "mac", name="MacBook")
+
+    page = devices_section(signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode())
+
+    assert "MacBook" in page
+    assert 'type="search"' not in page and "Devices 1–" not in page
+
+
 # ---------------------------------------------------------------- freeing devices
 
 
@@ -575,6 +656,21 @@ def test_deactivate_all_devices(signed_in, issued):
     assert issued.license.activations.live().count() == 0
     again = signed_in.post(url, follow=True)
     assert "No device was in use: nothing changed." in again.content.decode()
+
+
+def test_freeing_every_device_of_a_big_license_names_the_first_and_counts_the_rest(signed_in, customer, monkeypatch):
+    monkeypatch.setattr(portal_views, "DEVICES_NAMED_BEFORE_FREEING_ALL", 2)
+    issued = license_with_devices(customer, ["Alpha", "Bravo", "Charlie", "Delta", "Echo"])
+    url = reverse("portal:deactivate-all", args=[issued.license.pk])
+
+    confirmation = signed_in.get(url).content.decode()
+    response = signed_in.post(url, follow=True)
+
+    assert "<li>Alpha</li>" in confirmation and "<li>Bravo</li>" in confirmation
+    assert "Charlie" not in confirmation
+    assert "<li>and 3 more</li>" in confirmation
+    assert "5 devices deactivated." in response.content.decode()
+    assert issued.license.activations.live().count() == 0
 
 
 def test_deactivate_all_with_no_device_in_use_offers_nothing_to_confirm(signed_in, issued):
