@@ -65,8 +65,10 @@ def _select(
     by_fingerprint: bool = False,
     by_id: bool = False,
     locked: bool = False,
+    skip_locked: bool = False,
     first_activation: bool = False,
     digests: int = 1,
+    by_license_id: bool = False,
 ) -> str:
     parts = ((_ACTIVATION,) if by_fingerprint or by_id else ()) + _RELATED
     columns = ", ".join(
@@ -100,11 +102,14 @@ def _select(
     # More than one digest only while LICENSE_KEY_SECRET is rotated: the key under each secret, in one
     # statement, so a row stored again under the new secret meanwhile is still found.
     matches = "= %s" if digests == 1 else f"IN ({', '.join(['%s'] * digests)})"
-    statement += f" FROM {_table(License)} l {' '.join(joins)} WHERE {_column('l', License, 'key_digest')} {matches}"
+    where = f"{_column('l', License, 'key_digest')} {matches}"
+    if by_license_id:
+        where = f"{_column('l', License, 'id')} = %s"
+    statement += f" FROM {_table(License)} l {' '.join(joins)} WHERE {where}"
     if locked and connection.features.has_select_for_update:
         # NO KEY UPDATE: activations referencing the license can still be inserted by other
         # transactions' foreign-key checks; OF keeps the lock off the joined (nullable) rows.
-        statement += " " + connection.ops.for_update_sql(of=("l",), no_key=True)
+        statement += " " + connection.ops.for_update_sql(of=("l",), no_key=True, skip_locked=skip_locked)
     return statement
 
 
@@ -227,35 +232,37 @@ def license_with_device(
     return license, activation
 
 
-def locked_license(*, key_digests: list[str]) -> License | None:
-    """The license with one of these key digests, with its product, plan and customer, its row locked
-    until the transaction ends (on databases that lock rows; SQLite locks the whole database on write)."""
-    db = connections[DEFAULT_DB_ALIAS]
-    statement = _select(locked=True, digests=len(key_digests))
-    with _reading_cursor(db) as cursor:
-        cursor.execute(statement, key_digests)
-        row = cursor.fetchone()
-        license = None if row is None else _license_from(db, list(row))
-        if license is not None and joined_rows_outdated(license):
-            # The lock is ours now, so this read waits for nothing and joins what the row names.
-            cursor.execute(statement, key_digests)
-            license = _license_from(db, list(cursor.fetchone()))
-    return license
+def locked_license(*, key_digests: list[str] | None = None, license_id: Any = None) -> License | None:
+    """The license with one of these key digests, or this id, with its product, plan and customer, its
+    row locked until the transaction ends (on databases that lock rows; SQLite locks the whole
+    database on write).
 
-
-def joined_rows_outdated(license: License) -> bool:
-    """Whether a license read with its row lock came with another product, plan or customer than it names.
-
-    After waiting for a row lock, PostgreSQL reads the locked row again but keeps the rows it joined
-    to the row's earlier version: a license whose owner or plan changed meanwhile comes with the old
-    ones, while its own columns name the new ones.
+    PostgreSQL gives a row it waited to lock as the row is now, but the rows the statement joined to
+    it as they were when the statement began: a product withdrawn, a plan's limits changed or the
+    license moved to another owner while it waited would go unseen. So the lock is first taken only
+    if no one holds it; a license someone held is read again once the lock is ours, by a statement
+    that sees everything committed before it.
     """
-    for name in ("product", "plan", "customer"):
-        field = License._meta.get_field(name)
-        joined = field.get_cached_value(license, default=None)
-        if getattr(license, field.attname) != (joined.pk if joined is not None else None):
-            return True
-    return False
+    db = connections[DEFAULT_DB_ALIAS]
+    if license_id is not None:
+        params, shape = [License._meta.pk.get_db_prep_value(license_id, db)], {"by_license_id": True}
+    else:
+        params, shape = key_digests, {"digests": len(key_digests)}
+    statement = _select(locked=True, **shape)
+    with _reading_cursor(db) as cursor:
+        if db.features.has_select_for_update_skip_locked:
+            cursor.execute(_select(locked=True, skip_locked=True, **shape), params)
+            row = cursor.fetchone()
+            if row is None:
+                # Held by another transaction, or no such license: wait for the lock, then read again.
+                cursor.execute(statement, params)
+                if cursor.fetchone() is not None:
+                    cursor.execute(statement, params)
+                    row = cursor.fetchone()
+        else:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    return None if row is None else _license_from(db, list(row))
 
 
 @functools.cache

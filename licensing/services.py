@@ -854,18 +854,10 @@ def _check_terms_may_change(license: License, *, field: str) -> None:
         raise errors.RevokedLicenseChange(field=field)
 
 
-def _licenses_with_relations() -> models.QuerySet[License]:
-    return License.objects.select_related("product", "plan", "customer")
-
-
 def _lock_license(pk: uuid.UUID) -> License:
-    # NO KEY UPDATE: activations referencing the license can still be inserted by other
-    # transactions' foreign-key checks; `of` keeps the lock off the joined (nullable) rows.
-    locking = _licenses_with_relations().select_for_update(no_key=True, of=("self",))
-    locked = locking.get(pk=pk)
-    if lookups.joined_rows_outdated(locked):
-        # The lock is ours now: read again, joining the owner and plan the license names.
-        locked = locking.get(pk=pk)
+    locked = lookups.locked_license(license_id=pk)
+    if locked is None:
+        raise License.DoesNotExist("License matching query does not exist.")
     return locked
 
 

@@ -630,3 +630,38 @@ def test_an_activation_waiting_for_a_plan_change_follows_the_new_plans_rules():
 
     with pytest.raises(errors.SlotCoolingDown):
         activating.result(LOCK_WAIT_SECONDS)
+
+
+@postgresql_only
+def test_an_activation_waiting_for_the_license_is_refused_once_its_product_is_withdrawn_meanwhile():
+    """PostgreSQL gives a row it waited to lock as it is now, but the rows joined to it as they were
+    when the statement began: the product was read as still active, and a new device was let in."""
+    issued = make_license(plan=make_plan(max_activations=3))
+    product = issued.license.product
+
+    with left_open(lambda: activate(issued, "a")):
+        activating = in_thread(lambda: activate(issued, "b"))
+        wait_until_a_session_waits_for_a_lock()
+        product.is_active = False
+        services.save_catalog_record(record=product, actor=SYSTEM)
+
+    with pytest.raises(errors.ProductInactive):
+        activating.result(LOCK_WAIT_SECONDS)
+    assert list(issued.license.activations.values_list("fingerprint", flat=True)) == ["a"]
+
+
+@postgresql_only
+def test_a_deactivation_waiting_for_the_license_follows_a_device_change_limit_set_meanwhile():
+    plan = make_plan(max_activations=3)
+    issued = make_license(plan=plan)
+    device = activate(issued, "b").activation
+
+    with left_open(lambda: activate(issued, "a")):
+        deactivating = in_thread(lambda: services.deactivate_activation(activation=device, actor=services.Actor.app()))
+        wait_until_a_session_waits_for_a_lock()
+        plan.max_deactivations = 0
+        services.save_catalog_record(record=plan, actor=SYSTEM)
+
+    with pytest.raises(errors.DeactivationLimitReached):
+        deactivating.result(LOCK_WAIT_SECONDS)
+    assert Activation.objects.get(pk=device.pk).is_live
