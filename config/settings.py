@@ -41,6 +41,13 @@ if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS or "" in LICENSE_KEY_SECRE
 # Offline license files: how long one lets a device run without the server, by default and at most.
 OFFLINE_LICENSE_DEFAULT_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_DEFAULT_TTL", default=30 * 24 * 3600))
 OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_MAX_TTL", default=365 * 24 * 3600))
+# Checked here, not at the first checkout: a default outside the range would refuse every file an
+# app or customer asks for without a ttl, blaming a ttl they never sent.
+if not timedelta(minutes=1) <= OFFLINE_LICENSE_DEFAULT_TTL <= OFFLINE_LICENSE_MAX_TTL:
+    raise ImproperlyConfigured(
+        "OFFLINE_LICENSE_DEFAULT_TTL must be from 60 seconds to OFFLINE_LICENSE_MAX_TTL "
+        f"({int(OFFLINE_LICENSE_MAX_TTL.total_seconds())} seconds)."
+    )
 # Validation counts and devices' last-seen times are written this often (0: with each validation).
 VALIDATION_TALLY_SECONDS = env.float("VALIDATION_TALLY_SECONDS", default=1.0)
 if VALIDATION_TALLY_SECONDS < 0:

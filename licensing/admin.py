@@ -18,6 +18,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import AdminSite
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ERROR_FLAG, ChangeList
 from django.contrib.admin.widgets import AutocompleteSelect, RelatedFieldWidgetWrapper
@@ -89,26 +90,31 @@ class HandMadeInputMixin:
         return super().get_search_results(request, queryset, search_term.replace("\x00", ""))
 
     def changelist_view(self, request, extra_context=None):
-        # Django's own answer to a filter it cannot apply (?e=1), for two it would fail the page
-        # with: a NUL, which PostgreSQL refuses in text, and a date drill-down past year 9998, whose
-        # end (a year, month or day later) overflows Python's dates.
-        if self._has_nul(request) or not self._has_valid_dates(request):
+        # Django's own answer to a filter it cannot apply (?e=1) for a NUL, which PostgreSQL refuses in text.
+        if self._has_nul(request):
             return HttpResponseRedirect(f"{request.path}?{ERROR_FLAG}=1")
         return super().changelist_view(request, extra_context)
+
+    def lookup_allowed(self, lookup, value, request=None):
+        # A regular expression is the database's own language, and one it cannot read fails the
+        # page's query. No page of the admin filters by one.
+        if lookup.rsplit(LOOKUP_SEP, 1)[-1] in {"regex", "iregex"}:
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def get_changelist_instance(self, request):
+        # A filter's value becomes SQL only when the list is read, and one no column or date can
+        # hold (the year 99999, an IP address that is none, a date drill-down's day after
+        # 31 December 9999) fails it then: that is Django's answer to a filter it cannot apply.
+        try:
+            return super().get_changelist_instance(request)
+        except (ValueError, OverflowError, ValidationError) as error:
+            logger.warning("Admin list filter not applied: %s", error)
+            raise IncorrectLookupParameters(error) from error
 
     @staticmethod
     def _has_nul(request) -> bool:
         return any("\x00" in key or "\x00" in value for key, values in request.GET.lists() for value in values)
-
-    def _has_valid_dates(self, request) -> bool:
-        for part, highest in [("year", 9998), ("month", 12), ("day", 31)]:
-            value = request.GET.get(f"{self.date_hierarchy}__{part}") if self.date_hierarchy else None
-            if value is None:
-                continue
-            # Digits only, and few: int() of thousands of digits is refused, and slow.
-            if not (value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= highest):
-                return False
-        return True
 
     def response_action(self, request, queryset):
         # Checked before Django filters by them: an id no record could have fails that query, as a
@@ -223,6 +229,8 @@ class OpenedVersionForm(forms.ModelForm):
     """
 
     opened_version = forms.CharField(widget=forms.HiddenInput, required=False)
+    # Set by ReadOnlyByStateMixin for the record the page is sent back for.
+    read_only_by_state: tuple[str, ...] = ()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -251,6 +259,20 @@ class OpenedVersionForm(forms.ModelForm):
         cleaned = super().clean()
         if self.instance.pk is None:
             return cleaned
+        # A page opened before the record's state made these read-only sends them as it showed them,
+        # and Django would drop them without a word while saying the record was changed.
+        sent = [name for name in self.read_only_by_state if name in self.data or f"{name}_0" in self.data]
+        if sent:
+            raise ValidationError(
+                _(
+                    "Since you opened this page, this %(record)s's %(fields)s can no longer be changed: nothing "
+                    "was saved. Open it again to see why."
+                )
+                % {
+                    "record": self.instance._meta.verbose_name,
+                    "fields": ", ".join(str(self.instance._meta.get_field(name).verbose_name) for name in sent),
+                }
+            )
         # Refused here, in the form that keeps what was typed; the service checks again with the
         # row locked, for a change that commits while this one is on its way.
         try:
@@ -301,6 +323,24 @@ class OpenedVersionForm(forms.ModelForm):
         except ValueError:
             # A page sent without it (a script's POST) counts as opened before any change.
             return datetime.min.replace(tzinfo=UTC)
+
+
+class ReadOnlyByStateMixin:
+    """Fields that a record's state makes read-only, beside those always read-only: a page opened
+    before that state came is refused on saving (OpenedVersionForm), not saved without them."""
+
+    def read_only_by_state(self, obj: Model) -> tuple[str, ...]:
+        return ()
+
+    def get_readonly_fields(self, request, obj=None):
+        read_only = super().get_readonly_fields(request, obj)
+        return read_only if obj is None else [*read_only, *self.read_only_by_state(obj)]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None:
+            form.read_only_by_state = self.read_only_by_state(obj)
+        return form
 
 
 class RecordTrailMixin:
@@ -409,8 +449,13 @@ class ProductAdmin(CatalogAdmin):
         return product.license_total
 
 
+# What a plan gives each license when issued, and what it decides on every call for all of them.
+PLAN_TERMS_COPIED = frozenset({"max_activations", "duration_unit", "duration_value"})
+PLAN_RULES_FOLLOWED = frozenset({"max_deactivations", "deactivation_window_days", "slot_cooldown_minutes"})
+
+
 @admin.register(Plan)
-class PlanAdmin(CatalogAdmin):
+class PlanAdmin(ReadOnlyByStateMixin, CatalogAdmin):
     list_display = ["name", "product", "identifier", "limit", "duration", "created_at"]
     list_filter = ["product", "duration_unit"]
     list_select_related = ["product"]
@@ -418,10 +463,32 @@ class PlanAdmin(CatalogAdmin):
     autocomplete_fields = ["product"]
     readonly_fields = ["created_at", "updated_at"]
 
-    def get_readonly_fields(self, request, obj=None):
-        if obj is not None and obj.licenses.exists():
-            return ["product", *self.readonly_fields]
-        return self.readonly_fields
+    def read_only_by_state(self, obj: Plan) -> tuple[str, ...]:
+        return ("product",) if obj.licenses.exists() else ()
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        changed = set(form.changed_data) if change else set()
+        copied, followed = changed & PLAN_TERMS_COPIED, changed & PLAN_RULES_FOLLOWED
+        licenses = obj.licenses.count() if copied or followed else 0
+        # A plan's terms are copied into each license it issues, its device-change rules are read at
+        # each call: staff changing one would otherwise expect the other behaviour.
+        if licenses and copied:
+            message = ngettext(
+                "The license already issued on this plan keeps its device limit and expiry; licenses issued "
+                "from now on take the new ones.",
+                "The %(count)d licenses already issued on this plan keep their device limit and expiry; "
+                "licenses issued from now on take the new ones.",
+                licenses,
+            )
+            self.message_user(request, message % {"count": licenses}, messages.INFO)
+        if licenses and followed:
+            message = ngettext(
+                "The device-change rules apply at once to the license issued on this plan.",
+                "The device-change rules apply at once to the %(count)d licenses issued on this plan.",
+                licenses,
+            )
+            self.message_user(request, message % {"count": licenses}, messages.WARNING)
 
     @admin.display(description=_("default activation limit"), ordering=F("max_activations").asc(nulls_last=True))
     def limit(self, plan: Plan) -> str:
@@ -800,6 +867,7 @@ def audit_trail_url(license_id) -> str:
 @admin.register(License)
 class LicenseAdmin(
     LicenseColumns,
+    ReadOnlyByStateMixin,
     RecordTrailMixin,
     NoSecretLookupsMixin,
     NoDeleteBesideChoicesMixin,
@@ -822,6 +890,8 @@ class LicenseAdmin(
     # Each license is a transaction of its own, a few milliseconds: tens of thousands at once would
     # run past a proxy's timeout, and staff would see a gateway error, not what was done.
     most_licenses_per_action = 1000
+    # Licenses an action refused for one reason are named up to this many, then counted.
+    refused_licenses_named = 3
     inlines = [ActivationInline]
     readonly_fields = [
         "license_key",
@@ -829,6 +899,7 @@ class LicenseAdmin(
         "state",
         "status_changed",
         "devices_used",
+        "device_changes",
         "usage",
         "validation_count",
         "last_validated_at",
@@ -845,6 +916,7 @@ class LicenseAdmin(
         "state",
         "status_changed",
         "devices_used",
+        "device_changes",
         "max_activations",
         "expires_at",
         "usage",
@@ -893,11 +965,10 @@ class LicenseAdmin(
         return super().get_fieldsets(request, obj)
 
     def get_readonly_fields(self, request, obj=None):
-        if obj is None:
-            return []
-        if obj.status == License.Status.REVOKED:
-            return [*self.readonly_fields, *services.LICENSE_TERMS]
-        return self.readonly_fields
+        return super().get_readonly_fields(request, obj) if obj is not None else []
+
+    def read_only_by_state(self, obj: License) -> tuple[str, ...]:
+        return () if services.terms_may_change(obj) else services.LICENSE_TERMS
 
     def get_inlines(self, request, obj):
         return [] if obj is None else self.inlines
@@ -1080,14 +1151,25 @@ class LicenseAdmin(
 
     def _apply(self, request, queryset, change, done_message: str, unchanged_message: str = "") -> None:
         done = unchanged = 0
+        refused: dict[str, list[str]] = {}
         for license in queryset:
             try:
                 changed = change(license).updated_at != license.updated_at
             except errors.LicensingError as error:
-                self.message_user(request, f"{license.masked_key}: {error.message}", messages.WARNING)
+                refused.setdefault(str(error.message), []).append(license.masked_key)
                 continue
             done += changed
             unchanged += not changed
+        # One line per reason, not per license: a thousand licenses refused alike would bury the page.
+        for message, masked_keys in refused.items():
+            named = ", ".join(masked_keys[: self.refused_licenses_named])
+            more = len(masked_keys) - self.refused_licenses_named
+            if more > 0:
+                named = ngettext("%(named)s and %(more)d more", "%(named)s and %(more)d more", more) % {
+                    "named": named,
+                    "more": more,
+                }
+            self.message_user(request, f"{named}: {message}", messages.WARNING)
         report_outcome(
             self,
             request,
@@ -1109,6 +1191,24 @@ class LicenseAdmin(
         }
         reason = event.changes.get("reason")
         return _("%(said)s: %(reason)s") % {"said": said, "reason": reason} if reason else said
+
+    @admin.display(description=_("device changes"))
+    def device_changes(self, license: License) -> str:
+        # Why the customer or the app cannot free a device, and until when; staff are never limited.
+        left = services.remaining_device_changes(license)
+        if left is None:
+            return _("not limited")
+        plan = license.plan
+        said = ngettext(
+            "%(left)d of %(allowed)d left to apps and the customer (a deactivation counts for %(days)d day)",
+            "%(left)d of %(allowed)d left to apps and the customer (a deactivation counts for %(days)d days)",
+            plan.deactivation_window_days,
+        ) % {"left": left, "allowed": plan.max_deactivations, "days": plan.deactivation_window_days}
+        back_at = services.device_change_back_at(license)
+        if back_at is None:
+            return said
+        at = date_format(timezone.localtime(services.minute_after(back_at)), "j F Y, H:i T")
+        return _("%(said)s; the next comes back on %(at)s") % {"said": said, "at": at}
 
     @staticmethod
     def _reason(request) -> str:
@@ -1742,11 +1842,26 @@ class ApiKeyAdmin(MadeByServiceAdmin):
 
     @admin.action(description=_("Restrict to apps: license calls only, for good"), permissions=["change"])
     def restrict_to_apps(self, request, queryset):
+        # For good, and it cuts a billing system off the management API: asked again, as revoking is.
+        if request.POST.get("confirmed") != "yes":
+            return admin_page(
+                self,
+                request,
+                "admin/licensing/apikey/restrict_confirmation.html",
+                ngettext(
+                    "Restrict this API key to apps for good?",
+                    "Restrict %(count)d API keys to apps for good?",
+                    len(queryset),
+                )
+                % {"count": len(queryset)},
+                api_keys=queryset,
+            )
         restricted = sum(
             services.restrict_api_key_to_apps(api_key=api_key, actor=staff_actor(request)).apps_only
             != api_key.apps_only
             for api_key in queryset
         )
+        revoked = sum(api_key.revoked_at is not None and not api_key.apps_only for api_key in queryset)
         report_outcome(
             self,
             request,
@@ -1756,13 +1871,20 @@ class ApiKeyAdmin(MadeByServiceAdmin):
                 "%(count)d API keys restricted to apps' license calls.",
                 "count",
             ),
-            unchanged=len(queryset) - restricted,
+            unchanged=len(queryset) - restricted - revoked,
             unchanged_message=ngettext_lazy(
                 "%(count)d API key was already for apps only.",
                 "%(count)d API keys were already for apps only.",
                 "count",
             ),
         )
+        if revoked:
+            message = ngettext(
+                "%(count)d API key is revoked: it works for no one, so it was left as it is.",
+                "%(count)d API keys are revoked: they work for no one, so they were left as they are.",
+                revoked,
+            ) % {"count": revoked}
+            self.message_user(request, message, messages.INFO)
         # Made for the vendor's systems with an expiry, and found shipped in apps: restricting it is
         # still right, but the apps stop when it expires, which a key made for apps never does.
         for api_key in queryset.working().exclude(expires_at=None):

@@ -25,6 +25,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext, ngettext
 
 from licensing import addresses, errors, keys, lookups, signing, tallies
@@ -380,10 +381,13 @@ def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) ->
             gone = {field.name: [getattr(locked, field.attname), None] for field in _audited_fields(locked)}
             record_event(actor=actor, action=f"{record._meta.model_name}.deleted", target=locked, changes=gone)
             record.delete()
-    except models.ProtectedError:
-        referrers = "Licenses or plans" if isinstance(record, Product) else "Licenses"
+    except models.ProtectedError as refusal:
+        kinds = sorted(
+            {str(referrer._meta.verbose_name_plural) for referrer in refusal.protected_objects}, key=str.lower
+        )
+        referrers = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
         raise errors.RecordInUse(
-            f"{referrers} refer to this {record._meta.verbose_name}, so it cannot be deleted."
+            f"{capfirst(referrers)} refer to this {record._meta.verbose_name}, so it cannot be deleted."
         ) from None
 
 
@@ -1296,12 +1300,11 @@ def deactivation_refusal(license: License, *, actor: Actor, count: int) -> error
             "the devices no longer used one at a time.",
             remaining,
         ) % {"count": count, "remaining": remaining}
-    return errors.DeactivationLimitReached(
-        message,
-        limit=license.plan.max_deactivations,
-        window_days=license.plan.deactivation_window_days,
-        remaining=remaining,
-    )
+    facts = {"limit": license.plan.max_deactivations, "window_days": license.plan.deactivation_window_days}
+    back_at = device_change_back_at(license)
+    if back_at is not None:
+        facts["available_at"] = back_at
+    return errors.DeactivationLimitReached(message, remaining=remaining, **facts)
 
 
 def device_change_back_at(license: License) -> datetime | None:
@@ -1874,10 +1877,11 @@ def check_imported_api_key(key: str) -> None:
 
 def restrict_api_key_to_apps(*, api_key: ApiKey, actor: Actor) -> ApiKey:
     """Make a key one for apps from now on (`api_key_refusal`), at once, for a key made without it
-    that ships in apps. There is no way back: the key may already be in anyone's hands."""
+    that ships in apps. There is no way back: the key may already be in anyone's hands. A revoked
+    key, which works for no one, is left as it is."""
     with transaction.atomic():
         locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
-        if not locked.apps_only:
+        if not locked.apps_only and locked.revoked_at is None:
             locked.apps_only = True
             locked.save(update_fields=["apps_only"])
             record_event(

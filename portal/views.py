@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
 
 from django import forms
@@ -246,9 +246,24 @@ def status_in_words(license: License) -> str:
     expires_at = timezone.localtime(license.expires_at)
     if days == 0:
         return _("Active, expires today at %(time)s") % {"time": date_format(expires_at, "H:i T")}
+    if days == 1:
+        # Perhaps only minutes away: "in 1 day" would say a day is left.
+        return _("Active, expires tomorrow at %(time)s") % {"time": date_format(expires_at, "H:i T")}
     return ngettext(
         "Active, expires in %(days)d day, on %(date)s", "Active, expires in %(days)d days, on %(date)s", days
     ) % {"days": days, "date": date_format(expires_at, "j F Y")}
+
+
+def duration_in_words(duration: timedelta) -> str:
+    """A duration in the largest whole unit it is made of: 30 days, 36 hours, 90 minutes."""
+    minutes = int(duration.total_seconds()) // 60
+    if minutes % (24 * 60) == 0:
+        days = minutes // (24 * 60)
+        return ngettext("%(count)d day", "%(count)d days", days) % {"count": days}
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return ngettext("%(count)d hour", "%(count)d hours", hours) % {"count": hours}
+    return ngettext("%(count)d minute", "%(count)d minutes", minutes) % {"count": minutes}
 
 
 def slots_in_words(license: License) -> str:
@@ -306,7 +321,7 @@ def license_detail(request, license_id):
         **_devices_page(request, license),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),
-        "offline_days": settings.OFFLINE_LICENSE_DEFAULT_TTL.days,
+        "offline_file_life": duration_in_words(settings.OFFLINE_LICENSE_DEFAULT_TTL),
     }
     return render(request, "portal/license_detail.html", context)
 

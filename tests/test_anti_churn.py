@@ -168,7 +168,11 @@ def test_the_native_api_refuses_with_its_code(api_client, churny):
     response = api_client.post("/api/v1/licenses/deactivate", {"key": churny.key, "fingerprint": "c"}, format="json")
 
     assert response.status_code == 403
-    assert response.json()["error"]["code"] == "deactivation_limit_reached"
+    error = response.json()["error"]
+    assert error["code"] == "deactivation_limit_reached"
+    assert (error["limit"], error["window_days"], error["remaining"]) == (2, 30, 0)
+    first_change = Activation.objects.get(license=churny.license, fingerprint="a").deactivated_at
+    assert error["available_at"] == (first_change + timedelta(days=30)).isoformat().replace("+00:00", "Z")
 
 
 def test_getkeymanager_answers_its_access_denied_code(api_client, churny, app_actor):
@@ -182,6 +186,37 @@ def test_getkeymanager_answers_its_access_denied_code(api_client, churny, app_ac
 
     assert response.status_code == 403
     assert response.json()["response"]["code"] == 150
+
+
+def test_the_admin_license_page_says_how_many_device_changes_are_left_and_when_the_next_comes_back(
+    staff_client, churny, app_actor, issued
+):
+    page_url = reverse("admin:licensing_license_change", args=[churny.license.pk])
+    fresh = staff_client.get(page_url).content.decode()
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+    used_up = staff_client.get(page_url).content.decode()
+    unlimited = staff_client.get(reverse("admin:licensing_license_change", args=[issued.license.pk])).content.decode()
+
+    assert "2 of 2 left to apps and the customer (a deactivation counts for 30 days)</div>" in fresh
+    first_change = Activation.objects.get(license=churny.license, fingerprint="a").deactivated_at
+    back_at = date_format(services.minute_after(first_change + timedelta(days=30)), "j F Y, H:i T")
+    assert (
+        "0 of 2 left to apps and the customer (a deactivation counts for 30 days); the next comes back on "
+        f"{back_at}</div>"
+    ) in used_up
+    assert '<div class="readonly">not limited</div>' in unlimited
+
+
+def test_the_portal_says_a_deactivation_counts_for_1_day_not_1_days(client, customer):
+    issued = make_license(
+        plan=make_plan(max_activations=3, max_deactivations=2, deactivation_window_days=1), customer=customer
+    )
+    sign_in(client, customer)
+
+    page = client.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+
+    assert "2 of 2 left; a deactivation counts for 1 day</dd>" in page
 
 
 def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, customer, app_actor):

@@ -385,9 +385,22 @@ def test_a_product_with_plans_is_kept_and_the_refusal_says_why(plan, actor):
     with pytest.raises(errors.RecordInUse) as refused:
         services.delete_catalog_record(record=plan.product, actor=actor)
 
-    assert refused.value.message == "Licenses or plans refer to this product, so it cannot be deleted."
+    assert refused.value.message == "Plans refer to this product, so it cannot be deleted."
     assert Product.objects.filter(pk=plan.product.pk).exists()
     assert not events("product.deleted")
+
+
+@pytest.mark.django_db
+def test_the_refusal_to_delete_a_product_names_everything_that_refers_to_it(plan, actor):
+    make_license(plan=plan)
+    services.create_rsa_key(product=plan.product, actor=actor)
+
+    with pytest.raises(errors.RecordInUse) as refused:
+        services.delete_catalog_record(record=plan.product, actor=actor)
+
+    assert refused.value.message == (
+        "Licenses, plans and RSA keys (GetKeyManager) refer to this product, so it cannot be deleted."
+    )
 
 
 @pytest.mark.django_db

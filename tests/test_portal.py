@@ -688,7 +688,8 @@ def test_deactivate_all_with_no_device_in_use_offers_nothing_to_confirm(signed_i
     ("expires_at", "words"),
     [
         (lambda now: now + timedelta(days=365), "Active, expires in 365 days, on "),
-        (lambda now: now + timedelta(days=1), "Active, expires in 1 day, on "),
+        (lambda now: now + timedelta(days=2), "Active, expires in 2 days, on "),
+        (lambda now: now + timedelta(days=1), "Active, expires tomorrow at 10:00 UTC"),
         (lambda now: now.replace(hour=23, minute=59, second=59, microsecond=999999), "Active, expires today at 23:59"),
     ],
 )
@@ -702,7 +703,18 @@ def test_days_left_are_counted_in_calendar_days(signed_in, customer, plan, expir
     page = signed_in.get(reverse("portal:licenses")).content.decode()
 
     assert words in page
-    assert "today" in words or f"on {expiry.day} {expiry:%B %Y}" in page
+    assert "today" in words or "tomorrow" in words or f"on {expiry.day} {expiry:%B %Y}" in page
+
+
+def test_a_license_expiring_minutes_after_midnight_says_tomorrow_and_when(signed_in, customer, plan, monkeypatch):
+    late = timezone.now().replace(hour=23, minute=50, second=0, microsecond=0)
+    monkeypatch.setattr(timezone, "now", lambda: late)
+    make_license(plan=plan, customer=customer, expires_at=late + timedelta(minutes=20))
+
+    page = signed_in.get(reverse("portal:licenses")).content.decode()
+
+    assert "Active, expires tomorrow at 00:10 UTC" in page
+    assert "expires in 1 day" not in page
 
 
 def test_devices_over_a_lowered_limit_say_what_it_takes_to_activate_another(signed_in, customer, actor):
@@ -737,6 +749,18 @@ def test_an_offline_license_file_downloads_for_a_live_device(signed_in, issued):
     public_keys = {each.kid: each.public_key_pem for each in services.published_signing_keys()}
     payload = verify_license_file(response.content.decode(), public_keys, fingerprint="mac", license_key=issued.key)
     assert payload["activation"]["id"] == str(activation.pk)
+
+
+@pytest.mark.parametrize(("seconds", "words"), [(43200, "12 hours"), (5400, "90 minutes"), (86400, "1 day")])
+def test_the_offline_file_note_gives_a_life_shorter_than_days_in_hours_or_minutes(
+    signed_in, issued, settings, seconds, words
+):
+    settings.OFFLINE_LICENSE_DEFAULT_TTL = timedelta(seconds=seconds)
+    activate(issued, "mac", name="MacBook")
+
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
+
+    assert f"run without reaching the license server, for {words} (never past" in page
 
 
 # ---------------------------------------------------------------- another customer's objects

@@ -57,6 +57,21 @@ def test_a_malformed_limit_stops_the_server_from_starting(setting, value):
     assert setting in result.stderr
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OFFLINE_LICENSE_DEFAULT_TTL": "59"},
+        {"OFFLINE_LICENSE_DEFAULT_TTL": "40000000"},
+        {"OFFLINE_LICENSE_DEFAULT_TTL": "7200", "OFFLINE_LICENSE_MAX_TTL": "3600"},
+    ],
+)
+def test_a_default_offline_file_life_outside_the_allowed_range_stops_the_server_from_starting(env):
+    result = import_settings(**env)
+
+    assert result.returncode != 0
+    assert "OFFLINE_LICENSE_DEFAULT_TTL must be from 60 seconds to OFFLINE_LICENSE_MAX_TTL" in result.stderr
+
+
 @pytest.mark.parametrize("value", ["licenses.example.com", "https://licenses.example.com/portal", "ftp://x"])
 def test_a_public_url_that_is_no_scheme_and_host_stops_the_server_from_starting(value):
     result = import_settings(PUBLIC_URL=value)

@@ -359,7 +359,11 @@ class ErrorDetailSerializer(serializers.Serializer):
     window_days = serializers.IntegerField(
         required=False, help_text="deactivation_limit_reached: the days over which device changes are counted."
     )
-    available_at = serializers.DateTimeField(required=False, help_text="slot_cooling_down: when the slot frees.")
+    available_at = serializers.DateTimeField(
+        required=False,
+        help_text="slot_cooling_down: when the slot frees; deactivation_limit_reached: when a device change comes "
+        "back (absent while some are left, or when the plan allows none).",
+    )
     expired_at = serializers.DateTimeField(required=False, help_text="license_expired: when it expired.")
     retry_after = serializers.IntegerField(
         required=False, help_text="rate_limited: seconds to wait, as the Retry-After header says."
