@@ -241,7 +241,9 @@ def locked_license(*, key_digests: list[str] | None = None, license_id: Any = No
     it as they were when the statement began: a product withdrawn, a plan's limits changed or the
     license moved to another owner while it waited would go unseen. So the lock is first taken only
     if no one holds it; a license someone held is read again once the lock is ours, by a statement
-    that sees everything committed before it.
+    that sees everything committed before it. A change committed between the statement's start and
+    its lock, with no one holding the row, can still leave the license naming another plan or owner
+    than the one joined to it: then it is read again too.
     """
     db = connections[DEFAULT_DB_ALIAS]
     if license_id is not None:
@@ -250,19 +252,33 @@ def locked_license(*, key_digests: list[str] | None = None, license_id: Any = No
         params, shape = key_digests, {"digests": len(key_digests)}
     statement = _select(locked=True, **shape)
     with _reading_cursor(db) as cursor:
-        if db.features.has_select_for_update_skip_locked:
-            cursor.execute(_select(locked=True, skip_locked=True, **shape), params)
-            row = cursor.fetchone()
-            if row is None:
-                # Held by another transaction, or no such license: wait for the lock, then read again.
-                cursor.execute(statement, params)
-                if cursor.fetchone() is not None:
-                    cursor.execute(statement, params)
-                    row = cursor.fetchone()
-        else:
+        if not db.features.has_select_for_update_skip_locked:
             cursor.execute(statement, params)
             row = cursor.fetchone()
-    return None if row is None else _license_from(db, list(row))
+            return None if row is None else _license_from(db, list(row))
+        cursor.execute(_select(locked=True, skip_locked=True, **shape), params)
+        row = cursor.fetchone()
+        if row is None:
+            # Held by another transaction, or no such license: wait for the lock, then read again.
+            cursor.execute(statement, params)
+            if cursor.fetchone() is None:
+                return None
+        else:
+            license = _license_from(db, list(row))
+            if not joined_rows_outdated(license):
+                return license
+        cursor.execute(statement, params)
+        return _license_from(db, list(cursor.fetchone()))
+
+
+def joined_rows_outdated(license: License) -> bool:
+    """Whether a license came with another product, plan or customer than its own columns name."""
+    for name in ("product", "plan", "customer"):
+        field = License._meta.get_field(name)
+        joined = field.get_cached_value(license, default=None)
+        if getattr(license, field.attname) != (joined.pk if joined is not None else None):
+            return True
+    return False
 
 
 @functools.cache

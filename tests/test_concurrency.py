@@ -665,3 +665,43 @@ def test_a_deactivation_waiting_for_the_license_follows_a_device_change_limit_se
     with pytest.raises(errors.DeactivationLimitReached):
         deactivating.result(LOCK_WAIT_SECONDS)
     assert Activation.objects.get(pk=device.pk).is_live
+
+
+@postgresql_only
+def test_a_license_moved_to_another_plan_between_the_lock_statements_start_and_its_lock_comes_with_that_plan(
+    monkeypatch,
+):
+    """No one holds the row, so the lock is taken without waiting; but a change committed after the
+    statement began is the row it locks, joined to the plan of before (or, the join failing, none)."""
+    issued = make_license(plan=make_plan(max_activations=3))
+    strict = make_plan(product=issued.license.product, identifier="strict", max_deactivations=0)
+    select = lookups._select
+
+    def slowed(**shape: Any) -> str:
+        statement = select(**shape)
+        # Only the call under test is slowed: the plan change locks the license too.
+        if shape.get("skip_locked") and threading.current_thread() is not threading.main_thread():
+            statement = statement.replace(" FOR NO KEY UPDATE", " AND pg_sleep(0.5) IS NOT NULL FOR NO KEY UPDATE")
+        return statement
+
+    monkeypatch.setattr(lookups, "_select", slowed)
+
+    def lock() -> License:
+        with transaction.atomic():
+            return lookups.locked_license(license_id=issued.license.pk)
+
+    locking = in_thread(lock)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+            if cursor.fetchone()[0]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("The lock statement never began")
+    services.change_license_plan(license=issued.license, plan=strict, actor=SYSTEM)
+
+    locked = locking.result(LOCK_WAIT_SECONDS)
+    assert locked.plan_id == strict.pk
+    assert locked.plan == strict
