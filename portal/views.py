@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -319,6 +320,7 @@ def license_detail(request, license_id):
         # Deactivate is offered only where it would be done, not refused after a confirmation.
         "may_deactivate": services.deactivation_refusal(license, actor=actor(request), count=1) is None,
         **_devices_page(request, license),
+        "place": _device_list_place(request),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),
         "offline_file_life": duration_in_words(settings.OFFLINE_LICENSE_DEFAULT_TTL),
@@ -327,19 +329,39 @@ def license_detail(request, license_id):
 
 
 def _devices_page(request, license: License) -> dict:
-    search = request.GET.get("q", "").strip()
+    # A NUL is in no device's name, and PostgreSQL refuses it in a query.
+    search = request.GET.get("q", "").replace("\x00", "").strip()
     devices = license.activations.live().order_by("created_at", "id")
     if search:
         devices = devices.filter(
             Q(name__icontains=search) | Q(fingerprint__icontains=search) | Q(platform__icontains=search)
         )
-    page = Paginator(devices, DEVICES_PER_PAGE).get_page(request.GET.get("page"))
+    paginator = Paginator(devices, DEVICES_PER_PAGE)
+    if not search:
+        # Counted already, by the query that read the license.
+        paginator.count = license.live_total
+    try:
+        number = max(int(request.GET.get("page", 1)), 1)
+    except ValueError:
+        number = 1
     return {
-        "devices": page,
+        "devices": paginator.get_page(number),
         "search": search,
         # Only a list that does not fit on one page needs a search box.
         "searchable": bool(search) or license.live_total > DEVICES_PER_PAGE,
     }
+
+
+def _device_list_place(request) -> str:
+    """Where in a license's device list the customer was (its search and page), as a query string
+    that the pages acting on a device carry, and lead back to."""
+    return urlencode({name: request.GET[name] for name in ("q", "page") if request.GET.get(name)})
+
+
+def _back_to_license(request, license_id):
+    url = reverse("portal:license", args=[license_id])
+    place = _device_list_place(request)
+    return redirect(f"{url}?{place}" if place else url)
 
 
 def _what_deactivating_costs(request, license: License, *, count: int) -> dict:
@@ -377,6 +399,7 @@ def deactivate_device(request, license_id, activation_id):
         context = {
             "activation": activation,
             "name": name,
+            "place": _device_list_place(request),
             **_what_deactivating_costs(request, activation.license, count=1),
         }
         return render(request, "portal/confirm.html", context)
@@ -384,12 +407,12 @@ def deactivate_device(request, license_id, activation_id):
         result = services.deactivate_activation(activation=activation, actor=actor(request))
     except errors.DeactivationLimitReached as error:
         messages.error(request, error.message)
-        return redirect("portal:license", license_id=license_id)
+        return _back_to_license(request, license_id)
     if result.already_inactive:
         messages.info(request, _("%(name)s was already deactivated.") % {"name": name})
     else:
         messages.success(request, _freed_message(activation.license, name))
-    return redirect("portal:license", license_id=license_id)
+    return _back_to_license(request, license_id)
 
 
 @customer_required
@@ -404,6 +427,7 @@ def deactivate_all(request, license_id):
             "all_devices": True,
             "devices": live.order_by("created_at", "id")[:DEVICES_NAMED_BEFORE_FREEING_ALL],
             "devices_not_named": max(count - DEVICES_NAMED_BEFORE_FREEING_ALL, 0),
+            "place": _device_list_place(request),
             **_what_deactivating_costs(request, license, count=count),
         }
         return render(request, "portal/confirm.html", context)
@@ -411,13 +435,13 @@ def deactivate_all(request, license_id):
         freed = services.deactivate_all_activations(license=license, actor=actor(request))
     except errors.DeactivationLimitReached as error:
         messages.error(request, error.message)
-        return redirect("portal:license", license_id=license_id)
+        return _back_to_license(request, license_id)
     if not freed:
         messages.info(request, _("No device was in use: nothing changed."))
-        return redirect("portal:license", license_id=license_id)
+        return _back_to_license(request, license_id)
     what = ngettext("%(count)d device", "%(count)d devices", len(freed)) % {"count": len(freed)}
     messages.success(request, _freed_message(license, what))
-    return redirect("portal:license", license_id=license_id)
+    return _back_to_license(request, license_id)
 
 
 @customer_required
@@ -427,7 +451,7 @@ def download_license_file(request, license_id, activation_id):
     # Files are issued by the license page's button (a POST: each is in the audit trail); an
     # address followed on its own leads there.
     if request.method == "GET":
-        return redirect("portal:license", license_id=license_id)
+        return _back_to_license(request, license_id)
     activation = services.get_activation_for_customer(
         customer=request.customer, license_id=license_id, activation_id=activation_id
     )
@@ -439,7 +463,7 @@ def download_license_file(request, license_id, activation_id):
         )
     except errors.LicensingError as error:
         messages.error(request, error.message)
-        return redirect("portal:license", license_id=license_id)
+        return _back_to_license(request, license_id)
     text, _payload, _signing_key = build_license_file(checkout)
     response = HttpResponse(text, content_type="text/plain; charset=utf-8")
     # Named for what it unlocks, so a customer with several can tell them apart; the id keeps it unique.

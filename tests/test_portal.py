@@ -601,6 +601,46 @@ def test_a_search_over_more_than_a_page_keeps_the_search_in_its_page_links(signe
     assert "Mac 3" in second and "Mac 1" not in second and 'href="?q=mac&amp;page=1" rel="prev"' in second
 
 
+@pytest.mark.parametrize("page_number", ["0", "-1"])
+def test_a_page_number_below_one_shows_the_first_page(signed_in, customer, monkeypatch, page_number):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Alpha", "Bravo", "Charlie", "Delta", "Echo"])
+
+    page = signed_in.get(reverse("portal:license", args=[issued.license.pk]), {"page": page_number})
+
+    assert "Devices 1–2 of 5" in devices_section(page.content.decode())
+
+
+def test_a_search_with_a_nul_in_it_finds_what_the_rest_of_it_names(signed_in, customer, monkeypatch):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Alpha", "Bravo", "Charlie"])
+
+    response = signed_in.get(reverse("portal:license", args=[issued.license.pk]), {"q": "Br\x00avo"})
+
+    assert response.status_code == 200
+    found = devices_section(response.content.decode())
+    assert "Bravo" in found and "Alpha" not in found
+
+
+def test_freeing_a_device_found_by_a_search_leads_back_to_that_search_and_page(signed_in, customer, monkeypatch):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Mac 1", "PC", "Mac 2", "Mac 3", "Mac 4"])
+    license_url = reverse("portal:license", args=[issued.license.pk])
+    mac_3 = Activation.objects.get(license=issued.license, name="Mac 3")
+    deactivate_url = reverse("portal:deactivate-device", args=[issued.license.pk, mac_3.pk])
+
+    found = devices_section(signed_in.get(license_url, {"q": "mac", "page": "2"}).content.decode())
+    confirmation = signed_in.get(deactivate_url, {"q": "mac", "page": "2"}).content.decode()
+    response = signed_in.post(f"{deactivate_url}?q=mac&page=2")
+
+    assert f'href="{deactivate_url}?q=mac&amp;page=2"' in found
+    assert "Deactivate all devices" not in found
+    assert f'href="{license_url}?q=mac&amp;page=2">Cancel</a>' in confirmation
+    assert response.status_code == 302
+    assert response["Location"] == f"{license_url}?q=mac&page=2"
+    assert not Activation.objects.get(pk=mac_3.pk).is_live
+
+
 def test_a_license_whose_devices_fit_on_one_page_has_no_search_or_page_links(signed_in, issued):
     activate(issued, "mac", name="MacBook")
 
