@@ -38,9 +38,16 @@ if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS or "" in LICENSE_KEY_SECRE
         "LICENSE_KEY_SECRET_FALLBACKS lists other secrets than LICENSE_KEY_SECRET, comma-separated, none empty."
     )
 
-# Offline license files: how long one lets a device run without the server, by default and at most.
-OFFLINE_LICENSE_DEFAULT_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_DEFAULT_TTL", default=30 * 24 * 3600))
+# Offline license files: how long one lets a device run without the server, at most and by default.
 OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_MAX_TTL", default=365 * 24 * 3600))
+if OFFLINE_LICENSE_MAX_TTL.total_seconds() < 60:
+    raise ImproperlyConfigured("OFFLINE_LICENSE_MAX_TTL must be at least 60 seconds.")
+# Unset, 30 days, or the maximum when that is shorter.
+OFFLINE_LICENSE_DEFAULT_TTL = timedelta(
+    seconds=env.int(
+        "OFFLINE_LICENSE_DEFAULT_TTL", default=int(min(timedelta(days=30), OFFLINE_LICENSE_MAX_TTL).total_seconds())
+    )
+)
 # Checked here, not at the first checkout: a default outside the range would refuse every file an
 # app or customer asks for without a ttl, blaming a ttl they never sent.
 if not timedelta(minutes=1) <= OFFLINE_LICENSE_DEFAULT_TTL <= OFFLINE_LICENSE_MAX_TTL:
@@ -243,6 +250,7 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+FORMAT_MODULE_PATH = ["config.formats"]
 
 # E-mail (the portal's sign-in links). The default prints messages on the console, so `make run`
 # users can sign in as a demo customer; set EMAIL_URL=smtp+tls://user:password@host:587 in production.

@@ -20,7 +20,7 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ERROR_FLAG, ChangeList
+from django.contrib.admin.views.main import ERROR_FLAG, IGNORED_PARAMS, ChangeList
 from django.contrib.admin.widgets import AutocompleteSelect, RelatedFieldWidgetWrapper
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -38,7 +38,7 @@ from django.urls import path, reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
-from django.utils.text import capfirst
+from django.utils.text import capfirst, get_text_list
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
 from django.views.csrf import csrf_failure as django_csrf_failure
@@ -106,9 +106,12 @@ class HandMadeInputMixin:
         # A filter's value becomes SQL only when the list is read, and one no column or date can
         # hold (the year 99999, an IP address that is none, a date drill-down's day after
         # 31 December 9999) fails it then: that is Django's answer to a filter it cannot apply.
+        # A list without filters that fails is a fault of ours, and stays one.
         try:
             return super().get_changelist_instance(request)
         except (ValueError, OverflowError, ValidationError) as error:
+            if not set(request.GET) - set(IGNORED_PARAMS):
+                raise
             logger.warning("Admin list filter not applied: %s", error)
             raise IncorrectLookupParameters(error) from error
 
@@ -259,10 +262,10 @@ class OpenedVersionForm(forms.ModelForm):
         cleaned = super().clean()
         if self.instance.pk is None:
             return cleaned
-        # A page opened before the record's state made these read-only sends them as it showed them,
-        # and Django would drop them without a word while saying the record was changed.
-        sent = [name for name in self.read_only_by_state if name in self.data or f"{name}_0" in self.data]
-        if sent:
+        # A page opened before the record's state made these read-only still has them, and Django
+        # would drop what was typed in them without a word while saying the record was changed.
+        changed = [name for name in self.read_only_by_state if self._typed_into(name)]
+        if changed:
             raise ValidationError(
                 _(
                     "Since you opened this page, this %(record)s's %(fields)s can no longer be changed: nothing "
@@ -270,7 +273,9 @@ class OpenedVersionForm(forms.ModelForm):
                 )
                 % {
                     "record": self.instance._meta.verbose_name,
-                    "fields": ", ".join(str(self.instance._meta.get_field(name).verbose_name) for name in sent),
+                    "fields": get_text_list(
+                        [str(self.instance._meta.get_field(name).verbose_name) for name in changed], _("and")
+                    ),
                 }
             )
         # Refused here, in the form that keeps what was typed; the service checks again with the
@@ -294,6 +299,13 @@ class OpenedVersionForm(forms.ModelForm):
                 ) from None
             self.saved_over_others = True
         return cleaned
+
+    def _typed_into(self, name: str) -> bool:
+        """Whether the page sent a field this form no longer has with another value than it showed
+        (or without the value it showed: a script's POST). Compared as sent: both come from the
+        same page, in the same formats (a date and a time are two inputs)."""
+        sent = [key for key in (name, f"{name}_0", f"{name}_1") if key in self.data]
+        return any(self.data.getlist(key) != self.data.getlist(self.add_initial_prefix(key)) for key in sent)
 
     def _changed_by_both(self) -> list[str] | None:
         """The fields this page changed that someone else changed since it was opened; None when the
@@ -469,26 +481,27 @@ class PlanAdmin(ReadOnlyByStateMixin, CatalogAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         changed = set(form.changed_data) if change else set()
-        copied, followed = changed & PLAN_TERMS_COPIED, changed & PLAN_RULES_FOLLOWED
-        licenses = obj.licenses.count() if copied or followed else 0
         # A plan's terms are copied into each license it issues, its device-change rules are read at
         # each call: staff changing one would otherwise expect the other behaviour.
-        if licenses and copied:
+        if changed & PLAN_TERMS_COPIED and (licenses := obj.licenses.count()):
             message = ngettext(
-                "The license already issued on this plan keeps its device limit and expiry; licenses issued "
-                "from now on take the new ones.",
-                "The %(count)d licenses already issued on this plan keep their device limit and expiry; "
-                "licenses issued from now on take the new ones.",
+                "The license already on this plan keeps its device limit and expiry; the new ones apply to "
+                "licenses issued on it from now on (the limit also to those moved onto it).",
+                "The %(count)d licenses already on this plan keep their device limit and expiry; the new ones "
+                "apply to licenses issued on it from now on (the limit also to those moved onto it).",
                 licenses,
             )
             self.message_user(request, message % {"count": licenses}, messages.INFO)
-        if licenses and followed:
+        # The rules bind only licenses with a device limit: an unlimited one has no slot to move.
+        if changed & PLAN_RULES_FOLLOWED and (
+            bound := obj.licenses.exclude(max_activations=None).exclude(status=License.Status.REVOKED).count()
+        ):
             message = ngettext(
-                "The device-change rules apply at once to the license issued on this plan.",
-                "The device-change rules apply at once to the %(count)d licenses issued on this plan.",
-                licenses,
+                "The device-change rules apply at once to the license on this plan with a device limit.",
+                "The device-change rules apply at once to the %(count)d licenses on this plan with a device limit.",
+                bound,
             )
-            self.message_user(request, message % {"count": licenses}, messages.WARNING)
+            self.message_user(request, message % {"count": bound}, messages.WARNING)
 
     @admin.display(description=_("default activation limit"), ordering=F("max_activations").asc(nulls_last=True))
     def limit(self, plan: Plan) -> str:
@@ -1896,8 +1909,9 @@ class ApiKeyAdmin(MadeByServiceAdmin):
 
     @staticmethod
     def expiry(api_key: ApiKey) -> str:
-        # To the minute and with its zone: a key made at nine in the evening stops at nine on its last day.
-        return date_format(timezone.localtime(api_key.expires_at), "N j, Y, P T")
+        # To the minute, as every time here, not the day: a key made at nine in the evening stops at
+        # nine on its last day.
+        return date_format(timezone.localtime(api_key.expires_at), "DATETIME_FORMAT")
 
     @admin.display(description=_("status"), ordering="revoked_at")
     def state(self, api_key: ApiKey) -> str:

@@ -25,7 +25,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
-from django.utils.text import capfirst
+from django.utils.text import capfirst, get_text_list
 from django.utils.translation import gettext, ngettext
 
 from licensing import addresses, errors, keys, lookups, signing, tallies
@@ -385,9 +385,9 @@ def delete_catalog_record(*, record: Product | Plan | Customer, actor: Actor) ->
         kinds = sorted(
             {str(referrer._meta.verbose_name_plural) for referrer in refusal.protected_objects}, key=str.lower
         )
-        referrers = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
         raise errors.RecordInUse(
-            f"{capfirst(referrers)} refer to this {record._meta.verbose_name}, so it cannot be deleted."
+            f"{capfirst(get_text_list(kinds, 'and'))} refer to this {record._meta.verbose_name}, so it cannot be "
+            "deleted."
         ) from None
 
 
@@ -1311,11 +1311,14 @@ def device_change_back_at(license: License) -> datetime | None:
     """When a license with no device changes left has one again (enough of the changes that count
     stop counting), or None: it has some left, no limit, or a plan that allows none at all."""
     plan = license.plan
-    if remaining_device_changes(license) != 0 or not plan.max_deactivations:
+    if plan is None or not plan.max_deactivations or license.max_activations is None:
         return None
     window = timedelta(days=plan.deactivation_window_days)
     counted = _recent_churn([license], since=timezone.now() - window).order_by("deactivated_at")
+    # One read: counted, then listed, a change leaving the window in between would be missing.
     made = list(counted.values_list("deactivated_at", flat=True))
+    if len(made) < plan.max_deactivations:
+        return None
     # Not always the oldest: under a limit lowered below the changes made, several must stop counting.
     return made[len(made) - plan.max_deactivations] + window
 

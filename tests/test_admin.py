@@ -132,6 +132,14 @@ def test_every_list_and_change_page_renders_for_staff(staff_client, world, model
     assert staff_client.get(change_url(world[model])).status_code == 200
 
 
+def test_the_admin_shows_times_with_their_zone(staff_client, issued):
+    created_at = timezone.localtime(License.objects.get(pk=issued.license.pk).created_at)
+
+    page = staff_client.get(change_url(issued.license)).content.decode()
+
+    assert f'<div class="readonly">{date_format(created_at, "N j, Y, P")} UTC</div>' in page
+
+
 def test_the_admin_names_the_product_and_view_site_opens_the_customer_portal(staff_client):
     page = staff_client.get(reverse("admin:index")).content.decode()
 
@@ -454,19 +462,23 @@ def test_a_page_opened_before_the_license_was_revoked_is_refused_not_saved_witho
     page = opened_page(staff_client, issued.license)
     services.revoke_license(license=issued.license, actor=actor)
 
-    response = staff_client.post(change_url(issued.license), {**page, "max_activations": "8"})
+    refused = staff_client.post(change_url(issued.license), {**page, "max_activations": "8", "metadata": '{"a": 1}'})
+    saved = staff_client.post(change_url(issued.license), {**page, "metadata": '{"refund": "R-1"}'})
 
-    assert response.status_code == 200
+    assert refused.status_code == 200
     assert (
-        "Since you opened this page, this license&#x27;s plan, activation limit, expires at, usage limit can no "
-        "longer be changed: nothing was saved. Open it again to see why."
-    ) in response.content.decode()
-    assert License.objects.get(pk=issued.license.pk).max_activations == 3
-    assert not AuditEvent.objects.filter(action="license.changed").exists()
+        "Since you opened this page, this license&#x27;s activation limit can no longer be changed: nothing was "
+        "saved. Open it again to see why."
+    ) in refused.content.decode()
+    assert saved.status_code == 302
+    stored = License.objects.get(pk=issued.license.pk)
+    assert (stored.max_activations, stored.metadata) == (3, {"refund": "R-1"})
 
 
-def test_saving_a_plan_says_which_changes_reach_the_licenses_already_issued(staff_client, plan, customer):
+def test_saving_a_plan_says_which_changes_reach_the_licenses_already_issued(staff_client, plan, customer, actor):
     issued = [make_license(plan=plan, customer=customer) for _ in range(2)]
+    make_license(plan=plan, customer=customer, max_activations=None)
+    services.revoke_license(license=make_license(plan=plan, customer=customer).license, actor=actor)
     unused = make_plan(product=plan.product, identifier="unused")
 
     limit = staff_client.post(
@@ -480,11 +492,14 @@ def test_saving_a_plan_says_which_changes_reach_the_licenses_already_issued(staf
     )
 
     assert (
-        "The 2 licenses already issued on this plan keep their device limit and expiry; licenses issued from now "
-        "on take the new ones."
+        "The 4 licenses already on this plan keep their device limit and expiry; the new ones apply to licenses "
+        "issued on it from now on (the limit also to those moved onto it)."
     ) in page_messages(limit)
-    assert "The device-change rules apply at once to the 2 licenses issued on this plan." in page_messages(rules)
-    assert not [message for message in page_messages(quiet) if "issued on this plan" in message]
+    # Not the unlimited license, which has no slot to move, nor the revoked one.
+    assert "The device-change rules apply at once to the 2 licenses on this plan with a device limit." in (
+        page_messages(rules)
+    )
+    assert not [message for message in page_messages(quiet) if "on this plan" in message]
     assert {License.objects.get(pk=each.license.pk).max_activations for each in issued} == {3}
 
 
@@ -495,10 +510,13 @@ def test_a_plan_page_opened_before_its_first_license_was_issued_cannot_move_it_t
     page = opened_page(staff_client, plan)
     make_license(plan=plan, customer=customer)
 
-    response = staff_client.post(change_url(plan), {**page, "product": elsewhere.pk})
+    refused = staff_client.post(change_url(plan), {**page, "product": elsewhere.pk})
+    saved = staff_client.post(change_url(plan), {**page, "max_deactivations": "2"})
 
-    assert "this plan&#x27;s product can no longer be changed: nothing was saved." in response.content.decode()
-    assert Plan.objects.get(pk=plan.pk).product_id == plan.product_id
+    assert "this plan&#x27;s product can no longer be changed: nothing was saved." in refused.content.decode()
+    assert saved.status_code == 302
+    stored = Plan.objects.get(pk=plan.pk)
+    assert (stored.product_id, stored.max_deactivations) == (plan.product_id, 2)
 
 
 def test_two_pages_open_at_once_changing_different_fields_both_save(staff_client, issued, actor):
@@ -1363,7 +1381,7 @@ def test_support_signs_a_customer_out_of_the_portal_everywhere(staff_client, cus
     assert (event.actor_kind, event.actor_display) == ("staff", "staff")
     ended_at = timezone.localtime(Customer.objects.get(pk=customer.pk).portal_sessions_ended_at)
     customer_page = staff_client.get(change_url(customer)).content.decode()
-    assert f'<div class="readonly">{date_format(ended_at, "N j, Y, P")}</div>' in customer_page
+    assert f'<div class="readonly">{date_format(ended_at, "N j, Y, P")} UTC</div>' in customer_page
 
 
 def test_a_licenses_page_offers_only_what_may_be_done_to_it_now(staff_client, issued, actor):
@@ -1626,6 +1644,16 @@ def test_a_list_filtered_by_a_regular_expression_is_refused_not_a_database_error
     response = staff_client.get(f"/admin/{path}")
 
     assert response.status_code == 400
+
+
+def test_a_list_that_fails_without_any_filter_is_a_server_error_not_a_filter_refused(staff_client, monkeypatch):
+    def broken(self, request):
+        raise ValueError("a fault of ours")
+
+    monkeypatch.setattr(LicenseAdmin, "get_queryset", broken)
+
+    with pytest.raises(ValueError, match="a fault of ours"):
+        staff_client.get(changelist("license"))
 
 
 @pytest.mark.parametrize(

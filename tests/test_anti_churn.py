@@ -219,6 +219,21 @@ def test_the_portal_says_a_deactivation_counts_for_1_day_not_1_days(client, cust
     assert "2 of 2 left; a deactivation counts for 1 day</dd>" in page
 
 
+def test_a_change_leaving_the_window_while_a_refusal_is_made_is_no_error(churny, app_actor, monkeypatch):
+    deactivate(churny, "a", app_actor)
+    deactivate(churny, "b", app_actor)
+    first_change = Activation.objects.get(license=churny.license, fingerprint="a").deactivated_at
+    window_end = first_change + timedelta(days=30)
+    clock = iter([window_end, window_end])
+    # The first change counts at the first two readings of the clock, and no longer after them.
+    monkeypatch.setattr(timezone, "now", lambda: next(clock, window_end + timedelta(milliseconds=1)))
+
+    refusal = services.deactivation_refusal(churny.license, actor=app_actor, count=1)
+
+    assert refusal.code == "deactivation_limit_reached"
+    assert refusal.facts["available_at"] == window_end
+
+
 def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, customer, app_actor):
     sign_in(client, customer)
     page = client.get(reverse("portal:license", args=[churny.license.pk])).content.decode()

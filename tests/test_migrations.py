@@ -162,7 +162,9 @@ def test_going_back_before_keys_expire_is_refused_while_one_with_an_expiry_is_un
     key = services.create_api_key(name="billing", expires_at=next_year, actor=services.Actor.system("tests"))
     ApiKey.objects.filter(pk=key.api_key.pk).update(expires_at=timezone.now() - timedelta(days=1))
 
-    with pytest.raises(CommandError, match="1 API key\\(s\\) have an expiry.*work for good. Revoke them"):
+    with pytest.raises(
+        CommandError, match=rf"1 API key\(s\) have an expiry.*work for good: billing \({key.api_key.prefix}…\)\. Revoke"
+    ):
         call_command("migrate", "licensing", "0024", verbosity=0)
 
     assert latest_migration() == "0025_api_key_expiry"

@@ -228,20 +228,9 @@ def test_the_limits_work_with_redis_counters(api_client, issued, limits, setting
 
 
 def test_redis_url_selects_the_redis_cache():
-    import os
-    import subprocess
-    import sys
+    from tests.test_settings import settings_with
 
-    from tests.test_settings import PROJECT
-
-    result = subprocess.run(
-        [sys.executable, "-c", "import config.settings as s; print(s.CACHES['default']['BACKEND'])"],
-        cwd=PROJECT,
-        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:6379/0"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    result = settings_with("s.CACHES['default']['BACKEND']", REDIS_URL="redis://127.0.0.1:6379/0")
 
     assert result.stdout.strip() == "django.core.cache.backends.redis.RedisCache"
 

@@ -17,15 +17,20 @@ from tests.factories import make_license
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def import_settings(**env: str) -> subprocess.CompletedProcess:
+def settings_with(expression: str, **env: str) -> subprocess.CompletedProcess:
+    """Import the settings in a process of its own, with `env` added, and print `expression` of them (`s`)."""
     return subprocess.run(
-        [sys.executable, "-c", "import config.settings as s; print(s.DEBUG, s.DATABASES['default']['ENGINE'])"],
+        [sys.executable, "-c", f"import config.settings as s; print({expression})"],
         cwd=PROJECT,
         env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def import_settings(**env: str) -> subprocess.CompletedProcess:
+    return settings_with("s.DEBUG, s.DATABASES['default']['ENGINE']", **env)
 
 
 @pytest.mark.parametrize("missing", ["DJANGO_SECRET_KEY", "LICENSE_KEY_SECRET"])
@@ -70,6 +75,20 @@ def test_a_default_offline_file_life_outside_the_allowed_range_stops_the_server_
 
     assert result.returncode != 0
     assert "OFFLINE_LICENSE_DEFAULT_TTL must be from 60 seconds to OFFLINE_LICENSE_MAX_TTL" in result.stderr
+
+
+def test_a_maximum_offline_file_life_under_30_days_is_the_default_too_when_none_is_set():
+    result = settings_with("s.OFFLINE_LICENSE_DEFAULT_TTL.total_seconds()", OFFLINE_LICENSE_MAX_TTL="604800")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "604800.0"
+
+
+def test_a_maximum_offline_file_life_under_a_minute_stops_the_server_from_starting():
+    result = import_settings(OFFLINE_LICENSE_MAX_TTL="59")
+
+    assert result.returncode != 0
+    assert "OFFLINE_LICENSE_MAX_TTL must be at least 60 seconds." in result.stderr
 
 
 @pytest.mark.parametrize("value", ["licenses.example.com", "https://licenses.example.com/portal", "ftp://x"])

@@ -8,11 +8,16 @@ def refuse_while_keys_that_expire_are_unrevoked(apps, schema_editor):
     # Going back drops the column: the releases before it would let these keys work for good, and
     # those expired already work again.
     ApiKey = apps.get_model("licensing", "ApiKey")
-    expiring = ApiKey.objects.filter(expires_at__isnull=False, revoked_at=None).count()
+    expiring = [
+        f"{name} ({prefix}…)"
+        for name, prefix in ApiKey.objects.filter(expires_at__isnull=False, revoked_at=None)
+        .order_by("name")
+        .values_list("name", "prefix")
+    ]
     if expiring:
         raise CommandError(
-            f"{expiring} API key(s) have an expiry, and the releases before migration 0025 would let them "
-            "work for good. Revoke them before going back past this migration."
+            f"{len(expiring)} API key(s) have an expiry, and the releases before migration 0025 would let them "
+            f"work for good: {', '.join(expiring)}. Revoke them before going back past this migration."
         )
 
 
