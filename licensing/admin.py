@@ -363,8 +363,16 @@ class RecordTrailMixin:
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
         if not request.user.has_perm("licensing.view_auditevent"):
-            # Staff who may not read the trail keep Django's history rather than a refusal.
-            return super().history_view(request, object_id, extra_context)
+            # Django's own history would say the record has none: its changes are in the trail.
+            self.message_user(
+                request,
+                _("The changes to this %(record)s are in the audit trail, which your account may not view.")
+                % {"record": self.opts.verbose_name},
+                messages.INFO,
+            )
+            return HttpResponseRedirect(
+                reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[object_id])
+            )
         return HttpResponseRedirect(self.trail_url(object_id))
 
     def trail_url(self, object_id) -> str:
@@ -1157,6 +1165,13 @@ class LicenseAdmin(
     @admin.display(description=_("audit trail"))
     def audit_trail(self, license: License) -> str:
         return format_html('<a href="{}">{}</a>', audit_trail_url(license.pk), _("Every change to this license"))
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        # No link that would answer "you may not open this page".
+        if not request.user.has_perm("licensing.view_auditevent"):
+            return [name for name in fields if name != "audit_trail"]
+        return fields
 
     def trail_url(self, object_id) -> str:
         # The license's own trail holds its devices' events too.

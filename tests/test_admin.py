@@ -1014,13 +1014,6 @@ def test_an_events_page_shows_what_changed_with_records_by_name(staff_client, is
     assert "<tr><td>metadata</td><td>{}</td><td>{&quot;seats&quot;: 5}</td></tr>" in page
 
 
-def test_staff_who_may_not_read_the_trail_get_djangos_history_not_a_refusal(viewer_client, issued):
-    response = viewer_client.get(reverse("admin:licensing_license_history", args=[issued.license.pk]))
-
-    assert response.status_code == 200
-    assert "Change history" in response.content.decode()
-
-
 def test_an_audit_trail_search_finds_an_id_whole_not_inside_others(staff_client):
     wanted = make_customer(email="a@example.com", name="a")
     # An id that holds the wanted one, whatever number the database gave it.
@@ -1142,6 +1135,22 @@ def test_a_list_filter_no_page_sends_is_refused_as_django_refuses_an_unknown_one
 
     assert response.redirect_chain == [(f"/admin/licensing/{query.partition('?')[0]}?e=1", 302)]
     assert response.status_code == 200
+
+
+def test_staff_who_may_not_read_the_trail_get_no_link_to_it_and_are_told_where_the_history_is(
+    viewer_client, staff_user, issued
+):
+    page = viewer_client.get(change_url(issued.license)).content.decode()
+    history = viewer_client.get(reverse("admin:licensing_license_history", args=[issued.license.pk]), follow=True)
+    superuser = Client()
+    superuser.force_login(staff_user)
+
+    assert "Every change to this license" in superuser.get(change_url(issued.license)).content.decode()
+    assert "Every change to this license" not in page
+    assert history.redirect_chain == [(change_url(issued.license), 302)]
+    assert page_messages(history) == [
+        "The changes to this license are in the audit trail, which your account may not view."
+    ]
 
 
 def test_a_history_button_with_a_nul_for_an_id_leads_to_no_error(staff_client):
