@@ -1019,7 +1019,12 @@ class LicenseAdmin(
     def _applies(action_name: str, license: License) -> bool:
         if action_name in STATUS_ACTIONS:
             return services.may_become(license, STATUS_ACTIONS[action_name])
-        return action_name != "extend" or services.terms_may_change(license)
+        if action_name == "extend":
+            # A license that never expires has nothing to extend: it is given an expiry instead.
+            return services.terms_may_change(license) and license.expires_at is not None
+        if action_name == "deactivate_all_devices":
+            return license.activations.live().exists()
+        return True
 
     def response_action(self, request, queryset):
         response = super().response_action(request, queryset)

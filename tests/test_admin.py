@@ -862,6 +862,7 @@ def test_a_device_is_freed_from_the_license_page_after_a_confirmation(staff_clie
     again = staff_client.post(deactivate_url, follow=True)
 
     assert "Dead laptop stops using license" in confirmation
+    assert "if an offline license file was downloaded for it, when that file expires" in confirmation
     # A 255-character name with no spaces widened the page to 2,338 px.
     assert 'href="/static/admin/licensing/page.css"' in confirmation
     assert "overflow-wrap: anywhere;" in Path(finders.find("admin/licensing/page.css")).read_text()
@@ -1393,22 +1394,28 @@ def test_support_signs_a_customer_out_of_the_portal_everywhere(staff_client, cus
     assert f'<div class="readonly">{date_format(ended_at, "N j, Y, P")} UTC</div>' in customer_page
 
 
-def test_a_licenses_page_offers_only_what_may_be_done_to_it_now(staff_client, issued, actor):
-    def offered() -> list[str]:
-        page = staff_client.get(change_url(issued.license)).content.decode()
+def test_a_licenses_page_offers_only_what_may_be_done_to_it_now(staff_client, plan, actor):
+    issued = make_license(plan=plan, expires_at=timezone.now() + timedelta(days=30))
+    bare = make_license(plan=plan, expires_at=None)
+    activate(issued, "mac")
+
+    def offered(license) -> list[str]:
+        page = staff_client.get(change_url(license)).content.decode()
         actions = page[page.index('id="license-actions"') :]
         menu = actions[actions.index('name="action"') : actions.index("</select>")]
         return re.findall(r'<option value="(\w+)">', menu)
 
-    active = offered()
+    active = offered(issued.license)
     services.suspend_license(license=issued.license, actor=actor)
-    suspended = offered()
+    suspended = offered(issued.license)
     services.revoke_license(license=issued.license, actor=actor)
-    revoked = offered()
+    revoked = offered(issued.license)
 
     assert active == ["suspend", "revoke", "extend", "deactivate_all_devices"]
     assert suspended == ["reinstate", "revoke", "extend", "deactivate_all_devices"]
     assert revoked == ["deactivate_all_devices"]
+    # Never expiring, nothing to extend; no device, none to free.
+    assert offered(bare.license) == ["suspend", "revoke"]
     revoked_page = staff_client.get(change_url(issued.license)).content.decode()
     assert "Extend by:" not in revoked_page
     assert 'name="reason"' not in revoked_page
@@ -1432,7 +1439,8 @@ def test_a_revoke_chosen_on_the_list_goes_back_to_the_list_when_cancelled(staff_
     assert f'<a href="{changelist("license")}" class="button cancel-link">No, take me back</a>' in confirmation
 
 
-def test_the_license_pages_controls_are_named_for_screen_readers(staff_client, issued):
+def test_the_license_pages_controls_are_named_for_screen_readers(staff_client, plan):
+    issued = make_license(plan=plan, expires_at=timezone.now() + timedelta(days=30))
     activate(issued, "mac-serial", name="MacBook")
     activate(issued, "pc-serial")
 
