@@ -42,7 +42,7 @@ if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS or "" in LICENSE_KEY_SECRE
 OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_MAX_TTL", default=365 * 24 * 3600))
 if OFFLINE_LICENSE_MAX_TTL.total_seconds() < 60:
     raise ImproperlyConfigured("OFFLINE_LICENSE_MAX_TTL must be at least 60 seconds.")
-# Unset, 30 days, or the maximum when that is shorter.
+# Unset, never past the maximum: lowering only the maximum must not stop the server.
 OFFLINE_LICENSE_DEFAULT_TTL = timedelta(
     seconds=env.int(
         "OFFLINE_LICENSE_DEFAULT_TTL", default=int(min(timedelta(days=30), OFFLINE_LICENSE_MAX_TTL).total_seconds())

@@ -20,7 +20,7 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ERROR_FLAG, IGNORED_PARAMS, ChangeList
+from django.contrib.admin.views.main import ERROR_FLAG, IGNORED_PARAMS, PAGE_VAR, ChangeList
 from django.contrib.admin.widgets import AutocompleteSelect, RelatedFieldWidgetWrapper
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -110,7 +110,7 @@ class HandMadeInputMixin:
         try:
             return super().get_changelist_instance(request)
         except (ValueError, OverflowError, ValidationError) as error:
-            if not set(request.GET) - set(IGNORED_PARAMS):
+            if not set(request.GET) - {*IGNORED_PARAMS, PAGE_VAR, ERROR_FLAG}:
                 raise
             logger.warning("Admin list filter not applied: %s", error)
             raise IncorrectLookupParameters(error) from error
@@ -1020,8 +1020,7 @@ class LicenseAdmin(
         if action_name in STATUS_ACTIONS:
             return services.may_become(license, STATUS_ACTIONS[action_name])
         if action_name == "extend":
-            # A license that never expires has nothing to extend: it is given an expiry instead.
-            return services.terms_may_change(license) and license.expires_at is not None
+            return services.may_extend(license)
         if action_name == "deactivate_all_devices":
             return license.activations.live().exists()
         return True
@@ -1228,19 +1227,18 @@ class LicenseAdmin(
     @admin.display(description=_("device changes"))
     def device_changes(self, license: License) -> str:
         # Why the customer or the app cannot free a device, and until when; staff are never limited.
-        left = services.remaining_device_changes(license)
-        if left is None:
+        changes = services.device_changes(license)
+        if changes.remaining is None:
             return _("not limited")
         plan = license.plan
         said = ngettext(
             "%(left)d of %(allowed)d left to apps and the customer (a deactivation counts for %(days)d day)",
             "%(left)d of %(allowed)d left to apps and the customer (a deactivation counts for %(days)d days)",
             plan.deactivation_window_days,
-        ) % {"left": left, "allowed": plan.max_deactivations, "days": plan.deactivation_window_days}
-        back_at = services.device_change_back_at(license)
-        if back_at is None:
+        ) % {"left": changes.remaining, "allowed": plan.max_deactivations, "days": plan.deactivation_window_days}
+        if changes.back_at is None:
             return said
-        at = date_format(timezone.localtime(services.minute_after(back_at)), "j F Y, H:i T")
+        at = date_format(timezone.localtime(services.minute_after(changes.back_at)), "j F Y, H:i T")
         return _("%(said)s; the next comes back on %(at)s") % {"said": said, "at": at}
 
     @staticmethod
@@ -1889,12 +1887,10 @@ class ApiKeyAdmin(MadeByServiceAdmin):
                 % {"count": len(queryset)},
                 api_keys=queryset,
             )
-        restricted = sum(
-            services.restrict_api_key_to_apps(api_key=api_key, actor=staff_actor(request)).apps_only
-            != api_key.apps_only
-            for api_key in queryset
-        )
-        revoked = sum(api_key.revoked_at is not None and not api_key.apps_only for api_key in queryset)
+        after = [services.restrict_api_key_to_apps(api_key=api_key, actor=staff_actor(request)) for api_key in queryset]
+        restricted = sum(now.apps_only != before.apps_only for now, before in zip(after, queryset, strict=True))
+        # As the service found them, under its lock: one revoked meanwhile was left alone too.
+        revoked = sum(now.revoked_at is not None and not now.apps_only for now in after)
         report_outcome(
             self,
             request,

@@ -101,10 +101,11 @@ def _select(
             statement += f", ({_first_activation_of(_column('l', License, 'id'))})"
     # More than one digest only while LICENSE_KEY_SECRET is rotated: the key under each secret, in one
     # statement, so a row stored again under the new secret meanwhile is still found.
-    matches = "= %s" if digests == 1 else f"IN ({', '.join(['%s'] * digests)})"
-    where = f"{_column('l', License, 'key_digest')} {matches}"
     if by_license_id:
         where = f"{_column('l', License, 'id')} = %s"
+    else:
+        matches = "= %s" if digests == 1 else f"IN ({', '.join(['%s'] * digests)})"
+        where = f"{_column('l', License, 'key_digest')} {matches}"
     statement += f" FROM {_table(License)} l {' '.join(joins)} WHERE {where}"
     if locked and connection.features.has_select_for_update:
         # NO KEY UPDATE: activations referencing the license can still be inserted by other
@@ -245,6 +246,8 @@ def locked_license(*, key_digests: list[str] | None = None, license_id: Any = No
     its lock, with no one holding the row, can still leave the license naming another plan or owner
     than the one joined to it: then it is read again too.
     """
+    if (key_digests is None) == (license_id is None):
+        raise TypeError("Give the license's key digests or its id.")
     db = connections[DEFAULT_DB_ALIAS]
     if license_id is not None:
         params, shape = [License._meta.pk.get_db_prep_value(license_id, db)], {"by_license_id": True}
@@ -252,7 +255,8 @@ def locked_license(*, key_digests: list[str] | None = None, license_id: Any = No
         params, shape = key_digests, {"digests": len(key_digests)}
     statement = _select(locked=True, **shape)
     with _reading_cursor(db) as cursor:
-        if not db.features.has_select_for_update_skip_locked:
+        if not db.features.has_select_for_update:
+            # SQLite: no row locks (a write locks the whole database), so nothing to wait for.
             cursor.execute(statement, params)
             row = cursor.fetchone()
             return None if row is None else _license_from(db, list(row))
@@ -265,13 +269,13 @@ def locked_license(*, key_digests: list[str] | None = None, license_id: Any = No
                 return None
         else:
             license = _license_from(db, list(row))
-            if not joined_rows_outdated(license):
+            if not _joined_rows_outdated(license):
                 return license
         cursor.execute(statement, params)
         return _license_from(db, list(cursor.fetchone()))
 
 
-def joined_rows_outdated(license: License) -> bool:
+def _joined_rows_outdated(license: License) -> bool:
     """Whether a license came with another product, plan or customer than its own columns name."""
     for name in ("product", "plan", "customer"):
         field = License._meta.get_field(name)

@@ -853,6 +853,12 @@ def terms_may_change(license: License) -> bool:
     return license.status != License.Status.REVOKED
 
 
+def may_extend(license: License) -> bool:
+    """Whether days or months may be added to the license's expiry (extend_license): its terms may
+    change, and it has an expiry to add them to."""
+    return terms_may_change(license) and license.expires_at is not None
+
+
 def _check_terms_may_change(license: License, *, field: str) -> None:
     if not terms_may_change(license):
         raise errors.RevokedLicenseChange(field=field)
@@ -1270,16 +1276,32 @@ def _recent_churn(licenses: Collection[License | uuid.UUID], *, since: datetime)
     )
 
 
-def remaining_device_changes(license: License) -> int | None:
-    """How many more devices apps and customers may deactivate now (None: no limit).
+@dataclasses.dataclass(frozen=True)
+class DeviceChanges:
+    """How many more devices apps and customers may deactivate now (None: no limit), and, with none
+    left, when one comes back (None as well when the plan allows none at all)."""
+
+    remaining: int | None
+    back_at: datetime | None = None
+
+
+def device_changes(license: License) -> DeviceChanges:
+    """The license's device changes, from one read of the changes made in the window: read twice,
+    a change leaving it in between would make "none left" come with no time it comes back.
 
     An unlimited license has no limit of changes either: it has no slot that a change would move.
     """
     plan = license.plan
     if plan is None or plan.max_deactivations is None or license.max_activations is None:
-        return None
-    since = timezone.now() - timedelta(days=plan.deactivation_window_days)
-    return max(plan.max_deactivations - _recent_churn([license], since=since).count(), 0)
+        return DeviceChanges(remaining=None)
+    window = timedelta(days=plan.deactivation_window_days)
+    counted = _recent_churn([license], since=timezone.now() - window).order_by("deactivated_at")
+    made = list(counted.values_list("deactivated_at", flat=True))
+    remaining = max(plan.max_deactivations - len(made), 0)
+    if remaining or not plan.max_deactivations:
+        return DeviceChanges(remaining=remaining)
+    # Not always the oldest: under a limit lowered below the changes made, several must stop counting.
+    return DeviceChanges(remaining=0, back_at=made[len(made) - plan.max_deactivations] + window)
 
 
 def deactivation_refusal(license: License, *, actor: Actor, count: int) -> errors.LicensingError | None:
@@ -1287,7 +1309,8 @@ def deactivation_refusal(license: License, *, actor: Actor, count: int) -> error
     device changes. Asked before a deactivation too, so a page offers none it would refuse."""
     if actor.kind not in CHURN_LIMITED_ACTORS:
         return None
-    remaining = remaining_device_changes(license)
+    changes = device_changes(license)
+    remaining = changes.remaining
     if remaining is None or count <= remaining:
         return None
     # Freeing all at once is all or nothing: "no changes left" would be untrue while some are.
@@ -1301,26 +1324,9 @@ def deactivation_refusal(license: License, *, actor: Actor, count: int) -> error
             remaining,
         ) % {"count": count, "remaining": remaining}
     facts = {"limit": license.plan.max_deactivations, "window_days": license.plan.deactivation_window_days}
-    back_at = device_change_back_at(license)
-    if back_at is not None:
-        facts["available_at"] = back_at
+    if changes.back_at is not None:
+        facts["available_at"] = changes.back_at
     return errors.DeactivationLimitReached(message, remaining=remaining, **facts)
-
-
-def device_change_back_at(license: License) -> datetime | None:
-    """When a license with no device changes left has one again (enough of the changes that count
-    stop counting), or None: it has some left, no limit, or a plan that allows none at all."""
-    plan = license.plan
-    if plan is None or not plan.max_deactivations or license.max_activations is None:
-        return None
-    window = timedelta(days=plan.deactivation_window_days)
-    counted = _recent_churn([license], since=timezone.now() - window).order_by("deactivated_at")
-    # One read: counted, then listed, a change leaving the window in between would be missing.
-    made = list(counted.values_list("deactivated_at", flat=True))
-    if len(made) < plan.max_deactivations:
-        return None
-    # Not always the oldest: under a limit lowered below the changes made, several must stop counting.
-    return made[len(made) - plan.max_deactivations] + window
 
 
 def slot_cooldown(license: License) -> timedelta | None:

@@ -311,16 +311,15 @@ def license_list(request):
 @not_found_for_others
 def license_detail(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
-    change_back_at = services.device_change_back_at(license)
+    changes = services.device_changes(license)
     context = {
         "license": license,
         "row": license_row(license, services.slots_reopening(license)),
-        "device_changes_left": services.remaining_device_changes(license),
-        "device_change_back_at": services.minute_after(change_back_at) if change_back_at else None,
+        "device_changes_left": changes.remaining,
+        "device_change_back_at": services.minute_after(changes.back_at) if changes.back_at else None,
         # Deactivate is offered only where it would be done, not refused after a confirmation.
         "may_deactivate": services.deactivation_refusal(license, actor=actor(request), count=1) is None,
         **_devices_page(request, license),
-        "place": _device_list_place(request),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),
         "offline_file_life": duration_in_words(settings.OFFLINE_LICENSE_DEFAULT_TTL),
@@ -329,8 +328,7 @@ def license_detail(request, license_id):
 
 
 def _devices_page(request, license: License) -> dict:
-    # A NUL is in no device's name, and PostgreSQL refuses it in a query.
-    search = request.GET.get("q", "").replace("\x00", "").strip()
+    search, number = _device_search(request), _device_page_number(request)
     devices = license.activations.live().order_by("created_at", "id")
     if search:
         devices = devices.filter(
@@ -340,22 +338,38 @@ def _devices_page(request, license: License) -> dict:
     if not search:
         # Counted already, by the query that read the license.
         paginator.count = license.live_total
-    try:
-        number = max(int(request.GET.get("page", 1)), 1)
-    except ValueError:
-        number = 1
+    page = paginator.get_page(number)
     return {
-        "devices": paginator.get_page(number),
+        "devices": page,
         "search": search,
         # Only a list that does not fit on one page needs a search box.
         "searchable": bool(search) or license.live_total > DEVICES_PER_PAGE,
+        "place": _device_list_query(search, page.number),
+        "previous_place": _device_list_query(search, page.previous_page_number()) if page.has_previous() else None,
+        "next_place": _device_list_query(search, page.next_page_number()) if page.has_next() else None,
     }
 
 
+def _device_search(request) -> str:
+    # A NUL is in no device's name, and PostgreSQL refuses it in a query.
+    return request.GET.get("q", "").replace("\x00", "").strip()
+
+
+def _device_page_number(request) -> int:
+    try:
+        return max(int(request.GET.get("page", 1)), 1)
+    except ValueError:
+        return 1
+
+
+def _device_list_query(search: str, page_number: int) -> str:
+    """Where in a license's device list the customer is (its search and page), as the query string
+    its page links, and the pages acting on a device, carry and lead back to."""
+    return urlencode({**({"q": search} if search else {}), **({"page": page_number} if page_number > 1 else {})})
+
+
 def _device_list_place(request) -> str:
-    """Where in a license's device list the customer was (its search and page), as a query string
-    that the pages acting on a device carry, and lead back to."""
-    return urlencode({name: request.GET[name] for name in ("q", "page") if request.GET.get(name)})
+    return _device_list_query(_device_search(request), _device_page_number(request))
 
 
 def _back_to_license(request, license_id):
@@ -370,7 +384,7 @@ def _what_deactivating_costs(request, license: License, *, count: int) -> dict:
     cooldown = services.slot_cooldown(license)
     return {
         "license": license,
-        "changes_left": services.remaining_device_changes(license),
+        "changes_left": services.device_changes(license).remaining,
         "cooldown": int(cooldown.total_seconds() // 60) if cooldown else 0,
         "refusal": services.deactivation_refusal(license, actor=actor(request), count=count),
     }

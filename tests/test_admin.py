@@ -1671,6 +1671,9 @@ def test_a_list_that_fails_without_any_filter_is_a_server_error_not_a_filter_ref
 
     with pytest.raises(ValueError, match="a fault of ours"):
         staff_client.get(changelist("license"))
+    # A page number, or Django's own mark of a filter refused, is no filter either.
+    with pytest.raises(ValueError, match="a fault of ours"):
+        staff_client.get(changelist("license"), {"p": "2", "e": "1"})
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ def test_apps_get_the_plans_number_of_device_changes_then_a_refusal(churny, app_
     assert Activation.objects.get(license=churny.license, fingerprint="c").is_live
     refusal = AuditEvent.objects.get(action="activation.deactivation_refused")
     assert refusal.actor_kind == "app"
-    assert services.remaining_device_changes(churny.license) == 0
+    assert services.device_changes(churny.license).remaining == 0
 
 
 def test_changes_older_than_the_window_no_longer_count(churny, app_actor):
@@ -83,7 +83,7 @@ def test_changes_older_than_the_window_no_longer_count(churny, app_actor):
     )
 
     assert not deactivate(churny, "c", app_actor).already_inactive
-    assert services.remaining_device_changes(churny.license) == 1
+    assert services.device_changes(churny.license).remaining == 1
 
 
 def test_staff_are_never_limited(churny, app_actor, staff_user):
@@ -112,7 +112,7 @@ def test_the_vendors_own_systems_are_never_limited(management_client, churny):
     statuses = [management_client.post(f"{base}/{device.pk}/deactivate").status_code for device in devices]
 
     assert statuses == [200, 200, 200]
-    assert services.remaining_device_changes(churny.license) == 2
+    assert services.device_changes(churny.license).remaining == 2
 
 
 def test_deactivating_all_needs_enough_changes_left(churny, customer):
@@ -219,18 +219,19 @@ def test_the_portal_says_a_deactivation_counts_for_1_day_not_1_days(client, cust
     assert "2 of 2 left; a deactivation counts for 1 day</dd>" in page
 
 
-def test_a_change_leaving_the_window_while_a_refusal_is_made_is_no_error(churny, app_actor, monkeypatch):
+def test_a_refusal_with_no_change_left_always_says_when_the_next_comes_back(churny, app_actor, monkeypatch):
     deactivate(churny, "a", app_actor)
     deactivate(churny, "b", app_actor)
     first_change = Activation.objects.get(license=churny.license, fingerprint="a").deactivated_at
     window_end = first_change + timedelta(days=30)
-    clock = iter([window_end, window_end])
-    # The first change counts at the first two readings of the clock, and no longer after them.
+    # The clock moves past the first change's window right after it is first read: a second read of
+    # the changes made would find one left, and give "none left" with no time.
+    clock = iter([window_end])
     monkeypatch.setattr(timezone, "now", lambda: next(clock, window_end + timedelta(milliseconds=1)))
 
     refusal = services.deactivation_refusal(churny.license, actor=app_actor, count=1)
 
-    assert refusal.code == "deactivation_limit_reached"
+    assert (refusal.code, refusal.facts["remaining"]) == ("deactivation_limit_reached", 0)
     assert refusal.facts["available_at"] == window_end
 
 
@@ -285,10 +286,10 @@ def test_with_the_limit_lowered_below_the_changes_made_a_change_comes_back_when_
 
     plan.max_deactivations = 1
     services.save_catalog_record(record=plan, actor=actor)
-    lowered = services.device_change_back_at(License.objects.get(pk=churny.license.pk))
+    lowered = services.device_changes(License.objects.get(pk=churny.license.pk)).back_at
     plan.max_deactivations = 0
     services.save_catalog_record(record=plan, actor=actor)
-    none_allowed = services.device_change_back_at(License.objects.get(pk=churny.license.pk))
+    none_allowed = services.device_changes(License.objects.get(pk=churny.license.pk)).back_at
 
     assert lowered == second_change + timedelta(days=30)
     assert none_allowed is None
@@ -430,7 +431,7 @@ def test_an_unlimited_license_has_no_limit_of_device_changes(customer, app_actor
     deactivate(issued, "a", app_actor)
     deactivate(issued, "b", app_actor)
 
-    assert services.remaining_device_changes(issued.license) is None
+    assert services.device_changes(issued.license).remaining is None
     assert not Activation.objects.filter(license=issued.license, deactivated_at=None).exists()
 
 

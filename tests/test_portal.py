@@ -592,13 +592,13 @@ def test_a_search_over_more_than_a_page_keeps_the_search_in_its_page_links(signe
     issued = license_with_devices(customer, ["Mac 1", "PC", "Mac 2", "Mac 3"])
     url = reverse("portal:license", args=[issued.license.pk])
 
-    first = devices_section(signed_in.get(url, {"q": "mac & co"}).content.decode())
-    macs = devices_section(signed_in.get(url, {"q": "mac"}).content.decode())
+    no_match = devices_section(signed_in.get(url, {"q": "mac & co"}).content.decode())
+    macs = devices_section(signed_in.get(url, {"q": " mac "}).content.decode())
     second = devices_section(signed_in.get(url, {"q": "mac", "page": 2}).content.decode())
 
-    assert "No device matches “mac &amp; co”." in first
+    assert "No device matches “mac &amp; co”." in no_match
     assert "Devices 1–2 of 3" in macs and 'href="?q=mac&amp;page=2" rel="next"' in macs
-    assert "Mac 3" in second and "Mac 1" not in second and 'href="?q=mac&amp;page=1" rel="prev"' in second
+    assert "Mac 3" in second and "Mac 1" not in second and 'href="?q=mac" rel="prev"' in second
 
 
 @pytest.mark.parametrize("page_number", ["0", "-1"])

@@ -201,7 +201,7 @@ class CheckoutLicenseInputSerializer(StrictInputSerializer):
         required=False,
         min_value=60,
         max_value=int(settings.OFFLINE_LICENSE_MAX_TTL.total_seconds()),
-        help_text="Seconds the file stays valid (default 30 days).",
+        help_text="Seconds the file stays valid (default: the server's OFFLINE_LICENSE_DEFAULT_TTL, 30 days unset).",
     )
     nonce = StrictCharField(max_length=MAX_NONCE_LENGTH, required=False, help_text=NONCE_HELP)
 
