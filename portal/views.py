@@ -413,6 +413,8 @@ def deactivate_device(request, license_id, activation_id):
         context = {
             "activation": activation,
             "name": name,
+            # Opened again (the browser's Back after freeing it): nothing to confirm.
+            "already_inactive": not activation.is_live,
             "place": _device_list_place(request),
             **_what_deactivating_costs(request, activation.license, count=1),
         }
@@ -440,6 +442,7 @@ def deactivate_all(request, license_id):
         context = {
             "all_devices": True,
             "devices": live.order_by("created_at", "id")[:DEVICES_NAMED_BEFORE_FREEING_ALL],
+            "device_count": count,
             "devices_not_named": max(count - DEVICES_NAMED_BEFORE_FREEING_ALL, 0),
             "place": _device_list_place(request),
             **_what_deactivating_costs(request, license, count=count),

@@ -601,6 +601,40 @@ def test_a_search_over_more_than_a_page_keeps_the_search_in_its_page_links(signe
     assert "Mac 3" in second and "Mac 1" not in second and 'href="?q=mac" rel="prev"' in second
 
 
+def test_a_long_device_list_is_easy_to_page_and_tell_apart_by_keyboard_and_screen_reader(
+    signed_in, customer, monkeypatch
+):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = license_with_devices(customer, ["Agent", "Agent", "Charlie", "Delta", "Echo"])
+    url = reverse("portal:license", args=[issued.license.pk])
+
+    page = signed_in.get(url, {"page": 2}).content.decode()
+    found = devices_section(signed_in.get(url, {"q": "delta"}).content.decode())
+
+    devices = devices_section(page)
+    # The page links come before the fifty rows' buttons too, and say where the reader is.
+    assert devices.index('rel="next"') < devices.index("<table")
+    assert devices.count('<span aria-current="page">Page 2 of 3</span>') == 2
+    assert "<caption>Devices 3–4 of 5</caption>" in devices
+    assert "devices, page 2 of 3</title>" in page
+    # Two devices named alike are told apart by their fingerprints.
+    first = devices_section(signed_in.get(url).content.decode())
+    assert 'Agent<br><span class="fingerprint">fp-0</span>' in first
+    assert 'Agent<br><span class="fingerprint">fp-1</span>' in first
+    assert "<caption>1 device matches “delta”</caption>" in found
+
+
+def test_a_device_page_opened_again_after_freeing_it_says_there_is_nothing_to_do(signed_in, issued):
+    device = activate(issued, "mac", name="MacBook").activation
+    url = reverse("portal:deactivate-device", args=[issued.license.pk, device.pk])
+    signed_in.post(url)
+
+    again = signed_in.get(url).content.decode()
+
+    assert "MacBook is already deactivated: there is nothing to do." in again
+    assert "Yes, deactivate it" not in again
+
+
 @pytest.mark.parametrize("page_number", ["0", "-1"])
 def test_a_page_number_below_one_shows_the_first_page(signed_in, customer, monkeypatch, page_number):
     monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
@@ -706,6 +740,8 @@ def test_freeing_every_device_of_a_big_license_names_the_first_and_counts_the_re
     confirmation = signed_in.get(url).content.decode()
     response = signed_in.post(url, follow=True)
 
+    assert "<title>Deactivate all 5 devices?" in confirmation
+    assert "Yes, deactivate all 5 devices</button>" in confirmation
     assert "<li>Alpha</li>" in confirmation and "<li>Bravo</li>" in confirmation
     assert "Charlie" not in confirmation
     assert "<li>and 3 more</li>" in confirmation
