@@ -469,11 +469,6 @@ class ProductAdmin(CatalogAdmin):
         return product.license_total
 
 
-# What a plan gives each license when issued, and what it decides on every call for all of them.
-PLAN_TERMS_COPIED = frozenset({"max_activations", "duration_unit", "duration_value"})
-PLAN_RULES_FOLLOWED = frozenset({"max_deactivations", "deactivation_window_days", "slot_cooldown_minutes"})
-
-
 @admin.register(Plan)
 class PlanAdmin(ReadOnlyByStateMixin, CatalogAdmin):
     list_display = ["name", "product", "identifier", "limit", "duration", "created_at"]
@@ -491,7 +486,7 @@ class PlanAdmin(ReadOnlyByStateMixin, CatalogAdmin):
         changed = set(form.changed_data) if change else set()
         # A plan's terms are copied into each license it issues, its device-change rules are read at
         # each call: staff changing one would otherwise expect the other behaviour.
-        if changed & PLAN_TERMS_COPIED and (licenses := obj.licenses.count()):
+        if changed & services.PLAN_TERMS_COPIED and (licenses := obj.licenses.count()):
             message = ngettext(
                 "The license already on this plan keeps its device limit and expiry; the new ones apply to "
                 "licenses issued on it from now on (the limit also to those moved onto it).",
@@ -500,10 +495,7 @@ class PlanAdmin(ReadOnlyByStateMixin, CatalogAdmin):
                 licenses,
             )
             self.message_user(request, message % {"count": licenses}, messages.INFO)
-        # The rules bind only licenses with a device limit: an unlimited one has no slot to move.
-        if changed & PLAN_RULES_FOLLOWED and (
-            bound := obj.licenses.exclude(max_activations=None).exclude(status=License.Status.REVOKED).count()
-        ):
+        if changed & services.PLAN_RULES_FOLLOWED and (bound := services.plan_rules_bind(obj).count()):
             message = ngettext(
                 "The device-change rules apply at once to the license on this plan with a device limit.",
                 "The device-change rules apply at once to the %(count)d licenses on this plan with a device limit.",

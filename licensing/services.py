@@ -1329,6 +1329,19 @@ def deactivation_refusal(license: License, *, actor: Actor, count: int) -> error
     return errors.DeactivationLimitReached(message, remaining=remaining, **facts)
 
 
+# What a plan gives each license when it is issued (the limit also when a license moves onto it),
+# and what it decides at every call for the licenses it binds (plan_rules_bind).
+PLAN_TERMS_COPIED = frozenset({"max_activations", "duration_unit", "duration_value"})
+PLAN_RULES_FOLLOWED = frozenset({"max_deactivations", "deactivation_window_days", "slot_cooldown_minutes"})
+
+
+def plan_rules_bind(plan: Plan) -> models.QuerySet[License]:
+    """The plan's licenses its device-change rules apply to (device_changes, slot_cooldown): those
+    with a device limit, as an unlimited one has no slot to move, leaving out revoked ones, whose
+    devices work no more."""
+    return plan.licenses.exclude(max_activations=None).exclude(status=License.Status.REVOKED)
+
+
 def slot_cooldown(license: License) -> timedelta | None:
     """How long a slot freed by an app or customer stays taken, or None: the plan's cooldown, which
     only a limited license has (an unlimited one has no slot to keep)."""
