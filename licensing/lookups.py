@@ -377,24 +377,26 @@ def _usage_statements() -> tuple[str, str]:
         return connection.ops.quote_name(License._meta.get_field(attname).column)
 
     usage, limit, license_id = column("usage"), column("limit_usage"), column("id")
-    # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it.
+    # The limit is checked in the UPDATE itself, so concurrent uses can never overshoot it. No sum
+    # is taken before the check: near the column's largest value, usage + increment overflows
+    # (PostgreSQL refuses it, SQLite turns it into a float).
     return (
         f"UPDATE {_table(License)} SET {usage} = {usage} + %s "
-        f"WHERE {license_id} = %s AND ({limit} IS NULL OR {limit} >= {usage} + %s)",
+        f"WHERE {license_id} = %s AND {usage} <= %s AND ({limit} IS NULL OR {limit} - {usage} >= %s)",
         f"SELECT {usage} FROM {_table(License)} WHERE {license_id} = %s",
     )
 
 
-def count_usage(license: License, increment: int) -> int | None:
+def count_usage(license: License, increment: int, *, most: int) -> int | None:
     """Count `increment` uses in one atomic UPDATE and return the license's usage after it; None when
-    they would pass the license's usage limit (and then nothing is counted)."""
+    they would pass the license's usage limit, or `most` uses in all (and then nothing is counted)."""
     db = connections[DEFAULT_DB_ALIAS]
     license_id = License._meta.pk.get_db_prep_value(license.pk, db)
     # Read back in the UPDATE's transaction, which holds the row until it ends: read after it, a
     # parallel use counted in between would show in this call's answer.
     count, read = _usage_statements()
     with transaction.atomic(using=db.alias), db.cursor() as cursor:
-        cursor.execute(count, [increment, license_id, increment])
+        cursor.execute(count, [increment, license_id, most - increment, increment])
         if cursor.rowcount != 1:
             return None
         cursor.execute(read, [license_id])

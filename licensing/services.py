@@ -1513,7 +1513,7 @@ def validate_license(
 
     now = timezone.now()
     if increment_usage:
-        usage = lookups.count_usage(license, increment_usage)
+        usage = lookups.count_usage(license, increment_usage, most=MAX_USAGE_LIMIT)
         if usage is None:
             return _usage_limit_reached(license, activation)
         license.usage = usage
@@ -1534,7 +1534,9 @@ def count_check(activation: Activation) -> None:
 
 def _usage_limit_reached(license: License, activation: Activation | None) -> ValidationResult:
     license.refresh_from_db(fields=["usage", "limit_usage"])
-    remaining = max(license.limit_usage - license.usage, 0) if license.limit_usage is not None else 0
+    # Without a limit, only the most uses a license can count stops it.
+    most = MAX_USAGE_LIMIT if license.limit_usage is None else license.limit_usage
+    remaining = max(most - license.usage, 0)
     return _invalid(
         errors.UsageLimitReached(f"This license has {remaining} uses left.", remaining=remaining),
         license=license,

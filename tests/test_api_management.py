@@ -1864,8 +1864,12 @@ def test_a_page_that_is_no_whole_number_is_a_field_error(management_client, page
 
 
 def test_a_page_past_the_last_is_not_found(management_client, issued):
+    past_the_last = management_client.get("/api/v1/licenses", {"page": str(10**20)})
+
     assert management_client.get("/api/v1/licenses", {"page": "last"}).status_code == 200
     assert management_client.get("/api/v1/licenses", {"page": "2"}).status_code == 404
+    assert past_the_last.status_code == 404
+    assert error(past_the_last)["message"] == f"There is no page {10**20}: the list ends before it."
 
 
 @pytest.mark.parametrize("page_size", ["abc", "0", "-5", "2.5", ""])

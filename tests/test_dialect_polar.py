@@ -221,6 +221,22 @@ def test_validate_past_the_usage_limit_is_400_and_counts_nothing(api_client, org
     assert (issued.license.usage, issued.license.validation_count) == (4, 1)
 
 
+@pytest.mark.parametrize("limit_usage", [None, services.MAX_USAGE_LIMIT])
+def test_validate_past_the_most_uses_a_license_counts_is_400_and_counts_nothing(
+    api_client, org, plan, customer, limit_usage
+):
+    issued = make_license(plan=plan, customer=customer, limit_usage=limit_usage)
+    License.objects.filter(pk=issued.license.pk).update(usage=services.MAX_USAGE_LIMIT - 5)
+
+    refused = validate_call(api_client, issued, increment_usage=2**31 - 1)
+    counted = validate_call(api_client, issued, increment_usage=5)
+
+    assert_polar_error(refused, 400, "BadRequest", "License key only has 5 more usages.")
+    assert (counted.status_code, counted.json()["usage"]) == (200, services.MAX_USAGE_LIMIT)
+    issued.license.refresh_from_db()
+    assert issued.license.usage == services.MAX_USAGE_LIMIT
+
+
 def test_a_key_imported_with_its_polar_usage_has_only_the_rest_left(management_client, org, product):
     imported = management_client.post(
         "/api/v1/licenses",

@@ -372,6 +372,8 @@ class Pagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+    # Past the last page (404): says which page is missing, where DRF says only "Invalid page.".
+    invalid_page_message = "There is no page {page_number}: the list ends before it."
 
     def get_page_number(self, request, paginator):
         # DRF answers a page that is no number as a missing page (404); it is bad input.

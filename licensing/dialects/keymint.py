@@ -236,13 +236,16 @@ def expiry(value: Any) -> datetime:
         return add_months(timezone.now(), 1)
     try:
         moment = datetime.fromisoformat(value) if isinstance(value, str) else None
-        if moment is not None:
-            moment = moment.replace(tzinfo=UTC) if timezone.is_naive(moment) else moment.astimezone(UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         moment = None
     if moment is None:
         raise KeymintError(400, 1, "expiryDate must be an ISO 8601 date-time, such as 2025-06-30T23:59:59Z")
-    return moment
+    if timezone.is_naive(moment):
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise KeymintError(400, 1, "expiryDate must be at most 9999-12-31T23:59:59Z") from None
 
 
 def customer_by_reference(reference: str) -> Customer:
