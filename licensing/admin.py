@@ -2026,6 +2026,16 @@ class RsaKeyAdmin(MadeByServiceAdmin):
     def get_queryset(self, request):
         return services.marking_signing_rsa_keys(super().get_queryset(request))
 
+    def response_add(self, request, obj, post_url_continue=None):
+        # Each server process keeps the key that signs for a while: apps holding only the new key's
+        # public half must not be pointed at the server the moment it is saved.
+        self.message_user(
+            request,
+            _("Running servers sign with it within %(seconds)d seconds.") % {"seconds": services.RSA_KEY_CACHE_SECONDS},
+            messages.INFO,
+        )
+        return super().response_add(request, obj, post_url_continue)
+
     def save_form(self, request, form, change):
         product, pem, replace = (form.cleaned_data[name] for name in ("product", "private_key_pem", "replace"))
         if pem:

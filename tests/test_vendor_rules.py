@@ -208,6 +208,7 @@ def test_import_rsa_key_command(tmp_path):
     call_command("import_rsa_key", str(pem_file), "--product", "photon", stdout=out)
 
     assert RsaKey.objects.get().product == product
+    assert "Running servers sign with it within 30 seconds." in out.getvalue()
     assert "BEGIN PUBLIC KEY" in out.getvalue()
     with pytest.raises(CommandError, match="No product"):
         call_command("import_rsa_key", str(pem_file), "--product", "nope")
@@ -216,13 +217,16 @@ def test_import_rsa_key_command(tmp_path):
 def test_staff_import_and_generate_rsa_keys_in_the_admin(staff_client):
     product = make_product()
 
-    staff_client.post(reverse("admin:licensing_rsakey_add"), {"product": product.pk, "private_key_pem": rsa_pem()})
+    imported = staff_client.post(
+        reverse("admin:licensing_rsakey_add"), {"product": product.pk, "private_key_pem": rsa_pem()}, follow=True
+    )
     staff_client.post(reverse("admin:licensing_rsakey_add"), {"product": "", "private_key_pem": ""})
     refused = staff_client.post(reverse("admin:licensing_rsakey_add"), {"product": "", "private_key_pem": "junk"})
 
     assert RsaKey.objects.filter(product=product).count() == 1
     assert RsaKey.objects.filter(product__isnull=True).count() == 1
     assert "This is not an unencrypted PEM private key." in refused.content.decode()
+    assert "Running servers sign with it within 30 seconds." in imported.content.decode()
     page = staff_client.get(reverse("admin:licensing_rsakey_change", args=[RsaKey.objects.first().pk]))
     assert "PRIVATE" not in page.content.decode()
 

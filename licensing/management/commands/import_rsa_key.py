@@ -39,5 +39,8 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read {options['pem_file']}: {error.strerror}.") from None
         except errors.LicensingError as error:
             raise CommandError(str(error.message)) from None
-        self.stdout.write(f"Imported {rsa_key}. Its public key:")
+        self.stdout.write(
+            f"Imported {rsa_key}. Running servers sign with it within {services.RSA_KEY_CACHE_SECONDS} seconds. "
+            "Its public key:"
+        )
         self.stdout.write(rsa_key.public_key_pem.rstrip())
