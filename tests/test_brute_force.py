@@ -247,15 +247,42 @@ def test_staff_looking_up_unknown_keys_are_not_counted(guard):
     assert throttling.UnknownKeyWindow("127.0.0.1").failures() == 0
 
 
-def test_wrong_api_keys_on_the_management_api_are_not_counted(api_client, guard, delays, issued):
+def test_wrong_api_keys_on_the_management_api_count_and_block_the_address_everywhere(
+    api_client, guard, delays, issued, api_key
+):
+    # Unguarded, the management API would tell a guesser which guessed key is real, even one made
+    # for apps (403, not 401), whatever the dialects' guard counted.
+    revoked = services.create_api_key(name="old", actor=services.Actor.system("tests"))
+    services.revoke_api_key(api_key=revoked.api_key, actor=services.Actor.system("tests"))
+    wrong_keys = [f"lsk_wrong{n}" for n in range(3)] + [revoked.key] * 2
+
+    refusals = [
+        api_client.get("/api/v1/licenses", REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer {key}")
+        for key in wrong_keys
+    ]
+    blocked = api_client.get("/api/v1/licenses", REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    assert [answer.status_code for answer in refusals] == [401] * 5
+    assert delays == pytest.approx([0.1, 0.2, 0.3])
+    assert (blocked.status_code, blocked.json()["error"]["code"]) == (429, "rate_limited")
+    assert 0 < int(blocked["Retry-After"]) <= 600
+    assert face_calls(api_client, api_key)["kelviq"](issued.key, GUESSER).status_code == 429
+    assert validate(api_client, issued.key).status_code == 429
+    neighbour = api_client.get("/api/v1/licenses", REMOTE_ADDR=NEIGHBOUR, HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    assert neighbour.status_code == 200
+
+
+def test_license_keys_the_management_api_looks_up_are_never_counted(api_client, guard, delays, issued, api_key):
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
     answers = [
-        api_client.get("/api/v1/licenses", REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer lsk_wrong{n}")
+        api_client.post("/api/v1/licenses/find", {"key": f"GUESS-{n}"}, format="json", REMOTE_ADDR=GUESSER)
         for n in range(10)
     ]
 
-    assert [answer.status_code for answer in answers] == [401] * 10
+    assert [answer.status_code for answer in answers] == [404] * 10
     assert throttling.UnknownKeyWindow(GUESSER).failures() == 0
-    assert validate(api_client, issued.key).status_code == 200
+    assert delays == []
 
 
 def test_turned_off_the_guard_never_slows_or_blocks(api_client, delays):

@@ -204,6 +204,16 @@ def test_a_decoy_key_in_the_body_does_not_dodge_keymints_key_limit(api_client, i
     assert statuses == [200, 200, 200, 429]
 
 
+def test_a_head_request_counts_against_its_keys_limit_as_a_get_does(api_client, issued, api_key, limits):
+    read = f"/compat/keymint/key?productId={PRODUCT_ID}&licenseKey={issued.key}"
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {api_key}"}
+
+    statuses = [api_client.head(read, **bearer).status_code for _ in range(3)]
+    statuses += [api_client.get(read, **bearer).status_code, api_client.head(read, **bearer).status_code]
+
+    assert statuses == [200, 200, 200, 429, 429]
+
+
 def redis_is_running() -> bool:
     import socket
 

@@ -17,6 +17,7 @@ from time import sleep, time
 
 from django.conf import settings
 from django.core.cache import cache
+from rest_framework import exceptions
 from rest_framework.throttling import BaseThrottle
 
 from licensing import keys, services
@@ -83,6 +84,10 @@ class UnknownKeyWindow:
                 return
 
 
+def brute_force_guard_on() -> bool:
+    return bool(settings.BRUTE_FORCE["slow_after"] or settings.BRUTE_FORCE["block_after"])
+
+
 def client_ident(request) -> str | None:
     """The client the guard and the per-IP limit count (`addresses.network_of`). None when the
     address is unknown: such calls share nothing rather than one budget for everyone."""
@@ -129,7 +134,7 @@ class RateWindow:
 def license_key_digest(request, view) -> str | None:
     """The per-key limit's ident: the cache holds the key's digest, never the key."""
     # From where the view reads it, never the other place: a decoy there would be a fresh budget.
-    data = request.query_params if request.method == "GET" else request.data
+    data = request.query_params if request.method in ("GET", "HEAD") else request.data
     key = data.get(view.license_key_field) if hasattr(data, "get") else None
     if not isinstance(key, str) or not key.strip():
         return None
@@ -157,13 +162,13 @@ class LicenseCallThrottle(BaseThrottle):
     once the window ends.
     """
 
+    rate_limits = tuple(RATE_LIMIT_IDENTS)
+
     def allow_request(self, request, view):
         now = time()
         guard = UnknownKeyWindow(client_ident(request), now)
         counters = [
-            window
-            for window in (RateWindow.current(scope, request, view, now) for scope in RATE_LIMIT_IDENTS)
-            if window
+            window for window in (RateWindow.current(scope, request, view, now) for scope in self.rate_limits) if window
         ]
         wanted = guard.keys + [window.key for window in counters]
         stored = cache.get_many(wanted) if wanted else {}
@@ -202,8 +207,7 @@ class LicenseCallLimits:
     def get_throttles(self):
         # With every limit and the guard off (a gateway in front may do it) there is nothing to check
         # before the call, so no throttle works out the client's address for nothing.
-        guard = settings.BRUTE_FORCE
-        if not any(settings.LICENSE_RATE_LIMITS.values()) and not (guard["slow_after"] or guard["block_after"]):
+        if not any(settings.LICENSE_RATE_LIMITS.values()) and not brute_force_guard_on():
             return []
         return super().get_throttles()
 
@@ -229,6 +233,12 @@ class LicenseCallLimits:
         super().initial(request, *args, **kwargs)
 
 
+class ApiKeyGuardThrottle(LicenseCallThrottle):
+    """The brute-force guard alone: the vendor's own systems call as often as their work needs."""
+
+    rate_limits = ()
+
+
 class ThrottleBeforeAuthentication:
     """DRF's `initial` with the rate limits checked before authentication, so that callers guessing
     API keys are limited too (DRF checks throttles only once a caller is authenticated)."""
@@ -240,3 +250,26 @@ class ThrottleBeforeAuthentication:
         self.check_throttles(request)
         self.perform_authentication(request)
         self.check_permissions(request)
+
+
+class ApiKeyGuard(ThrottleBeforeAuthentication):
+    """The brute-force guard on calls authenticated by an API key alone (the management API): an IP
+    that keeps sending API keys that are unknown, revoked or expired is slowed down, then refused,
+    as on the dialects' license calls, whose window it shares. Only those keys count: the license
+    keys the management API looks up are the vendor's own business."""
+
+    throttle_classes = [ApiKeyGuardThrottle]
+
+    def get_throttles(self):
+        return super().get_throttles() if brute_force_guard_on() else []
+
+    def perform_authentication(self, request):
+        try:
+            super().perform_authentication(request)
+        except exceptions.AuthenticationFailed:
+            try:
+                UnknownKeyWindow(client_ident(request)).record_failure()
+            except Exception:
+                # The refusal is right without it; a guess not counted matters less than a 500.
+                logger.exception("Could not count a refused API key")
+            raise

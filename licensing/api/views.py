@@ -34,7 +34,7 @@ from licensing.api.exceptions import SERVER_ERROR, error_body
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.schema import BuiltOnceSchemaGenerator
-from licensing.api.throttling import LicenseCallLimits
+from licensing.api.throttling import ApiKeyGuard, LicenseCallLimits
 from licensing.middleware import content_security_policy
 from licensing.models import Activation, AuditEvent, Customer, IdempotentRequest, License, Plan, Product, SigningKey
 
@@ -505,7 +505,7 @@ class IdempotentChanges:
 
 # Authenticated by API key, never one made for apps; read-only keys may only read. Writes are
 # audited as the key, and take Idempotency-Keys.
-class ManagementView(IdempotentChanges):
+class ManagementView(IdempotentChanges, ApiKeyGuard):
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [ManagementPermission]
     pagination_class = Pagination
