@@ -1343,6 +1343,8 @@ def test_schema_documents_the_refusals_every_operation_can_answer(client):
     # Found by the schema fuzz: the anti-churn refusal answered a 403 the schema did not list.
     assert {"400", "403", "404", "413", "415", "429"} <= set(paths["/api/v1/licenses/deactivate"]["post"]["responses"])
     assert "401" not in paths["/api/v1/licenses/validate"]["post"]["responses"]
+    guarded = paths["/api/v1/licenses"]["get"]["responses"]["429"]["description"]
+    assert guarded == "This address sent too many unknown, revoked or expired API keys; see Retry-After."
     assert all("406" in operation["responses"] for path in paths.values() for operation in path.values())
     issue = next(each for each in paths["/api/v1/licenses"]["post"]["parameters"] if each["name"] == "Idempotency-Key")
     assert issue["schema"] == {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"}

@@ -272,6 +272,39 @@ def test_wrong_api_keys_on_the_management_api_count_and_block_the_address_everyw
     assert neighbour.status_code == 200
 
 
+def test_calls_to_the_management_api_that_guess_no_key_are_never_counted(api_client, guard, delays, issued):
+    apps_key = services.create_api_key(name="app", apps_only=True, actor=services.Actor.system("tests")).key
+    read_only = services.create_api_key(name="reports", read_only=True, actor=services.Actor.system("tests")).key
+    products = "/api/v1/products"
+
+    answers = [
+        api_client.get(products, REMOTE_ADDR=GUESSER),
+        api_client.get(products, REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION="Bearer "),
+        api_client.get(products, REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION="Bearer two words"),
+        api_client.get(products, REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer {apps_key}"),
+        api_client.post(
+            products, {"name": "X"}, format="json", REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer {read_only}"
+        ),
+    ]
+
+    assert [answer.status_code for answer in answers] == [401, 401, 401, 403, 403]
+    assert throttling.UnknownKeyWindow(GUESSER).failures() == 0
+
+
+def test_the_management_api_answers_when_the_guards_counters_cannot_be_read(
+    api_client, guard, delays, api_key, monkeypatch, caplog
+):
+    def cache_down(*args, **kwargs):
+        raise OperationalError("the cache's database is down")
+
+    monkeypatch.setattr(throttling.cache, "get_many", cache_down)
+
+    response = api_client.get("/api/v1/products", REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    assert response.status_code == 200
+    assert "Could not read the brute-force guard's counters" in caplog.text
+
+
 def test_license_keys_the_management_api_looks_up_are_never_counted(api_client, guard, delays, issued, api_key):
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
 

@@ -109,7 +109,9 @@ class LicensingAutoSchema(AutoSchema):
             refusals["415"] = "The request body is not JSON."
         refusals["406"] = "The client takes no JSON (its Accept header)."
         if self.view.throttle_classes:
-            refusals["429"] = "Too many calls from this address or for this key; see Retry-After."
+            refusals["429"] = getattr(
+                self.view, "throttled_because", "Too many calls from this address or for this key; see Retry-After."
+            )
         return refusals
 
     def _is_paginated(self) -> bool:

@@ -1,8 +1,9 @@
-"""Rate limits and the brute-force guard on the public license calls of every face.
+"""Rate limits and the brute-force guard on the public license calls of every face, and the guard
+on the management API.
 
 Rate limits count calls per client IP and per license key in fixed windows; the guard counts
-unknown keys (license keys, and the API keys vendor faces take) per client IP, slows that IP down
-and then refuses it. Counters live in Django's cache (a database table by default, Redis with
+unknown keys (license keys, and the API keys vendor faces and the management API take) per client
+IP, slows that IP down and then refuses it. Counters live in Django's cache (a database table by default, Redis with
 REDIS_URL), so every server process and host shares them. Each face answers a refusal as 429 with
 Retry-After in its own shape, through its own handler of DRF's Throttled error.
 """
@@ -17,7 +18,6 @@ from time import sleep, time
 
 from django.conf import settings
 from django.core.cache import cache
-from rest_framework import exceptions
 from rest_framework.throttling import BaseThrottle
 
 from licensing import keys, services
@@ -234,9 +234,20 @@ class LicenseCallLimits:
 
 
 class ApiKeyGuardThrottle(LicenseCallThrottle):
-    """The brute-force guard alone: the vendor's own systems call as often as their work needs."""
+    """The brute-force guard alone: the vendor's own systems call as often as their work needs.
+
+    Its counters unreadable (Redis down), the call goes on: the management API's keys are too long
+    to guess, and the vendor's systems must still be able to issue licenses.
+    """
 
     rate_limits = ()
+
+    def allow_request(self, request, view):
+        try:
+            return super().allow_request(request, view)
+        except Exception:
+            logger.exception("Could not read the brute-force guard's counters")
+            return True
 
 
 class ThrottleBeforeAuthentication:
@@ -259,17 +270,22 @@ class ApiKeyGuard(ThrottleBeforeAuthentication):
     keys the management API looks up are the vendor's own business."""
 
     throttle_classes = [ApiKeyGuardThrottle]
+    # For the OpenAPI description (licensing.api.schema): what this 429 means.
+    throttled_because = "This address sent too many unknown, revoked or expired API keys; see Retry-After."
 
     def get_throttles(self):
         return super().get_throttles() if brute_force_guard_on() else []
 
     def perform_authentication(self, request):
-        try:
-            super().perform_authentication(request)
-        except exceptions.AuthenticationFailed:
+        # What counts is what the service notes as an unknown key, as on the dialects' calls: a
+        # malformed Authorization header is no guess.
+        with services.counting_unknown_key_lookups() as unknown_keys:
             try:
-                UnknownKeyWindow(client_ident(request)).record_failure()
-            except Exception:
-                # The refusal is right without it; a guess not counted matters less than a 500.
-                logger.exception("Could not count a refused API key")
-            raise
+                super().perform_authentication(request)
+            finally:
+                if unknown_keys.count:
+                    try:
+                        UnknownKeyWindow(client_ident(request)).record_failure()
+                    except Exception:
+                        # The refusal is right without it; a guess not counted matters less than a 500.
+                        logger.exception("Could not count a refused API key")

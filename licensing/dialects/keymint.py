@@ -245,7 +245,7 @@ def expiry(value: Any) -> datetime:
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise KeymintError(400, 1, "expiryDate must be at most 9999-12-31T23:59:59Z") from None
+        raise KeymintError(400, 1, "expiryDate must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z") from None
 
 
 def customer_by_reference(reference: str) -> Customer:
