@@ -55,7 +55,14 @@ SESSION_ADDRESS_KEY = "portal_customer_address"
 
 class SignInForm(forms.Form):
     # Lazy: the label is read when a page is drawn, in that visitor's language, not once at import.
-    email = forms.EmailField(label=gettext_lazy("E-mail address"), max_length=254)
+    email = forms.EmailField(
+        label=gettext_lazy("E-mail address"),
+        max_length=254,
+        error_messages={
+            "required": gettext_lazy("Enter the e-mail address you bought with."),
+            "invalid": gettext_lazy("Enter an e-mail address like name@example.com."),
+        },
+    )
 
 
 def signed_in_customer(request) -> Customer | None:

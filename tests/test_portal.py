@@ -269,10 +269,12 @@ def test_expired_links_are_deleted_when_the_next_one_is_asked_for(client, custom
 
 def test_an_invalid_address_is_a_form_error(client):
     response = request_link(client, "not an address")
+    empty = request_link(client, "").content.decode()
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert "Enter a valid email address." in page
+    assert "Enter an e-mail address like name@example.com." in page
+    assert "Enter the e-mail address you bought with." in empty
     # Announced: the title says so and the field, which names the error, takes the focus.
     assert "<title>Error: Sign in</title>" in page
     assert 'aria-invalid="true" aria-describedby="email-errors" autofocus>' in page
@@ -596,8 +598,13 @@ def test_a_search_over_more_than_a_page_keeps_the_search_in_its_page_links(signe
     macs = devices_section(signed_in.get(url, {"q": " mac "}).content.decode())
     second = devices_section(signed_in.get(url, {"q": "mac", "page": 2}).content.decode())
 
-    assert "No device matches “mac &amp; co”." in no_match
-    assert "Devices 1–2 of 3" in macs and 'href="?q=mac&amp;page=2" rel="next"' in macs
+    assert '<p id="search-result" tabindex="-1">No device matches “mac &amp; co”.</p>' in no_match
+    assert "3 devices match “mac”." in macs and "<caption>Devices 1–2 of 3 matching “mac”</caption>" in macs
+    assert 'href="?q=mac&amp;page=2" rel="next"' in macs
+    assert (
+        "devices matching “mac” · devices, page 2 of 2</title>"
+        in signed_in.get(url, {"q": "mac", "page": 2}).content.decode()
+    )
     assert "Mac 3" in second and "Mac 1" not in second and 'href="?q=mac" rel="prev"' in second
 
 
@@ -621,7 +628,8 @@ def test_a_long_device_list_is_easy_to_page_and_tell_apart_by_keyboard_and_scree
     first = devices_section(signed_in.get(url).content.decode())
     assert 'Agent<br><span class="fingerprint">fp-0</span>' in first
     assert 'Agent<br><span class="fingerprint">fp-1</span>' in first
-    assert "<caption>1 device matches “delta”</caption>" in found
+    assert '<p id="search-result" tabindex="-1">1 device matches “delta”.</p>' in found
+    assert "<caption>Devices matching “delta”</caption>" in found
 
 
 def test_a_device_page_opened_again_after_freeing_it_says_there_is_nothing_to_do(signed_in, issued):
@@ -814,7 +822,7 @@ def test_an_offline_license_file_downloads_for_a_live_device(signed_in, issued):
     activation = activate(issued, "mac", name="MacBook").activation
     page = signed_in.get(reverse("portal:license", args=[issued.license.pk])).content.decode()
     assert "lets the app on its device run without reaching the license server, for 30 days" in page
-    assert '<td data-label="Last seen">now</td>' in page
+    assert '<td role="cell" data-label="Last seen">now</td>' in page
     assert re.search(r"<time [^>]+>\d+ \w+ \d{4}, \d\d:\d\d UTC</time>\s+MacBook activated", page)
 
     response = signed_in.post(reverse("portal:license-file", args=[issued.license.pk, activation.pk]))

@@ -11,6 +11,7 @@ from django.core import mail
 from django.db import connections
 
 from licensing import services
+from portal import views as portal_views
 from tests.factories import activate, make_customer, make_license, make_plan, make_product
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -87,6 +88,7 @@ def test_customer_signs_in_and_frees_a_device(page, live_server):
     page.get_by_role("button", name="Yes, deactivate it").click()
 
     page.get_by_text("MacBook deactivated. 1 of 3 slots in use.").wait_for()
+    page.wait_for_load_state("load")
     screenshot(page, "6-deactivated")
     # Focus on the message is what makes a screen reader read it out after the redirect.
     assert page.evaluate("document.activeElement.id") == "messages"
@@ -128,6 +130,33 @@ def sign_in(page, live_server, email: str) -> None:
     page.goto(re.search(r"https?://\S+", mail.outbox[-1].body).group(0))
     page.get_by_role("button", name="Continue to your licenses").click()
     page.get_by_role("heading", name="Your licenses").wait_for()
+
+
+def test_a_device_search_says_what_it_found_and_a_phone_does_not_read_out_column_names_twice(
+    page, live_server, monkeypatch
+):
+    monkeypatch.setattr(portal_views, "DEVICES_PER_PAGE", 2)
+    issued = make_license(plan=make_plan(max_activations=5), customer=make_customer(email="ada@example.com"))
+    for number, name in enumerate(["Build agent 1", "Build agent 2", "Office PC"]):
+        activate(issued, f"fp-{number}", name=name, platform="Linux")
+    sign_in(page, live_server, "ada@example.com")
+    page.goto(f"{live_server.url}/portal/licenses/{issued.license.pk}/")
+
+    page.get_by_label("Find a device").fill("agent")
+    page.get_by_label("Find a device").press("Enter")
+    page.get_by_text("2 devices match “agent”.").wait_for()
+    page.wait_for_load_state("load")
+
+    # Focus on the result is what makes a screen reader say it: the page otherwise looks unchanged.
+    assert page.evaluate("document.activeElement.id") == "search-result"
+    assert "devices matching “agent”" in page.title()
+    page.set_viewport_size({"width": 360, "height": 700})
+    screenshot(page, "search-phone")
+    # Each cell still shows its column's name on a narrow screen, where the header row is hidden.
+    label = page.evaluate("getComputedStyle(document.querySelector('td[data-label]'), '::before').content")
+    assert label.startswith('"Device: "')
+    cells = page.locator("table").aria_snapshot()
+    assert "Build agent 1" in cells and "Platform:" not in cells
 
 
 def test_a_long_address_and_a_nameless_device_fit_a_320_px_screen_with_controls_a_thumb_can_hit(page, live_server):

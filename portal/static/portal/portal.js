@@ -1,7 +1,9 @@
 (function (words) {
   // A message that came with the page (after a redirect) is read out only once focus is on it.
+  // So is what a device search found: the page looks the same to a screen reader until then.
   var messages = document.getElementById("messages");
-  if (messages) { messages.focus(); }
+  var searchResult = document.getElementById("search-result");
+  if (messages) { messages.focus(); } else if (searchResult) { searchResult.focus(); }
   document.querySelectorAll("button.copy").forEach(function (button) {
     button.onclick = function () {
       var label = button.querySelector(".label");
