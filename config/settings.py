@@ -312,7 +312,7 @@ if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 # The admin's forms get the admin's page, the portal's the portal's (templates/403_csrf.html).
-CSRF_FAILURE_VIEW = "licensing.admin.csrf_failure"
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 # Pages run only this server's own script and style files (licensing.middleware). data: images are
 # the admin's and the API docs' icons; forms post only here, and no other site may frame a page.
 CONTENT_SECURITY_POLICY = {

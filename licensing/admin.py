@@ -41,7 +41,6 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst, get_text_list
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
-from django.views.csrf import csrf_failure as django_csrf_failure
 
 from licensing import errors, keys, services, signing
 from licensing.addresses import client_ip
@@ -2105,11 +2104,12 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
     )
 
 
-def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
-    """A form sent without its CSRF check (settings' CSRF_FAILURE_VIEW): the admin's page for the
-    admin's forms, the portal's (403_csrf.html) for the others."""
-    if request.resolver_match is None or request.resolver_match.namespace != admin.site.name:
-        return django_csrf_failure(request, reason)
+def is_admin_request(request: HttpRequest) -> bool:
+    return request.resolver_match is not None and request.resolver_match.namespace == admin.site.name
+
+
+def csrf_failure(request: HttpRequest) -> HttpResponse:
+    """The admin's page for one of its forms sent without its CSRF check (portal.views.csrf_failure)."""
     return refused_page(
         request,
         _("This page has expired"),

@@ -110,6 +110,15 @@ def page_not_found(request, exception=None):
     return render(request, "404.html", status=404)
 
 
+def csrf_failure(request, reason: str = ""):
+    """A form sent without its CSRF check (settings' CSRF_FAILURE_VIEW): the admin's page for the
+    admin's forms, else the portal's (403_csrf.html), whose header says who is signed in."""
+    if admin_pages.is_admin_request(request):
+        return admin_pages.csrf_failure(request)
+    request.customer = signed_in_customer(request)
+    return render(request, "403_csrf.html", status=403)
+
+
 def not_found_for_others(view):
     """A license or device that is not the customer's is simply not there: 404, never 403."""
 

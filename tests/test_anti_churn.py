@@ -272,6 +272,7 @@ def test_the_portal_offers_no_deactivation_it_would_refuse_and_says_when_a_chang
     assert '<a href="https://support.example.com/">Contact support</a> to move a device.' in page
     # A confirmation reached by its address says so at once, with no button to press in vain.
     assert "no device changes left for now" in confirmation.content.decode()
+    assert "<h1>Not enough device changes left</h1>" in confirmation.content.decode()
     assert "Yes, deactivate it" not in confirmation.content.decode()
     assert Activation.objects.get(pk=device.pk).is_live
 

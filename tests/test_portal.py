@@ -640,6 +640,14 @@ def test_a_device_page_opened_again_after_freeing_it_says_there_is_nothing_to_do
     again = signed_in.get(url).content.decode()
 
     assert "MacBook is already deactivated: there is nothing to do." in again
+    # A statement, not the question there is nothing to answer; the license it is about above it.
+    assert "<h1>Nothing to deactivate</h1>" in again
+    assert f"<title>Nothing to deactivate · {issued.license.product.name} · {issued.license.plan.name}</title>" in again
+    license_url = reverse("portal:license", args=[issued.license.pk])
+    assert (
+        f'<a class="step" href="{license_url}">← {issued.license.product.name} · {issued.license.plan.name}</a>'
+        in again
+    )
     assert "Yes, deactivate it" not in again
 
 
@@ -699,7 +707,10 @@ def test_deactivating_a_device_frees_its_slot(signed_in, issued):
     activation = activate(issued, "mac", name="MacBook").activation
     activate(issued, "pc", name="PC")
     url = reverse("portal:deactivate-device", args=[issued.license.pk, activation.pk])
-    assert "<title>Deactivate MacBook?</title>" in signed_in.get(url).content.decode()
+    assert (
+        f"<title>Deactivate MacBook? · {issued.license.product.name} · {issued.license.plan.name}</title>"
+        in signed_in.get(url).content.decode()
+    )
 
     response = signed_in.post(url, follow=True)
 
@@ -764,6 +775,7 @@ def test_deactivate_all_with_no_device_in_use_offers_nothing_to_confirm(signed_i
     confirmation = signed_in.get(reverse("portal:deactivate-all", args=[issued.license.pk])).content.decode()
 
     assert "No device is using this license: there is nothing to deactivate." in confirmation
+    assert "<h1>Nothing to deactivate</h1>" in confirmation
     assert "Old laptop" not in confirmation
     assert "Yes, deactivate all devices" not in confirmation
 
@@ -957,7 +969,7 @@ def test_a_page_that_is_not_there_says_so_with_a_way_back(signed_in, customer, p
     assert response.status_code == 404
     page = response.content.decode()
     assert "There is nothing here" in page
-    assert f'href="{reverse("portal:licenses")}"' in page
+    assert f'<a class="step" href="{reverse("portal:licenses")}">Your licenses</a>' in page
     # Still signed in, as the header says on every other page.
     assert f'<span class="who">{customer.email}</span>' in page
 
@@ -1030,4 +1042,17 @@ def test_a_form_sent_without_its_csrf_check_says_so_with_a_way_back(customer):
     page = response.content.decode()
     assert "<title>Page expired</title>" in page
     assert "Nothing was done" in page
-    assert f'<a href="{reverse("portal:licenses")}">Your licenses</a>' in page
+    assert f'<a class="step" href="{reverse("portal:licenses")}">Sign in</a>' in page
+
+
+def test_a_signed_in_customers_form_sent_without_its_csrf_check_keeps_them_signed_in(signed_in, customer):
+    browser = Client(enforce_csrf_checks=True)
+    browser.cookies = signed_in.cookies
+
+    response = browser.post(reverse("portal:sign-out"))
+
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "<title>Page expired" in page
+    assert f'<span class="who">{customer.email}</span>' in page
+    assert f'<a class="step" href="{reverse("portal:licenses")}">Your licenses</a>' in page

@@ -77,6 +77,8 @@ def test_customer_signs_in_and_frees_a_device(page, live_server):
     page.get_by_role("button", name="Continue to your licenses").click()
     page.get_by_role("heading", name="Your licenses").wait_for()
     assert "2 of 3 slots in use" in page.content()
+    # A link on its own line is tapped with a thumb, as the buttons are: 44 px high.
+    assert page.get_by_role("link", name=re.compile("Sign out everywhere")).bounding_box()["height"] >= 44
     screenshot(page, "3-licenses")
 
     page.get_by_role("link", name="Photon Editor · Personal", exact=True).click()
