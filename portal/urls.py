@@ -6,6 +6,7 @@ app_name = "portal"
 
 urlpatterns = [
     path("", views.sign_in, name="sign-in"),
+    path("check-email/", views.check_email, name="check-email"),
     path("sign-in/<str:token>/", views.redeem, name="redeem"),
     path("sign-out/", views.sign_out, name="sign-out"),
     path("licenses/", views.license_list, name="licenses"),

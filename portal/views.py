@@ -21,7 +21,7 @@ from django.contrib import messages
 from django.core.mail import EmailMessage
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -51,6 +51,8 @@ DEVICES_NAMED_BEFORE_FREEING_ALL = 20
 # support changing a taken-over mailbox's address signs out whoever used it, as Django ends staff
 # sessions with a new password.
 SESSION_ADDRESS_KEY = "portal_customer_address"
+# The address a sign-in link was asked for, for the page that says where to look.
+SESSION_LINK_SENT_TO_KEY = "portal_link_sent_to"
 
 
 class SignInForm(forms.Form):
@@ -158,11 +160,20 @@ def sign_in(request):
             subject = _("Your %(vendor)s sign-in link") % {"vendor": vendor} if vendor else _("Your sign-in link")
             mail = functools.partial(send_sign_in_link, customer, subject, body)
         # The same answer, as fast, whether or not the address is a customer's, so addresses cannot
-        # be probed: the mail goes once the answer is sent.
-        minutes = int(services.SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
-        page = render_to_string("portal/check_email.html", {"email": email, "minutes": minutes}, request)
-        return AnswerThen(page, then=mail)
+        # be probed: the mail goes once the answer is sent. A page of its own, so reloading it
+        # shows it again instead of asking for another link, which would count against the limit.
+        request.session[SESSION_LINK_SENT_TO_KEY] = email
+        return RedirectThen(reverse("portal:check-email"), then=mail)
     return render(request, "portal/sign_in.html", {"form": form})
+
+
+@require_http_methods(["GET", "HEAD"])
+def check_email(request):
+    email = request.session.get(SESSION_LINK_SENT_TO_KEY)
+    if email is None:
+        return redirect("portal:sign-in")
+    minutes = int(services.SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
+    return render(request, "portal/check_email.html", {"email": email, "minutes": minutes})
 
 
 # Work done after an answer is sent, off the server's threads: a server thread answers a
@@ -171,8 +182,8 @@ def sign_in(request):
 after_answers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portal-after-answer")
 
 
-class AnswerThen(HttpResponse):
-    """A page that starts `then` once the server has sent it (on the WSGI close), so how long
+class RedirectThen(HttpResponseRedirect):
+    """A redirect that starts `then` once the server has sent it (on the WSGI close), so how long
     `then` takes, or whether there was one, shows neither in the client's wait for this answer
     nor in its next request on the same connection.
 
@@ -180,8 +191,8 @@ class AnswerThen(HttpResponse):
     database, and it logs its own failures (nobody reads what it raises).
     """
 
-    def __init__(self, content: str, *, then: Callable[[], None] | None):
-        super().__init__(content)
+    def __init__(self, to: str, *, then: Callable[[], None] | None):
+        super().__init__(to)
         self.then = then
 
     def close(self):

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.django_db
 
 
 def request_link(client, email: str, **extra):
-    return client.post(reverse("portal:sign-in"), {"email": email}, **extra)
+    """The page a customer sees after asking for a link: the check-email page, or the form's refusal."""
+    return client.post(reverse("portal:sign-in"), {"email": email}, follow=True, **extra)
 
 
 def link_from_mail(message) -> str:
@@ -61,6 +62,19 @@ def test_a_customer_gets_a_link_that_signs_them_in(client, customer, issued):
     assert client.get(path).status_code == 200
     assert client.post(path).headers["Location"] == reverse("portal:licenses")
     assert "Photon Editor" in client.get(reverse("portal:licenses")).content.decode()
+
+
+def test_reloading_the_page_after_asking_for_a_link_asks_for_no_other(client, customer):
+    asked = request_link(client, customer.email)
+    reloads = [client.get(reverse("portal:check-email")) for _ in range(4)]
+
+    assert asked.redirect_chain == [(reverse("portal:check-email"), 302)]
+    assert [reload.status_code for reload in reloads] == [200] * 4
+    assert f"If {customer.email} has licenses with us" in reloads[-1].content.decode()
+    assert len(mail.outbox) == 1
+    assert SignInLink.objects.count() == 1
+    # Nothing asked in this browser: the page to ask from.
+    assert Client().get(reverse("portal:check-email")).headers["Location"] == reverse("portal:sign-in")
 
 
 def test_the_mail_is_named_after_the_senders_domain_not_the_machine(client, customer, settings):
@@ -236,7 +250,7 @@ def test_the_link_is_mailed_off_the_server_thread_once_the_answer_is_sent(rf, cu
     mail_server_answers.set()
     portal_views.after_answers.shutdown(wait=True)
 
-    assert "Check your e-mail" in response.content.decode()
+    assert response.headers["Location"] == reverse("portal:check-email")
     assert (sent_when_the_server_thread_was_free, len(mail.outbox)) == (0, 1)
 
 
