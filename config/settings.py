@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -15,9 +17,28 @@ env = environ.Env()
 # Real environment variables win over the file: environ only fills what is unset.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
+def number(name: str, default: float, *, minimum: float, maximum: float | None = None, whole: bool = True) -> float:
+    """A number setting, or a start-up error naming it and its range. Not django-environ's parsing,
+    which drops whatever is not a digit ("500ms" was 500 seconds) and fails without naming the setting.
+    Empty is unset; a default is checked too, as a bound may come from another setting."""
+    text = os.environ.get(name, "").strip()
+    try:
+        value = default if not text else int(text) if whole else float(text)
+    except ValueError:
+        value = math.nan
+    if not minimum <= value <= (math.inf if maximum is None else maximum):
+        kind = "a whole number" if whole else "a number"
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"no less than {minimum}"
+        given = repr(text) if text else f"{default} (its default)"
+        raise ImproperlyConfigured(f"{name} must be {kind} {bounds}, not {given}.")
+    return value
+
+
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+# Secrets as written: django-environ would read one starting with "$" as the name of another variable.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("Set DJANGO_SECRET_KEY (it is required when DJANGO_DEBUG is off).")
@@ -25,40 +46,31 @@ if not SECRET_KEY:
 
 # Keyed digests and encrypted copies of license keys derive from this secret. It is separate from
 # DJANGO_SECRET_KEY so that rotating session signing never makes stored license keys unreadable.
-LICENSE_KEY_SECRET = env.str("LICENSE_KEY_SECRET", default="")
+LICENSE_KEY_SECRET = os.environ.get("LICENSE_KEY_SECRET", "")
 if not LICENSE_KEY_SECRET:
     if not DEBUG:
         raise ImproperlyConfigured("Set LICENSE_KEY_SECRET (it is required when DJANGO_DEBUG is off).")
     LICENSE_KEY_SECRET = "insecure-development-only-license-key-secret"
 # Other secrets, only while a rotation runs (see the README): what was stored under them is still
 # read, and `manage.py rekey_secrets` stores it again under LICENSE_KEY_SECRET.
-LICENSE_KEY_SECRET_FALLBACKS = [secret.strip() for secret in env.list("LICENSE_KEY_SECRET_FALLBACKS", default=[])]
+_fallbacks = os.environ.get("LICENSE_KEY_SECRET_FALLBACKS", "")
+LICENSE_KEY_SECRET_FALLBACKS = [secret.strip() for secret in _fallbacks.split(",")] if _fallbacks.strip() else []
 if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS or "" in LICENSE_KEY_SECRET_FALLBACKS:
     raise ImproperlyConfigured(
         "LICENSE_KEY_SECRET_FALLBACKS lists other secrets than LICENSE_KEY_SECRET, comma-separated, none empty."
     )
 
 # Offline license files: how long one lets a device run without the server, at most and by default.
-OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=env.int("OFFLINE_LICENSE_MAX_TTL", default=365 * 24 * 3600))
-if OFFLINE_LICENSE_MAX_TTL.total_seconds() < 60:
-    raise ImproperlyConfigured("OFFLINE_LICENSE_MAX_TTL must be at least 60 seconds.")
-# Unset, never past the maximum: lowering only the maximum must not stop the server.
+OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=number("OFFLINE_LICENSE_MAX_TTL", 365 * 24 * 3600, minimum=60))
+# Unset, never past the maximum: lowering only the maximum must not stop the server. Checked here,
+# not at the first checkout: a default outside the range would refuse every file an app or customer
+# asks for without a ttl, blaming a ttl they never sent.
+_most_seconds = int(OFFLINE_LICENSE_MAX_TTL.total_seconds())
 OFFLINE_LICENSE_DEFAULT_TTL = timedelta(
-    seconds=env.int(
-        "OFFLINE_LICENSE_DEFAULT_TTL", default=int(min(timedelta(days=30), OFFLINE_LICENSE_MAX_TTL).total_seconds())
-    )
+    seconds=number("OFFLINE_LICENSE_DEFAULT_TTL", min(30 * 24 * 3600, _most_seconds), minimum=60, maximum=_most_seconds)
 )
-# Checked here, not at the first checkout: a default outside the range would refuse every file an
-# app or customer asks for without a ttl, blaming a ttl they never sent.
-if not timedelta(minutes=1) <= OFFLINE_LICENSE_DEFAULT_TTL <= OFFLINE_LICENSE_MAX_TTL:
-    raise ImproperlyConfigured(
-        "OFFLINE_LICENSE_DEFAULT_TTL must be from 60 seconds to OFFLINE_LICENSE_MAX_TTL "
-        f"({int(OFFLINE_LICENSE_MAX_TTL.total_seconds())} seconds)."
-    )
 # Validation counts and devices' last-seen times are written this often (0: with each validation).
-VALIDATION_TALLY_SECONDS = env.float("VALIDATION_TALLY_SECONDS", default=1.0)
-if VALIDATION_TALLY_SECONDS < 0:
-    raise ImproperlyConfigured("VALIDATION_TALLY_SECONDS must be 0 or more.")
+VALIDATION_TALLY_SECONDS = number("VALIDATION_TALLY_SECONDS", 1.0, minimum=0, whole=False)
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 # Where customers reach the server, e.g. https://licenses.example.com: portal sign-in links lead
@@ -137,7 +149,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             # SQLite ignores row locks: IMMEDIATE makes every transaction take the write lock at
             # BEGIN, so concurrent activations queue behind each other instead of racing.
             "transaction_mode": "IMMEDIATE",
-            "timeout": env.int("SQLITE_BUSY_TIMEOUT", default=20),
+            "timeout": number("SQLITE_BUSY_TIMEOUT", 20, minimum=0),
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
@@ -149,14 +161,18 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "pool": {
-                "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
-                "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
-                "timeout": env.int("DATABASE_POOL_TIMEOUT", default=10),
+                "min_size": (_pool_min := number("DATABASE_POOL_MIN_SIZE", 2, minimum=0)),
+                "max_size": number("DATABASE_POOL_MAX_SIZE", 20, minimum=max(1, _pool_min)),
+                "timeout": number("DATABASE_POOL_TIMEOUT", 10, minimum=1),
             },
             # Server-side prepared statements after a query's 5th run: planning the license look-up
             # costs more than running it. Django turns them off for PgBouncer in transaction mode;
             # set DATABASE_PREPARE_THRESHOLD= (empty) or 0 behind such a pooler.
-            "prepare_threshold": int(env.str("DATABASE_PREPARE_THRESHOLD", default="5") or 0) or None,
+            "prepare_threshold": (
+                number("DATABASE_PREPARE_THRESHOLD", 5, minimum=0) or None
+                if os.environ.get("DATABASE_PREPARE_THRESHOLD", "5").strip()
+                else None
+            ),
             "server_side_binding": True,
         }
     )
@@ -175,7 +191,7 @@ REST_FRAMEWORK = {
     "UNICODE_JSON": False,
     # Proxies in front of the app whose X-Forwarded-For to trust for the client IP of rate limits;
     # 0 uses the connection's address, so a client cannot pick its own IP.
-    "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
+    "NUM_PROXIES": number("DJANGO_NUM_PROXIES", 0, minimum=0),
 }
 # Rate limits of the public license calls (native and every vendor dialect), as "N/second|minute|
 # hour|day"; empty turns one off. Counters are shared through the cache below.
@@ -185,24 +201,27 @@ LICENSE_RATE_LIMITS = {
 }
 for _scope, _rate in LICENSE_RATE_LIMITS.items():
     # Checked here, not on the first license call, which would otherwise fail on every request.
-    if _rate and not re.fullmatch(r"[1-9][0-9]*/[smhd][a-z]*", _rate):
+    # DRF's periods: only their first letter is read, so anything else ("month") would be misread.
+    if _rate and not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)s?", _rate):
         raise ImproperlyConfigured(f"RATE_LIMIT_{_scope.upper()} must look like 600/minute, or be empty for no limit.")
 # Brute-force guard of the same calls: once a client IP has named `slow_after` unknown keys (license
 # keys, or the API keys vendor faces take) within a `window` (seconds), each of its calls waits a
 # little longer, up to `max_delay` seconds; after `block_after` it is refused (429) until the window
 # ends. 0 turns a stage off.
 BRUTE_FORCE = {
-    "slow_after": env.int("BRUTE_FORCE_SLOW_AFTER", default=10),
-    "block_after": env.int("BRUTE_FORCE_BLOCK_AFTER", default=30),
-    "window": env.int("BRUTE_FORCE_WINDOW", default=15 * 60),
-    "max_delay": env.float("BRUTE_FORCE_MAX_DELAY", default=1.0),
+    "slow_after": number("BRUTE_FORCE_SLOW_AFTER", 10, minimum=0),
+    "block_after": number("BRUTE_FORCE_BLOCK_AFTER", 30, minimum=0),
+    "window": number("BRUTE_FORCE_WINDOW", 15 * 60, minimum=1),
+    # A waiting call holds a server thread: a long wait would let a few guessers hold them all.
+    "max_delay": number("BRUTE_FORCE_MAX_DELAY", 1.0, minimum=0, maximum=10, whole=False),
 }
-if BRUTE_FORCE["window"] < 1 or min(BRUTE_FORCE.values()) < 0:
-    raise ImproperlyConfigured("BRUTE_FORCE_WINDOW must be at least 1, and no BRUTE_FORCE_ setting negative.")
 # Shared by every process and host: a database table by default (no extra service to run), Redis
 # when REDIS_URL is set.
-if env.str("REDIS_URL", default=""):
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env.str("REDIS_URL")}}
+if REDIS_URL := os.environ.get("REDIS_URL", "").strip():
+    # Checked here: a malformed one would otherwise fail every license call, not the start.
+    if not re.fullmatch(r"(rediss?|unix)://\S+", REDIS_URL):
+        raise ImproperlyConfigured("REDIS_URL must look like redis://host:6379/0 (or rediss://, unix://).")
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CACHES = {
         "default": {
@@ -216,7 +235,8 @@ else:
         }
     }
 
-API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
+# Under a kilobyte, a license call with a long key and a device's metadata would be refused as too large.
+API_MAX_BODY_BYTES = number("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Licensing server API",
@@ -254,11 +274,11 @@ FORMAT_MODULE_PATH = ["config.formats"]
 
 # E-mail (the portal's sign-in links). The default prints messages on the console, so `make run`
 # users can sign in as a demo customer; set EMAIL_URL=smtp+tls://user:password@host:587 in production.
-vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+vars().update(env.email_url_config(os.environ.get("EMAIL_URL", "").strip() or "consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="licenses@localhost")
 # Seconds an SMTP server may take to answer: a sign-in link waits that long on a silent one, in
 # a queue of its own (portal.views.after_answers), before its failure is logged.
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+EMAIL_TIMEOUT = number("EMAIL_TIMEOUT", 10, minimum=1)
 
 # Server-side: a message may carry a secret shown once (a new API or license key), and the
 # default cookie storage would put it, signed but readable, in the browser's cookies.
@@ -274,7 +294,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
-LOG_LEVEL = env.str("DJANGO_LOG_LEVEL", default="INFO")
+LOG_LEVEL = os.environ.get("DJANGO_LOG_LEVEL", "").strip().upper() or "INFO"
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured("DJANGO_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -305,7 +327,7 @@ LOGGING = {
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_SECONDS = number("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):

@@ -28,3 +28,4 @@ urlpatterns = [
 # Only the admin refuses a page with PermissionDenied: its page, in its look.
 handler403 = "licensing.admin.permission_denied"
 handler404 = "portal.views.page_not_found"
+handler500 = "portal.views.server_error"

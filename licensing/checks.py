@@ -103,7 +103,7 @@ def check_email_is_sent(app_configs, **kwargs):
         return []
     return [
         Warning(
-            "E-mail is not sent: portal sign-in links, which sign a customer in, are written to the log.",
+            "E-mail is not sent: portal sign-in links, which sign a customer in, are written to the log or to files.",
             hint="Set EMAIL_URL=smtp+tls://user:password@host:587, or EMAIL_URL=dummymail:// if no customer "
             "uses the portal.",
             id="licensing.W002",

@@ -20,8 +20,9 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.mail import EmailMessage
 from django.core.paginator import Paginator
+from django.db import DatabaseError
 from django.db.models import Q
-from django.http import Http404, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -33,10 +34,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
+from django.views.defaults import server_error as django_server_error
 
 from licensing import admin as admin_pages
 from licensing import errors, services
 from licensing.addresses import client_ip
+from licensing.api.exceptions import SERVER_ERROR, error_body
 from licensing.api.views import build_license_file
 from licensing.models import Customer, License
 
@@ -77,6 +80,7 @@ def signed_in_customer(request) -> Customer | None:
 def start_session(session, customer: Customer) -> None:
     session[SESSION_KEY] = customer.pk
     session[SESSION_ADDRESS_KEY] = _address(customer)
+    session.pop(SESSION_LINK_SENT_TO_KEY, None)
 
 
 def _address(customer: Customer) -> str:
@@ -108,8 +112,25 @@ def page_not_found(request, exception=None):
     whose header says who is signed in, as on every other portal page."""
     if request.path.startswith(reverse("admin:index")):
         return admin_pages.not_found(request)
-    request.customer = getattr(request, "customer", None) or signed_in_customer(request)
+    request.customer = getattr(request, "customer", None) or _customer_if_known(request)
     return render(request, "404.html", status=404)
+
+
+def _customer_if_known(request) -> Customer | None:
+    # For the error pages' header: the database may be what failed, and the page must still be drawn.
+    try:
+        return signed_in_customer(request)
+    except DatabaseError:
+        return None
+
+
+def server_error(request):
+    """Django's 500 page (settings' handler500), for a failure outside the views' own handling (the
+    database gone while a license call's answer was signed): JSON under the APIs, which apps read,
+    else the portal's page."""
+    if request.path.startswith(("/api/", "/compat/")):
+        return JsonResponse(error_body(SERVER_ERROR, "The server could not answer. Try again."), status=500)
+    return django_server_error(request)
 
 
 def csrf_failure(request, reason: str = ""):
@@ -117,7 +138,7 @@ def csrf_failure(request, reason: str = ""):
     admin's forms, else the portal's (403_csrf.html), whose header says who is signed in."""
     if admin_pages.is_admin_request(request):
         return admin_pages.csrf_failure(request)
-    request.customer = signed_in_customer(request)
+    request.customer = _customer_if_known(request)
     return render(request, "403_csrf.html", status=403)
 
 
@@ -162,15 +183,20 @@ def sign_in(request):
         # The same answer, as fast, whether or not the address is a customer's, so addresses cannot
         # be probed: the mail goes once the answer is sent. A page of its own, so reloading it
         # shows it again instead of asking for another link, which would count against the limit.
-        request.session[SESSION_LINK_SENT_TO_KEY] = email
+        request.session[SESSION_LINK_SENT_TO_KEY] = [email, timezone.now().timestamp()]
         return RedirectThen(reverse("portal:check-email"), then=mail)
     return render(request, "portal/sign_in.html", {"form": form})
 
 
+@never_cache
 @require_http_methods(["GET", "HEAD"])
 def check_email(request):
-    email = request.session.get(SESSION_LINK_SENT_TO_KEY)
-    if email is None:
+    if signed_in_customer(request):
+        return redirect("portal:licenses")
+    # Shown while the link can be used, no longer: on a shared computer, the address stays private.
+    email, asked_at = request.session.get(SESSION_LINK_SENT_TO_KEY) or (None, 0)
+    if email is None or timezone.now().timestamp() - asked_at > services.SIGN_IN_LINK_LIFETIME.total_seconds():
+        request.session.pop(SESSION_LINK_SENT_TO_KEY, None)
         return redirect("portal:sign-in")
     minutes = int(services.SIGN_IN_LINK_LIFETIME.total_seconds() // 60)
     return render(request, "portal/check_email.html", {"email": email, "minutes": minutes})
@@ -440,10 +466,10 @@ def deactivate_device(request, license_id, activation_id):
         context = {
             "activation": activation,
             "name": name,
-            # Opened again (the browser's Back after freeing it): nothing to confirm.
+            # Opened again (the browser's Back after freeing it): nothing to confirm, nor to refuse.
             "already_inactive": not activation.is_live,
             "place": _device_list_place(request),
-            **_what_deactivating_costs(request, activation.license, count=1),
+            **_what_deactivating_costs(request, activation.license, count=1 if activation.is_live else 0),
         }
         return render(request, "portal/confirm.html", context)
     try:

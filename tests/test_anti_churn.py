@@ -252,6 +252,22 @@ def test_the_portal_shows_changes_left_and_refuses_clearly(client, churny, custo
     assert Activation.objects.get(pk=activation.pk).is_live
 
 
+def test_a_device_freed_with_the_last_change_and_opened_again_has_nothing_to_do_not_a_refusal(
+    client, churny, customer, app_actor
+):
+    sign_in(client, customer)
+    deactivate(churny, "a", app_actor)
+    device = Activation.objects.get(license=churny.license, fingerprint="b")
+    url = reverse("portal:deactivate-device", args=[churny.license.pk, device.pk])
+    client.post(url)
+
+    again = client.get(url).content.decode()
+
+    assert "<h1>Nothing to deactivate</h1>" in again
+    assert "b is already deactivated: there is nothing to do." in again
+    assert "Contact support" not in again
+
+
 def test_the_portal_offers_no_deactivation_it_would_refuse_and_says_when_a_change_comes_back(
     client, churny, customer, app_actor, settings
 ):

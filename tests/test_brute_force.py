@@ -302,7 +302,23 @@ def test_the_management_api_answers_when_the_guards_counters_cannot_be_read(
     response = api_client.get("/api/v1/products", REMOTE_ADDR=GUESSER, HTTP_AUTHORIZATION=f"Bearer {api_key}")
 
     assert response.status_code == 200
-    assert "Could not read the brute-force guard's counters" in caplog.text
+    assert "Could not read the rate limits' and the brute-force guard's counters" in caplog.text
+
+
+@pytest.mark.parametrize("face", ["native", "kelviq", "polar", "keymint", "getkeymanager"])
+def test_license_calls_are_answered_when_the_counters_cannot_be_read(
+    api_client, guard, delays, issued, api_key, monkeypatch, caplog, face
+):
+    # Redis down must not stop every app: the calls go on unlimited, and the failure is logged.
+    def cache_down(*args, **kwargs):
+        raise OperationalError("the cache is down")
+
+    monkeypatch.setattr(throttling.cache, "get_many", cache_down)
+
+    answer = face_calls(api_client, api_key)[face](issued.key, GUESSER)
+
+    assert answer.status_code == 200
+    assert "Could not read the rate limits' and the brute-force guard's counters" in caplog.text
 
 
 def test_license_keys_the_management_api_looks_up_are_never_counted(api_client, guard, delays, issued, api_key):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import smtplib
 import socket
@@ -13,10 +14,10 @@ import pytest
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core import mail
 from django.core.mail import BadHeaderError, EmailMessage
+from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-from django.views.defaults import server_error
 from license_verifier import verify_license_file
 
 from licensing import services
@@ -73,8 +74,28 @@ def test_reloading_the_page_after_asking_for_a_link_asks_for_no_other(client, cu
     assert f"If {customer.email} has licenses with us" in reloads[-1].content.decode()
     assert len(mail.outbox) == 1
     assert SignInLink.objects.count() == 1
+    assert "no-cache" in reloads[-1].headers["Cache-Control"]
     # Nothing asked in this browser: the page to ask from.
     assert Client().get(reverse("portal:check-email")).headers["Location"] == reverse("portal:sign-in")
+
+
+def test_the_address_asked_for_is_shown_only_while_its_link_can_be_used(client, customer, monkeypatch):
+    request_link(client, customer.email)
+    later = timezone.now() + services.SIGN_IN_LINK_LIFETIME + timedelta(seconds=1)
+    monkeypatch.setattr(portal_views.timezone, "now", lambda: later)
+
+    response = client.get(reverse("portal:check-email"))
+
+    assert response.headers["Location"] == reverse("portal:sign-in")
+
+
+def test_signed_in_the_page_after_asking_for_a_link_leads_to_the_licenses(client, customer):
+    sign_in(client, customer)
+
+    response = client.get(reverse("portal:check-email"))
+
+    assert response.headers["Location"] == reverse("portal:licenses")
+    assert portal_views.SESSION_LINK_SENT_TO_KEY not in client.session
 
 
 def test_the_mail_is_named_after_the_senders_domain_not_the_machine(client, customer, settings):
@@ -112,12 +133,19 @@ def test_without_a_sellers_name_the_pages_and_mail_name_none(client, customer, s
     assert "see your licenses and devices" in mail.outbox[0].body
 
 
-def test_an_unknown_address_gets_the_same_answer_and_no_mail(client, customer):
-    known = request_link(client, "ada@example.com").content.decode()
+def test_an_unknown_address_gets_the_same_answer_and_no_mail(customer):
+    def answer(email: str):
+        browser = Client()
+        redirect = browser.post(reverse("portal:sign-in"), {"email": email})
+        cookie = redirect.cookies["sessionid"]
+        shown = browser.get(redirect.headers["Location"]).content.decode()
+        return redirect.status_code, sorted(redirect.headers.items()), sorted(cookie.items()), len(cookie.value), shown
 
-    unknown = request_link(client, "nobody@example.com").content.decode()
+    known = answer("ada@example.com")
+    unknown = answer("nobody@example.com")
 
-    assert unknown.replace("nobody@example.com", "ada@example.com") == known
+    assert known[:4] == unknown[:4]
+    assert unknown[4].replace("nobody@example.com", "ada@example.com") == known[4]
     assert len(mail.outbox) == 1
     assert SignInLink.objects.filter(email="nobody@example.com", customer=None).count() == 1
 
@@ -999,10 +1027,26 @@ def test_an_admin_page_that_is_not_there_is_the_admins_page(staff_client):
 
 
 def test_a_server_error_page_renders_with_nothing_from_the_request(rf):
-    response = server_error(rf.get("/portal/licenses/"))
+    response = portal_views.server_error(rf.get("/portal/licenses/"))
 
     assert response.status_code == 500
     assert "Something went wrong on our side" in response.content.decode()
+
+
+def test_a_failure_outside_an_api_views_own_handling_is_answered_in_json(api_client, issued, monkeypatch, rf):
+    # Signing happens after the view's own error handling: the database gone then was the portal's page.
+    def database_gone():
+        raise OperationalError("the database is gone")
+
+    monkeypatch.setattr(services, "current_signing_key", database_gone)
+    api_client.raise_request_exception = False
+
+    response = api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
+    dialect = portal_views.server_error(rf.post("/compat/kelviq/api/v1/license/validate/"))
+
+    for answer in (response, dialect):
+        assert (answer.status_code, answer["Content-Type"]) == (500, "application/json")
+        assert json.loads(answer.content)["error"]["code"] == "server_error"
 
 
 def test_customers_are_shown_where_to_get_help_when_the_vendor_says_where(signed_in, customer, plan, actor, settings):
@@ -1056,7 +1100,22 @@ def test_a_form_sent_without_its_csrf_check_says_so_with_a_way_back(customer):
     page = response.content.decode()
     assert "<title>Page expired</title>" in page
     assert "Nothing was done" in page
-    assert f'<a class="step" href="{reverse("portal:licenses")}">Sign in</a>' in page
+    assert f'<a class="step" href="{reverse("portal:sign-in")}">Sign in</a>' in page
+
+
+def test_error_pages_are_drawn_when_the_database_is_what_failed(signed_in, monkeypatch):
+    def database_gone(request):
+        raise OperationalError("the database is gone")
+
+    monkeypatch.setattr(portal_views, "signed_in_customer", database_gone)
+    browser = Client(enforce_csrf_checks=True)
+    browser.cookies = signed_in.cookies
+
+    expired = browser.post(reverse("portal:sign-out"))
+    missing = browser.get("/portal/no-such-page/")
+
+    assert (expired.status_code, missing.status_code) == (403, 404)
+    assert f'<a class="step" href="{reverse("portal:sign-in")}">Sign in</a>' in missing.content.decode()
 
 
 def test_a_signed_in_customers_form_sent_without_its_csrf_check_keeps_them_signed_in(signed_in, customer):

@@ -157,6 +157,7 @@ def test_a_device_search_says_what_it_found_and_a_phone_does_not_read_out_column
     # Each cell still shows its column's name on a narrow screen, where the header row is hidden.
     label = page.evaluate("getComputedStyle(document.querySelector('td[data-label]'), '::before').content")
     assert label.startswith('"Device: "')
+    # (The table's explicit roles are for Safari, which drops a block-laid table's; Chromium keeps them.)
     cells = page.locator("table").aria_snapshot()
     assert "Build agent 1" in cells and "Platform:" not in cells
 

@@ -73,8 +73,9 @@ def test_a_malformed_limit_stops_the_server_from_starting(setting, value):
 def test_a_default_offline_file_life_outside_the_allowed_range_stops_the_server_from_starting(env):
     result = import_settings(**env)
 
+    most = env.get("OFFLINE_LICENSE_MAX_TTL", "31536000")
     assert result.returncode != 0
-    assert "OFFLINE_LICENSE_DEFAULT_TTL must be from 60 seconds to OFFLINE_LICENSE_MAX_TTL" in result.stderr
+    assert f"OFFLINE_LICENSE_DEFAULT_TTL must be a whole number from 60 to {most}, not " in result.stderr
 
 
 def test_a_maximum_offline_file_life_under_30_days_is_the_default_too_when_none_is_set():
@@ -88,7 +89,48 @@ def test_a_maximum_offline_file_life_under_a_minute_stops_the_server_from_starti
     result = import_settings(OFFLINE_LICENSE_MAX_TTL="59")
 
     assert result.returncode != 0
-    assert "OFFLINE_LICENSE_MAX_TTL must be at least 60 seconds." in result.stderr
+    assert "OFFLINE_LICENSE_MAX_TTL must be a whole number no less than 60, not '59'." in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # django-environ read these as 500 seconds, 1 second and a minute; they now name what is wrong.
+        ({"BRUTE_FORCE_MAX_DELAY": "500ms"}, "BRUTE_FORCE_MAX_DELAY must be a number from 0 to 10, not '500ms'."),
+        ({"VALIDATION_TALLY_SECONDS": "1m"}, "VALIDATION_TALLY_SECONDS must be a number no less than 0, not '1m'."),
+        ({"RATE_LIMIT_PER_IP": "10/month"}, "RATE_LIMIT_PER_IP must look like 600/minute"),
+        # Accepted, these failed every request, or every sign-in mail, once the server ran.
+        ({"DJANGO_NUM_PROXIES": "-1"}, "DJANGO_NUM_PROXIES must be a whole number no less than 0, not '-1'."),
+        ({"API_MAX_BODY_BYTES": "0"}, "API_MAX_BODY_BYTES must be a whole number no less than 1024, not '0'."),
+        ({"EMAIL_TIMEOUT": "0"}, "EMAIL_TIMEOUT must be a whole number no less than 1, not '0'."),
+        ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL must look like redis://host:6379/0"),
+        # Failed with a traceback that named no setting.
+        ({"DJANGO_SECURE_HSTS_SECONDS": "abc"}, "DJANGO_SECURE_HSTS_SECONDS must be a whole number no less than 0"),
+        ({"DJANGO_LOG_LEVEL": "verbose"}, "DJANGO_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL."),
+        (
+            {"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "DATABASE_POOL_MIN_SIZE": "30"},
+            "DATABASE_POOL_MAX_SIZE must be a whole number no less than 30, not 20 (its default).",
+        ),
+    ],
+)
+def test_a_setting_that_cannot_be_read_or_is_out_of_range_stops_the_server_naming_it(env, message):
+    result = import_settings(**env)
+
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_secrets_are_read_as_written_even_when_they_start_with_a_dollar_sign():
+    result = settings_with("s.SECRET_KEY, s.LICENSE_KEY_SECRET", DJANGO_SECRET_KEY="$PATH", LICENSE_KEY_SECRET="$ecret")
+
+    assert result.stdout.strip() == "$PATH $ecret"
+
+
+def test_an_empty_mail_setting_is_the_default():
+    assert (
+        settings_with("s.EMAIL_BACKEND", EMAIL_URL="").stdout.strip()
+        == "django.core.mail.backends.console.EmailBackend"
+    )
 
 
 @pytest.mark.parametrize("value", ["licenses.example.com", "https://licenses.example.com/portal", "ftp://x"])
@@ -118,9 +160,14 @@ def test_a_sellers_name_of_more_than_one_line_stops_the_server_from_starting(val
 @pytest.mark.parametrize("threshold", ["", "0"])
 def test_prepared_statements_turn_off_with_an_empty_or_zero_threshold(threshold):
     """The README's advice behind PgBouncer in transaction mode; empty stopped the settings loading."""
-    result = import_settings(DATABASE_URL="postgres://x@127.0.0.1:1/x", DATABASE_PREPARE_THRESHOLD=threshold)
+    result = settings_with(
+        "s.DATABASES['default']['OPTIONS']['prepare_threshold']",
+        DATABASE_URL="postgres://x@127.0.0.1:1/x",
+        DATABASE_PREPARE_THRESHOLD=threshold,
+    )
 
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None"
 
 
 def test_a_bad_date_for_a_signing_key_is_a_usage_error_on_the_command_line_not_a_traceback():
