@@ -18,27 +18,45 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
-def number(name: str, default: float, *, minimum: float, maximum: float | None = None, whole: bool = True) -> float:
+def number(
+    name: str,
+    default: float,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    whole: bool = True,
+    bounded_by: str = "",
+) -> float:
     """A number setting, or a start-up error naming it and its range. Not django-environ's parsing,
     which drops whatever is not a digit ("500ms" was 500 seconds) and fails without naming the setting.
-    Empty is unset; a default is checked too, as a bound may come from another setting."""
+    Empty is unset; a default is checked too, as a bound may come from another setting (`bounded_by`)."""
     text = os.environ.get(name, "").strip()
     try:
         value = default if not text else int(text) if whole else float(text)
     except ValueError:
         value = math.nan
-    if not minimum <= value <= (math.inf if maximum is None else maximum):
+    if not (math.isfinite(value) and minimum <= value <= (math.inf if maximum is None else maximum)):
         kind = "a whole number" if whole else "a number"
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"no less than {minimum}"
         given = repr(text) if text else f"{default} (its default)"
-        raise ImproperlyConfigured(f"{name} must be {kind} {bounds}, not {given}.")
+        raise ImproperlyConfigured(f"{name} must be {kind} {bounds}{bounded_by}, not {given}.")
+    return value
+
+
+def secret(name: str) -> str:
+    """A secret as written. django-environ read one starting with "$" as another variable's name:
+    a setting that relied on that is refused, as taken literally it would no longer open what the
+    secret stored."""
+    value = os.environ.get(name, "")
+    if value.startswith("$") and value[1:] in os.environ:
+        raise ImproperlyConfigured(f"{name} names another variable ({value}): set it to the secret itself.")
     return value
 
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
 # Secrets as written: django-environ would read one starting with "$" as the name of another variable.
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+SECRET_KEY = secret("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("Set DJANGO_SECRET_KEY (it is required when DJANGO_DEBUG is off).")
@@ -46,14 +64,14 @@ if not SECRET_KEY:
 
 # Keyed digests and encrypted copies of license keys derive from this secret. It is separate from
 # DJANGO_SECRET_KEY so that rotating session signing never makes stored license keys unreadable.
-LICENSE_KEY_SECRET = os.environ.get("LICENSE_KEY_SECRET", "")
+LICENSE_KEY_SECRET = secret("LICENSE_KEY_SECRET")
 if not LICENSE_KEY_SECRET:
     if not DEBUG:
         raise ImproperlyConfigured("Set LICENSE_KEY_SECRET (it is required when DJANGO_DEBUG is off).")
     LICENSE_KEY_SECRET = "insecure-development-only-license-key-secret"
 # Other secrets, only while a rotation runs (see the README): what was stored under them is still
 # read, and `manage.py rekey_secrets` stores it again under LICENSE_KEY_SECRET.
-_fallbacks = os.environ.get("LICENSE_KEY_SECRET_FALLBACKS", "")
+_fallbacks = secret("LICENSE_KEY_SECRET_FALLBACKS")
 LICENSE_KEY_SECRET_FALLBACKS = [secret.strip() for secret in _fallbacks.split(",")] if _fallbacks.strip() else []
 if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS or "" in LICENSE_KEY_SECRET_FALLBACKS:
     raise ImproperlyConfigured(
@@ -67,7 +85,13 @@ OFFLINE_LICENSE_MAX_TTL = timedelta(seconds=number("OFFLINE_LICENSE_MAX_TTL", 36
 # asks for without a ttl, blaming a ttl they never sent.
 _most_seconds = int(OFFLINE_LICENSE_MAX_TTL.total_seconds())
 OFFLINE_LICENSE_DEFAULT_TTL = timedelta(
-    seconds=number("OFFLINE_LICENSE_DEFAULT_TTL", min(30 * 24 * 3600, _most_seconds), minimum=60, maximum=_most_seconds)
+    seconds=number(
+        "OFFLINE_LICENSE_DEFAULT_TTL",
+        min(30 * 24 * 3600, _most_seconds),
+        minimum=60,
+        maximum=_most_seconds,
+        bounded_by=" (OFFLINE_LICENSE_MAX_TTL)",
+    )
 )
 # Validation counts and devices' last-seen times are written this often (0: with each validation).
 VALIDATION_TALLY_SECONDS = number("VALIDATION_TALLY_SECONDS", 1.0, minimum=0, whole=False)
@@ -162,7 +186,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         {
             "pool": {
                 "min_size": (_pool_min := number("DATABASE_POOL_MIN_SIZE", 2, minimum=0)),
-                "max_size": number("DATABASE_POOL_MAX_SIZE", 20, minimum=max(1, _pool_min)),
+                "max_size": number(
+                    "DATABASE_POOL_MAX_SIZE", 20, minimum=max(1, _pool_min), bounded_by=" (DATABASE_POOL_MIN_SIZE)"
+                ),
                 "timeout": number("DATABASE_POOL_TIMEOUT", 10, minimum=1),
             },
             # Server-side prepared statements after a query's 5th run: planning the license look-up
@@ -202,7 +228,7 @@ LICENSE_RATE_LIMITS = {
 for _scope, _rate in LICENSE_RATE_LIMITS.items():
     # Checked here, not on the first license call, which would otherwise fail on every request.
     # DRF's periods: only their first letter is read, so anything else ("month") would be misread.
-    if _rate and not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)s?", _rate):
+    if _rate and not re.fullmatch(r"[1-9][0-9]*/(s|m|h|d|(sec|second|min|minute|hour|day)s?)", _rate):
         raise ImproperlyConfigured(f"RATE_LIMIT_{_scope.upper()} must look like 600/minute, or be empty for no limit.")
 # Brute-force guard of the same calls: once a client IP has named `slow_after` unknown keys (license
 # keys, or the API keys vendor faces take) within a `window` (seconds), each of its calls waits a
@@ -221,7 +247,15 @@ if REDIS_URL := os.environ.get("REDIS_URL", "").strip():
     # Checked here: a malformed one would otherwise fail every license call, not the start.
     if not re.fullmatch(r"(rediss?|unix)://\S+", REDIS_URL):
         raise ImproperlyConfigured("REDIS_URL must look like redis://host:6379/0 (or rediss://, unix://).")
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # Out of reach, it is given up on quickly: the license calls then go on without limits
+            # (licensing.api.throttling), rather than each wait for the system's connect timeout.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
 else:
     CACHES = {
         "default": {
@@ -274,7 +308,10 @@ FORMAT_MODULE_PATH = ["config.formats"]
 
 # E-mail (the portal's sign-in links). The default prints messages on the console, so `make run`
 # users can sign in as a demo customer; set EMAIL_URL=smtp+tls://user:password@host:587 in production.
-vars().update(env.email_url_config(os.environ.get("EMAIL_URL", "").strip() or "consolemail://"))
+try:
+    vars().update(env.email_url_config(os.environ.get("EMAIL_URL", "").strip() or "consolemail://"))
+except (ValueError, KeyError, ImproperlyConfigured) as error:
+    raise ImproperlyConfigured(f"EMAIL_URL must look like smtp+tls://user:password@host:587 ({error}).") from None
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="licenses@localhost")
 # Seconds an SMTP server may take to answer: a sign-in link waits that long on a silent one, in
 # a queue of its own (portal.views.after_answers), before its failure is logged.

@@ -128,7 +128,7 @@ def server_error(request):
     """Django's 500 page (settings' handler500), for a failure outside the views' own handling (the
     database gone while a license call's answer was signed): JSON under the APIs, which apps read,
     else the portal's page."""
-    if request.path.startswith(("/api/", "/compat/")):
+    if request.path_info.startswith(("/api/", "/compat/")):
         return JsonResponse(error_body(SERVER_ERROR, "The server could not answer. Try again."), status=500)
     return django_server_error(request)
 
@@ -194,7 +194,8 @@ def check_email(request):
     if signed_in_customer(request):
         return redirect("portal:licenses")
     # Shown while the link can be used, no longer: on a shared computer, the address stays private.
-    email, asked_at = request.session.get(SESSION_LINK_SENT_TO_KEY) or (None, 0)
+    asked = request.session.get(SESSION_LINK_SENT_TO_KEY)
+    email, asked_at = asked if isinstance(asked, list) and len(asked) == 2 else (None, 0)
     if email is None or timezone.now().timestamp() - asked_at > services.SIGN_IN_LINK_LIFETIME.total_seconds():
         request.session.pop(SESSION_LINK_SENT_TO_KEY, None)
         return redirect("portal:sign-in")

@@ -89,6 +89,16 @@ def test_the_address_asked_for_is_shown_only_while_its_link_can_be_used(client, 
     assert response.headers["Location"] == reverse("portal:sign-in")
 
 
+def test_a_session_from_the_release_before_leads_back_to_asking_for_a_link(client, customer):
+    session = client.session
+    session[portal_views.SESSION_LINK_SENT_TO_KEY] = customer.email
+    session.save()
+
+    response = client.get(reverse("portal:check-email"))
+
+    assert response.headers["Location"] == reverse("portal:sign-in")
+
+
 def test_signed_in_the_page_after_asking_for_a_link_leads_to_the_licenses(client, customer):
     sign_in(client, customer)
 

@@ -214,6 +214,19 @@ def test_a_head_request_counts_against_its_keys_limit_as_a_get_does(api_client, 
     assert statuses == [200, 200, 200, 429, 429]
 
 
+def test_a_body_that_cannot_be_read_gets_its_own_answer_with_the_limits_on(api_client, limits, settings):
+    # The per-key limit reads the key from the body: that failing is the body's fault, not the counters'.
+    malformed = api_client.post("/api/v1/licenses/validate", "{bad", content_type="application/json")
+    too_large = api_client.post(
+        "/api/v1/licenses/validate",
+        '{"key": "%s"}' % ("K" * settings.API_MAX_BODY_BYTES),
+        content_type="application/json",
+    )
+
+    assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "malformed_request")
+    assert too_large.status_code == 413
+
+
 def redis_is_running() -> bool:
     import socket
 

@@ -75,7 +75,9 @@ def test_a_default_offline_file_life_outside_the_allowed_range_stops_the_server_
 
     most = env.get("OFFLINE_LICENSE_MAX_TTL", "31536000")
     assert result.returncode != 0
-    assert f"OFFLINE_LICENSE_DEFAULT_TTL must be a whole number from 60 to {most}, not " in result.stderr
+    assert f"OFFLINE_LICENSE_DEFAULT_TTL must be a whole number from 60 to {most} (OFFLINE_LICENSE_MAX_TTL), not " in (
+        result.stderr
+    )
 
 
 def test_a_maximum_offline_file_life_under_30_days_is_the_default_too_when_none_is_set():
@@ -99,6 +101,9 @@ def test_a_maximum_offline_file_life_under_a_minute_stops_the_server_from_starti
         ({"BRUTE_FORCE_MAX_DELAY": "500ms"}, "BRUTE_FORCE_MAX_DELAY must be a number from 0 to 10, not '500ms'."),
         ({"VALIDATION_TALLY_SECONDS": "1m"}, "VALIDATION_TALLY_SECONDS must be a number no less than 0, not '1m'."),
         ({"RATE_LIMIT_PER_IP": "10/month"}, "RATE_LIMIT_PER_IP must look like 600/minute"),
+        ({"RATE_LIMIT_PER_KEY": "10/ms"}, "RATE_LIMIT_PER_KEY must look like 600/minute"),
+        ({"VALIDATION_TALLY_SECONDS": "inf"}, "VALIDATION_TALLY_SECONDS must be a number no less than 0, not 'inf'."),
+        ({"EMAIL_URL": "smtp://u:p@host:port"}, "EMAIL_URL must look like smtp+tls://user:password@host:587"),
         # Accepted, these failed every request, or every sign-in mail, once the server ran.
         ({"DJANGO_NUM_PROXIES": "-1"}, "DJANGO_NUM_PROXIES must be a whole number no less than 0, not '-1'."),
         ({"API_MAX_BODY_BYTES": "0"}, "API_MAX_BODY_BYTES must be a whole number no less than 1024, not '0'."),
@@ -109,7 +114,7 @@ def test_a_maximum_offline_file_life_under_a_minute_stops_the_server_from_starti
         ({"DJANGO_LOG_LEVEL": "verbose"}, "DJANGO_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL."),
         (
             {"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "DATABASE_POOL_MIN_SIZE": "30"},
-            "DATABASE_POOL_MAX_SIZE must be a whole number no less than 30, not 20 (its default).",
+            "DATABASE_POOL_MAX_SIZE must be a whole number no less than 30 (DATABASE_POOL_MIN_SIZE), not 20",
         ),
     ],
 )
@@ -121,9 +126,14 @@ def test_a_setting_that_cannot_be_read_or_is_out_of_range_stops_the_server_namin
 
 
 def test_secrets_are_read_as_written_even_when_they_start_with_a_dollar_sign():
-    result = settings_with("s.SECRET_KEY, s.LICENSE_KEY_SECRET", DJANGO_SECRET_KEY="$PATH", LICENSE_KEY_SECRET="$ecret")
+    result = settings_with(
+        "s.SECRET_KEY, s.LICENSE_KEY_SECRET", DJANGO_SECRET_KEY="$3cret", LICENSE_KEY_SECRET="$ecret"
+    )
+    # django-environ took this for the value of VAULT_SECRET: taken literally, it would open nothing stored.
+    named = import_settings(LICENSE_KEY_SECRET="$VAULT_SECRET", VAULT_SECRET="the-real-secret")
 
-    assert result.stdout.strip() == "$PATH $ecret"
+    assert result.stdout.strip() == "$3cret $ecret"
+    assert "LICENSE_KEY_SECRET names another variable ($VAULT_SECRET): set it to the secret itself." in named.stderr
 
 
 def test_an_empty_mail_setting_is_the_default():

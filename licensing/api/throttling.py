@@ -18,6 +18,7 @@ from time import sleep, time
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import DatabaseError
 from rest_framework.throttling import BaseThrottle
 
 from licensing import keys, services
@@ -165,22 +166,21 @@ class LicenseCallThrottle(BaseThrottle):
     rate_limits = tuple(RATE_LIMIT_IDENTS)
 
     def allow_request(self, request, view):
-        try:
-            return self._within_limits(request, view)
-        except Exception:
-            # Counters unreadable (Redis down): the call is answered unlimited rather than not at
-            # all. Keys are too long to guess in the meantime, and an app refused stops its user.
-            logger.exception("Could not read the rate limits' and the brute-force guard's counters")
-            return True
-
-    def _within_limits(self, request, view):
         now = time()
         guard = UnknownKeyWindow(client_ident(request), now)
         counters = [
             window for window in (RateWindow.current(scope, request, view, now) for scope in self.rate_limits) if window
         ]
         wanted = guard.keys + [window.key for window in counters]
-        stored = cache.get_many(wanted) if wanted else {}
+        try:
+            stored = cache.get_many(wanted) if wanted else {}
+        except DatabaseError:
+            raise  # the database cache: the call's retry on a lost connection (initial) meets it
+        except Exception:
+            # Redis out of reach: the call is answered unlimited rather than not at all. Keys are
+            # too long to guess meanwhile, and an app refused stops its user.
+            logger.exception("Could not read the rate limits' and the brute-force guard's counters")
+            return True
 
         failures = guard.count(stored)
         refusals = [guard.seconds_left] if guard.blocks(failures) else []
@@ -196,7 +196,12 @@ class LicenseCallThrottle(BaseThrottle):
         for window in counters:
             by_expiry[window.timeout][window.key] = stored.get(window.key, 0) + 1
         for timeout, counts in by_expiry.items():
-            cache.set_many(counts, timeout)
+            try:
+                cache.set_many(counts, timeout)
+            except DatabaseError:
+                raise
+            except Exception:
+                logger.exception("Could not count a call against the rate limits")
         if delay := guard.delay(failures):
             # The wait holds one of the server's few worker threads, so it stays short (max_delay): a
             # long one would let a handful of parallel guessers hold every thread, and the block
