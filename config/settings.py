@@ -43,6 +43,20 @@ def number(
     return value
 
 
+FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def flag(name: str, default: bool) -> bool:
+    """An on/off setting, or a start-up error naming it: django-environ reads any other word as off,
+    so "ture" turned HTTPS redirects off without a word."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text not in FLAG_WORDS:
+        raise ImproperlyConfigured(f"{name} must be true or false (or yes/no, on/off, 1/0), not {text!r}.")
+    return FLAG_WORDS[text]
+
+
 def secret(name: str) -> str:
     """A secret as written. django-environ read one starting with "$" as another variable's name:
     a setting that relied on that is refused, as taken literally it would no longer open what the
@@ -53,7 +67,7 @@ def secret(name: str) -> str:
     return value
 
 
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+DEBUG = flag("DJANGO_DEBUG", False)
 
 # Secrets as written: django-environ would read one starting with "$" as the name of another variable.
 SECRET_KEY = secret("DJANGO_SECRET_KEY")
@@ -166,7 +180,13 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "config.wsgi.application"
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+try:
+    _database = env.db_url_config(os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+except (ValueError, KeyError, ImproperlyConfigured):
+    _database = {}
+if "ENGINE" not in _database:
+    raise ImproperlyConfigured("DATABASE_URL must look like postgres://user:password@host:5432/name or sqlite:///path.")
+DATABASES = {"default": _database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
@@ -229,7 +249,10 @@ for _scope, _rate in LICENSE_RATE_LIMITS.items():
     # Checked here, not on the first license call, which would otherwise fail on every request.
     # DRF's periods: only their first letter is read, so anything else ("month") would be misread.
     if _rate and not re.fullmatch(r"[1-9][0-9]*/(s|m|h|d|(sec|second|min|minute|hour|day)s?)", _rate):
-        raise ImproperlyConfigured(f"RATE_LIMIT_{_scope.upper()} must look like 600/minute, or be empty for no limit.")
+        raise ImproperlyConfigured(
+            f"RATE_LIMIT_{_scope.upper()} must look like 600/minute (a count from 1 per second, minute, hour or day), "
+            "or be empty for no limit."
+        )
 # Brute-force guard of the same calls: once a client IP has named `slow_after` unknown keys (license
 # keys, or the API keys vendor faces take) within a `window` (seconds), each of its calls waits a
 # little longer, up to `max_delay` seconds; after `block_after` it is refused (429) until the window
@@ -361,13 +384,13 @@ LOGGING = {
 # HTTPS everywhere outside development. Behind a proxy that terminates TLS, gunicorn marks the
 # proxy's requests as HTTPS (FORWARDED_ALLOW_IPS); DJANGO_SECURE_PROXY_SSL_HEADER=true makes Django
 # trust X-Forwarded-Proto from whoever connects, for a proxy whose address gunicorn cannot know.
-SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
-SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
+SECURE_SSL_REDIRECT = flag("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = flag("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_HSTS_SECONDS = number("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
-SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
-if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+SECURE_HSTS_INCLUDE_SUBDOMAINS = flag("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = flag("DJANGO_SECURE_HSTS_PRELOAD", False)
+if flag("DJANGO_SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 # The admin's forms get the admin's page, the portal's the portal's (templates/403_csrf.html).

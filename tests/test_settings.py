@@ -109,7 +109,11 @@ def test_a_maximum_offline_file_life_under_a_minute_stops_the_server_from_starti
         ({"API_MAX_BODY_BYTES": "0"}, "API_MAX_BODY_BYTES must be a whole number no less than 1024, not '0'."),
         ({"EMAIL_TIMEOUT": "0"}, "EMAIL_TIMEOUT must be a whole number no less than 1, not '0'."),
         ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL must look like redis://host:6379/0"),
+        # Read as off: HTTPS redirects, secure cookies or the proxy's header, turned off by a typo.
+        ({"DJANGO_SECURE_SSL_REDIRECT": "ture"}, "DJANGO_SECURE_SSL_REDIRECT must be true or false"),
+        ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG must be true or false (or yes/no, on/off, 1/0), not 'maybe'."),
         # Failed with a traceback that named no setting.
+        ({"DATABASE_URL": "postgres://u:p@host:port/name"}, "DATABASE_URL must look like postgres://user:password@"),
         ({"DJANGO_SECURE_HSTS_SECONDS": "abc"}, "DJANGO_SECURE_HSTS_SECONDS must be a whole number no less than 0"),
         ({"DJANGO_LOG_LEVEL": "verbose"}, "DJANGO_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL."),
         (
