@@ -26,7 +26,7 @@ from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonRespons
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.formats import date_format
 from django.utils.text import slugify
@@ -174,12 +174,7 @@ def sign_in(request):
         if customer := sign_in_request.customer:
             path = reverse("portal:redeem", args=[sign_in_request.token])
             link = settings.PUBLIC_URL + path if settings.PUBLIC_URL else request.build_absolute_uri(path)
-            vendor = settings.VENDOR_NAME
-            body = render_to_string(
-                "portal/sign_in_email.txt", {"link": link, "customer": customer, "vendor_name": vendor}
-            )
-            subject = _("Your %(vendor)s sign-in link") % {"vendor": vendor} if vendor else _("Your sign-in link")
-            mail = functools.partial(send_sign_in_link, customer, subject, body)
+            mail = functools.partial(send_sign_in_link, customer, link, translation.get_language())
         # The same answer, as fast, whether or not the address is a customer's, so addresses cannot
         # be probed: the mail goes once the answer is sent. A page of its own, so reloading it
         # shows it again instead of asking for another link, which would count against the limit.
@@ -228,13 +223,21 @@ class RedirectThen(HttpResponseRedirect):
             after_answers.submit(self.then)
 
 
-def send_sign_in_link(customer: Customer, subject: str, body: str) -> None:
-    # Django names a message after the machine (DNS_NAME: "localhost" in most containers), which
-    # spam filters hold against it; the sender's own domain is the one that vouches for the mail.
-    sender_domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")[2] or None
-    message = EmailMessage(subject, body, to=[customer.email], headers={"Message-ID": make_msgid(domain=sender_domain)})
+def send_sign_in_link(customer: Customer, link: str, language: str | None) -> None:
+    """Write and send the mail, after the answer: writing it in the request made a customer's
+    answer slower than a stranger's, which would tell whose address it is."""
     try:
-        message.send()
+        with translation.override(language):
+            vendor = settings.VENDOR_NAME
+            body = render_to_string(
+                "portal/sign_in_email.txt", {"link": link, "customer": customer, "vendor_name": vendor}
+            )
+            subject = _("Your %(vendor)s sign-in link") % {"vendor": vendor} if vendor else _("Your sign-in link")
+        # Django names a message after the machine (DNS_NAME: "localhost" in most containers), which
+        # spam filters hold against it; the sender's own domain is the one that vouches for the mail.
+        sender_domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")[2] or None
+        headers = {"Message-ID": make_msgid(domain=sender_domain)}
+        EmailMessage(subject, body, to=[customer.email], headers=headers).send()
     except Exception:  # smtplib's errors, timeouts, a mail backend set up wrong: all only logged here
         logger.exception("Could not send a portal sign-in link (customer %s)", customer.pk)
 

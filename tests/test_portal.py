@@ -281,8 +281,14 @@ def test_the_link_is_mailed_off_the_server_thread_once_the_answer_is_sent(rf, cu
     monkeypatch.setattr(EmailMessage, "send", lambda message: mail_server_answers.wait(5) and send(message))
     request = rf.post(reverse("portal:sign-in"), {"email": customer.email})
     SessionMiddleware(lambda request: None).process_request(request)
+    written = []
+    render = portal_views.render_to_string
+    monkeypatch.setattr(
+        portal_views, "render_to_string", lambda *args, **kwargs: written.append(1) or render(*args, **kwargs)
+    )
 
     response = portal_views.sign_in(request)
+    written_in_the_request = len(written)
     response.close()  # what the WSGI server does once the client has the whole answer
     sent_when_the_server_thread_was_free = len(mail.outbox)
     mail_server_answers.set()
@@ -290,6 +296,8 @@ def test_the_link_is_mailed_off_the_server_thread_once_the_answer_is_sent(rf, cu
 
     assert response.headers["Location"] == reverse("portal:check-email")
     assert (sent_when_the_server_thread_was_free, len(mail.outbox)) == (0, 1)
+    # Nor is the mail written before the answer: a stranger's answer has none to write.
+    assert (written_in_the_request, len(written)) == (0, 1)
 
 
 def test_the_mailed_link_leads_to_the_public_url_whatever_port_the_request_named(client, customer, settings):
