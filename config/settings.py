@@ -69,7 +69,6 @@ def secret(name: str) -> str:
 
 DEBUG = flag("DJANGO_DEBUG", False)
 
-# Secrets as written: django-environ would read one starting with "$" as the name of another variable.
 SECRET_KEY = secret("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
@@ -86,7 +85,7 @@ if not LICENSE_KEY_SECRET:
 # Other secrets, only while a rotation runs (see the README): what was stored under them is still
 # read, and `manage.py rekey_secrets` stores it again under LICENSE_KEY_SECRET.
 _fallbacks = secret("LICENSE_KEY_SECRET_FALLBACKS")
-LICENSE_KEY_SECRET_FALLBACKS = [secret.strip() for secret in _fallbacks.split(",")] if _fallbacks.strip() else []
+LICENSE_KEY_SECRET_FALLBACKS = [fallback.strip() for fallback in _fallbacks.split(",")] if _fallbacks.strip() else []
 if LICENSE_KEY_SECRET in LICENSE_KEY_SECRET_FALLBACKS or "" in LICENSE_KEY_SECRET_FALLBACKS:
     raise ImproperlyConfigured(
         "LICENSE_KEY_SECRET_FALLBACKS lists other secrets than LICENSE_KEY_SECRET, comma-separated, none empty."
@@ -213,12 +212,11 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             },
             # Server-side prepared statements after a query's 5th run: planning the license look-up
             # costs more than running it. Django turns them off for PgBouncer in transaction mode;
-            # set DATABASE_PREPARE_THRESHOLD= (empty) or 0 behind such a pooler.
-            "prepare_threshold": (
-                number("DATABASE_PREPARE_THRESHOLD", 5, minimum=0) or None
-                if os.environ.get("DATABASE_PREPARE_THRESHOLD", "5").strip()
-                else None
-            ),
+            # set DATABASE_PREPARE_THRESHOLD= (empty: 0 here, not the default) or 0 behind such a pooler.
+            "prepare_threshold": number(
+                "DATABASE_PREPARE_THRESHOLD", 0 if "DATABASE_PREPARE_THRESHOLD" in os.environ else 5, minimum=0
+            )
+            or None,
             "server_side_binding": True,
         }
     )
@@ -253,10 +251,10 @@ for _scope, _rate in LICENSE_RATE_LIMITS.items():
             f"RATE_LIMIT_{_scope.upper()} must look like 600/minute (a count from 1 per second, minute, hour or day), "
             "or be empty for no limit."
         )
-# Brute-force guard of the same calls: once a client IP has named `slow_after` unknown keys (license
-# keys, or the API keys vendor faces take) within a `window` (seconds), each of its calls waits a
-# little longer, up to `max_delay` seconds; after `block_after` it is refused (429) until the window
-# ends. 0 turns a stage off.
+# Brute-force guard of the same calls and the management API: once a client IP has named
+# `slow_after` unknown keys (license keys, or the API keys vendor faces and the management API
+# take) within a `window` (seconds), each of its calls waits a little longer, up to `max_delay`
+# seconds; after `block_after` it is refused (429) until the window ends. 0 turns a stage off.
 BRUTE_FORCE = {
     "slow_after": number("BRUTE_FORCE_SLOW_AFTER", 10, minimum=0),
     "block_after": number("BRUTE_FORCE_BLOCK_AFTER", 30, minimum=0),

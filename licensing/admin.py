@@ -345,13 +345,21 @@ class ReadOnlyByStateMixin:
 
     def get_readonly_fields(self, request, obj=None):
         read_only = super().get_readonly_fields(request, obj)
-        return read_only if obj is None else [*read_only, *self.read_only_by_state(obj)]
+        return read_only if obj is None else [*read_only, *self._state_of(request, obj)]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
         if obj is not None:
-            form.read_only_by_state = self.read_only_by_state(obj)
+            form.read_only_by_state = self._state_of(request, obj)
         return form
+
+    def _state_of(self, request, obj: Model) -> tuple[str, ...]:
+        # Asked three times a page, by Django's form and by ours, and it may be a query (a plan's
+        # licenses): once a request, which also keeps the form and the page agreeing.
+        known = request.__dict__.setdefault("read_only_by_state", {})
+        if (type(obj), obj.pk) not in known:
+            known[type(obj), obj.pk] = self.read_only_by_state(obj)
+        return known[type(obj), obj.pk]
 
 
 class RecordTrailMixin:

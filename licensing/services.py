@@ -689,7 +689,8 @@ def extend_license(
         if expires_at is UNSET or expires_at != locked.expires_at:
             _check_terms_may_change(locked, field=field)
         if expires_at is UNSET:
-            if locked.expires_at is None:
+            # Its terms may change (checked above): what is left of may_extend is an expiry to add to.
+            if not may_extend(locked):
                 raise errors.InvalidInput("This license never expires.", field=field)
             start = max(locked.expires_at, timezone.now())
             try:
@@ -1304,12 +1305,15 @@ def device_changes(license: License) -> DeviceChanges:
     return DeviceChanges(remaining=0, back_at=made[len(made) - plan.max_deactivations] + window)
 
 
-def deactivation_refusal(license: License, *, actor: Actor, count: int) -> errors.LicensingError | None:
+def deactivation_refusal(
+    license: License, *, actor: Actor, count: int, changes: DeviceChanges | None = None
+) -> errors.LicensingError | None:
     """Why `actor` may not free `count` devices of `license` now, or None: the plan's limit of
-    device changes. Asked before a deactivation too, so a page offers none it would refuse."""
+    device changes. Asked before a deactivation too, so a page offers none it would refuse; a page
+    that shows the changes left passes the `changes` it read, so the two cannot disagree."""
     if actor.kind not in CHURN_LIMITED_ACTORS:
         return None
-    changes = device_changes(license)
+    changes = changes or device_changes(license)
     remaining = changes.remaining
     if remaining is None or count <= remaining:
         return None

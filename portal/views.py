@@ -39,7 +39,7 @@ from django.views.defaults import server_error as django_server_error
 from licensing import admin as admin_pages
 from licensing import errors, services
 from licensing.addresses import client_ip
-from licensing.api.exceptions import SERVER_ERROR, error_body
+from licensing.api.exceptions import SERVER_ERROR, SERVER_ERROR_MESSAGE, error_body
 from licensing.api.views import build_license_file
 from licensing.models import Customer, License
 
@@ -129,7 +129,7 @@ def server_error(request):
     database gone while a license call's answer was signed): JSON under the APIs, which apps read,
     else the portal's page."""
     if request.path_info.startswith(("/api/", "/compat/")):
-        return JsonResponse(error_body(SERVER_ERROR, "The server could not answer. Try again."), status=500)
+        return JsonResponse(error_body(SERVER_ERROR, SERVER_ERROR_MESSAGE), status=500)
     return django_server_error(request)
 
 
@@ -369,13 +369,14 @@ def license_list(request):
 def license_detail(request, license_id):
     license = services.get_license_for_customer(customer=request.customer, license_id=license_id)
     changes = services.device_changes(license)
+    refusal = services.deactivation_refusal(license, actor=actor(request), count=1, changes=changes)
     context = {
         "license": license,
         "row": license_row(license, services.slots_reopening(license)),
         "device_changes_left": changes.remaining,
         "device_change_back_at": services.minute_after(changes.back_at) if changes.back_at else None,
         # Deactivate is offered only where it would be done, not refused after a confirmation.
-        "may_deactivate": services.deactivation_refusal(license, actor=actor(request), count=1) is None,
+        "may_deactivate": refusal is None,
         **_devices_page(request, license),
         "history": services.device_history(license),
         "customer_id": str(request.customer.pk),
@@ -429,21 +430,27 @@ def _device_list_place(request) -> str:
     return _device_list_query(_device_search(request), _device_page_number(request))
 
 
-def _back_to_license(request, license_id):
+def _license_url(request, license_id) -> str:
+    """The license's page at the search and page of its device list the request came from."""
     url = reverse("portal:license", args=[license_id])
     place = _device_list_place(request)
-    return redirect(f"{url}?{place}" if place else url)
+    return f"{url}?{place}" if place else url
+
+
+def _back_to_license(request, license_id):
+    return redirect(_license_url(request, license_id))
 
 
 def _what_deactivating_costs(request, license: License, *, count: int) -> dict:
     """What the confirmation says deactivating `count` devices uses up (a device change each, and
     a slot's cooldown), or why it would be refused, said before the customer confirms."""
     cooldown = services.slot_cooldown(license)
+    changes = services.device_changes(license)
     return {
         "license": license,
-        "changes_left": services.device_changes(license).remaining,
+        "changes_left": changes.remaining,
         "cooldown": int(cooldown.total_seconds() // 60) if cooldown else 0,
-        "refusal": services.deactivation_refusal(license, actor=actor(request), count=count),
+        "refusal": services.deactivation_refusal(license, actor=actor(request), count=count, changes=changes),
     }
 
 
@@ -472,7 +479,7 @@ def deactivate_device(request, license_id, activation_id):
             "name": name,
             # Opened again (the browser's Back after freeing it): nothing to confirm, nor to refuse.
             "already_inactive": not activation.is_live,
-            "place": _device_list_place(request),
+            "back_url": _license_url(request, license_id),
             **_what_deactivating_costs(request, activation.license, count=1 if activation.is_live else 0),
         }
         return render(request, "portal/confirm.html", context)
@@ -501,7 +508,7 @@ def deactivate_all(request, license_id):
             "devices": live.order_by("created_at", "id")[:DEVICES_NAMED_BEFORE_FREEING_ALL],
             "device_count": count,
             "devices_not_named": max(count - DEVICES_NAMED_BEFORE_FREEING_ALL, 0),
-            "place": _device_list_place(request),
+            "back_url": _license_url(request, license_id),
             **_what_deactivating_costs(request, license, count=count),
         }
         return render(request, "portal/confirm.html", context)

@@ -321,6 +321,18 @@ def test_license_calls_are_answered_when_the_counters_cannot_be_read(
     assert "Could not read the rate limits' and the brute-force guard's counters" in caplog.text
 
 
+def test_a_license_call_is_answered_when_its_count_cannot_be_written(api_client, issued, settings, monkeypatch, caplog):
+    settings.LICENSE_RATE_LIMITS = {"per_ip": "100/minute", "per_key": ""}
+
+    def cache_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(throttling.cache, "set_many", cache_down)
+
+    assert validate(api_client, issued.key).status_code == 200
+    assert "Could not count a call against the rate limits" in caplog.text
+
+
 def test_license_keys_the_management_api_looks_up_are_never_counted(api_client, guard, delays, issued, api_key):
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
 

@@ -1063,8 +1063,10 @@ def test_a_failure_outside_an_api_views_own_handling_is_answered_in_json(api_cli
 
     response = api_client.post("/api/v1/licenses/validate", {"key": issued.key}, format="json")
     dialect = portal_views.server_error(rf.post("/compat/kelviq/api/v1/license/validate/"))
+    # Served under a path prefix (SCRIPT_NAME), the API is known by the path below it.
+    prefixed = portal_views.server_error(rf.post("/api/v1/licenses/validate", SCRIPT_NAME="/licensing"))
 
-    for answer in (response, dialect):
+    for answer in (response, dialect, prefixed):
         assert (answer.status_code, answer["Content-Type"]) == (500, "application/json")
         assert json.loads(answer.content)["error"]["code"] == "server_error"
 

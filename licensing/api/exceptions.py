@@ -33,7 +33,7 @@ DRF_ERROR_CODES = [
 
 
 SERVER_ERROR = "server_error"
-# Refusals of the portal's sign-in, never an API answer.
+SERVER_ERROR_MESSAGE = "The server could not answer. Try again."
 # Refusals only the portal's or the admin's pages give.
 PAGE_ONLY_ERRORS = {errors.SignInLinkInvalid, errors.TooManyRequests, errors.ChangedMeanwhile}
 

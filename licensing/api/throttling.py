@@ -10,9 +10,11 @@ Retry-After in its own shape, through its own handler of DRF's Throttled error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from time import sleep, time
 
@@ -87,6 +89,23 @@ class UnknownKeyWindow:
 
 def brute_force_guard_on() -> bool:
     return bool(settings.BRUTE_FORCE["slow_after"] or settings.BRUTE_FORCE["block_after"])
+
+
+@contextlib.contextmanager
+def guesses_counted(request) -> Iterator[None]:
+    """Count for the guard the unknown keys the services met while the block ran, once it ends: not
+    where a service met one, as inside an activation's transaction the database cache's write would
+    be rolled back with it."""
+    with services.counting_unknown_key_lookups() as unknown_keys:
+        try:
+            yield
+        finally:
+            if unknown_keys.count:
+                try:
+                    UnknownKeyWindow(client_ident(request)).record_failure()
+                except Exception:
+                    # The answer is right without it; a guess not counted matters less than losing it.
+                    logger.exception("Could not count an unknown key")
 
 
 def client_ident(request) -> str | None:
@@ -175,7 +194,9 @@ class LicenseCallThrottle(BaseThrottle):
         try:
             stored = cache.get_many(wanted) if wanted else {}
         except DatabaseError:
-            raise  # the database cache: the call's retry on a lost connection (initial) meets it
+            # The database cache: its failure is the database's, which the call could not answer
+            # without either (a license call first retries a lost connection: initial).
+            raise
         except Exception:
             # Redis out of reach: the call is answered unlimited rather than not at all. Keys are
             # too long to guess meanwhile, and an app refused stops its user.
@@ -226,17 +247,8 @@ class LicenseCallLimits:
         return super().get_throttles()
 
     def dispatch(self, request, *args, **kwargs):
-        with services.counting_unknown_key_lookups() as unknown_keys:
-            response = super().dispatch(request, *args, **kwargs)
-        # Counted once the answer is ready, not where the service met the unknown key: inside an
-        # activation's transaction, the database cache's write would be rolled back with it.
-        if unknown_keys.count:
-            try:
-                UnknownKeyWindow(client_ident(request)).record_failure()
-            except Exception:
-                # The answer is ready and right; a guess not counted matters less than losing it.
-                logger.exception("Could not count an unknown key")
-        return response
+        with guesses_counted(request):
+            return super().dispatch(request, *args, **kwargs)
 
     # The limits' counters (in a database table unless REDIS_URL is set), and on Kelviq and Keymint
     # the API key, are read before the handler runs: a pooled connection that died while idle, as
@@ -282,13 +294,5 @@ class ApiKeyGuard(ThrottleBeforeAuthentication):
     def perform_authentication(self, request):
         # What counts is what the service notes as an unknown key, as on the dialects' calls: a
         # malformed Authorization header is no guess.
-        with services.counting_unknown_key_lookups() as unknown_keys:
-            try:
-                super().perform_authentication(request)
-            finally:
-                if unknown_keys.count:
-                    try:
-                        UnknownKeyWindow(client_ident(request)).record_failure()
-                    except Exception:
-                        # The refusal is right without it; a guess not counted matters less than a 500.
-                        logger.exception("Could not count a refused API key")
+        with guesses_counted(request):
+            super().perform_authentication(request)

@@ -30,7 +30,7 @@ from licensing import errors, services, signing
 from licensing.addresses import client_ip
 from licensing.api import serializers as api
 from licensing.api.authentication import ApiKeyAuthentication, ManagementPermission
-from licensing.api.exceptions import SERVER_ERROR, error_body
+from licensing.api.exceptions import SERVER_ERROR, SERVER_ERROR_MESSAGE, error_body
 from licensing.api.negotiation import JSONOnlyNegotiation
 from licensing.api.retry import retry_on_lost_connection
 from licensing.api.schema import BuiltOnceSchemaGenerator
@@ -128,7 +128,7 @@ class LicenseCallView(LicenseCallLimits, JSONOnlyNegotiation, APIView):
             return super().handle_exception(exc)
         except Exception:
             logger.exception("License call failed")
-            return Response(error_body(SERVER_ERROR, "The server could not answer. Try again."), status=500)
+            return Response(error_body(SERVER_ERROR, SERVER_ERROR_MESSAGE), status=500)
 
     def app_actor(self, request: Request) -> services.Actor:
         return services.Actor.app(ip_address=client_ip(request))
